@@ -1,0 +1,270 @@
+// Package store defines the storage contract of semaphored: every domain
+// operation the service performs on shared state, each one atomic.
+//
+// Two implementations exist: store/memory (the embedded, zero-config default)
+// and store/redis (one Lua script per operation, Redis 7 standalone or
+// Cluster). Both pass the shared conformance suite in store/storetest, which
+// is the executable form of the guarantees below.
+//
+// Guarantees every implementation keeps:
+//
+//   - Never oversubscribed: at every instant, the sum of the weights of live
+//     leases on a semaphore (per channel when the scope is "channel") is at
+//     most maxValue. A lease is live until it is released or its expiresAt
+//     passes, judged by the store's own clock (Redis TIME for the Redis store,
+//     the injected clock for the memory store). Expired leases are dropped
+//     before anything is counted.
+//   - Fencing: every grant carries a token greater than every earlier token
+//     of that semaphore, never reused, also after the semaphore is deleted and
+//     created again, and (for the Redis store) after a restart of the process.
+//   - FIFO waiters: a waiting acquire is granted in arrival order within its
+//     capacity domain (the whole semaphore for scope "total", its channel for
+//     scope "channel"); a heavy waiter at the head is never overtaken by a
+//     lighter one behind it.
+//   - Push hand-off: a release, an expiry, or a raise of maxValue grants the
+//     head waiters inside the same atomic operation and wakes their callers
+//     by push (a Go channel, or Redis pub/sub), not by polling.
+package store
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Errors returned by stores. Implementations return these (possibly wrapped)
+// and nothing driver-specific, so the HTTP layer maps them in one table.
+var (
+	ErrSemaphoreNotFound = errors.New("store: semaphore not found") // no such semaphore in the tenant
+	ErrLeaseNotFound     = errors.New("store: lease not found")     // unknown, released or expired lease
+	ErrNoPermit          = errors.New("store: no permit")           // no permit within the wait
+	ErrKeyNotFound       = errors.New("store: key not found")       // unknown or revoked API key
+	ErrTenantExists      = errors.New("store: tenant exists")       // tenant name taken
+	ErrTenantNotFound    = errors.New("store: tenant not found")
+	ErrWeightTooLarge    = errors.New("store: weight exceeds maxValue") // can never be granted
+	ErrUnavailable       = errors.New("store: unavailable")             // store unreachable
+)
+
+// Scope of a semaphore's maxValue.
+const (
+	ScopeTotal   = "total"   // maxValue shared across all channels
+	ScopeChannel = "channel" // each channel has its own maxValue
+)
+
+// DefaultChannel is the channel used when a request names none.
+const DefaultChannel = "default"
+
+// SemaphoreConfig is the user-visible configuration of a semaphore
+// (SPEC §4). Fields the store does not interpret are kept as given; Extra
+// holds the raw JSON of everything the store does not model itself (routes,
+// mapping, ...) so later features need no store change.
+type SemaphoreConfig struct {
+	MaxValue        int64
+	MaxValueScope   string // ScopeTotal or ScopeChannel
+	LeaseTimeout    time.Duration
+	MaxAttempts     int
+	OnSessionLost   string
+	OnDeliveryError string
+	Extra           []byte // opaque JSON (routes, mapping), stored verbatim
+}
+
+// Semaphore is a stored semaphore: its name, config and bookkeeping.
+type Semaphore struct {
+	Name      string
+	Config    SemaphoreConfig
+	Suspended bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// ChannelState is the usage of one channel (or of the whole semaphore).
+type ChannelState struct {
+	InUse     int64 // sum of weights of live leases
+	Available int64 // maxValue - inUse, floored at 0
+	Waiting   int64 // waiting sync acquires
+	Queued    int64 // scheduled async jobs (async issue)
+	Inflight  int64 // jobs holding a permit (async issue)
+}
+
+// SemaphoreState is a consistent snapshot of a semaphore's usage, taken in
+// one atomic operation after dropping expired leases.
+type SemaphoreState struct {
+	ChannelState
+	Channels map[string]ChannelState
+}
+
+// Lease is one held permit.
+type Lease struct {
+	ID           string
+	Semaphore    string
+	Channel      string
+	Weight       int64
+	FencingToken int64
+	TTL          time.Duration
+	AcquiredAt   time.Time
+	ExpiresAt    time.Time
+}
+
+// AcquireParams are the inputs of Store.Acquire. Zero values: Channel
+// DefaultChannel, Weight 1. TTL must be positive (the service layer fills
+// defaults and checks bounds).
+type AcquireParams struct {
+	Tenant         string
+	Semaphore      string
+	Channel        string
+	Weight         int64
+	TTL            time.Duration
+	Wait           time.Duration // 0: answer at once
+	IdempotencyKey string        // optional; same key during the lease's life returns the same lease
+}
+
+// ReleaseParams identifies a lease to release.
+type ReleaseParams struct {
+	Tenant  string
+	LeaseID string
+}
+
+// ExtendParams sets a lease's expiry to now+TTL (store clock).
+type ExtendParams struct {
+	Tenant  string
+	LeaseID string
+	TTL     time.Duration
+}
+
+// PutSemaphoreParams creates or replaces a semaphore's config.
+type PutSemaphoreParams struct {
+	Tenant string
+	Name   string
+	Config SemaphoreConfig
+}
+
+// ListParams pages through a listing. Cursor is opaque ("" = start).
+type ListParams struct {
+	Tenant string
+	Cursor string
+	Limit  int
+}
+
+// Role of an API key.
+type Role string
+
+const (
+	RoleWorker   Role = "worker"
+	RoleAdmin    Role = "admin"
+	RoleOperator Role = "operator"
+)
+
+// Tenant is an isolation unit.
+type Tenant struct {
+	ID        string
+	Name      string
+	CreatedAt time.Time
+}
+
+// DefaultTenant is the name and id of the tenant created at bootstrap.
+const DefaultTenant = "default"
+
+// APIKey is a stored API key. The secret is never stored, only Hash
+// (hex SHA-256 of the secret).
+type APIKey struct {
+	ID        string
+	Tenant    string
+	Name      string
+	Role      Role
+	Prefix    string // first characters of the secret, for humans
+	Hash      string
+	CreatedAt time.Time
+}
+
+// Store is the storage contract. Every method is one atomic operation
+// against shared state (one Lua script in Redis, one critical section in
+// memory), safe for concurrent use by any number of goroutines and, for
+// shared stores, by any number of processes.
+type Store interface {
+	// PutSemaphore creates or replaces a semaphore's config and returns the
+	// stored semaphore and whether it was created. Live leases are never
+	// revoked; a raised maxValue grants waiters at once.
+	PutSemaphore(ctx context.Context, p PutSemaphoreParams) (sem Semaphore, created bool, err error)
+	// GetSemaphore returns ErrSemaphoreNotFound for an unknown name.
+	GetSemaphore(ctx context.Context, tenant, name string) (Semaphore, error)
+	// ListSemaphores returns semaphores ordered by name, after the cursor.
+	ListSemaphores(ctx context.Context, p ListParams) (sems []Semaphore, nextCursor string, err error)
+	// DeleteSemaphore removes the semaphore, its leases and waiters (waiters
+	// get ErrSemaphoreNotFound). The fencing counter survives.
+	DeleteSemaphore(ctx context.Context, tenant, name string) error
+	// SetSuspended suspends or resumes dispatching of queued jobs.
+	SetSuspended(ctx context.Context, tenant, name string, suspended bool) (Semaphore, error)
+	// State returns a snapshot of usage after dropping expired leases.
+	State(ctx context.Context, tenant, name string) (SemaphoreState, error)
+
+	// Acquire grants a lease if the weight fits and no earlier waiter of the
+	// same capacity domain is waiting. Otherwise, with Wait > 0, it joins the
+	// FIFO waiter queue and blocks until granted (by a release, expiry or
+	// raise, pushed), until Wait passes or ctx ends: then ErrNoPermit (or the
+	// ctx error), and the waiter leaves the queue without holding anything.
+	// ErrWeightTooLarge when Weight > maxValue (it could never be granted).
+	Acquire(ctx context.Context, p AcquireParams) (Lease, error)
+	// Release ends a live lease; ErrLeaseNotFound (and no change) for an
+	// unknown, released or expired one. Freed permits go to head waiters.
+	Release(ctx context.Context, p ReleaseParams) (Lease, error)
+	// Extend moves a live lease's expiry to now+TTL; ErrLeaseNotFound for an
+	// unknown, released or expired one.
+	Extend(ctx context.Context, p ExtendParams) (Lease, error)
+	// Sweep drops expired leases and waiters of every semaphore due for a
+	// check and grants freed permits to waiters. It returns how many leases
+	// expired. Run by every instance about every 250 ms; safe to run
+	// concurrently from many instances.
+	Sweep(ctx context.Context) (expired int, err error)
+
+	// CreateTenant creates a tenant and returns it; ErrTenantExists when the
+	// name is taken.
+	CreateTenant(ctx context.Context, t Tenant) (Tenant, error)
+	ListTenants(ctx context.Context) ([]Tenant, error)
+	// CreateKey stores a key (its hash, never its secret).
+	CreateKey(ctx context.Context, k APIKey) error
+	// KeyByHash finds a key by the SHA-256 hash of its secret; ErrKeyNotFound.
+	KeyByHash(ctx context.Context, hash string) (APIKey, error)
+	ListKeys(ctx context.Context, tenant string) ([]APIKey, error)
+	// DeleteKey revokes a key at once; ErrKeyNotFound for an unknown id.
+	DeleteKey(ctx context.Context, tenant, id string) error
+
+	// Ping checks the store is reachable (for /readyz).
+	Ping(ctx context.Context) error
+	// Close releases resources (pub/sub listeners, connections it owns).
+	Close() error
+}
+
+// NewLeaseID returns a fresh lease id that carries the semaphore's name, so
+// that a store can find the lease's semaphore (and, in Redis, its hash slot)
+// from the id alone. Clients treat it as opaque.
+func NewLeaseID(semaphore string) string {
+	return newID() + "." + base64.RawURLEncoding.EncodeToString([]byte(semaphore))
+}
+
+// ParseLeaseID returns the semaphore name carried by a lease id, and false
+// for an id not made by NewLeaseID (which no store can hold).
+func ParseLeaseID(id string) (semaphore string, ok bool) {
+	i := strings.IndexByte(id, '.')
+	if i != 32 || len(id) > 32+1+172 {
+		return "", false
+	}
+	if _, err := hex.DecodeString(id[:i]); err != nil {
+		return "", false
+	}
+	name, err := base64.RawURLEncoding.DecodeString(id[i+1:])
+	if err != nil || len(name) == 0 {
+		return "", false
+	}
+	return string(name), true
+}
+
+// newID returns 32 hex characters from a random UUID.
+func newID() string {
+	u := uuid.New()
+	return hex.EncodeToString(u[:])
+}
