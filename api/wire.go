@@ -1,0 +1,259 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+)
+
+// This file fixes the JSON wire format of the HTTP API (SPEC §3). It is the
+// one place the handlers, api/openapi.yaml and the SDK agree on. Every object
+// sits under its own key in a response ({"semaphore": ...}, {"lease": ...}),
+// so fields can be added later. Durations are Go duration strings, times RFC
+// 3339 with nanoseconds (UTC).
+
+// Stable error codes. Each is documented in api/openapi.yaml.
+const (
+	CodeUnauthorized      = "unauthorized"           // 401: missing or unknown key
+	CodeForbidden         = "forbidden"              // 403: role may not do this
+	CodeInvalidJSON       = "invalid_json"           // 400: malformed JSON, wrong type, unknown field
+	CodeInvalidRequest    = "invalid_request"        // 400: a field's value is out of range; message names the field
+	CodeInvalidName       = "invalid_name"           // 400: semaphore/tenant name does not match the pattern
+	CodeInvalidConfig     = "invalid_config"         // 400: semaphore config invalid; message names the field
+	CodeSemaphoreNotFound = "semaphore_not_found"    // 404
+	CodeLeaseNotFound     = "lease_not_found"        // 404: unknown, released or expired lease
+	CodeKeyNotFound       = "key_not_found"          // 404
+	CodeNotFound          = "not_found"              // 404: no such route
+	CodeMethodNotAllowed  = "method_not_allowed"     // 405
+	CodeNoPermit          = "no_permit"              // 409: no permit within wait
+	CodeWeightTooLarge    = "weight_too_large"       // 409: weight > maxValue, can never be granted now
+	CodeTenantExists      = "tenant_exists"          // 409
+	CodePayloadTooLarge   = "payload_too_large"      // 413: body over the limit
+	CodeUnsupportedMedia  = "unsupported_media_type" // 415: body that is not application/json
+	CodeRateLimited       = "rate_limited"           // 429, with Retry-After
+	CodeStoreUnavailable  = "store_unavailable"      // 503
+	CodeInternal          = "internal"               // 500
+)
+
+// ErrorBody is every error response: {"error": {"code", "message"}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Duration is a time.Duration that travels as a Go duration string ("30s").
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON accepts only a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return &json.UnmarshalTypeError{Value: "non-string", Type: durationType}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return &durationError{s: s}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ---- semaphores (admin) ----
+
+// SemaphoreConfigJSON is the body of PUT /v1/semaphores/{name} and the
+// config part of a returned semaphore. Zero/absent fields take the defaults
+// noted in openapi.yaml: maxValueScope "total", leaseTimeout "60s",
+// maxAttempts 3, onSessionLost "redeliver", onDeliveryError "fail".
+type SemaphoreConfigJSON struct {
+	MaxValue        *int64          `json:"maxValue"`                  // required, 1..1e9
+	MaxValueScope   string          `json:"maxValueScope,omitempty"`   // total | channel
+	LeaseTimeout    *Duration       `json:"leaseTimeout,omitempty"`    // 1s..24h
+	MaxAttempts     *int            `json:"maxAttempts,omitempty"`     // 1..100
+	OnSessionLost   string          `json:"onSessionLost,omitempty"`   // release | redeliver | wait
+	OnDeliveryError string          `json:"onDeliveryError,omitempty"` // fail | suspend
+	Routes          json.RawMessage `json:"routes,omitempty"`          // array of route objects (async issue)
+	Mapping         json.RawMessage `json:"mapping,omitempty"`         // mapping object (async issue)
+}
+
+// SemaphoreJSON is a returned semaphore.
+type SemaphoreJSON struct {
+	Name            string          `json:"name"`
+	MaxValue        int64           `json:"maxValue"`
+	MaxValueScope   string          `json:"maxValueScope"`
+	LeaseTimeout    Duration        `json:"leaseTimeout"`
+	MaxAttempts     int             `json:"maxAttempts"`
+	OnSessionLost   string          `json:"onSessionLost"`
+	OnDeliveryError string          `json:"onDeliveryError"`
+	Routes          json.RawMessage `json:"routes"`  // [] when none
+	Mapping         json.RawMessage `json:"mapping"` // null when none
+	Suspended       bool            `json:"suspended"`
+	CreatedAt       time.Time       `json:"createdAt"`
+	UpdatedAt       time.Time       `json:"updatedAt"`
+	State           *StateJSON      `json:"state,omitempty"` // on GET of one semaphore
+}
+
+// StateJSON is a semaphore's usage.
+type StateJSON struct {
+	InUse     int64                       `json:"inUse"`
+	Available int64                       `json:"available"`
+	Waiting   int64                       `json:"waiting"`
+	Queued    int64                       `json:"queued"`
+	Inflight  int64                       `json:"inflight"`
+	Channels  map[string]ChannelStateJSON `json:"channels"`
+}
+
+// ChannelStateJSON is one channel's usage.
+type ChannelStateJSON struct {
+	InUse     int64 `json:"inUse"`
+	Available int64 `json:"available"`
+	Waiting   int64 `json:"waiting"`
+	Queued    int64 `json:"queued"`
+	Inflight  int64 `json:"inflight"`
+}
+
+// SemaphoreResponse is {"semaphore": ...}.
+type SemaphoreResponse struct {
+	Semaphore SemaphoreJSON `json:"semaphore"`
+}
+
+// SemaphoreListResponse is GET /v1/semaphores: nextCursor "" on the last page.
+type SemaphoreListResponse struct {
+	Semaphores []SemaphoreJSON `json:"semaphores"`
+	NextCursor string          `json:"nextCursor"`
+}
+
+// ---- sync leases (worker) ----
+
+// AcquireRequest is the body of POST /v1/semaphores/{name}/acquire (may be
+// empty). ttl defaults to the semaphore's leaseTimeout, 1s..24h; wait 0..60s.
+type AcquireRequest struct {
+	Channel        string    `json:"channel,omitempty"` // default "default"; same pattern as names
+	Weight         *int64    `json:"weight,omitempty"`  // default 1, >= 1
+	TTL            *Duration `json:"ttl,omitempty"`
+	Wait           *Duration `json:"wait,omitempty"`
+	IdempotencyKey string    `json:"idempotencyKey,omitempty"` // 1..256 bytes
+}
+
+// ExtendRequest is the body of POST /v1/leases/{id}/extend.
+type ExtendRequest struct {
+	TTL *Duration `json:"ttl"` // required, 1s..24h
+}
+
+// LeaseJSON is a returned lease.
+type LeaseJSON struct {
+	ID           string    `json:"id"`
+	Semaphore    string    `json:"semaphore"`
+	Channel      string    `json:"channel"`
+	Weight       int64     `json:"weight"`
+	FencingToken int64     `json:"fencingToken"`
+	AcquiredAt   time.Time `json:"acquiredAt"`
+	ExpiresAt    time.Time `json:"expiresAt"`
+}
+
+// LeaseResponse is {"lease": ...}: acquire, extend and release (the lease as
+// it was when released).
+type LeaseResponse struct {
+	Lease LeaseJSON `json:"lease"`
+}
+
+// ---- tenants and keys ----
+
+// TenantRequest is the body of POST /v1/tenants.
+type TenantRequest struct {
+	Name string `json:"name"` // same pattern as semaphore names
+}
+
+// TenantJSON is a returned tenant.
+type TenantJSON struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// TenantCreatedResponse is 201 of POST /v1/tenants: the tenant and its first
+// admin key, whose secret is shown only here.
+type TenantCreatedResponse struct {
+	Tenant TenantJSON `json:"tenant"`
+	Key    KeyJSON    `json:"key"`
+}
+
+// TenantListResponse is GET /v1/tenants.
+type TenantListResponse struct {
+	Tenants []TenantJSON `json:"tenants"`
+}
+
+// KeyRequest is the body of POST /v1/keys. role: worker | admin (an operator
+// may also create operator keys). name: 1..128 printable characters.
+type KeyRequest struct {
+	Role string `json:"role"`
+	Name string `json:"name"`
+}
+
+// KeyJSON is a returned key. Secret ("sk_…") only in the creation reply.
+type KeyJSON struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	Prefix    string    `json:"prefix"`
+	Tenant    string    `json:"tenant"`
+	CreatedAt time.Time `json:"createdAt"`
+	Secret    string    `json:"secret,omitempty"`
+}
+
+// KeyResponse is {"key": ...}: creation (201, with secret) and revocation
+// (200, the revoked key).
+type KeyResponse struct {
+	Key KeyJSON `json:"key"`
+}
+
+// KeyListResponse is GET /v1/keys.
+type KeyListResponse struct {
+	Keys []KeyJSON `json:"keys"`
+}
+
+// ---- other ----
+
+// HealthResponse is /healthz and /readyz: {"status": "ok"} (503 with an
+// error body from /readyz when the store is unreachable).
+type HealthResponse struct {
+	Status string `json:"status"`
+}
+
+var durationType = reflectTypeOfDuration()
+
+type durationError struct{ s string }
+
+func (e *durationError) Error() string {
+	return "invalid duration " + strconvQuote(e.s) + ` (want a Go duration such as "30s" or "1500ms")`
+}
+
+// statusOf maps each error code to its HTTP status, in one table.
+var statusOf = map[string]int{
+	CodeUnauthorized:      http.StatusUnauthorized,
+	CodeForbidden:         http.StatusForbidden,
+	CodeInvalidJSON:       http.StatusBadRequest,
+	CodeInvalidRequest:    http.StatusBadRequest,
+	CodeInvalidName:       http.StatusBadRequest,
+	CodeInvalidConfig:     http.StatusBadRequest,
+	CodeSemaphoreNotFound: http.StatusNotFound,
+	CodeLeaseNotFound:     http.StatusNotFound,
+	CodeKeyNotFound:       http.StatusNotFound,
+	CodeNotFound:          http.StatusNotFound,
+	CodeMethodNotAllowed:  http.StatusMethodNotAllowed,
+	CodeNoPermit:          http.StatusConflict,
+	CodeWeightTooLarge:    http.StatusConflict,
+	CodeTenantExists:      http.StatusConflict,
+	CodePayloadTooLarge:   http.StatusRequestEntityTooLarge,
+	CodeUnsupportedMedia:  http.StatusUnsupportedMediaType,
+	CodeRateLimited:       http.StatusTooManyRequests,
+	CodeStoreUnavailable:  http.StatusServiceUnavailable,
+	CodeInternal:          http.StatusInternalServerError,
+}
