@@ -1,0 +1,378 @@
+package memory
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/semaphored/semaphored/store"
+	"github.com/semaphored/semaphored/store/storetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// newStore returns a fresh store on the real clock, closed at cleanup.
+func newStore(t *testing.T) store.Store {
+	s := New(Options{})
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, newStore)
+}
+
+func TestConformanceShared(t *testing.T) {
+	storetest.RunShared(t, func(t *testing.T) (store.Store, store.Store) {
+		s := newStore(t)
+		return s, s
+	})
+}
+
+func TestConformanceRapid(t *testing.T) {
+	storetest.RunRapid(t, newStore)
+}
+
+// fakeClock is a settable clock for Options.Now.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// setup returns a store on a fake clock with semaphore "s" of tenant "t".
+func setup(t *testing.T, maxValue int64, scope string) (*Store, *fakeClock) {
+	t.Helper()
+	clock := newFakeClock()
+	s := New(Options{Now: clock.Now})
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	_, created, err := s.PutSemaphore(t.Context(), store.PutSemaphoreParams{
+		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: maxValue, MaxValueScope: scope},
+	})
+	require.NoError(t, err)
+	require.True(t, created)
+	return s, clock
+}
+
+func acquireParams(ttl time.Duration) store.AcquireParams {
+	return store.AcquireParams{Tenant: "t", Semaphore: "s", Weight: 1, TTL: ttl}
+}
+
+func TestStore_ExpiryAtBoundary(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock := setup(t, 1, store.ScopeTotal)
+	start := clock.Now()
+	l, err := s.Acquire(ctx, acquireParams(10*time.Second))
+	require.NoError(t, err)
+	require.Equal(t, start, l.AcquiredAt)
+	require.Equal(t, start.Add(10*time.Second), l.ExpiresAt)
+
+	clock.Add(10*time.Second - time.Nanosecond)
+	n, err := s.Sweep(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n, "live until just before expiresAt")
+	st, err := s.State(ctx, "t", "s")
+	require.NoError(t, err)
+	require.Equal(t, int64(1), st.InUse)
+
+	clock.Add(time.Nanosecond) // now == expiresAt: expired
+	n, err = s.Sweep(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	_, err = s.Release(ctx, store.ReleaseParams{Tenant: "t", LeaseID: l.ID})
+	require.ErrorIs(t, err, store.ErrLeaseNotFound)
+	_, err = s.Acquire(ctx, acquireParams(time.Second))
+	require.NoError(t, err)
+}
+
+func TestStore_ExpiryWithoutSweep(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock := setup(t, 1, store.ScopeTotal)
+	l, err := s.Acquire(ctx, acquireParams(time.Second))
+	require.NoError(t, err)
+	clock.Add(time.Second)
+	_, err = s.Extend(ctx, store.ExtendParams{Tenant: "t", LeaseID: l.ID, TTL: time.Hour})
+	require.ErrorIs(t, err, store.ErrLeaseNotFound, "every operation drops expired leases first")
+	_, err = s.Acquire(ctx, acquireParams(time.Second))
+	require.NoError(t, err)
+}
+
+func TestStore_ExtendUsesStoreClock(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock := setup(t, 1, store.ScopeTotal)
+	l, err := s.Acquire(ctx, acquireParams(time.Second))
+	require.NoError(t, err)
+	clock.Add(500 * time.Millisecond)
+	ext, err := s.Extend(ctx, store.ExtendParams{Tenant: "t", LeaseID: l.ID, TTL: 3 * time.Second})
+	require.NoError(t, err)
+	require.Equal(t, clock.Now().Add(3*time.Second), ext.ExpiresAt)
+	require.Equal(t, 3*time.Second, ext.TTL)
+	require.Equal(t, l.AcquiredAt, ext.AcquiredAt)
+}
+
+func TestStore_DefaultTTL(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock := setup(t, 2, store.ScopeTotal)
+	l, err := s.Acquire(ctx, acquireParams(0))
+	require.NoError(t, err)
+	require.Equal(t, clock.Now().Add(defaultTTL), l.ExpiresAt, "no ttl and no leaseTimeout")
+	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{
+		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 2, LeaseTimeout: 7 * time.Second},
+	})
+	require.NoError(t, err)
+	l, err = s.Acquire(ctx, acquireParams(0))
+	require.NoError(t, err)
+	require.Equal(t, clock.Now().Add(7*time.Second), l.ExpiresAt, "the semaphore's leaseTimeout")
+}
+
+func TestStore_TokensSeededFromClock(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock := setup(t, 1, store.ScopeTotal)
+	var last int64
+	for range 1000 {
+		l, err := s.Acquire(ctx, acquireParams(time.Second))
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, l.FencingToken, clock.Now().UnixMicro())
+		require.Greater(t, l.FencingToken, last)
+		last = l.FencingToken
+		_, err = s.Release(ctx, store.ReleaseParams{Tenant: "t", LeaseID: l.ID})
+		require.NoError(t, err)
+	}
+
+	// A restart: a new process a second later hands out greater tokens.
+	clock.Add(time.Second)
+	s2 := New(Options{Now: clock.Now})
+	t.Cleanup(func() { require.NoError(t, s2.Close()) })
+	_, _, err := s2.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 1}})
+	require.NoError(t, err)
+	l, err := s2.Acquire(ctx, acquireParams(time.Second))
+	require.NoError(t, err)
+	require.Greater(t, l.FencingToken, last)
+
+	// A clock that steps back never makes tokens go back.
+	clock.Add(-time.Hour)
+	_, err = s2.Release(ctx, store.ReleaseParams{Tenant: "t", LeaseID: l.ID})
+	require.NoError(t, err)
+	l2, err := s2.Acquire(ctx, acquireParams(time.Second))
+	require.NoError(t, err)
+	require.Equal(t, l.FencingToken+1, l2.FencingToken)
+}
+
+func TestStore_WaiterGrantedBySweep(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock := setup(t, 1, store.ScopeTotal)
+	_, err := s.Acquire(ctx, acquireParams(10*time.Second))
+	require.NoError(t, err)
+	out := make(chan store.Lease, 1)
+	go func() {
+		p := acquireParams(5 * time.Second)
+		p.Wait = time.Minute
+		l, err := s.Acquire(ctx, p)
+		if err == nil {
+			out <- l
+		}
+		close(out)
+	}()
+	requireWaiting(t, s, 1)
+	clock.Add(10 * time.Second)
+	n, err := s.Sweep(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	select {
+	case l, ok := <-out:
+		require.True(t, ok, "waiter failed")
+		require.Equal(t, clock.Now(), l.AcquiredAt, "granted inside the sweep, on the store clock")
+		require.Equal(t, clock.Now().Add(5*time.Second), l.ExpiresAt)
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "waiter not granted by the sweep")
+	}
+}
+
+func TestStore_LoweredBelowWaiterWeight(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, _ := setup(t, 3, store.ScopeTotal)
+	_, err := s.Acquire(ctx, acquireParams(time.Minute))
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() {
+		p := acquireParams(time.Minute)
+		p.Weight, p.Wait = 3, time.Minute
+		_, err := s.Acquire(ctx, p)
+		errc <- err
+	}()
+	requireWaiting(t, s, 1)
+	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 2}})
+	require.NoError(t, err)
+	select {
+	case err := <-errc:
+		require.ErrorIs(t, err, store.ErrWeightTooLarge, "a waiter that can never fit fails at once")
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "waiter still blocked")
+	}
+	requireWaiting(t, s, 0)
+}
+
+func TestStore_AbandonRace(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		cause     error
+		keepLease bool
+	}{
+		{"timeout keeps a lease granted at the same moment", store.ErrNoPermit, true},
+		{"cancel gives a lease granted at the same moment back", context.Canceled, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			s, _ := setup(t, 1, store.ScopeTotal)
+			holder, err := s.Acquire(ctx, acquireParams(time.Minute))
+			require.NoError(t, err)
+
+			// Queue a waiter by hand, then grant it and abandon it as
+			// if its timer or ctx had fired in the same instant.
+			s.mu.Lock()
+			p := acquireParams(time.Minute)
+			p.Wait = time.Minute
+			w, _, err := s.tryAcquire(normalize(p))
+			s.mu.Unlock()
+			require.NoError(t, err)
+			require.NotNil(t, w)
+			_, err = s.Release(ctx, store.ReleaseParams{Tenant: "t", LeaseID: holder.ID})
+			require.NoError(t, err)
+			require.True(t, w.settled)
+
+			l, err := s.abandon(w, tc.cause)
+			st, serr := s.State(ctx, "t", "s")
+			require.NoError(t, serr)
+			require.Zero(t, st.Waiting)
+			if tc.keepLease {
+				require.NoError(t, err)
+				require.Equal(t, w.lease.ID, l.ID)
+				require.Equal(t, int64(1), st.InUse)
+				return
+			}
+			require.ErrorIs(t, err, context.Canceled)
+			require.Equal(t, int64(0), st.InUse, "nothing leaked")
+		})
+	}
+}
+
+func TestStore_Close(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, _ := setup(t, 1, store.ScopeTotal)
+	_, err := s.Acquire(ctx, acquireParams(time.Minute))
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() {
+		p := acquireParams(time.Minute)
+		p.Wait = time.Minute
+		_, err := s.Acquire(ctx, p)
+		errc <- err
+	}()
+	requireWaiting(t, s, 1)
+	require.NoError(t, s.Close())
+	select {
+	case err := <-errc:
+		require.ErrorIs(t, err, store.ErrUnavailable)
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "waiter not woken by Close")
+	}
+	require.ErrorIs(t, s.Ping(ctx), store.ErrUnavailable)
+	_, err = s.Acquire(ctx, acquireParams(time.Minute))
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.NoError(t, s.Close(), "closing twice")
+}
+
+func TestStore_CancelledContext(t *testing.T) {
+	t.Parallel()
+	s, _ := setup(t, 1, store.ScopeTotal)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := s.Acquire(ctx, acquireParams(time.Minute))
+	require.ErrorIs(t, err, context.Canceled)
+	st, err := s.State(t.Context(), "t", "s")
+	require.NoError(t, err)
+	require.Zero(t, st.InUse)
+}
+
+func TestStore_ScopeChangeRequeues(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, _ := setup(t, 1, store.ScopeTotal)
+	pa := acquireParams(time.Minute)
+	pa.Channel = "a"
+	_, err := s.Acquire(ctx, pa)
+	require.NoError(t, err)
+	out := make(chan error, 1)
+	go func() {
+		pb := acquireParams(time.Minute)
+		pb.Channel, pb.Wait = "b", time.Minute
+		_, err := s.Acquire(ctx, pb)
+		out <- err
+	}()
+	requireWaiting(t, s, 1)
+	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{
+		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeChannel},
+	})
+	require.NoError(t, err)
+	select {
+	case err := <-out:
+		require.NoError(t, err, "channel b has its own permit under scope channel")
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "waiter not granted on scope change")
+	}
+}
+
+// requireWaiting waits until semaphore "s" of tenant "t" has n waiters.
+func requireWaiting(t *testing.T, s *Store, n int64) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		st, err := s.State(t.Context(), "t", "s")
+		return err == nil && st.Waiting == n
+	}, 5*time.Second, time.Millisecond)
+}
+
+func TestStore_FencingCounterSurvivesDelete(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, _ := setup(t, 1, store.ScopeTotal) // the clock stands still: only the counter can increase tokens
+	l1, err := s.Acquire(ctx, acquireParams(time.Minute))
+	require.NoError(t, err)
+	require.NoError(t, s.DeleteSemaphore(ctx, "t", "s"))
+	_, created, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 1}})
+	require.NoError(t, err)
+	require.True(t, created)
+	l2, err := s.Acquire(ctx, acquireParams(time.Minute))
+	require.NoError(t, err)
+	require.Equal(t, l1.FencingToken+1, l2.FencingToken)
+}

@@ -1,0 +1,112 @@
+package memory
+
+import (
+	"context"
+	"sort"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+// CreateTenant implements store.Store. The tenant's ID is its name; a zero
+// CreatedAt is set to the store's clock.
+func (s *Store) CreateTenant(ctx context.Context, t store.Tenant) (store.Tenant, error) {
+	if err := s.lock(ctx); err != nil {
+		return store.Tenant{}, err
+	}
+	defer s.mu.Unlock()
+	if t.Name == "" {
+		t.Name = t.ID
+	}
+	t.ID = t.Name
+	if _, ok := s.tenants[t.Name]; ok {
+		return store.Tenant{}, store.ErrTenantExists
+	}
+	if t.CreatedAt.IsZero() {
+		t.CreatedAt = s.now()
+	}
+	s.tenants[t.Name] = t
+	return t, nil
+}
+
+// ListTenants implements store.Store, sorted by name.
+func (s *Store) ListTenants(ctx context.Context) ([]store.Tenant, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	ts := make([]store.Tenant, 0, len(s.tenants))
+	for _, t := range s.tenants {
+		ts = append(ts, t)
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
+	return ts, nil
+}
+
+// CreateKey implements store.Store. A zero CreatedAt is set to the store's
+// clock; a key with an existing id replaces it.
+func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	if k.CreatedAt.IsZero() {
+		k.CreatedAt = s.now()
+	}
+	if old, ok := s.keys[k.ID]; ok {
+		delete(s.keyIDByHash, old.Hash)
+	}
+	s.keys[k.ID] = k
+	s.keyIDByHash[k.Hash] = k.ID
+	return nil
+}
+
+// KeyByHash implements store.Store.
+func (s *Store) KeyByHash(ctx context.Context, hash string) (store.APIKey, error) {
+	if err := s.lock(ctx); err != nil {
+		return store.APIKey{}, err
+	}
+	defer s.mu.Unlock()
+	id, ok := s.keyIDByHash[hash]
+	if !ok {
+		return store.APIKey{}, store.ErrKeyNotFound
+	}
+	return s.keys[id], nil
+}
+
+// ListKeys implements store.Store: the tenant's keys by CreatedAt, then ID.
+func (s *Store) ListKeys(ctx context.Context, tenant string) ([]store.APIKey, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	ks := []store.APIKey{}
+	for _, k := range s.keys {
+		if k.Tenant == tenant {
+			ks = append(ks, k)
+		}
+	}
+	sort.Slice(ks, func(i, j int) bool {
+		if !ks[i].CreatedAt.Equal(ks[j].CreatedAt) {
+			return ks[i].CreatedAt.Before(ks[j].CreatedAt)
+		}
+		return ks[i].ID < ks[j].ID
+	})
+	return ks, nil
+}
+
+// DeleteKey implements store.Store; a key of another tenant is not found.
+func (s *Store) DeleteKey(ctx context.Context, tenant, id string) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	k, ok := s.keys[id]
+	if !ok || k.Tenant != tenant {
+		return store.ErrKeyNotFound
+	}
+	delete(s.keys, id)
+	if s.keyIDByHash[k.Hash] == id {
+		delete(s.keyIDByHash, k.Hash)
+	}
+	return nil
+}
