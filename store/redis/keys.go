@@ -1,0 +1,92 @@
+package redisstore
+
+import "strings"
+
+// Key layout. Every key is built here, from the configurable prefix P
+// (default "sd"):
+//
+//	P:{<tenant>/<name>}:sem        hash: config, suspended, timestamps, waiter seq
+//	P:{<tenant>/<name>}:holders    zset: lease id -> expiry ms (Redis TIME)
+//	P:{<tenant>/<name>}:leases     hash: lease id -> lease JSON
+//	P:{<tenant>/<name>}:used       hash: "t" / "c:<channel>" -> used weight
+//	P:{<tenant>/<name>}:fence      string: fencing counter, never deleted
+//	P:{<tenant>/<name>}:waiters    zset: waiter id -> arrival seq
+//	P:{<tenant>/<name>}:cq         zset (scores 0): per-channel FIFO by lex order
+//	P:{<tenant>/<name>}:wdata      hash: waiter id -> waiter JSON
+//	P:{<tenant>/<name>}:wdeadline  zset: waiter id -> deadline ms
+//	P:{<tenant>/<name>}:wcount     hash: "c:<channel>" -> waiting waiters
+//	P:{<tenant>/<name>}:granted    hash: waiter id -> node id (granted, not yet claimed)
+//	P:{<tenant>/<name>}:idem       hash: idempotency key -> lease id
+//
+//	P:sweep                        zset: "<tenant>/<name>" -> next due ms
+//	P:sems:<tenant>                zset (scores 0): semaphore names, for ListSemaphores
+//	P:tenants                      hash: tenant name -> tenant JSON
+//	P:{keys}:byhash                hash: secret hash -> key JSON
+//	P:{keys}:tenant:<tenant>       hash: key id -> secret hash
+//	P:node:<node id>               pub/sub channel of one Store (grants to its waiters)
+//
+// The hash tag {<tenant>/<name>} puts all keys of one semaphore in one
+// Redis Cluster slot, so each per-semaphore script runs on Cluster. The
+// global keys are never touched by the same script as a semaphore's keys;
+// the two key-record keys share the tag {keys} because create_key.lua and
+// delete_key.lua touch both. Semaphore names cannot contain "/", so a sweep
+// index member splits at its last "/".
+type keys struct {
+	p string // prefix without a trailing ':'
+}
+
+func newKeys(prefix string) keys {
+	return keys{p: strings.TrimRight(prefix, ":")}
+}
+
+// Indexes into semKeys' result, in the order lib.lua expects.
+const (
+	kSem = iota
+	kHolders
+	kLeases
+	kUsed
+	kFence
+	kWaiters
+	kCQ
+	kWData
+	kWDeadline
+	kWCount
+	kGranted
+	kIdem
+	numSemKeys
+)
+
+var semKeySuffixes = [numSemKeys]string{
+	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
+	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
+}
+
+// sem returns the KEYS of every per-semaphore script.
+func (k keys) sem(tenant, name string) []string {
+	base := k.p + ":{" + semMember(tenant, name) + "}"
+	out := make([]string, numSemKeys)
+	for i, s := range semKeySuffixes {
+		out[i] = base + s
+	}
+	return out
+}
+
+// semMember is a semaphore's member in the sweep index.
+func semMember(tenant, name string) string { return tenant + "/" + name }
+
+// splitSemMember reverses semMember.
+func splitSemMember(m string) (tenant, name string, ok bool) {
+	i := strings.LastIndexByte(m, '/')
+	if i < 0 {
+		return "", "", false
+	}
+	return m[:i], m[i+1:], true
+}
+
+func (k keys) sweep() string                   { return k.p + ":sweep" }
+func (k keys) semList(tenant string) string    { return k.p + ":sems:" + tenant }
+func (k keys) tenants() string                 { return k.p + ":tenants" }
+func (k keys) keyRecords() string              { return k.p + ":{keys}:byhash" }
+func (k keys) tenantKeys(tenant string) string { return k.p + ":{keys}:tenant:" + tenant }
+func (k keys) nodeChannelPrefix() string       { return k.p + ":node:" }
+func (k keys) nodeChannel(node string) string  { return k.nodeChannelPrefix() + node }

@@ -1,0 +1,209 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+// leaseJSON is a lease as the scripts store it (lib.lua new_lease). Numbers
+// are decoded as float64 (cjson's format) and are exact below 2^53.
+type leaseJSON struct {
+	ID  string  `json:"id"`
+	C   string  `json:"c"`
+	W   float64 `json:"w"`
+	F   float64 `json:"f"`
+	TTL float64 `json:"ttl"`
+	A   float64 `json:"a"`
+	E   float64 `json:"e"`
+}
+
+func decodeLease(semaphore, raw string) (store.Lease, error) {
+	var l leaseJSON
+	if err := json.Unmarshal([]byte(raw), &l); err != nil {
+		return store.Lease{}, fmt.Errorf("redisstore: bad lease record: %w", err)
+	}
+	return store.Lease{
+		ID:           l.ID,
+		Semaphore:    semaphore,
+		Channel:      l.C,
+		Weight:       int64(math.Round(l.W)),
+		FencingToken: int64(math.Round(l.F)),
+		TTL:          time.Duration(math.Round(l.TTL)) * time.Millisecond,
+		AcquiredAt:   time.UnixMilli(int64(math.Round(l.A))).UTC(),
+		ExpiresAt:    time.UnixMilli(int64(math.Round(l.E))).UTC(),
+	}, nil
+}
+
+func ms(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	v := d.Milliseconds()
+	if v == 0 {
+		v = 1
+	}
+	return v
+}
+
+// Acquire grants a lease, or waits in the FIFO queue of its capacity
+// domain (see store.Store).
+func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease, error) {
+	if p.Channel == "" {
+		p.Channel = store.DefaultChannel
+	}
+	if p.Weight <= 0 {
+		p.Weight = 1
+	}
+	id := store.NewLeaseID(p.Semaphore)
+	var woke chan struct{}
+	if p.Wait > 0 {
+		// Registered before the script runs: a grant can be pushed before
+		// the script's reply arrives.
+		woke = s.register(id)
+		defer s.unregister(id)
+	}
+	res, err := s.runSem(ctx, scriptAcquire, p.Tenant, p.Semaphore,
+		id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack)).Slice()
+	if err != nil {
+		// If the reply was lost after an enqueue, the waiter expires at
+		// its deadline; if after a grant, the lease expires at its TTL.
+		return store.Lease{}, translate(err, nil)
+	}
+	status, raw, due := res[0].(string), res[1].(string), res[2].(int64)
+	s.indexDue(ctx, p.Tenant, p.Semaphore, due)
+	switch status {
+	case "ok":
+		return decodeLease(p.Semaphore, raw)
+	case "wait":
+		return s.await(ctx, p, id, woke)
+	default:
+		return store.Lease{}, store.ErrNoPermit
+	}
+}
+
+// await blocks a waiting acquire until its grant is pushed (or found by
+// the fallback poll), its wait passes, ctx ends or the Store closes.
+func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, woke <-chan struct{}) (store.Lease, error) {
+	deadline := time.NewTimer(p.Wait)
+	defer deadline.Stop()
+	poll := time.NewTicker(pollInterval)
+	defer poll.Stop()
+	for {
+		select {
+		case <-woke:
+		case <-poll.C:
+		case <-deadline.C:
+			return s.giveUp(ctx, p, id, store.ErrNoPermit)
+		case <-ctx.Done():
+			return s.giveUp(ctx, p, id, ctx.Err())
+		case <-s.closing:
+			return s.giveUp(ctx, p, id, fmt.Errorf("%w: store closed", store.ErrUnavailable))
+		}
+		status, raw, err := s.claim(ctx, scriptPollWait, p, id)
+		switch {
+		case errors.Is(err, store.ErrSemaphoreNotFound):
+			return store.Lease{}, err
+		case err != nil:
+			// Transient: keep waiting; the deadline or ctx ends the wait.
+			s.log.Debug("poll of waiter failed", "err", err)
+			continue
+		}
+		switch status {
+		case "granted":
+			return decodeLease(p.Semaphore, raw)
+		case "gone":
+			return store.Lease{}, store.ErrNoPermit
+		}
+	}
+}
+
+// giveUp cancels the waiter. A lease granted in the meantime is returned
+// when the wait merely ran out, and released when the caller is gone (ctx
+// ended, Store closing): it never leaks.
+func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, cause error) (store.Lease, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	status, raw, err := s.claim(cctx, scriptCancelWait, p, id)
+	if err != nil {
+		if errors.Is(err, store.ErrSemaphoreNotFound) {
+			return store.Lease{}, err
+		}
+		// The waiter (or its unclaimed lease) is dropped by the sweep at its
+		// deadline in Redis.
+		s.log.Warn("cancel of waiter failed", "err", err)
+		return store.Lease{}, cause
+	}
+	if status != "granted" {
+		return store.Lease{}, cause
+	}
+	l, err := decodeLease(p.Semaphore, raw)
+	if err != nil {
+		return store.Lease{}, err
+	}
+	if errors.Is(cause, store.ErrNoPermit) {
+		return l, nil
+	}
+	if _, err := s.Release(cctx, store.ReleaseParams{Tenant: p.Tenant, LeaseID: l.ID}); err != nil &&
+		!errors.Is(err, store.ErrLeaseNotFound) {
+		s.log.Warn("release of abandoned grant failed; it expires by its ttl", "err", err)
+	}
+	return store.Lease{}, cause
+}
+
+// claim runs poll_wait.lua or cancel_wait.lua.
+func (s *Store) claim(ctx context.Context, sc *redis.Script, p store.AcquireParams, id string) (status, raw string, err error) {
+	res, err := s.runSem(ctx, sc, p.Tenant, p.Semaphore, id).Slice()
+	if err != nil {
+		return "", "", translate(err, nil)
+	}
+	s.indexDue(ctx, p.Tenant, p.Semaphore, res[2].(int64))
+	return res[0].(string), res[1].(string), nil
+}
+
+// Release ends a live lease and grants freed permits to head waiters.
+func (s *Store) Release(ctx context.Context, p store.ReleaseParams) (store.Lease, error) {
+	name, ok := store.ParseLeaseID(p.LeaseID)
+	if !ok {
+		return store.Lease{}, store.ErrLeaseNotFound
+	}
+	res, err := s.runSem(ctx, scriptRelease, p.Tenant, name, p.LeaseID).Slice()
+	if err != nil {
+		return store.Lease{}, translate(err, nil)
+	}
+	raw, due := res[0].(string), res[1].(int64)
+	s.indexDue(ctx, p.Tenant, name, due)
+	if raw == "" {
+		return store.Lease{}, store.ErrLeaseNotFound
+	}
+	return decodeLease(name, raw)
+}
+
+// Extend moves a live lease's expiry to now+TTL (Redis time).
+func (s *Store) Extend(ctx context.Context, p store.ExtendParams) (store.Lease, error) {
+	name, ok := store.ParseLeaseID(p.LeaseID)
+	if !ok {
+		return store.Lease{}, store.ErrLeaseNotFound
+	}
+	ttl := ms(p.TTL)
+	if ttl == 0 {
+		ttl = 1
+	}
+	res, err := s.runSem(ctx, scriptExtend, p.Tenant, name, p.LeaseID, ttl).Slice()
+	if err != nil {
+		return store.Lease{}, translate(err, nil)
+	}
+	raw, due := res[0].(string), res[1].(int64)
+	s.indexDue(ctx, p.Tenant, name, due)
+	if raw == "" {
+		return store.Lease{}, store.ErrLeaseNotFound
+	}
+	return decodeLease(name, raw)
+}

@@ -1,0 +1,13 @@
+-- delete_key.lua: revoke an API key. (Standalone: lib.lua is not
+-- prepended.)
+--
+-- KEYS[1] key records: hash, secret hash -> key JSON
+-- KEYS[2] the tenant's key index: hash, key id -> secret hash
+-- ARGV[1] key id
+--
+-- Returns 1, or 0 for an unknown id.
+local h = redis.call('HGET', KEYS[2], ARGV[1])
+if not h then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], h)
+return 1

@@ -1,0 +1,20 @@
+-- delete_semaphore.lua: remove a semaphore with its leases and waiters
+-- (lib.lua is prepended). Waiting calls are woken by push and find the
+-- semaphore gone. The fencing counter (KEYS[5]) is kept, so tokens stay
+-- monotonic when the name is created again.
+--
+-- KEYS: the 12 semaphore keys listed in lib.lua.
+-- ARGV[1] node channel prefix (lib.lua)
+--
+-- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
+if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply('SD_SEMAPHORE_NOT_FOUND') end
+local all = redis.call('HGETALL', K_WDATA)
+for i = 2, #all, 2 do
+  local w = cjson.decode(all[i])
+  redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
+end
+all = redis.call('HGETALL', K_GRANTED)
+for i = 1, #all, 2 do redis.call('PUBLISH', NODE_PREFIX .. all[i + 1], all[i]) end
+redis.call('DEL', K_SEM, K_HOLDERS, K_LEASES, K_USED, K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT,
+  K_GRANTED, K_IDEM)
+return 1

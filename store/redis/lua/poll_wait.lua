@@ -1,0 +1,14 @@
+-- poll_wait.lua: a waiting acquire asks whether it was granted (after a
+-- push, or the ~1 s fallback poll); lib.lua is prepended. Expired leases
+-- are dropped and freed permits granted first, so a waiter also makes
+-- progress when pushes and sweeps are lost.
+--
+-- KEYS: the 12 semaphore keys listed in lib.lua.
+-- ARGV[1] node channel prefix (lib.lua)
+-- ARGV[2] waiter id
+--
+-- Returns {status, lease JSON or '', due}: 'granted' (the lease is handed
+-- over to the caller and stops being claimable), 'waiting', or 'gone' (the
+-- waiter expired, or its unclaimed lease ended). Error
+-- SD_SEMAPHORE_NOT_FOUND when the semaphore was deleted.
+return claim_waiter(ARGV[2], false)

@@ -1,0 +1,173 @@
+// Package redisstore is the Redis implementation of store.Store, for Redis 7
+// standalone or Redis Cluster.
+//
+// Every domain operation is one Lua script (lua/*.lua, embedded), run by
+// EVALSHA with an EVAL fallback; every key a script touches is passed in
+// KEYS and carries the semaphore's hash tag (keys.go). Time is Redis TIME
+// inside the scripts, never the local clock: a lease is live while Redis
+// time is before its expiry.
+//
+// Waiting acquires join a FIFO queue in Redis. A release, expiry or raise
+// grants head waiters inside its script and pushes each grant by PUBLISH on
+// the owning Store's node channel; the blocked Acquire (a Go channel per
+// waiter id) then claims its lease. A lost message costs at most the ~1 s
+// fallback poll, and a waiter whose node crashed expires at its deadline.
+package redisstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+var _ store.Store = (*Store)(nil)
+
+// Tunables. Not options: nothing outside tests has needed to change them.
+const (
+	// pollInterval is the waiting call's fallback re-check, in case a push
+	// was lost (pub/sub reconnect).
+	pollInterval = time.Second
+	// waiterSlack is added to a waiter's deadline in Redis (now + wait +
+	// slack): long enough for the waiting call to cancel itself at its own
+	// deadline, short enough that the waiters of a crashed node vanish soon.
+	waiterSlack = 2 * time.Second
+	// sweepRecheck: a claimed sweep index member is re-checked this long
+	// after the claim unless the sweep sets an earlier due time; it bounds
+	// the damage of a sweeper that dies between claim and update, and is
+	// the re-check period of idle semaphores.
+	sweepRecheck = 5 * time.Second
+	// sweepBatch members are claimed per round; sweepMaxRounds bounds one
+	// Sweep call.
+	sweepBatch     = 128
+	sweepMaxRounds = 16
+	// cleanupTimeout bounds the cancel/release a waiting call sends after
+	// its context ended.
+	cleanupTimeout = 5 * time.Second
+)
+
+// Options configure a Store. The zero value is valid.
+type Options struct {
+	// Prefix of every key (default "sd"). Stores sharing a Redis with the
+	// same prefix share all data.
+	Prefix string
+	// NodeID names this Store's pub/sub channel for grants to its waiters
+	// (default: random). It must be unique among live Stores.
+	NodeID string
+	// Logger (default: discard).
+	Logger *slog.Logger
+}
+
+// Store is the Redis store. Create it with New; Close it to stop its
+// pub/sub listener (the client is the caller's, and stays open).
+type Store struct {
+	client redis.UniversalClient
+	keys   keys
+	nodeID string
+	log    *slog.Logger
+
+	ps       *redis.PubSub
+	listened chan struct{} // closed when the listener goroutine ends
+	closing  chan struct{} // closed by Close
+	closeOne sync.Once
+
+	mu      sync.Mutex
+	waiters map[string]chan struct{} // waiter id -> wake-up signal
+}
+
+// New returns a Store on client and subscribes to its node channel before
+// returning, so no grant pushed to it is missed.
+func New(client redis.UniversalClient, opts Options) (*Store, error) {
+	if client == nil {
+		return nil, errors.New("redisstore: nil client")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "sd"
+	}
+	if opts.NodeID == "" {
+		var b [12]byte
+		_, _ = rand.Read(b[:])
+		opts.NodeID = hex.EncodeToString(b[:])
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{
+		client:   client,
+		keys:     newKeys(opts.Prefix),
+		nodeID:   opts.NodeID,
+		log:      opts.Logger.With("component", "redisstore", "node", opts.NodeID),
+		listened: make(chan struct{}),
+		closing:  make(chan struct{}),
+		waiters:  make(map[string]chan struct{}),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.ps = client.Subscribe(ctx, s.keys.nodeChannel(s.nodeID))
+	if _, err := s.ps.Receive(ctx); err != nil { // the subscription confirmation
+		_ = s.ps.Close()
+		return nil, translate(err, nil)
+	}
+	msgs := s.ps.Channel(redis.WithChannelSize(1024))
+	go s.listen(msgs)
+	return s, nil
+}
+
+// listen delivers pushed grants (the message is the waiter id) to the
+// waiting calls of this Store.
+func (s *Store) listen(msgs <-chan *redis.Message) {
+	defer close(s.listened)
+	for m := range msgs {
+		s.wake(m.Payload)
+	}
+}
+
+func (s *Store) register(id string) chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.waiters[id] = ch
+	s.mu.Unlock()
+	return ch
+}
+
+func (s *Store) unregister(id string) {
+	s.mu.Lock()
+	delete(s.waiters, id)
+	s.mu.Unlock()
+}
+
+func (s *Store) wake(id string) {
+	s.mu.Lock()
+	ch := s.waiters[id]
+	s.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default: // already signalled
+		}
+	}
+}
+
+// Ping checks Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return translate(s.client.Ping(ctx).Err(), nil)
+}
+
+// Close stops the pub/sub listener; waiting calls give up (cancelling their
+// waiters) with store.ErrUnavailable. It does not close the client.
+func (s *Store) Close() error {
+	var err error
+	s.closeOne.Do(func() {
+		close(s.closing)
+		err = s.ps.Close()
+		<-s.listened
+	})
+	return translate(err, nil)
+}

@@ -1,0 +1,193 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The sweep index (keys.sweep) is a sorted set of semaphores ("tenant/name")
+// scored by the Redis time (ms) they must next be checked. Why no expiry
+// is missed:
+//
+//   - A semaphore's due time is the earliest of its lease expiries and
+//     waiter deadlines (lib.lua next_due). Every script that adds such an
+//     item (acquire, extend, a grant inside release/poll/cancel/state/put)
+//     returns the new due time, and the caller then sends ZADD LT: a score
+//     only ever goes down, and a new member is added.
+//   - The only thing that raises a score is a sweep's claim
+//     (sweep_claim.lua: score := now + sweepRecheck). After a claim the
+//     sweeper runs sweep.lua on the member and sends ZADD LT with the due
+//     time that script returned.
+//   - Take any live item x and the last claim C of its semaphore. If x was
+//     added before the sweep.lua that followed C, that script saw x and its
+//     ZADD LT (after C) puts the score at or below x's due time. If x was
+//     added after that sweep.lua, x's creator sends its ZADD LT after its
+//     script, hence after C. Either way a ZADD LT at or below x's due time
+//     lands after the last raise, so a sweep reaches x in time. A grant
+//     whose ZADD lands after a later claim is the second case.
+//   - If a sweeper dies between claim and update, the claim's score
+//     (now + sweepRecheck) still brings the member back: the delay is
+//     bounded by sweepRecheck, never infinite. An idle semaphore is left in
+//     the index and re-checked every sweepRecheck: removing it could race
+//     with a concurrent ZADD whose due time is later than the claim.
+//   - Members are removed only when the semaphore is gone (DeleteSemaphore,
+//     or a sweep finding it missing), by ZREM followed by an EXISTS check
+//     that puts the member back (score 0, due now) if the semaphore exists
+//     again: any item added after the delete has its creator's ZADD land
+//     after the ZREM or the semaphore exist at the EXISTS check.
+//
+// Besides, every script drops expired leases of its semaphore before
+// counting, and a waiting call's ~1 s poll grants freed permits itself, so
+// a late sweep delays nothing a client is blocked on by more than that.
+
+// indexDue lowers the semaphore's score in the sweep index to due (ms,
+// Redis time) when due > 0. A failure is logged: the item is still found
+// at the semaphore's current score, at worst at the next touch.
+func (s *Store) indexDue(ctx context.Context, tenant, name string, due int64) {
+	if due <= 0 {
+		return
+	}
+	err := s.client.ZAddArgs(context.WithoutCancel(ctx), s.keys.sweep(), redis.ZAddArgs{
+		LT:      true,
+		Members: []redis.Z{{Score: float64(due), Member: semMember(tenant, name)}},
+	}).Err()
+	if err != nil {
+		s.log.Warn("sweep index update failed", "semaphore", semMember(tenant, name), "err", err)
+	}
+}
+
+// unindex removes a deleted semaphore from the sweep index (and, with
+// list, from its tenant's list), then puts it back if it exists again by
+// now (a concurrent PutSemaphore), so no live semaphore is left out.
+func (s *Store) unindex(ctx context.Context, tenant, name string, list bool) error {
+	m := semMember(tenant, name)
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRem(ctx, s.keys.sweep(), m)
+		if list {
+			p.ZRem(ctx, s.keys.semList(tenant), name)
+		}
+		return nil
+	})
+	if err != nil {
+		return translate(err, nil)
+	}
+	n, err := s.client.Exists(ctx, s.keys.sem(tenant, name)[kSem]).Result()
+	if err != nil || n == 0 {
+		return translate(err, nil)
+	}
+	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAddArgs(ctx, s.keys.sweep(), redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: 0, Member: m}}})
+		if list {
+			p.ZAdd(ctx, s.keys.semList(tenant), redis.Z{Score: 0, Member: name})
+		}
+		return nil
+	})
+	return translate(err, nil)
+}
+
+// Sweep claims the semaphores due for a check and runs sweep.lua on each
+// (pipelined), then records their next due times. Safe to run concurrently
+// from many instances: a claimed member is not due for the others.
+func (s *Store) Sweep(ctx context.Context) (int, error) {
+	expired := 0
+	for range sweepMaxRounds {
+		members, err := scriptSweepClaim.Run(ctx, s.client, []string{s.keys.sweep()},
+			sweepBatch, ms(sweepRecheck)).StringSlice()
+		if err != nil {
+			return expired, translate(err, nil)
+		}
+		if len(members) == 0 {
+			return expired, nil
+		}
+		n, err := s.sweepMembers(ctx, members)
+		expired += n
+		if err != nil || len(members) < sweepBatch {
+			return expired, err
+		}
+	}
+	return expired, nil
+}
+
+func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error) {
+	type item struct {
+		tenant, name string
+		cmd          *redis.Cmd
+		due          int64
+	}
+	items := make([]item, 0, len(members))
+	for _, m := range members {
+		if t, n, ok := splitSemMember(m); ok {
+			items = append(items, item{tenant: t, name: n})
+		}
+	}
+	run := func(useEval bool, only func(*redis.Cmd) bool) error {
+		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := range items {
+				if only != nil && !only(items[i].cmd) {
+					continue
+				}
+				keys, args := s.keys.sem(items[i].tenant, items[i].name), s.semArgs(nil)
+				if useEval {
+					items[i].cmd = scriptSweep.Eval(ctx, p, keys, args...)
+				} else {
+					items[i].cmd = scriptSweep.EvalSha(ctx, p, keys, args...)
+				}
+			}
+			return nil
+		})
+		return err
+	}
+	err := run(false, nil)
+	if err != nil {
+		retry := false
+		for _, it := range items {
+			retry = retry || isNoScript(it.cmd.Err())
+		}
+		if retry {
+			err = run(true, func(c *redis.Cmd) bool { return isNoScript(c.Err()) })
+		}
+	}
+	expired := 0
+	var firstErr error
+	var dues []item
+	for _, it := range items {
+		res, err := it.cmd.Slice()
+		if err != nil {
+			if firstErr == nil {
+				firstErr = translate(err, nil)
+			}
+			continue
+		}
+		expired += int(res[0].(int64))
+		if res[2].(int64) == 1 {
+			if err := s.unindex(ctx, it.tenant, it.name, false); err != nil && firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if due := res[1].(int64); due > 0 {
+			it.due = due
+			dues = append(dues, it)
+		}
+	}
+	if len(dues) > 0 {
+		_, perr := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, it := range dues {
+				p.ZAddArgs(ctx, s.keys.sweep(), redis.ZAddArgs{
+					LT:      true,
+					Members: []redis.Z{{Score: float64(it.due), Member: semMember(it.tenant, it.name)}},
+				})
+			}
+			return nil
+		})
+		if perr != nil && firstErr == nil {
+			firstErr = translate(perr, nil)
+		}
+	}
+	if firstErr == nil && err != nil && !errors.Is(err, redis.Nil) {
+		firstErr = translate(err, nil)
+	}
+	return expired, firstErr
+}
