@@ -3,6 +3,8 @@ package api
 import (
 	"encoding/json"
 	"net/http"
+	"reflect"
+	"strconv"
 	"time"
 )
 
@@ -33,6 +35,12 @@ const (
 	CodeRateLimited       = "rate_limited"           // 429, with Retry-After
 	CodeStoreUnavailable  = "store_unavailable"      // 503
 	CodeInternal          = "internal"               // 500
+
+	// Codes of the job routes (async issue), fixed here so openapi.yaml and
+	// the SDK know them already.
+	CodeJobNotFound  = "job_not_found" // 404
+	CodeInvalidState = "invalid_state" // 409: wrong job transition
+	CodeQueueFull    = "queue_full"    // 429: the semaphore's queue is full
 )
 
 // ErrorBody is every error response: {"error": {"code", "message"}}.
@@ -52,18 +60,42 @@ type Duration time.Duration
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
-// UnmarshalJSON accepts only a Go duration string.
+// UnmarshalJSON accepts only a Go duration string. Any other value fails
+// with a *json.UnmarshalTypeError, so the decoder names the field.
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil // like the standard types: null leaves the value alone
+	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return &json.UnmarshalTypeError{Value: "non-string", Type: durationType}
+		return &json.UnmarshalTypeError{Value: jsonKind(b), Type: durationType}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return &durationError{s: s}
+		return &json.UnmarshalTypeError{Value: "string " + strconv.Quote(shorten(s, 64)), Type: durationType}
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// jsonKind names the kind of a JSON value for error messages.
+func jsonKind(b []byte) string {
+	if len(b) == 0 {
+		return "nothing"
+	}
+	switch b[0] {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	}
+	return "number"
 }
 
 // ---- semaphores (admin) ----
@@ -227,13 +259,7 @@ type HealthResponse struct {
 	Status string `json:"status"`
 }
 
-var durationType = reflectTypeOfDuration()
-
-type durationError struct{ s string }
-
-func (e *durationError) Error() string {
-	return "invalid duration " + strconvQuote(e.s) + ` (want a Go duration such as "30s" or "1500ms")`
-}
+var durationType = reflect.TypeFor[Duration]()
 
 // statusOf maps each error code to its HTTP status, in one table.
 var statusOf = map[string]int{
@@ -256,4 +282,7 @@ var statusOf = map[string]int{
 	CodeRateLimited:       http.StatusTooManyRequests,
 	CodeStoreUnavailable:  http.StatusServiceUnavailable,
 	CodeInternal:          http.StatusInternalServerError,
+	CodeJobNotFound:       http.StatusNotFound,
+	CodeInvalidState:      http.StatusConflict,
+	CodeQueueFull:         http.StatusTooManyRequests,
 }

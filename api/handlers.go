@@ -1,0 +1,302 @@
+package api
+
+import (
+	"context"
+	_ "embed"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/semaphored/semaphored/semaphore"
+	"github.com/semaphored/semaphored/store"
+)
+
+// OpenAPI is api/openapi.yaml, the OpenAPI 3.1 description of this API.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+// ---- semaphores ----
+
+func (s *Server) putSemaphore(c echo.Context) error {
+	var req SemaphoreConfigJSON
+	if err := decodeBody(c, s.maxBody, &req, false); err != nil {
+		return err
+	}
+	sem, _, err := s.svc.PutSemaphore(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), req.input())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, SemaphoreResponse{Semaphore: semaphoreJSON(sem, nil)})
+}
+
+// input converts the wire config to the service's input.
+func (r SemaphoreConfigJSON) input() semaphore.ConfigInput {
+	in := semaphore.ConfigInput{
+		MaxValue:        r.MaxValue,
+		MaxValueScope:   r.MaxValueScope,
+		MaxAttempts:     r.MaxAttempts,
+		OnSessionLost:   r.OnSessionLost,
+		OnDeliveryError: r.OnDeliveryError,
+		Routes:          r.Routes,
+		Mapping:         r.Mapping,
+	}
+	if r.LeaseTimeout != nil {
+		d := time.Duration(*r.LeaseTimeout)
+		in.LeaseTimeout = &d
+	}
+	return in
+}
+
+func (s *Server) getSemaphore(c echo.Context) error {
+	sem, st, err := s.svc.GetSemaphore(c.Request().Context(), callerKey(c).Tenant, c.Param("name"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, SemaphoreResponse{Semaphore: semaphoreJSON(sem, &st)})
+}
+
+func (s *Server) listSemaphores(c echo.Context) error {
+	limit := 0
+	if v := c.QueryParam("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errorf(CodeInvalidRequest, "limit must be an integer, got %q", shorten(v, 64))
+		}
+		if n == 0 {
+			n = -1 // an explicit 0 is out of range, not the default
+		}
+		limit = n
+	}
+	sems, next, err := s.svc.ListSemaphores(c.Request().Context(), callerKey(c).Tenant, c.QueryParam("cursor"), limit)
+	if err != nil {
+		return err
+	}
+	out := SemaphoreListResponse{Semaphores: make([]SemaphoreJSON, 0, len(sems)), NextCursor: next}
+	for _, sem := range sems {
+		out.Semaphores = append(out.Semaphores, semaphoreJSON(sem, nil))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) deleteSemaphore(c echo.Context) error {
+	ctx, tenant, name := c.Request().Context(), callerKey(c).Tenant, c.Param("name")
+	sem, _, err := s.svc.GetSemaphore(ctx, tenant, name)
+	if err != nil {
+		return err
+	}
+	if err := s.svc.DeleteSemaphore(ctx, tenant, name); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, SemaphoreResponse{Semaphore: semaphoreJSON(sem, nil)})
+}
+
+func (s *Server) suspend(suspended bool) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if err := decodeBody(c, s.maxBody, &struct{}{}, true); err != nil {
+			return err
+		}
+		sem, err := s.svc.SetSuspended(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), suspended)
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, SemaphoreResponse{Semaphore: semaphoreJSON(sem, nil)})
+	}
+}
+
+// ---- sync leases ----
+
+func (s *Server) acquire(c echo.Context) error {
+	var req AcquireRequest
+	if err := decodeBody(c, s.maxBody, &req, true); err != nil {
+		return err
+	}
+	l, err := s.svc.Acquire(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), req.input())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, LeaseResponse{Lease: leaseJSON(l)})
+}
+
+func (r AcquireRequest) input() semaphore.AcquireInput {
+	in := semaphore.AcquireInput{Channel: r.Channel, Weight: r.Weight, IdempotencyKey: r.IdempotencyKey}
+	if r.TTL != nil {
+		d := time.Duration(*r.TTL)
+		in.TTL = &d
+	}
+	if r.Wait != nil {
+		d := time.Duration(*r.Wait)
+		in.Wait = &d
+	}
+	return in
+}
+
+func (s *Server) extend(c echo.Context) error {
+	var req ExtendRequest
+	if err := decodeBody(c, s.maxBody, &req, false); err != nil {
+		return err
+	}
+	if req.TTL == nil {
+		return &semaphore.ValidationError{Code: CodeInvalidRequest, Field: "ttl", Message: "ttl is required"}
+	}
+	l, err := s.svc.Extend(c.Request().Context(), callerKey(c).Tenant, c.Param("id"), time.Duration(*req.TTL))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, LeaseResponse{Lease: leaseJSON(l)})
+}
+
+func (s *Server) release(c echo.Context) error {
+	if err := decodeBody(c, s.maxBody, &struct{}{}, true); err != nil {
+		return err
+	}
+	l, err := s.svc.Release(c.Request().Context(), callerKey(c).Tenant, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, LeaseResponse{Lease: leaseJSON(l)})
+}
+
+// ---- tenants ----
+
+func (s *Server) createTenant(c echo.Context) error {
+	var req TenantRequest
+	if err := decodeBody(c, s.maxBody, &req, false); err != nil {
+		return err
+	}
+	t, k, secret, err := s.svc.CreateTenant(c.Request().Context(), callerKey(c), req.Name)
+	if err != nil {
+		return err
+	}
+	key := keyJSON(k)
+	key.Secret = secret
+	return c.JSON(http.StatusCreated, TenantCreatedResponse{Tenant: tenantJSON(t), Key: key})
+}
+
+func (s *Server) listTenants(c echo.Context) error {
+	ts, err := s.svc.ListTenants(c.Request().Context(), callerKey(c))
+	if err != nil {
+		return err
+	}
+	out := TenantListResponse{Tenants: make([]TenantJSON, 0, len(ts))}
+	for _, t := range ts {
+		out.Tenants = append(out.Tenants, tenantJSON(t))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// ---- keys ----
+
+func (s *Server) createKey(c echo.Context) error {
+	var req KeyRequest
+	if err := decodeBody(c, s.maxBody, &req, false); err != nil {
+		return err
+	}
+	k, secret, err := s.svc.CreateKey(c.Request().Context(), callerKey(c), store.Role(req.Role), req.Name)
+	if err != nil {
+		return err
+	}
+	key := keyJSON(k)
+	key.Secret = secret
+	return c.JSON(http.StatusCreated, KeyResponse{Key: key})
+}
+
+func (s *Server) listKeys(c echo.Context) error {
+	ks, err := s.svc.ListKeys(c.Request().Context(), callerKey(c))
+	if err != nil {
+		return err
+	}
+	out := KeyListResponse{Keys: make([]KeyJSON, 0, len(ks))}
+	for _, k := range ks {
+		out.Keys = append(out.Keys, keyJSON(k))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) deleteKey(c echo.Context) error {
+	k, err := s.svc.DeleteKey(c.Request().Context(), callerKey(c), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, KeyResponse{Key: keyJSON(k)})
+}
+
+// ---- other ----
+
+func (s *Server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, HealthResponse{Status: "ok"})
+}
+
+// readyzTimeout bounds the store ping of /readyz.
+const readyzTimeout = 2 * time.Second
+
+func (s *Server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), readyzTimeout)
+	defer cancel()
+	if err := s.svc.Ping(ctx); err != nil {
+		s.log.Warn("readyz: store unreachable", "err", err)
+		return errorf(CodeStoreUnavailable, "the store is unreachable")
+	}
+	return c.JSON(http.StatusOK, HealthResponse{Status: "ok"})
+}
+
+func (s *Server) openapi(c echo.Context) error {
+	return c.Blob(http.StatusOK, "application/yaml", OpenAPI)
+}
+
+// ---- conversions ----
+
+func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON {
+	routes, mapping := semaphore.ConfigExtra(sem.Config)
+	out := SemaphoreJSON{
+		Name:            sem.Name,
+		MaxValue:        sem.Config.MaxValue,
+		MaxValueScope:   sem.Config.MaxValueScope,
+		LeaseTimeout:    Duration(sem.Config.LeaseTimeout),
+		MaxAttempts:     sem.Config.MaxAttempts,
+		OnSessionLost:   sem.Config.OnSessionLost,
+		OnDeliveryError: sem.Config.OnDeliveryError,
+		Routes:          routes,
+		Mapping:         mapping,
+		Suspended:       sem.Suspended,
+		CreatedAt:       sem.CreatedAt.UTC(),
+		UpdatedAt:       sem.UpdatedAt.UTC(),
+	}
+	if st != nil {
+		js := &StateJSON{
+			InUse:     st.InUse,
+			Available: st.Available,
+			Waiting:   st.Waiting,
+			Queued:    st.Queued,
+			Inflight:  st.Inflight,
+			Channels:  make(map[string]ChannelStateJSON, len(st.Channels)),
+		}
+		for name, ch := range st.Channels {
+			js.Channels[name] = ChannelStateJSON(ch)
+		}
+		out.State = js
+	}
+	return out
+}
+
+func leaseJSON(l store.Lease) LeaseJSON {
+	return LeaseJSON{
+		ID:           l.ID,
+		Semaphore:    l.Semaphore,
+		Channel:      l.Channel,
+		Weight:       l.Weight,
+		FencingToken: l.FencingToken,
+		AcquiredAt:   l.AcquiredAt.UTC(),
+		ExpiresAt:    l.ExpiresAt.UTC(),
+	}
+}
+
+func tenantJSON(t store.Tenant) TenantJSON {
+	return TenantJSON{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt.UTC()}
+}
+
+func keyJSON(k store.APIKey) KeyJSON {
+	return KeyJSON{ID: k.ID, Name: k.Name, Role: string(k.Role), Prefix: k.Prefix, Tenant: k.Tenant, CreatedAt: k.CreatedAt.UTC()}
+}

@@ -1,0 +1,146 @@
+package semaphore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+const namespace = "semaphored"
+
+// Bounds of the scrape-time collector: how many semaphores of one tenant
+// (and in all) it reports, and how long it may take.
+const (
+	collectPerTenant = 1000
+	collectTotal     = 10000
+	collectTimeout   = 5 * time.Second
+)
+
+// Results of acquire_total.
+const (
+	resultGranted        = "granted"
+	resultNoPermit       = "no_permit"
+	resultWeightTooLarge = "weight_too_large"
+	resultError          = "error"
+)
+
+// metrics are the domain metrics. Labels are bounded: never a lease id.
+type metrics struct {
+	acquireTotal    *prometheus.CounterVec
+	acquireDuration prometheus.Histogram
+	leasesExpired   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
+	m := &metrics{
+		acquireTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "acquire_total",
+			Help:      "Acquire calls that reached the store, by result (granted, no_permit, weight_too_large, error).",
+		}, []string{"result"}),
+		acquireDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "acquire_duration_seconds",
+			Help:      "Duration of acquire calls, waiting included.",
+			Buckets:   []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		leasesExpired: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "leases_expired_total",
+			Help:      "Leases dropped by the sweeper because they expired before release.",
+		}),
+	}
+	for _, r := range []string{resultGranted, resultNoPermit, resultWeightTooLarge, resultError} {
+		m.acquireTotal.WithLabelValues(r)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.acquireTotal, m.acquireDuration, m.leasesExpired, newStateCollector(s)} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observeAcquire(start time.Time, err error) {
+	m.acquireDuration.Observe(time.Since(start).Seconds())
+	r := resultGranted
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrNoPermit):
+		r = resultNoPermit
+	case errors.Is(err, store.ErrWeightTooLarge):
+		r = resultWeightTooLarge
+	default:
+		r = resultError
+	}
+	m.acquireTotal.WithLabelValues(r).Inc()
+}
+
+// stateCollector lists semaphores at scrape time and exports their usage.
+type stateCollector struct {
+	s                   *Service
+	inUse, max, waiters *prometheus.Desc
+}
+
+func newStateCollector(s *Service) *stateCollector {
+	labels := []string{"tenant", "semaphore"}
+	return &stateCollector{
+		s:       s,
+		inUse:   prometheus.NewDesc(namespace+"_permits_in_use", "Sum of the weights of live leases.", labels, nil),
+		max:     prometheus.NewDesc(namespace+"_permits_max", "maxValue of the semaphore (per channel when scoped by channel).", labels, nil),
+		waiters: prometheus.NewDesc(namespace+"_waiters", "Acquire calls waiting for a permit.", labels, nil),
+	}
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.inUse
+	ch <- c.max
+	ch <- c.waiters
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), collectTimeout)
+	defer cancel()
+	st := c.s.store
+	tenants, err := st.ListTenants(ctx)
+	if err != nil {
+		c.s.log.Warn("metrics: list tenants", "err", err)
+		return
+	}
+	total := 0
+	for _, t := range tenants {
+		cursor, n := "", 0
+		for n < collectPerTenant && total < collectTotal {
+			sems, next, err := st.ListSemaphores(ctx, store.ListParams{Tenant: t.ID, Cursor: cursor, Limit: min(MaxListLimit, collectPerTenant-n)})
+			if err != nil {
+				c.s.log.Warn("metrics: list semaphores", "tenant", t.ID, "err", err)
+				break
+			}
+			for _, sem := range sems {
+				if n >= collectPerTenant || total >= collectTotal {
+					break
+				}
+				n++
+				total++
+				state, err := st.State(ctx, t.ID, sem.Name)
+				if err != nil {
+					continue // deleted meanwhile, or the store is failing
+				}
+				ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(state.InUse), t.ID, sem.Name)
+				ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, float64(sem.Config.MaxValue), t.ID, sem.Name)
+				ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(state.Waiting), t.ID, sem.Name)
+			}
+			if next == "" || len(sems) == 0 {
+				break
+			}
+			cursor = next
+		}
+	}
+}

@@ -1,0 +1,222 @@
+// Package semaphore is the domain service of semaphored: it validates what
+// clients ask for, fills the defaults of SPEC §3 and §4, and runs it against
+// a store.Store. It also owns the sweeper that expires orphaned leases, the
+// domain metrics, and API keys and tenants.
+package semaphore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+// ErrForbidden is returned when the calling key's role may not do what it
+// asks (an admin creating an operator key, say).
+var ErrForbidden = errors.New("semaphore: forbidden")
+
+// Config configures a Service. Zero values take the documented defaults.
+type Config struct {
+	Store         store.Store           // required
+	Logger        *slog.Logger          // nil: discard
+	Registerer    prometheus.Registerer // nil: metrics are kept but not registered
+	SweepInterval time.Duration         // default 250ms
+}
+
+// DefaultSweepInterval is how often the sweeper runs by default.
+const DefaultSweepInterval = 250 * time.Millisecond
+
+// Service is the domain service. Safe for concurrent use.
+type Service struct {
+	store    store.Store
+	log      *slog.Logger
+	interval time.Duration
+	metrics  *metrics
+
+	mu      sync.Mutex
+	cancel  context.CancelCauseFunc // set while the sweeper runs
+	done    chan struct{}
+	started bool
+}
+
+// New returns a Service. It registers the metrics on cfg.Registerer.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("semaphore: Config.Store is required")
+	}
+	if cfg.SweepInterval < 0 {
+		return nil, fmt.Errorf("semaphore: Config.SweepInterval must not be negative, got %s", cfg.SweepInterval)
+	}
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Service{store: cfg.Store, log: cfg.Logger, interval: cfg.SweepInterval}
+	m, err := newMetrics(cfg.Registerer, s)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	return s, nil
+}
+
+var errStopped = errors.New("semaphore: service stopped")
+
+// Start starts the sweeper: a goroutine that calls store.Sweep every
+// SweepInterval until ctx ends or Stop is called. It returns an error when
+// called twice.
+func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("semaphore: service already started")
+	}
+	s.started = true
+	ctx, s.cancel = context.WithCancelCause(ctx)
+	s.done = make(chan struct{})
+	go s.sweepLoop(ctx, s.done)
+	return nil
+}
+
+// Stop stops the sweeper and waits for it to return. Safe to call more than
+// once, and without Start.
+func (s *Service) Stop() {
+	s.mu.Lock()
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel(errStopped)
+	<-done
+}
+
+func (s *Service) sweepLoop(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := s.store.Sweep(ctx)
+		if n > 0 {
+			s.metrics.leasesExpired.Add(float64(n))
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.WarnContext(ctx, "sweep failed", "err", err)
+		}
+	}
+}
+
+// Ping checks that the store is reachable.
+func (s *Service) Ping(ctx context.Context) error { return s.store.Ping(ctx) }
+
+// ---- semaphores ----
+
+// PutSemaphore validates a config and creates or replaces the semaphore.
+func (s *Service) PutSemaphore(ctx context.Context, tenant, name string, in ConfigInput) (store.Semaphore, bool, error) {
+	if err := checkName("name", name); err != nil {
+		return store.Semaphore{}, false, err
+	}
+	cfg, err := ValidateConfig(in)
+	if err != nil {
+		return store.Semaphore{}, false, err
+	}
+	return s.store.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: tenant, Name: name, Config: cfg})
+}
+
+// GetSemaphore returns a semaphore and a snapshot of its usage.
+func (s *Service) GetSemaphore(ctx context.Context, tenant, name string) (store.Semaphore, store.SemaphoreState, error) {
+	if !ValidName(name) {
+		return store.Semaphore{}, store.SemaphoreState{}, store.ErrSemaphoreNotFound
+	}
+	sem, err := s.store.GetSemaphore(ctx, tenant, name)
+	if err != nil {
+		return store.Semaphore{}, store.SemaphoreState{}, err
+	}
+	st, err := s.store.State(ctx, tenant, name)
+	if err != nil {
+		return store.Semaphore{}, store.SemaphoreState{}, err
+	}
+	return sem, st, nil
+}
+
+// ListSemaphores pages through the tenant's semaphores by name. limit 0
+// means DefaultListLimit; at most MaxListLimit.
+func (s *Service) ListSemaphores(ctx context.Context, tenant, cursor string, limit int) ([]store.Semaphore, string, error) {
+	limit, err := checkListLimit(limit)
+	if err != nil {
+		return nil, "", err
+	}
+	return s.store.ListSemaphores(ctx, store.ListParams{Tenant: tenant, Cursor: cursor, Limit: limit})
+}
+
+// DeleteSemaphore deletes a semaphore with its leases and waiters.
+func (s *Service) DeleteSemaphore(ctx context.Context, tenant, name string) error {
+	if !ValidName(name) {
+		return store.ErrSemaphoreNotFound
+	}
+	return s.store.DeleteSemaphore(ctx, tenant, name)
+}
+
+// SetSuspended suspends (true) or resumes (false) dispatching of queued jobs.
+func (s *Service) SetSuspended(ctx context.Context, tenant, name string, suspended bool) (store.Semaphore, error) {
+	if !ValidName(name) {
+		return store.Semaphore{}, store.ErrSemaphoreNotFound
+	}
+	return s.store.SetSuspended(ctx, tenant, name, suspended)
+}
+
+// ---- sync leases ----
+
+// Acquire validates the request, fills the defaults (ttl: the semaphore's
+// leaseTimeout) and acquires a lease, waiting up to in.Wait.
+func (s *Service) Acquire(ctx context.Context, tenant, name string, in AcquireInput) (store.Lease, error) {
+	p, err := ValidateAcquire(tenant, name, in)
+	if err != nil {
+		return store.Lease{}, err
+	}
+	start := time.Now()
+	if in.TTL == nil {
+		sem, err := s.store.GetSemaphore(ctx, tenant, name)
+		if err != nil {
+			s.metrics.observeAcquire(start, err)
+			return store.Lease{}, err
+		}
+		p.TTL = sem.Config.LeaseTimeout
+	}
+	l, err := s.store.Acquire(ctx, p)
+	s.metrics.observeAcquire(start, err)
+	return l, err
+}
+
+// Extend moves a live lease's expiry to now+ttl.
+func (s *Service) Extend(ctx context.Context, tenant, leaseID string, ttl time.Duration) (store.Lease, error) {
+	if err := checkTTL(ttl); err != nil {
+		return store.Lease{}, err
+	}
+	if _, ok := store.ParseLeaseID(leaseID); !ok {
+		return store.Lease{}, store.ErrLeaseNotFound
+	}
+	return s.store.Extend(ctx, store.ExtendParams{Tenant: tenant, LeaseID: leaseID, TTL: ttl})
+}
+
+// Release ends a live lease and returns it as it was.
+func (s *Service) Release(ctx context.Context, tenant, leaseID string) (store.Lease, error) {
+	if _, ok := store.ParseLeaseID(leaseID); !ok {
+		return store.Lease{}, store.ErrLeaseNotFound
+	}
+	return s.store.Release(ctx, store.ReleaseParams{Tenant: tenant, LeaseID: leaseID})
+}

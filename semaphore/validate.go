@@ -1,0 +1,312 @@
+package semaphore
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+// Validation error codes. They equal the wire codes of the HTTP API, which
+// maps a *ValidationError to status 400 and its Code in one place.
+const (
+	CodeInvalidName    = "invalid_name"    // a semaphore or tenant name does not match NamePattern
+	CodeInvalidConfig  = "invalid_config"  // a semaphore config field is invalid
+	CodeInvalidRequest = "invalid_request" // any other field is out of range
+)
+
+// ValidationError reports bad user input. Nothing was changed.
+type ValidationError struct {
+	Code    string // CodeInvalidName, CodeInvalidConfig or CodeInvalidRequest
+	Field   string // JSON name of the offending field ("maxValue", "ttl", "name")
+	Message string // human text, naming the field
+}
+
+func (e *ValidationError) Error() string { return e.Message }
+
+func invalid(code, field, format string, args ...any) *ValidationError {
+	return &ValidationError{Code: code, Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// NamePattern is the pattern of semaphore, tenant and channel names (SPEC §1).
+const NamePattern = `^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`
+
+var nameRE = regexp.MustCompile(NamePattern)
+
+// ValidName tells whether s matches NamePattern.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+func checkName(field, name string) error {
+	if !ValidName(name) {
+		return invalid(CodeInvalidName, field, "%s %q does not match %s", field, truncate(name, 140), NamePattern)
+	}
+	return nil
+}
+
+// Limits and defaults of SPEC §3 and §4.
+const (
+	MinTTL                 = time.Second
+	MaxTTL                 = 24 * time.Hour
+	MaxWait                = 60 * time.Second
+	MaxMaxValue            = 1_000_000_000
+	MaxMaxAttempts         = 100
+	MaxIdempotencyKeyBytes = 256
+	MaxKeyNameRunes        = 128
+
+	DefaultLeaseTimeout    = 60 * time.Second
+	DefaultMaxAttempts     = 3
+	DefaultOnSessionLost   = "redeliver"
+	DefaultOnDeliveryError = "fail"
+
+	DefaultListLimit = 100
+	MaxListLimit     = 1000
+)
+
+// ConfigInput is a semaphore config as a client sends it: nil or empty
+// fields take the SPEC §4 defaults. Routes and Mapping are raw JSON.
+type ConfigInput struct {
+	MaxValue        *int64
+	MaxValueScope   string
+	LeaseTimeout    *time.Duration
+	MaxAttempts     *int
+	OnSessionLost   string
+	OnDeliveryError string
+	Routes          json.RawMessage
+	Mapping         json.RawMessage
+}
+
+// ValidateConfig checks a config, fills the defaults and returns the config
+// to store. Routes and mapping get a shape check only and are kept verbatim
+// in Extra (see ConfigExtra).
+func ValidateConfig(in ConfigInput) (store.SemaphoreConfig, error) {
+	var cfg store.SemaphoreConfig
+	switch {
+	case in.MaxValue == nil:
+		return cfg, invalid(CodeInvalidConfig, "maxValue", "maxValue is required")
+	case *in.MaxValue < 1 || *in.MaxValue > MaxMaxValue:
+		return cfg, invalid(CodeInvalidConfig, "maxValue", "maxValue must be between 1 and %d, got %d", MaxMaxValue, *in.MaxValue)
+	}
+	cfg.MaxValue = *in.MaxValue
+
+	switch in.MaxValueScope {
+	case "":
+		cfg.MaxValueScope = store.ScopeTotal
+	case store.ScopeTotal, store.ScopeChannel:
+		cfg.MaxValueScope = in.MaxValueScope
+	default:
+		return cfg, invalid(CodeInvalidConfig, "maxValueScope", `maxValueScope must be "total" or "channel", got %q`, truncate(in.MaxValueScope, 64))
+	}
+
+	cfg.LeaseTimeout = DefaultLeaseTimeout
+	if in.LeaseTimeout != nil {
+		if d := *in.LeaseTimeout; d < MinTTL || d > MaxTTL {
+			return cfg, invalid(CodeInvalidConfig, "leaseTimeout", "leaseTimeout must be between %s and %s, got %s", MinTTL, MaxTTL, d)
+		}
+		cfg.LeaseTimeout = *in.LeaseTimeout
+	}
+
+	cfg.MaxAttempts = DefaultMaxAttempts
+	if in.MaxAttempts != nil {
+		if n := *in.MaxAttempts; n < 1 || n > MaxMaxAttempts {
+			return cfg, invalid(CodeInvalidConfig, "maxAttempts", "maxAttempts must be between 1 and %d, got %d", MaxMaxAttempts, n)
+		}
+		cfg.MaxAttempts = *in.MaxAttempts
+	}
+
+	switch in.OnSessionLost {
+	case "":
+		cfg.OnSessionLost = DefaultOnSessionLost
+	case "release", "redeliver", "wait":
+		cfg.OnSessionLost = in.OnSessionLost
+	default:
+		return cfg, invalid(CodeInvalidConfig, "onSessionLost", `onSessionLost must be "release", "redeliver" or "wait", got %q`, truncate(in.OnSessionLost, 64))
+	}
+
+	switch in.OnDeliveryError {
+	case "":
+		cfg.OnDeliveryError = DefaultOnDeliveryError
+	case "fail", "suspend":
+		cfg.OnDeliveryError = in.OnDeliveryError
+	default:
+		return cfg, invalid(CodeInvalidConfig, "onDeliveryError", `onDeliveryError must be "fail" or "suspend", got %q`, truncate(in.OnDeliveryError, 64))
+	}
+
+	extra, err := buildExtra(in.Routes, in.Mapping)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Extra = extra
+	return cfg, nil
+}
+
+// routeTypes are the route types of SPEC §5.
+var routeTypes = map[string]bool{"websocket": true, "https": true, "semaphore": true}
+
+// extra is the JSON kept in SemaphoreConfig.Extra.
+type extra struct {
+	Routes  json.RawMessage `json:"routes,omitempty"`
+	Mapping json.RawMessage `json:"mapping,omitempty"`
+}
+
+func isNull(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || bytes.Equal(t, []byte("null"))
+}
+
+// buildExtra checks the shape of routes (an array of objects with a known
+// "type") and mapping (an object with a string "expr") and returns their
+// compact JSON, or nil when both are absent.
+func buildExtra(routes, mapping json.RawMessage) ([]byte, error) {
+	var e extra
+	if !isNull(routes) {
+		var rs []map[string]json.RawMessage
+		if err := json.Unmarshal(routes, &rs); err != nil {
+			return nil, invalid(CodeInvalidConfig, "routes", "routes must be an array of route objects")
+		}
+		for i, r := range rs {
+			var typ string
+			if err := json.Unmarshal(r["type"], &typ); err != nil || !routeTypes[typ] {
+				return nil, invalid(CodeInvalidConfig, fmt.Sprintf("routes[%d].type", i),
+					`routes[%d].type must be "websocket", "https" or "semaphore"`, i)
+			}
+		}
+		if len(rs) > 0 {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, routes); err != nil {
+				return nil, invalid(CodeInvalidConfig, "routes", "routes: %v", err)
+			}
+			e.Routes = buf.Bytes()
+		}
+	}
+	if !isNull(mapping) {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(mapping, &m); err != nil || m == nil {
+			return nil, invalid(CodeInvalidConfig, "mapping", "mapping must be an object")
+		}
+		var expr string
+		if err := json.Unmarshal(m["expr"], &expr); err != nil || expr == "" {
+			return nil, invalid(CodeInvalidConfig, "mapping.expr", "mapping.expr must be a non-empty string")
+		}
+		if v, ok := m["canOverrideRouting"]; ok {
+			var b bool
+			if err := json.Unmarshal(v, &b); err != nil {
+				return nil, invalid(CodeInvalidConfig, "mapping.canOverrideRouting", "mapping.canOverrideRouting must be a boolean")
+			}
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, mapping); err != nil {
+			return nil, invalid(CodeInvalidConfig, "mapping", "mapping: %v", err)
+		}
+		e.Mapping = buf.Bytes()
+	}
+	if e.Routes == nil && e.Mapping == nil {
+		return nil, nil
+	}
+	return json.Marshal(e)
+}
+
+// ConfigExtra returns the routes and mapping kept in a config's Extra:
+// routes "[]" and mapping "null" when there are none.
+func ConfigExtra(cfg store.SemaphoreConfig) (routes, mapping json.RawMessage) {
+	routes, mapping = json.RawMessage("[]"), json.RawMessage("null")
+	var e extra
+	if len(cfg.Extra) > 0 && json.Unmarshal(cfg.Extra, &e) == nil {
+		if !isNull(e.Routes) {
+			routes = e.Routes
+		}
+		if !isNull(e.Mapping) {
+			mapping = e.Mapping
+		}
+	}
+	return routes, mapping
+}
+
+// AcquireInput is an acquire request as a client sends it.
+type AcquireInput struct {
+	Channel        string         // "": store.DefaultChannel
+	Weight         *int64         // nil: 1
+	TTL            *time.Duration // nil: the semaphore's leaseTimeout
+	Wait           *time.Duration // nil: 0
+	IdempotencyKey string
+}
+
+// ValidateAcquire checks an acquire request without the store and fills the
+// defaults that need no store: the returned params have TTL 0 when in.TTL is
+// nil (Acquire then uses the semaphore's leaseTimeout).
+func ValidateAcquire(tenant, name string, in AcquireInput) (store.AcquireParams, error) {
+	p := store.AcquireParams{Tenant: tenant, Semaphore: name, Channel: store.DefaultChannel, Weight: 1}
+	if err := checkName("semaphore", name); err != nil {
+		return p, err
+	}
+	if in.Channel != "" {
+		if !ValidName(in.Channel) {
+			return p, invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(in.Channel, 140), NamePattern)
+		}
+		p.Channel = in.Channel
+	}
+	if in.Weight != nil {
+		if w := *in.Weight; w < 1 || w > MaxMaxValue {
+			return p, invalid(CodeInvalidRequest, "weight", "weight must be between 1 and %d, got %d", MaxMaxValue, w)
+		}
+		p.Weight = *in.Weight
+	}
+	if in.TTL != nil {
+		if err := checkTTL(*in.TTL); err != nil {
+			return p, err
+		}
+		p.TTL = *in.TTL
+	}
+	if in.Wait != nil {
+		if w := *in.Wait; w < 0 || w > MaxWait {
+			return p, invalid(CodeInvalidRequest, "wait", "wait must be between 0s and %s, got %s", MaxWait, w)
+		}
+		p.Wait = *in.Wait
+	}
+	if n := len(in.IdempotencyKey); n > MaxIdempotencyKeyBytes {
+		return p, invalid(CodeInvalidRequest, "idempotencyKey", "idempotencyKey must be at most %d bytes, got %d", MaxIdempotencyKeyBytes, n)
+	}
+	p.IdempotencyKey = in.IdempotencyKey
+	return p, nil
+}
+
+func checkTTL(d time.Duration) error {
+	if d < MinTTL || d > MaxTTL {
+		return invalid(CodeInvalidRequest, "ttl", "ttl must be between %s and %s, got %s", MinTTL, MaxTTL, d)
+	}
+	return nil
+}
+
+func checkListLimit(limit int) (int, error) {
+	switch {
+	case limit == 0:
+		return DefaultListLimit, nil
+	case limit < 1 || limit > MaxListLimit:
+		return 0, invalid(CodeInvalidRequest, "limit", "limit must be between 1 and %d, got %d", MaxListLimit, limit)
+	}
+	return limit, nil
+}
+
+func checkKeyName(name string) error {
+	n := utf8.RuneCountInString(name)
+	if n < 1 || n > MaxKeyNameRunes || !utf8.ValidString(name) {
+		return invalid(CodeInvalidRequest, "name", "name must be 1 to %d characters", MaxKeyNameRunes)
+	}
+	for _, r := range name {
+		if !unicode.IsPrint(r) {
+			return invalid(CodeInvalidRequest, "name", "name must contain printable characters only")
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
