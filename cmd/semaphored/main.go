@@ -1,0 +1,204 @@
+// Command semaphored serves the semaphored HTTP API: a distributed
+// semaphore, with an embedded in-memory store or shared state in Redis.
+//
+// Run `semaphored -h` for the flags; each is also an environment variable
+// SEMAPHORED_<FLAG>.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/semaphored/semaphored/api"
+	"github.com/semaphored/semaphored/semaphore"
+	"github.com/semaphored/semaphored/store"
+	"github.com/semaphored/semaphored/store/memory"
+	redisstore "github.com/semaphored/semaphored/store/redis"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "semaphored:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until ctx ends (SIGTERM, SIGINT), then shuts down gracefully
+// and returns nil. Logs go to stderr; the bootstrap admin key, when one is
+// created, is printed once to stdout.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	return runIO(ctx, args, getenv, stdout, os.Stderr)
+}
+
+func runIO(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, errHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+
+	st, closeStore, err := openStore(ctx, cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	svc, err := semaphore.New(semaphore.Config{
+		Store:      st,
+		Logger:     log.With("component", "semaphore"),
+		Registerer: reg,
+	})
+	if err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
+	secret, err := svc.Bootstrap(ctx, cfg.AdminKey)
+	if err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	if secret != "" {
+		fmt.Fprintf(stdout, "admin key (shown once): %s\n", secret)
+	}
+	// The sweeper outlives ctx: in-flight requests still need expiries
+	// during the graceful shutdown; svc.Stop ends it.
+	if err := svc.Start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
+	defer svc.Stop()
+
+	srvAPI, err := api.New(api.Config{
+		Service:      svc,
+		Logger:       log.With("component", "api"),
+		Registerer:   reg,
+		Gatherer:     reg,
+		KeyRateLimit: cfg.KeyRateLimit,
+		KeyRateBurst: cfg.keyRateBurst(),
+		MaxBodyBytes: cfg.MaxBody,
+	})
+	if err != nil {
+		return fmt.Errorf("api: %w", err)
+	}
+	if len(cfg.AllowedOrigins) > 0 {
+		log.Debug("allowed websocket origins", "origins", cfg.AllowedOrigins)
+	}
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	hs := &http.Server{
+		Handler:           srvAPI.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String())
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("in-flight requests did not finish in time; closing them", "err", err)
+		_ = hs.Close()
+	}
+	<-serveErr // http.ErrServerClosed
+	svc.Stop()
+	log.Info("stopped")
+	return nil
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// openStore opens the configured store and returns a function closing it
+// (and the Redis client, which the store does not own).
+func openStore(ctx context.Context, cfg config, log *slog.Logger, reg prometheus.Registerer) (store.Store, func(), error) {
+	if cfg.RedisURL == "" {
+		log.Info("using the embedded in-memory store (state is lost on exit; use --redis-url to share it between instances)")
+		st := memory.New(memory.Options{})
+		return st, func() { _ = st.Close() }, nil
+	}
+	target, err := parseRedisURL(cfg.RedisURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
+	client := target.newClient()
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = client.Ping(pctx).Err()
+	cancel()
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, fmt.Errorf("redis %s: %w", target.describe(), err)
+	}
+	if err := reg.Register(newPoolCollector(client)); err != nil {
+		_ = client.Close()
+		return nil, nil, fmt.Errorf("metrics: %w", err)
+	}
+	st, err := redisstore.New(client, redisstore.Options{
+		Prefix: cfg.RedisPrefix,
+		NodeID: nodeID(),
+		Logger: log.With("component", "redis"),
+	})
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, fmt.Errorf("redis store: %w", err)
+	}
+	log.Info("using Redis", "redis", target.describe(), "prefix", cfg.RedisPrefix)
+	return st, func() {
+		_ = st.Close()
+		_ = client.Close()
+	}, nil
+}
+
+// nodeID names this instance among those sharing a Redis: host name and a
+// random suffix, so two processes on one host differ.
+func nodeID() string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "node"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The test command of semaphored: vet, every test with the race detector
+# against a real throwaway Redis, then a short run of every fuzz target.
+#
+#   bash scripts/test.sh
+#
+# Needs Go. Installs redis-server with apt-get when it is missing (sudo only
+# when not root). Starts its own redis-server on a free loopback port (never
+# 6379), AOF on, in a temporary directory, killed on exit.
+#
+# Environment: FUZZTIME (default 10s) per fuzz target; TEST_TIMEOUT (default
+# 8m) for go test; SEMAPHORED_TEST_REDIS_URL, when set, is used instead of
+# starting a Redis.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FUZZTIME="${FUZZTIME:-10s}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-8m}"
+export DEBIAN_FRONTEND=noninteractive
+
+step="setup"
+fuzz_count=0
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/semaphored-test.XXXXXX")"
+redis_pid=""
+
+cleanup() {
+	local status=$?
+	if [[ -n "$redis_pid" ]]; then
+		kill "$redis_pid" 2>/dev/null || true
+		wait "$redis_pid" 2>/dev/null || true
+	fi
+	rm -rf "$tmp"
+	if [[ $status -eq 0 ]]; then
+		echo "test.sh: PASS (go vet, go test -race, ${fuzz_count} fuzz targets x ${FUZZTIME})"
+	else
+		echo "test.sh: FAIL in step: ${step} (exit ${status})" >&2
+	fi
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log() { echo "==> $*"; }
+
+# ---- Redis ----
+step="install redis-server"
+if ! command -v redis-server >/dev/null 2>&1; then
+	log "redis-server not found: installing it with apt-get"
+	sudo=""
+	if [[ "$(id -u)" -ne 0 ]]; then
+		sudo="sudo -n"
+	fi
+	$sudo apt-get update </dev/null
+	$sudo apt-get install -y --no-install-recommends redis-server </dev/null
+fi
+
+# redis_ping PORT: true when a Redis answers PONG on 127.0.0.1:PORT.
+redis_ping() {
+	local reply=""
+	{ exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+	printf 'PING\r\n' >&3
+	IFS= read -r -t 1 reply <&3 || true
+	exec 3<&- 3>&-
+	[[ "$reply" == "+PONG"* ]]
+}
+
+if [[ -z "${SEMAPHORED_TEST_REDIS_URL:-}" ]]; then
+	step="start redis-server"
+	# A free port on the loopback interface, chosen by the kernel.
+	mkdir -p "$tmp/freeport"
+	cat >"$tmp/freeport/main.go" <<'GO'
+package main
+
+import (
+	"fmt"
+	"net"
+)
+
+func main() {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	fmt.Println(l.Addr().(*net.TCPAddr).Port)
+}
+GO
+	port="$(cd "$tmp/freeport" && GO111MODULE=off GOFLAGS= go run main.go)"
+	mkdir -p "$tmp/redis"
+	redis-server --port "$port" --bind 127.0.0.1 --dir "$tmp/redis" \
+		--appendonly yes --appendfsync everysec --save '' \
+		--protected-mode no --daemonize no \
+		--logfile "$tmp/redis/redis.log" </dev/null &
+	redis_pid=$!
+	for _ in $(seq 1 200); do
+		if redis_ping "$port"; then
+			break
+		fi
+		if ! kill -0 "$redis_pid" 2>/dev/null; then
+			echo "redis-server exited; log:" >&2
+			tail -n 20 "$tmp/redis/redis.log" >&2 || true
+			exit 1
+		fi
+		sleep 0.05
+	done
+	if ! redis_ping "$port"; then
+		echo "redis-server did not answer on port $port; log:" >&2
+		tail -n 20 "$tmp/redis/redis.log" >&2 || true
+		exit 1
+	fi
+	export SEMAPHORED_TEST_REDIS_URL="redis://127.0.0.1:${port}/0"
+	log "redis-server $(redis-server --version | awk '{print $3}' | sed 's/^v=//') on 127.0.0.1:${port} (AOF on, dir $tmp/redis)"
+fi
+
+# ---- Go ----
+step="go vet"
+log "go vet ./..."
+go vet ./...
+
+step="go test"
+log "go test -race -count=1 -timeout ${TEST_TIMEOUT} ./..."
+go test -race -count=1 -timeout "$TEST_TIMEOUT" ./... </dev/null
+
+step="fuzz"
+# Every func FuzzXxx(f *testing.F) in a _test.go file, as "dir name" lines.
+targets="$(grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . 2>/dev/null |
+	grep -v '/testdata/' |
+	sed -E 's#^(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)\($#\1 \2#' | sort -u || true)"
+while read -r dir name; do
+	[[ -z "${dir:-}" ]] && continue
+	log "fuzz ${dir} ${name} (${FUZZTIME})"
+	go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$dir" </dev/null
+	fuzz_count=$((fuzz_count + 1))
+done <<<"$targets"
+step="done"
