@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -20,13 +21,17 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/semaphored/semaphored/internal/testredis"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 	"github.com/semaphored/semaphored/store/memory"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		testredis.Stop() // the shared redis-server of the benchmarks, if started
+		os.Exit(code)
+	}))
 }
 
 // ---- the OpenAPI document, loaded once ----
