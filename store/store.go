@@ -186,6 +186,9 @@ type APIKey struct {
 // memory), safe for concurrent use by any number of goroutines and, for
 // shared stores, by any number of processes.
 type Store interface {
+	// JobStore is the async half (store/jobs.go).
+	JobStore
+
 	// PutSemaphore creates or replaces a semaphore's config and returns the
 	// stored semaphore and whether it was created. Live leases are never
 	// revoked; a raised maxValue grants waiters at once.
@@ -211,9 +214,11 @@ type Store interface {
 	Acquire(ctx context.Context, p AcquireParams) (Lease, error)
 	// Release ends a live lease; ErrLeaseNotFound (and no change) for an
 	// unknown, released or expired one. Freed permits go to head waiters.
+	// Releasing the lease of an inflight job releases the job (→ done).
 	Release(ctx context.Context, p ReleaseParams) (Lease, error)
 	// Extend moves a live lease's expiry to now+TTL; ErrLeaseNotFound for an
-	// unknown, released or expired one.
+	// unknown, released or expired one. Extending the lease of an inflight
+	// job keeps the job inflight longer (a long-running worker).
 	Extend(ctx context.Context, p ExtendParams) (Lease, error)
 	// Sweep drops expired leases and waiters of every semaphore due for a
 	// check and grants freed permits to waiters. It returns how many leases

@@ -60,7 +60,7 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 		return store.Lease{}, err
 	}
 	w, lease, err := s.tryAcquire(normalize(p))
-	s.mu.Unlock()
+	s.unlock()
 	if w == nil {
 		return lease, err
 	}
@@ -68,14 +68,16 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 }
 
 // tryAcquire grants at once if it can; otherwise, with a Wait, it queues and
-// returns the waiter. Called with the mutex held.
+// returns the waiter. Queued jobs are dispatched only after the caller is
+// served (live callers first). Called with the mutex held.
 func (s *Store) tryAcquire(r acquireRequest) (*waiter, store.Lease, error) {
 	sem, err := s.semaphore(r.Tenant, r.Semaphore)
 	if err != nil {
 		return nil, store.Lease{}, err
 	}
 	now := s.now()
-	s.refresh(sem, now)
+	s.settle(sem, now)
+	defer s.dispatch(sem, 0, now)
 	if l, ok := idempotentLease(sem, r.IdempotencyKey); ok {
 		return nil, l, nil
 	}
@@ -111,6 +113,11 @@ func idempotentLease(sem *semaphore, key string) (store.Lease, bool) {
 
 // grant creates a lease. The caller has checked that it fits.
 func (s *Store) grant(sem *semaphore, channel string, weight int64, ttl time.Duration, idemKey string, now time.Time) store.Lease {
+	return s.grantEntry(sem, channel, weight, ttl, idemKey, now).lease
+}
+
+// grantEntry creates a lease and returns its entry.
+func (s *Store) grantEntry(sem *semaphore, channel string, weight int64, ttl time.Duration, idemKey string, now time.Time) *leaseEntry {
 	l := store.Lease{
 		ID:           store.NewLeaseID(sem.key.name),
 		Semaphore:    sem.key.name,
@@ -121,8 +128,9 @@ func (s *Store) grant(sem *semaphore, channel string, weight int64, ttl time.Dur
 		AcquiredAt:   now,
 		ExpiresAt:    now.Add(ttl),
 	}
-	sem.addLease(&leaseEntry{lease: l, idemKey: idemKey})
-	return l
+	e := &leaseEntry{lease: l, idemKey: idemKey}
+	sem.addLease(e)
+	return e
 }
 
 // await blocks until the waiter is settled, wait passes or ctx ends.
@@ -145,7 +153,7 @@ func (s *Store) await(ctx context.Context, w *waiter, wait time.Duration) (store
 // gives it back when its ctx ended (its caller is gone).
 func (s *Store) abandon(w *waiter, cause error) (store.Lease, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	now := s.now()
 	if !w.settled {
 		w.sem.dequeue(w)
@@ -210,8 +218,8 @@ func (s *Store) failWaiters(sem *semaphore, err error) {
 	}
 }
 
-// leaseEntry finds a live lease of the tenant by id, after dropping the
-// semaphore's expired leases. Expired, released and unknown leases, and
+// leaseEntry finds a live lease of the tenant by id, after settling the
+// semaphore (dropping its expired leases). Expired, released and unknown leases, and
 // leases of other tenants, are ErrLeaseNotFound.
 func (s *Store) leaseEntry(tenant, id string, now time.Time) (*semaphore, *leaseEntry, error) {
 	name, ok := store.ParseLeaseID(id)
@@ -222,27 +230,34 @@ func (s *Store) leaseEntry(tenant, id string, now time.Time) (*semaphore, *lease
 	if !ok {
 		return nil, nil, store.ErrLeaseNotFound
 	}
-	s.refresh(sem, now)
+	s.settle(sem, now)
 	e, ok := sem.leases[id]
 	if !ok {
+		s.dispatch(sem, 0, now) // what the settle freed
 		return nil, nil, store.ErrLeaseNotFound
 	}
 	return sem, e, nil
 }
 
-// Release implements store.Store.
+// Release implements store.Store. Releasing the lease of an inflight job
+// ends the job done.
 func (s *Store) Release(ctx context.Context, p store.ReleaseParams) (store.Lease, error) {
 	if err := s.lock(ctx); err != nil {
 		return store.Lease{}, err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	now := s.now()
 	sem, e, err := s.leaseEntry(p.Tenant, p.LeaseID, now)
 	if err != nil {
 		return store.Lease{}, err
 	}
 	sem.removeLease(e)
+	if j := e.job; j != nil {
+		sem.jobs.leaveInflight(j)
+		s.finishJob(sem, j, store.JobDone, "", now)
+	}
 	s.grantWaiters(sem, now)
+	s.dispatch(sem, 0, now)
 	return e.lease, nil
 }
 
@@ -251,12 +266,13 @@ func (s *Store) Extend(ctx context.Context, p store.ExtendParams) (store.Lease, 
 	if err := s.lock(ctx); err != nil {
 		return store.Lease{}, err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	now := s.now()
 	sem, e, err := s.leaseEntry(p.Tenant, p.LeaseID, now)
 	if err != nil {
 		return store.Lease{}, err
 	}
+	defer s.dispatch(sem, 0, now) // what the settle freed
 	ttl := leaseTTL(p.TTL, sem)
 	sem.setExpiry(e, now.Add(ttl), ttl)
 	return e.lease, nil

@@ -7,7 +7,10 @@
 // acquires park on a Go channel and are granted by push: the operation that
 // frees permits (a release, an expiry found by Sweep or by any other
 // operation, a raise of maxValue, a waiter leaving the head of the queue)
-// grants the head waiters inside its own critical section.
+// grants the head waiters inside its own critical section, and then
+// dispatches the queued async jobs that still fit (jobs.go). The job events
+// an operation produces are collected under the mutex and handed to the job
+// listener after it is unlocked, in the calling goroutine.
 package memory
 
 import (
@@ -46,6 +49,9 @@ type Store struct {
 	tenants     map[string]store.Tenant
 	keys        map[string]store.APIKey // by id
 	keyIDByHash map[string]string
+
+	listener func(store.JobEvents) // set by SetJobListener
+	pending  store.JobEvents       // events of the running operation
 }
 
 var _ store.Store = (*Store)(nil)
@@ -80,6 +86,17 @@ func (s *Store) lock(ctx context.Context) error {
 	return nil
 }
 
+// unlock ends a critical section taken with lock: it unlocks the mutex and
+// then hands the job events of the operation, if any, to the listener.
+func (s *Store) unlock() {
+	ev, listener := s.pending, s.listener
+	s.pending = store.JobEvents{}
+	s.mu.Unlock()
+	if listener != nil && (len(ev.Dispatched) > 0 || len(ev.Finished) > 0) {
+		listener(ev)
+	}
+}
+
 // semaphore returns the semaphore or ErrSemaphoreNotFound.
 func (s *Store) semaphore(tenant, name string) (*semaphore, error) {
 	sem, ok := s.sems[semKey{tenant, name}]
@@ -89,10 +106,25 @@ func (s *Store) semaphore(tenant, name string) (*semaphore, error) {
 	return sem, nil
 }
 
-// refresh drops the semaphore's expired leases and grants freed permits to
-// its waiters. It returns how many leases expired.
+// refresh settles the semaphore and dispatches the queued jobs that fit.
+// It returns how many leases expired.
 func (s *Store) refresh(sem *semaphore, now time.Time) int {
-	n := sem.dropExpired(now)
+	n := s.settle(sem, now)
+	s.dispatch(sem, 0, now)
+	return n
+}
+
+// settle drops the semaphore's expired leases (an expired job lease sends
+// its job back to its queue or to timeout), forgets terminal jobs past
+// their retention and grants freed permits to waiters. It returns how many
+// leases expired.
+func (s *Store) settle(sem *semaphore, now time.Time) int {
+	n := sem.dropExpired(now, func(e *leaseEntry) {
+		if e.job != nil {
+			s.jobLeaseExpired(sem, e.job, now)
+		}
+	})
+	s.forgetJobs(sem, now)
 	s.grantWaiters(sem, now)
 	return n
 }
@@ -111,7 +143,7 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	if err := s.lock(ctx); err != nil {
 		return store.Semaphore{}, false, err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	now := s.now()
 	cfg := p.Config
 	cfg.Extra = bytes.Clone(cfg.Extra)
@@ -180,7 +212,7 @@ func (s *Store) DeleteSemaphore(ctx context.Context, tenant, name string) error 
 	if err != nil {
 		return err
 	}
-	delete(s.sems, sem.key)
+	delete(s.sems, sem.key) // with its jobs
 	s.failWaiters(sem, store.ErrSemaphoreNotFound)
 	return nil
 }
@@ -190,13 +222,15 @@ func (s *Store) SetSuspended(ctx context.Context, tenant, name string, suspended
 	if err := s.lock(ctx); err != nil {
 		return store.Semaphore{}, err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	sem, err := s.semaphore(tenant, name)
 	if err != nil {
 		return store.Semaphore{}, err
 	}
+	now := s.now()
 	sem.info.Suspended = suspended
-	sem.info.UpdatedAt = s.now()
+	sem.info.UpdatedAt = now
+	s.refresh(sem, now) // a resume dispatches queued jobs
 	return copySemaphore(sem.info), nil
 }
 
@@ -205,7 +239,7 @@ func (s *Store) State(ctx context.Context, tenant, name string) (store.Semaphore
 	if err := s.lock(ctx); err != nil {
 		return store.SemaphoreState{}, err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	sem, err := s.semaphore(tenant, name)
 	if err != nil {
 		return store.SemaphoreState{}, err
@@ -219,7 +253,7 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	if err := s.lock(ctx); err != nil {
 		return 0, err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	now := s.now()
 	n := 0
 	for _, sem := range s.sems {

@@ -39,6 +39,10 @@ func TestConformanceRapid(t *testing.T) {
 	storetest.RunRapid(t, newStore)
 }
 
+func TestConformanceJobsRapid(t *testing.T) {
+	storetest.RunJobsRapid(t, newStore)
+}
+
 // fakeClock is a settable clock for Options.Now.
 type fakeClock struct {
 	mu  sync.Mutex
@@ -375,4 +379,204 @@ func TestStore_FencingCounterSurvivesDelete(t *testing.T) {
 	l2, err := s.Acquire(ctx, acquireParams(time.Minute))
 	require.NoError(t, err)
 	require.Equal(t, l1.FencingToken+1, l2.FencingToken)
+}
+
+// setupJobs returns a store on a fake clock with semaphore "s" of tenant
+// "t" (scope total, leaseTimeout 10s, maxAttempts 2) and its job events.
+func setupJobs(t *testing.T, maxValue int64) (*Store, *fakeClock, *events) {
+	t.Helper()
+	clock := newFakeClock()
+	s := New(Options{Now: clock.Now})
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	ev := &events{}
+	s.SetJobListener(ev.add)
+	_, _, err := s.PutSemaphore(t.Context(), store.PutSemaphoreParams{
+		Tenant: "t", Name: "s",
+		Config: store.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: 10 * time.Second, MaxAttempts: 2},
+	})
+	require.NoError(t, err)
+	return s, clock, ev
+}
+
+// events records job events.
+type events struct {
+	mu         sync.Mutex
+	dispatched []store.Job
+	finished   []store.Job
+}
+
+func (e *events) add(ev store.JobEvents) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dispatched = append(e.dispatched, ev.Dispatched...)
+	e.finished = append(e.finished, ev.Finished...)
+}
+
+func (e *events) counts() (dispatched, finished int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.dispatched), len(e.finished)
+}
+
+func enqueue(t *testing.T, s *Store, payload string) store.Job {
+	t.Helper()
+	j, created, err := s.EnqueueJob(t.Context(), store.EnqueueParams{Tenant: "t", Semaphore: "s", Payload: []byte(payload)})
+	require.NoError(t, err)
+	require.True(t, created)
+	return j
+}
+
+func getJob(t *testing.T, s *Store, id string) store.Job {
+	t.Helper()
+	j, err := s.GetJob(t.Context(), "t", id)
+	require.NoError(t, err)
+	return j
+}
+
+func TestStore_JobLeaseExpiryAtBoundary(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock, ev := setupJobs(t, 1)
+	start := clock.Now()
+	j := enqueue(t, s, `1`)
+	require.Equal(t, store.JobInflight, j.Status)
+	require.Equal(t, start.Add(10*time.Second), j.Lease.ExpiresAt, "leaseTimeout on the store clock")
+	require.Equal(t, start, j.Lease.AcquiredAt)
+
+	clock.Add(10*time.Second - time.Nanosecond)
+	n, err := s.Sweep(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n)
+	require.Equal(t, store.JobInflight, getJob(t, s, j.ID).Status)
+
+	clock.Add(time.Nanosecond) // expiresAt: expired, attempt 1 of 2 → again at once
+	n, err = s.Sweep(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	got := getJob(t, s, j.ID)
+	require.Equal(t, store.JobInflight, got.Status, "rescheduled and dispatched in the same sweep")
+	require.Equal(t, 2, got.Attempts)
+	require.Equal(t, clock.Now().Add(10*time.Second), got.Lease.ExpiresAt)
+	d, f := ev.counts()
+	require.Equal(t, 2, d)
+	require.Zero(t, f)
+
+	clock.Add(10 * time.Second) // found by GetJob, without a sweep
+	got = getJob(t, s, j.ID)
+	require.Equal(t, store.JobTimeout, got.Status)
+	require.Equal(t, "lease expired after 2 attempts", got.Error)
+	require.Equal(t, clock.Now(), got.FinishedAt)
+	_, f = ev.counts()
+	require.Equal(t, 1, f)
+}
+
+func TestStore_JobRetention(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock, _ := setupJobs(t, 1)
+	done := enqueue(t, s, `1`)
+	_, err := s.TransitionJob(ctx, store.TransitionParams{Tenant: "t", JobID: done.ID, Action: store.ActRelease})
+	require.NoError(t, err)
+	clock.Add(time.Hour)
+	requeued := enqueue(t, s, `2`)
+	_, err = s.TransitionJob(ctx, store.TransitionParams{Tenant: "t", JobID: requeued.ID, Action: store.ActCancel})
+	require.NoError(t, err)
+	keyed, _, err := s.EnqueueJob(ctx, store.EnqueueParams{Tenant: "t", Semaphore: "s", Payload: []byte(`3`), IdempotencyKey: "k"})
+	require.NoError(t, err)
+	_, err = s.TransitionJob(ctx, store.TransitionParams{Tenant: "t", JobID: keyed.ID, Action: store.ActFail})
+	require.NoError(t, err)
+
+	clock.Add(store.JobRetention - time.Hour - time.Nanosecond)
+	_, err = s.Sweep(ctx)
+	require.NoError(t, err)
+	getJob(t, s, done.ID) // kept until FinishedAt+JobRetention
+	clock.Add(time.Nanosecond)
+	_, err = s.GetJob(ctx, "t", done.ID)
+	require.ErrorIs(t, err, store.ErrJobNotFound, "forgotten after JobRetention, also without a sweep")
+
+	// A requeued job is not terminal any more: it is not forgotten.
+	_, err = s.TransitionJob(ctx, store.TransitionParams{Tenant: "t", JobID: requeued.ID, Action: store.ActRequeue})
+	require.NoError(t, err)
+	clock.Add(time.Hour)
+	_, err = s.Sweep(ctx)
+	require.NoError(t, err)
+	require.Equal(t, store.JobInflight, getJob(t, s, requeued.ID).Status)
+	_, err = s.GetJob(ctx, "t", keyed.ID)
+	require.ErrorIs(t, err, store.ErrJobNotFound)
+	again, created, err := s.EnqueueJob(ctx, store.EnqueueParams{Tenant: "t", Semaphore: "s", Payload: []byte(`3`), IdempotencyKey: "k"})
+	require.NoError(t, err)
+	require.True(t, created, "the key of a forgotten job is free again")
+	require.NotEqual(t, keyed.ID, again.ID)
+	jobs, _, err := s.ListJobs(ctx, store.ListJobsParams{Tenant: "t", Semaphore: "s"})
+	require.NoError(t, err)
+	require.Len(t, jobs, 2)
+}
+
+func TestStore_JobPayloadCopied(t *testing.T) {
+	t.Parallel()
+	s, _, ev := setupJobs(t, 1)
+	payload := []byte(`{"a":1}`)
+	j, _, err := s.EnqueueJob(t.Context(), store.EnqueueParams{Tenant: "t", Semaphore: "s", Payload: payload})
+	require.NoError(t, err)
+	payload[2] = 'X'
+	j.Payload[2] = 'Y'
+	ev.dispatched[0].Payload[2] = 'Z'
+	require.Equal(t, `{"a":1}`, string(getJob(t, s, j.ID).Payload))
+}
+
+func TestStore_JobListenerOutsideLock(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, _, _ := setupJobs(t, 1)
+	delivered := make(chan store.Job, 1)
+	s.SetJobListener(func(ev store.JobEvents) {
+		for _, j := range ev.Dispatched { // deliver at once, calling the store back
+			got, err := s.TransitionJob(ctx, store.TransitionParams{
+				Tenant: "t", JobID: j.ID, Action: store.ActDelivered, Route: "websocket", LeaseID: j.Lease.ID,
+			})
+			if err == nil {
+				delivered <- got
+			}
+		}
+	})
+	j := enqueue(t, s, `1`)
+	select {
+	case got := <-delivered:
+		require.Equal(t, j.ID, got.ID)
+		require.Equal(t, "websocket", got.Route)
+	default:
+		require.FailNow(t, "listener not called synchronously before EnqueueJob returned")
+	}
+}
+
+func TestStore_JobDispatchBatch(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, _, ev := setupJobs(t, 1)
+	_, err := s.SetSuspended(ctx, "t", "s", true)
+	require.NoError(t, err)
+	for range 100 {
+		enqueue(t, s, `1`)
+	}
+	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{
+		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 200, LeaseTimeout: time.Minute},
+	})
+	require.NoError(t, err)
+	jobs, err := s.DispatchJobs(ctx, store.DispatchParams{Tenant: "t", Semaphore: "s", Max: 1})
+	require.NoError(t, err)
+	require.Empty(t, jobs, "suspended")
+	_, err = s.SetSuspended(ctx, "t", "s", false)
+	require.NoError(t, err)
+	d, _ := ev.counts()
+	require.Equal(t, store.DefaultDispatchBatch, d, "one operation dispatches at most a batch")
+	jobs, err = s.DispatchJobs(ctx, store.DispatchParams{Tenant: "t", Semaphore: "s", Max: 5})
+	require.NoError(t, err)
+	require.Len(t, jobs, 5)
+	require.Equal(t, time.Minute, jobs[0].Lease.TTL, "the current leaseTimeout")
+	_, err = s.Sweep(ctx)
+	require.NoError(t, err)
+	st, err := s.State(ctx, "t", "s")
+	require.NoError(t, err)
+	require.Equal(t, int64(100), st.Inflight)
+	require.Zero(t, st.Queued)
 }

@@ -28,13 +28,16 @@ type semaphore struct {
 
 	waiters       *list.List       // *waiter in arrival order (FIFO)
 	waitingByChan map[string]int64 // number of waiters per channel
+
+	jobs jobQueues // async jobs (jobs.go)
 }
 
 // leaseEntry is a lease held in a semaphore, with its heap position.
 type leaseEntry struct {
 	lease   store.Lease
 	idemKey string
-	index   int // position in byExpiry
+	index   int       // position in byExpiry
+	job     *jobEntry // the inflight job holding this lease, if any
 }
 
 func newSemaphore(key semKey, info store.Semaphore) *semaphore {
@@ -46,6 +49,7 @@ func newSemaphore(key semKey, info store.Semaphore) *semaphore {
 		idem:          make(map[string]string),
 		waiters:       list.New(),
 		waitingByChan: make(map[string]int64),
+		jobs:          newJobQueues(),
 	}
 }
 
@@ -120,12 +124,14 @@ func (s *semaphore) setExpiry(e *leaseEntry, expiresAt time.Time, ttl time.Durat
 	heap.Fix(&s.byExpiry, e.index)
 }
 
-// dropExpired removes every lease whose expiresAt is at or before now and
-// returns how many it removed.
-func (s *semaphore) dropExpired(now time.Time) int {
+// dropExpired removes every lease whose expiresAt is at or before now,
+// calling gone with each after its removal, and returns how many it removed.
+func (s *semaphore) dropExpired(now time.Time, gone func(*leaseEntry)) int {
 	n := 0
 	for len(s.byExpiry) > 0 && expired(s.byExpiry[0].lease, now) {
-		s.removeLease(s.byExpiry[0])
+		e := s.byExpiry[0]
+		s.removeLease(e)
+		gone(e)
 		n++
 	}
 	return n
@@ -175,6 +181,18 @@ func (s *semaphore) state() store.SemaphoreState {
 		cs := st.Channels[ch]
 		cs.Waiting = n
 		st.Channels[ch] = cs
+	}
+	for ch, l := range s.jobs.queues {
+		cs := st.Channels[ch]
+		cs.Queued = int64(l.Len())
+		st.Channels[ch] = cs
+		st.Queued += cs.Queued
+	}
+	for ch, n := range s.jobs.inflight {
+		cs := st.Channels[ch]
+		cs.Inflight = n
+		st.Channels[ch] = cs
+		st.Inflight += n
 	}
 	for ch, cs := range st.Channels {
 		cs.Available = floor0(s.maxValue() - s.inUseOf(ch))

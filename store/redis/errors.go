@@ -16,6 +16,10 @@ var scriptErrors = map[string]error{
 	"SD_SEMAPHORE_NOT_FOUND": store.ErrSemaphoreNotFound,
 	"SD_LEASE_NOT_FOUND":     store.ErrLeaseNotFound,
 	"SD_WEIGHT_TOO_LARGE":    store.ErrWeightTooLarge,
+	"SD_JOB_NOT_FOUND":       store.ErrJobNotFound,
+	"SD_INVALID_STATE":       store.ErrInvalidState,
+	"SD_QUEUE_FULL":          store.ErrQueueFull,
+	"SD_STALE_LEASE":         store.ErrStaleLease,
 }
 
 // translate maps a driver error to the store's errors; it is the only place

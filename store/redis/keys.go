@@ -17,6 +17,12 @@ import "strings"
 //	P:{<tenant>/<name>}:wcount     hash: "c:<channel>" -> waiting waiters
 //	P:{<tenant>/<name>}:granted    hash: waiter id -> node id (granted, not yet claimed)
 //	P:{<tenant>/<name>}:idem       hash: idempotency key -> lease id
+//	P:{<tenant>/<name>}:jobs       hash: job seq -> job record (meta JSON, "\n", payload)
+//	P:{<tenant>/<name>}:jq         hash: per-channel job queues in chunks of 6-byte seqs
+//	P:{<tenant>/<name>}:jch        zset (scores 0): channels with scheduled jobs (round-robin)
+//	P:{<tenant>/<name>}:jcnt       hash: "q"/"q:<channel>" scheduled, "i"/"i:<channel>" inflight jobs
+//	P:{<tenant>/<name>}:jfin       zset: job seq -> finish ms (terminal jobs, retention)
+//	P:{<tenant>/<name>}:jidem      hash: job idempotency key -> job seq
 //
 //	P:sweep                        zset: "<tenant>/<name>" -> next due ms
 //	P:sems:<tenant>                zset (scores 0): semaphore names, for ListSemaphores
@@ -53,12 +59,19 @@ const (
 	kWCount
 	kGranted
 	kIdem
+	kJobs
+	kJQ
+	kJCh
+	kJCnt
+	kJFin
+	kJIdem
 	numSemKeys
 )
 
 var semKeySuffixes = [numSemKeys]string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
+	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem",
 }
 
 // sem returns the KEYS of every per-semaphore script.

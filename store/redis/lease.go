@@ -70,15 +70,14 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 		woke = s.register(id)
 		defer s.unregister(id)
 	}
-	res, err := s.runSem(ctx, scriptAcquire, p.Tenant, p.Semaphore,
-		id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack)).Slice()
+	res, err := s.run(ctx, scriptAcquire, p.Tenant, p.Semaphore,
+		id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack))
 	if err != nil {
 		// If the reply was lost after an enqueue, the waiter expires at
 		// its deadline; if after a grant, the lease expires at its TTL.
-		return store.Lease{}, translate(err, nil)
+		return store.Lease{}, err
 	}
-	status, raw, due := res[0].(string), res[1].(string), res[2].(int64)
-	s.indexDue(ctx, p.Tenant, p.Semaphore, due)
+	status, raw := res[0].(string), res[1].(string)
 	switch status {
 	case "ok":
 		return decodeLease(p.Semaphore, raw)
@@ -160,11 +159,10 @@ func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, ca
 
 // claim runs poll_wait.lua or cancel_wait.lua.
 func (s *Store) claim(ctx context.Context, sc *redis.Script, p store.AcquireParams, id string) (status, raw string, err error) {
-	res, err := s.runSem(ctx, sc, p.Tenant, p.Semaphore, id).Slice()
+	res, err := s.run(ctx, sc, p.Tenant, p.Semaphore, id)
 	if err != nil {
-		return "", "", translate(err, nil)
+		return "", "", err
 	}
-	s.indexDue(ctx, p.Tenant, p.Semaphore, res[2].(int64))
 	return res[0].(string), res[1].(string), nil
 }
 
@@ -174,16 +172,11 @@ func (s *Store) Release(ctx context.Context, p store.ReleaseParams) (store.Lease
 	if !ok {
 		return store.Lease{}, store.ErrLeaseNotFound
 	}
-	res, err := s.runSem(ctx, scriptRelease, p.Tenant, name, p.LeaseID).Slice()
+	res, err := s.run(ctx, scriptRelease, p.Tenant, name, p.LeaseID)
 	if err != nil {
-		return store.Lease{}, translate(err, nil)
+		return store.Lease{}, err
 	}
-	raw, due := res[0].(string), res[1].(int64)
-	s.indexDue(ctx, p.Tenant, name, due)
-	if raw == "" {
-		return store.Lease{}, store.ErrLeaseNotFound
-	}
-	return decodeLease(name, raw)
+	return decodeLease(name, res[1].(string))
 }
 
 // Extend moves a live lease's expiry to now+TTL (Redis time).
@@ -196,14 +189,9 @@ func (s *Store) Extend(ctx context.Context, p store.ExtendParams) (store.Lease, 
 	if ttl == 0 {
 		ttl = 1
 	}
-	res, err := s.runSem(ctx, scriptExtend, p.Tenant, name, p.LeaseID, ttl).Slice()
+	res, err := s.run(ctx, scriptExtend, p.Tenant, name, p.LeaseID, ttl)
 	if err != nil {
-		return store.Lease{}, translate(err, nil)
+		return store.Lease{}, err
 	}
-	raw, due := res[0].(string), res[1].(int64)
-	s.indexDue(ctx, p.Tenant, name, due)
-	if raw == "" {
-		return store.Lease{}, store.ErrLeaseNotFound
-	}
-	return decodeLease(name, raw)
+	return decodeLease(name, res[1].(string))
 }

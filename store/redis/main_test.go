@@ -68,6 +68,10 @@ func TestConformanceRapid(t *testing.T) {
 	storetest.RunRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
 }
 
+func TestConformanceJobsRapid(t *testing.T) {
+	storetest.RunJobsRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
+}
+
 // slotCheck is a go-redis hook failing the test when an EVAL/EVALSHA names
 // keys of more than one Redis Cluster hash slot.
 type slotCheck struct {

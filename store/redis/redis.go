@@ -12,6 +12,11 @@
 // the owning Store's node channel; the blocked Acquire (a Go channel per
 // waiter id) then claims its lease. A lost message costs at most the ~1 s
 // fallback poll, and a waiter whose node crashed expires at its deadline.
+//
+// Async jobs (jobs.go) live in their semaphore's slot too. Every script
+// that frees or adds a permit or a job dispatches queued jobs that fit in
+// the same script (lib.lua dispatch) and returns them; the Store hands them
+// to the JobEvents listener after the script, in the calling goroutine.
 package redisstore
 
 import (
@@ -21,6 +26,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -80,6 +86,8 @@ type Store struct {
 
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // waiter id -> wake-up signal
+
+	listener atomic.Pointer[func(store.JobEvents)] // SetJobListener
 }
 
 // New returns a Store on client and subscribes to its node channel before

@@ -22,15 +22,14 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	if c.MaxValueScope != store.ScopeTotal && c.MaxValueScope != store.ScopeChannel {
 		return store.Semaphore{}, false, fmt.Errorf("redisstore: unknown maxValueScope %q", c.MaxValueScope)
 	}
-	res, err := s.runSem(ctx, scriptPutSemaphore, p.Tenant, p.Name,
+	res, err := s.run(ctx, scriptPutSemaphore, p.Tenant, p.Name,
 		p.Name, c.MaxValue, c.MaxValueScope, ms(c.LeaseTimeout), c.MaxAttempts,
-		c.OnSessionLost, c.OnDeliveryError, string(c.Extra)).Slice()
+		c.OnSessionLost, c.OnDeliveryError, string(c.Extra))
 	if err != nil {
-		return store.Semaphore{}, false, translate(err, nil)
+		return store.Semaphore{}, false, err
 	}
-	created := res[0].(int64) == 1
-	sem := decodeSemaphore(p.Name, flatMap(res[1]))
-	s.indexDue(ctx, p.Tenant, p.Name, res[2].(int64))
+	created := res[1].(int64) == 1
+	sem := decodeSemaphore(p.Name, flatMap(res[2]))
 	if err := s.client.ZAdd(ctx, s.keys.semList(p.Tenant), redis.Z{Member: p.Name}).Err(); err != nil {
 		return store.Semaphore{}, false, translate(err, nil)
 	}
@@ -108,25 +107,25 @@ func (s *Store) SetSuspended(ctx context.Context, tenant, name string, suspended
 	if suspended {
 		flag = 1
 	}
-	res, err := s.runSem(ctx, scriptSetSuspended, tenant, name, flag).Slice()
+	res, err := s.run(ctx, scriptSetSuspended, tenant, name, flag)
 	if err != nil {
-		return store.Semaphore{}, translate(err, nil)
+		return store.Semaphore{}, err
 	}
-	return decodeSemaphore(name, flatMap(res)), nil
+	return decodeSemaphore(name, flatMap(res[1])), nil
 }
 
 // State returns a snapshot of usage, taken after dropping expired leases.
 func (s *Store) State(ctx context.Context, tenant, name string) (store.SemaphoreState, error) {
-	res, err := s.runSem(ctx, scriptState, tenant, name).Slice()
+	res, err := s.run(ctx, scriptState, tenant, name)
 	if err != nil {
-		return store.SemaphoreState{}, translate(err, nil)
+		return store.SemaphoreState{}, err
 	}
-	s.indexDue(ctx, tenant, name, res[5].(int64))
-	maxValue, scope := res[0].(int64), res[1].(string)
-	used, waiting := flatMap(res[2]), flatMap(res[3])
+	maxValue, scope := res[1].(int64), res[2].(string)
+	used, waiting, jobs := flatMap(res[3]), flatMap(res[4]), flatMap(res[6])
 	st := store.SemaphoreState{Channels: map[string]store.ChannelState{}}
 	st.InUse = atoi(used["t"])
-	st.Waiting = res[4].(int64)
+	st.Waiting = res[5].(int64)
+	st.Queued, st.Inflight = atoi(jobs["q"]), atoi(jobs["i"])
 	// Top-level Available: what a request naming no channel could take
 	// (the shared remainder for scope total, the default channel's own
 	// remainder for scope channel), as in the memory store.
@@ -146,8 +145,14 @@ func (s *Store) State(ctx context.Context, tenant, name string) (store.Semaphore
 			chans[f[2:]] = true
 		}
 	}
+	for f := range jobs {
+		if len(f) > 2 && f[1] == ':' {
+			chans[f[2:]] = true
+		}
+	}
 	for c := range chans {
-		cs := store.ChannelState{InUse: atoi(used["c:"+c]), Waiting: atoi(waiting["c:"+c])}
+		cs := store.ChannelState{InUse: atoi(used["c:"+c]), Waiting: atoi(waiting["c:"+c]),
+			Queued: atoi(jobs["q:"+c]), Inflight: atoi(jobs["i:"+c])}
 		if scope == store.ScopeChannel {
 			cs.Available = max(0, maxValue-cs.InUse)
 		} else {

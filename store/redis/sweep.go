@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/semaphored/semaphored/store"
 )
 
 // The sweep index (keys.sweep) is a sorted set of semaphores ("tenant/name")
@@ -12,10 +14,12 @@ import (
 // is missed:
 //
 //   - A semaphore's due time is the earliest of its lease expiries and
-//     waiter deadlines (lib.lua next_due). Every script that adds such an
-//     item (acquire, extend, a grant inside release/poll/cancel/state/put)
-//     returns the new due time, and the caller then sends ZADD LT: a score
-//     only ever goes down, and a new member is added.
+//     waiter deadlines (lib.lua next_due). Job leases are leases like any
+//     other (in holders), so the due time covers them. Every script that
+//     adds or moves such an item (acquire, extend, a grant or a job dispatch
+//     inside any script, a job hold in transition.lua) sets lib.lua's DIRTY
+//     and returns the new due time, and the caller then sends ZADD LT: a
+//     score only ever goes down, and a new member is added.
 //   - The only thing that raises a score is a sweep's claim
 //     (sweep_claim.lua: score := now + sweepRecheck). After a claim the
 //     sweeper runs sweep.lua on the member and sends ZADD LT with the due
@@ -39,8 +43,11 @@ import (
 //     after the ZREM or the semaphore exist at the EXISTS check.
 //
 // Besides, every script drops expired leases of its semaphore before
-// counting, and a waiting call's ~1 s poll grants freed permits itself, so
-// a late sweep delays nothing a client is blocked on by more than that.
+// counting (and dispatches queued jobs at its end), and a waiting call's
+// ~1 s poll grants freed permits itself, so a late sweep delays nothing a
+// client is blocked on by more than that. Terminal jobs are forgotten after
+// store.JobRetention by sweep.lua (and enqueue.lua), reached at least every
+// sweepRecheck since a semaphore stays in the index.
 
 // indexDue lowers the semaphore's score in the sweep index to due (ms,
 // Redis time) when due > 0. A failure is logged: the item is still found
@@ -128,7 +135,8 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 				if only != nil && !only(items[i].cmd) {
 					continue
 				}
-				keys, args := s.keys.sem(items[i].tenant, items[i].name), s.semArgs(nil)
+				keys, args := s.keys.sem(items[i].tenant, items[i].name),
+					s.semArgs(items[i].name, []any{ms(store.JobRetention), forgetBatch})
 				if useEval {
 					items[i].cmd = scriptSweep.Eval(ctx, p, keys, args...)
 				} else {
@@ -160,14 +168,15 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 			}
 			continue
 		}
-		expired += int(res[0].(int64))
+		s.emit(it.name, res[4])
+		expired += int(res[1].(int64))
 		if res[2].(int64) == 1 {
 			if err := s.unindex(ctx, it.tenant, it.name, false); err != nil && firstErr == nil {
 				firstErr = err
 			}
 			continue
 		}
-		if due := res[1].(int64); due > 0 {
+		if due := res[3].(int64); due > 0 {
 			it.due = due
 			dues = append(dues, it)
 		}

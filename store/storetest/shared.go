@@ -23,6 +23,8 @@ func RunShared(t *testing.T, newPair func(t *testing.T) (a, b store.Store)) {
 		{"LeaseUsableOnOtherNode", testSharedLease},
 		{"ReleaseOnBWakesWaiterOnA", testSharedWake},
 		{"FIFOAcrossNodes", testSharedFIFO},
+		{"Jobs_EnqueueOnADispatchOnB", testSharedJobDispatch},
+		{"Jobs_ExpirySweptOnB", testSharedJobExpiry},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,4 +100,54 @@ func testSharedFIFO(t *testing.T, a, b *fixture) {
 	}
 	b.release(holder)
 	a.requireUsage("s", 0, 0)
+}
+
+// testSharedJobDispatch: a job enqueued on a waits for a permit; the
+// release on b dispatches it, and the event fires on b, the instance that
+// ran the operation (a's listener is set first, so when a and b are one
+// store, b's replaces it).
+func testSharedJobDispatch(t *testing.T, a, b *fixture) {
+	a.putConfig("s", jobConfig(1))
+	recA, recB := newRecorder(a, 0), newRecorder(b, 0)
+	holder := b.acquireW("s", 1)
+	j := a.enqueue("s", "")
+	require.Equal(t, store.JobScheduled, j.Status)
+	b.release(holder)
+	d := recB.requireDispatched(t, j.ID)
+	require.NotNil(t, d[0].Lease)
+	recA.requireDispatched(t)
+	require.Equal(t, store.JobInflight, a.getJob(j.ID).Status)
+
+	// Released on a with b's lease: the next job goes out on a.
+	j2 := b.enqueue("s", "")
+	_, err := a.st.TransitionJob(a.ctx, store.TransitionParams{
+		Tenant: a.tenant, JobID: j.ID, Action: store.ActRelease, LeaseID: d[0].Lease.ID,
+	})
+	require.NoError(t, err)
+	if a.st != b.st {
+		recA.requireDispatched(t, j2.ID)
+	}
+	require.Equal(t, store.JobInflight, b.getJob(j2.ID).Status)
+	b.requireJobs("s", 0, 1, 1)
+}
+
+// testSharedJobExpiry: a job dispatched on a whose lease expires is
+// redispatched by b's Sweep.
+func testSharedJobExpiry(t *testing.T, a, b *fixture) {
+	cfg := jobConfig(1)
+	cfg.LeaseTimeout = shortTTL
+	a.putConfig("s", cfg)
+	recB := newRecorder(b, 0)
+	j := a.enqueue("s", "")
+	require.Equal(t, store.JobInflight, j.Status)
+	recB.take() // when a and b are one store, b also heard a's dispatch
+	require.Eventually(t, func() bool {
+		if _, err := b.st.Sweep(b.ctx); err != nil {
+			return false
+		}
+		return recB.has(1)()
+	}, eventually, tick, "redispatched by b's sweep")
+	d, _ := recB.events()
+	require.Equal(t, j.ID, d[0].ID)
+	require.Equal(t, 2, d[0].Attempts)
 }

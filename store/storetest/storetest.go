@@ -6,6 +6,7 @@
 //	storetest.Run(t, newStore)         // the bulk of the suite
 //	storetest.RunShared(t, newPair)    // two instances sharing state
 //	storetest.RunRapid(t, newStore)    // randomised state machine vs a model
+//	storetest.RunJobsRapid(t, newStore) // the same for async jobs
 //
 // newStore must return a fresh, isolated store on every call (for Redis: a
 // unique key prefix on a shared server) and register its own cleanup with
@@ -86,6 +87,29 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Tenants_CRUD", testTenantsCRUD},
 		{"Keys_CRUD", testKeysCRUD},
 		{"Ping", testPing},
+		{"Jobs_EnqueueDispatches", testJobEnqueueDispatches},
+		{"Jobs_DispatchOnFreedPermit", testJobDispatchOnFreedPermit},
+		{"Jobs_SuspendResume", testJobSuspendResume},
+		{"Jobs_BurstFIFONeverOversubscribed", testJobBurst},
+		{"Jobs_RoundRobin", testJobRoundRobin},
+		{"Jobs_ScopeChannel", testJobScopeChannel},
+		{"Jobs_SyncWaitersFirst", testJobSyncWaitersFirst},
+		{"Jobs_TransitionGrantsWaiters", testJobTransitionGrantsWaiters},
+		{"Jobs_LeaseExpiry", testJobLeaseExpiry},
+		{"Jobs_ReleaseAndExtendLease", testJobReleaseLease},
+		{"Jobs_Idempotency", testJobIdempotency},
+		{"Jobs_QueueFull", testJobQueueFull},
+		{"Jobs_ListPaging", testJobList},
+		{"Jobs_Purge", testJobPurge},
+		{"Jobs_DeleteSemaphore", testJobDeleteSemaphore},
+		{"Jobs_NotFound", testJobNotFound},
+		{"Jobs_TenantIsolation", testJobTenantIsolation},
+		{"Jobs_TransitionTable", testJobTransitionTable},
+		{"Jobs_FailRetrySuspend", testJobFailRetrySuspend},
+		{"Jobs_Requeue", testJobRequeue},
+		{"Jobs_DeliveredAndHandOff", testJobDeliveredAndHandOff},
+		{"Jobs_StaleLease", testJobStaleLease},
+		{"Jobs_Concurrent", testJobConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,13 +1,13 @@
 -- cancel_wait.lua: a waiting acquire gives up (its wait passed or its
 -- context ended); lib.lua is prepended. A queued waiter leaves the queue
--- (the waiters behind it may be granted at once); a waiter granted in the
--- meantime gets its lease, which the caller returns or releases, so no
--- permit leaks.
+-- (the waiters behind it may be granted at once, queued jobs dispatched); a
+-- waiter granted in the meantime gets its lease, which the caller returns
+-- or releases, so no permit leaks.
 --
--- KEYS: the 12 semaphore keys listed in lib.lua.
--- ARGV[1] node channel prefix (lib.lua)
--- ARGV[2] waiter id
+-- KEYS: the 18 semaphore keys listed in lib.lua.
+-- ARGV[1..3] as in lib.lua
+-- ARGV[4] waiter id
 --
--- Returns {status, lease JSON or '', due}: 'granted', 'cancelled' or
--- 'gone'. Error SD_SEMAPHORE_NOT_FOUND when the semaphore was deleted.
-return claim_waiter(ARGV[2], true)
+-- Returns {status, lease JSON or '', due, events}: 'granted', 'cancelled',
+-- 'gone', or SD_SEMAPHORE_NOT_FOUND when the semaphore was deleted.
+return claim_waiter(ARGV[4], true)

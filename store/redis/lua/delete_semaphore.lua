@@ -1,10 +1,11 @@
--- delete_semaphore.lua: remove a semaphore with its leases and waiters
--- (lib.lua is prepended). Waiting calls are woken by push and find the
+-- delete_semaphore.lua: remove a semaphore with its leases, waiters and
+-- jobs (lib.lua is prepended). Waiting calls are woken by push and find the
 -- semaphore gone. The fencing counter (KEYS[5]) is kept, so tokens stay
--- monotonic when the name is created again.
+-- monotonic when the name is created again (job ids differ by the salt of
+-- the new semaphore).
 --
--- KEYS: the 12 semaphore keys listed in lib.lua.
--- ARGV[1] node channel prefix (lib.lua)
+-- KEYS: the 18 semaphore keys listed in lib.lua.
+-- ARGV[1..3] as in lib.lua
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
 if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply('SD_SEMAPHORE_NOT_FOUND') end
@@ -16,5 +17,6 @@ end
 all = redis.call('HGETALL', K_GRANTED)
 for i = 1, #all, 2 do redis.call('PUBLISH', NODE_PREFIX .. all[i + 1], all[i]) end
 redis.call('DEL', K_SEM, K_HOLDERS, K_LEASES, K_USED, K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT,
-  K_GRANTED, K_IDEM)
+  K_GRANTED, K_IDEM, K_JQ, K_JCH, K_JCNT, K_JIDEM)
+redis.call('UNLINK', K_JOBS, K_JFIN)
 return 1

@@ -5,9 +5,10 @@
 -- names. All per-semaphore scripts receive the same KEYS, all in the
 -- semaphore's hash slot (built in keys.go, semKeys):
 --
---   KEYS[1]  sem        hash: config and bookkeeping (max, scope, lt, ...)
+--   KEYS[1]  sem        hash: config and bookkeeping (max, scope, lt, ma, susp, ...;
+--                       js job-id salt, jn job seq, rr round-robin cursor, jlo list hint)
 --   KEYS[2]  holders    zset: lease id -> expiry (ms, Redis TIME)
---   KEYS[3]  leases     hash: lease id -> lease JSON {id,c,w,f,ttl,a,e,k}
+--   KEYS[3]  leases     hash: lease id -> lease JSON {id,c,w,f,ttl,a,e,k[,j]} (j: job seq)
 --   KEYS[4]  used       hash: "t" -> used weight, "c:<channel>" -> used weight of the channel
 --   KEYS[5]  fence      string: fencing counter (INCR; never deleted)
 --   KEYS[6]  waiters    zset: waiter id -> arrival seq (FIFO of the whole semaphore)
@@ -17,17 +18,50 @@
 --   KEYS[10] wcount     hash: "c:<channel>" -> number of waiting waiters
 --   KEYS[11] granted    hash: waiter id -> node id, while its granted lease is not yet claimed
 --   KEYS[12] idem       hash: idempotency key -> lease id
+--   KEYS[13] jobs       hash: job seq -> job record: meta JSON, "\n", payload (verbatim)
+--   KEYS[14] jq         hash: job queues, per channel c: "m:<c>" -> "hc hi tc", chunks
+--                       "c:<c>:<n>" -> up to QCH 6-byte job seqs (see q_push)
+--   KEYS[15] jch        zset, all scores 0: channels with scheduled jobs (round-robin by name)
+--   KEYS[16] jcnt       hash: "q" / "q:<c>" scheduled jobs, "i" / "i:<c>" inflight jobs
+--   KEYS[17] jfin       zset: job seq -> finish time (ms), terminal jobs (retention)
+--   KEYS[18] jidem      hash: job idempotency key -> job seq
 --
--- and ARGV[1] = prefix of the node pub/sub channels ("sd:node:"): a grant to
+-- ARGV[1] = prefix of the node pub/sub channels ("sd:node:"): a grant to
 -- a waiter is pushed by PUBLISH ARGV[1]..<node id> <waiter id>.
+-- ARGV[2] = 16 random hex characters and ARGV[3] = "." .. base64url(name):
+-- a job's lease id is ARGV[2] .. hex16(fencing token) .. ARGV[3] (the
+-- format of store.NewLeaseID, unique since the token is).
+-- Script-specific arguments start at ARGV[4].
 --
 -- A waiter's id is the id of the lease it will get. Times are ms of Redis
 -- TIME; a lease is live while now < expiry, a waiter while now < deadline.
+--
+-- Every per-semaphore script except delete_semaphore.lua replies through
+-- done(): {status, ..., due, events}. status is 'ok', a script-specific
+-- word, or an error code "SD_..." (in-band, so that the events of work done
+-- before the error are not lost); due > 0 is the semaphore's next due time
+-- for the sweep index (sent only when a lease or waiter was added or
+-- moved); events = {dispatched, finished}, each a list of {job id hex32,
+-- job record, lease JSON or ''} (JobEvents).
 
 local K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
-local NODE_PREFIX = ARGV[1]
+local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+local NODE_PREFIX, LID_RAND, ID_SUFFIX = ARGV[1], ARGV[2], ARGV[3]
+local DEFAULT_CHANNEL = 'default' -- store.DefaultChannel: not stored in job records
+local DEFAULT_TTL = 60000         -- lease ttl when the semaphore has no leaseTimeout
+local DISPATCH_BATCH = 64         -- store.DefaultDispatchBatch
+
+-- job events of this script (done() returns them), and whether a lease or
+-- waiter was added or moved (the sweep index needs the new due time)
+local EV_D, EV_F = {}, {}
+local DIRTY = false
+-- channels whose capacity domain may have opened for a queued job in this
+-- script (a lease ended, a waiter left, a job was queued): with scope
+-- channel, the final dispatch looks only at these (every other channel was
+-- left with nothing more fitting by the previous script)
+local TOUCHED = {}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -36,9 +70,10 @@ end
 
 -- config of the semaphore, or nil when it does not exist
 local function load_conf()
-  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt')
+  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp')
   if not v[1] then return nil end
-  return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3])}
+  return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3]), ma = tonumber(v[4] or 0) or 0,
+    susp = v[5] == '1'}
 end
 
 local function used(field)
@@ -46,6 +81,7 @@ local function used(field)
 end
 
 local function add_used(c, delta)
+  if delta < 0 then TOUCHED[c] = true end
   if redis.call('HINCRBY', K_USED, 't', delta) <= 0 then redis.call('HDEL', K_USED, 't') end
   local f = 'c:' .. c
   if redis.call('HINCRBY', K_USED, f, delta) <= 0 then redis.call('HDEL', K_USED, f) end
@@ -65,15 +101,19 @@ local function cq_member(w)
   return chan_prefix(w.c) .. string.format('%016d', w.s) .. w.id
 end
 
--- creates a live lease and returns its JSON
-local function new_lease(id, c, w, ttl, k, now)
-  local l = {id = id, c = c, w = w, f = redis.call('INCR', K_FENCE), ttl = ttl, a = now, e = now + ttl, k = k}
+-- creates a live lease and returns its JSON and the lease; id nil makes a
+-- job lease id (lib header), j is the job seq of a job lease (nil for sync)
+local function new_lease(id, c, w, ttl, k, now, j)
+  local f = redis.call('INCR', K_FENCE)
+  if not id then id = LID_RAND .. string.format('%016x', f) .. ID_SUFFIX end
+  local l = {id = id, c = c, w = w, f = f, ttl = ttl, a = now, e = now + ttl, k = k, j = j}
   local raw = cjson.encode(l)
+  DIRTY = true
   redis.call('HSET', K_LEASES, id, raw)
   redis.call('ZADD', K_HOLDERS, l.e, id)
   add_used(c, w)
   if k ~= '' then redis.call('HSET', K_IDEM, k, id) end
-  return raw
+  return raw, l
 end
 
 -- ends a lease (release or expiry); returns the decoded lease or nil
@@ -92,6 +132,7 @@ end
 -- takes a waiter out of the queues; keep_deadline leaves its wdeadline
 -- entry (a granted, not yet claimed waiter)
 local function unqueue(w, keep_deadline)
+  TOUCHED[w.c] = true
   redis.call('ZREM', K_WAITERS, w.id)
   redis.call('ZREM', K_CQ, cq_member(w))
   redis.call('HDEL', K_WDATA, w.id)
@@ -151,15 +192,218 @@ local function grant_all(conf, now)
   return n
 end
 
--- drops expired leases and grants the permits they held; returns
--- (expired leases, grants)
+-- ---------------------------------------------------------------- jobs
+--
+-- A job is identified inside its semaphore by its seq (creation order,
+-- HINCRBY sem jn); its id is hex16(salt) .. hex16(seq) .. "." ..
+-- base64url(name), the salt (sem js) being random per creation of the
+-- semaphore. Its record (K_JOBS, field = decimal seq) is a meta JSON line,
+-- "\n" (cjson escapes newlines in strings, so the first "\n" ends the
+-- meta), then the payload verbatim. Meta fields: c channel (absent:
+-- default), s status (S I D E T C), a attempts, q queue position (while
+-- scheduled), l lease id (while inflight), r route, e error, k idempotency
+-- key, p parent / h child {s, i, h}, ca / ua / fa times.
+
+local JOB_SALT
+
+local function job_id(seq)
+  if not JOB_SALT then JOB_SALT = redis.call('HGET', K_SEM, 'js') or '' end
+  return JOB_SALT .. string.format('%016x', seq)
+end
+
+-- returns meta, payload (nil when there is no such job)
+local function job_load(seq)
+  local raw = redis.call('HGET', K_JOBS, seq)
+  if not raw then return nil end
+  local i = string.find(raw, '\n', 1, true)
+  return cjson.decode(string.sub(raw, 1, i - 1)), string.sub(raw, i + 1)
+end
+
+local function job_save(seq, m, pay)
+  local raw = cjson.encode(m) .. '\n' .. pay
+  redis.call('HSET', K_JOBS, seq, raw)
+  return raw
+end
+
+local function job_chan(m) return m.c or DEFAULT_CHANNEL end
+
+local function count(f, d)
+  if redis.call('HINCRBY', K_JCNT, f, d) <= 0 then redis.call('HDEL', K_JCNT, f) end
+end
+
+local function count_inflight(c, d) count('i', d); count('i:' .. c, d) end
+
+-- Queues. Channel c's queue is a run of chunks "c:<c>:<n>", n from hc to
+-- tc, each a string of up to QCH entries of QW bytes (a job seq, big
+-- endian); hi is the index of the head entry in chunk hc. Entries are
+-- never removed from the middle: a job leaving its queue otherwise than by
+-- q_pop (cancel, purge) leaves a stale entry, recognised because the job
+-- is not scheduled at that position (meta q) any more. A queue with no
+-- scheduled job left is dropped (q_drop), stale entries and all.
+local QCH, QW = 128, 6
+
+local function q_chunk(c, n) return 'c:' .. c .. ':' .. n end
+
+local function q_meta(c)
+  local m = redis.call('HGET', K_JQ, 'm:' .. c)
+  if not m then return nil end
+  local hc, hi, tc = string.match(m, '^(%-?%d+) (%d+) (%-?%d+)$')
+  return {hc = tonumber(hc), hi = tonumber(hi), tc = tonumber(tc)}
+end
+
+local function q_save(c, m)
+  redis.call('HSET', K_JQ, 'm:' .. c, m.hc .. ' ' .. m.hi .. ' ' .. m.tc)
+end
+
+-- puts seq at the back (or front) of channel c's queue; returns its position
+local function q_push(c, seq, front)
+  local m = q_meta(c)
+  if not m then
+    m = {hc = 0, hi = 0, tc = 0}
+    redis.call('ZADD', K_JCH, 0, c)
+  end
+  local e = struct.pack('>I6', seq)
+  if front then
+    if m.hi > 0 then
+      local f = q_chunk(c, m.hc)
+      local s = redis.call('HGET', K_JQ, f)
+      m.hi = m.hi - 1
+      redis.call('HSET', K_JQ, f, string.sub(s, 1, m.hi * QW) .. e .. string.sub(s, (m.hi + 1) * QW + 1))
+    else
+      -- a new head chunk, filled from its end
+      m.hc, m.hi = m.hc - 1, QCH - 1
+      redis.call('HSET', K_JQ, q_chunk(c, m.hc), string.rep('\0', (QCH - 1) * QW) .. e)
+    end
+    q_save(c, m)
+    return m.hc * QCH + m.hi
+  end
+  local f = q_chunk(c, m.tc)
+  local s = redis.call('HGET', K_JQ, f) or ''
+  local n = #s / QW
+  if n >= QCH then
+    m.tc, n, s = m.tc + 1, 0, ''
+    f = q_chunk(c, m.tc)
+  end
+  redis.call('HSET', K_JQ, f, s .. e)
+  q_save(c, m)
+  return m.tc * QCH + n
+end
+
+-- takes the head entry of channel c's queue: seq, position (nil: empty)
+local function q_pop(c)
+  local m = q_meta(c)
+  if not m then return nil end
+  while true do
+    local f = q_chunk(c, m.hc)
+    local s = redis.call('HGET', K_JQ, f)
+    if s and m.hi * QW < #s then
+      local seq = struct.unpack('>I6', s, m.hi * QW + 1)
+      local pos = m.hc * QCH + m.hi
+      m.hi = m.hi + 1
+      q_save(c, m)
+      return seq, pos
+    end
+    if m.hc >= m.tc then
+      q_save(c, m)
+      return nil
+    end
+    redis.call('HDEL', K_JQ, f)
+    m.hc, m.hi = m.hc + 1, 0
+  end
+end
+
+-- drops channel c's queue
+local function q_drop(c)
+  local m = q_meta(c)
+  if m then
+    for n = m.hc, m.tc do redis.call('HDEL', K_JQ, q_chunk(c, n)) end
+    redis.call('HDEL', K_JQ, 'm:' .. c)
+  end
+  redis.call('ZREM', K_JCH, c)
+end
+
+-- one scheduled job of channel c fewer (dispatched, cancelled, purged)
+local function unqueued(c)
+  count('q', -1)
+  local f = 'q:' .. c
+  if redis.call('HINCRBY', K_JCNT, f, -1) <= 0 then
+    redis.call('HDEL', K_JCNT, f)
+    q_drop(c)
+  end
+end
+
+-- is the job scheduled at queue position pos?
+local function queued_at(m, pos) return m.s == 'S' and m.q == pos end
+
+local function ev(list, seq, raw, lease)
+  list[#list + 1] = {job_id(seq), raw, lease or ''}
+end
+
+-- puts a job (not inflight, not terminal any more) into its queue
+local function job_schedule(seq, m, front, now)
+  local c = job_chan(m)
+  TOUCHED[c] = true
+  m.s, m.ua, m.l = 'S', now, nil
+  m.q = q_push(c, seq, front)
+  count('q', 1)
+  count('q:' .. c, 1)
+end
+
+-- ends a job (no longer inflight or queued) in terminal status st
+local function job_finish(seq, m, pay, st, err, now)
+  m.s, m.ua, m.fa, m.l, m.q = st, now, now, nil, nil
+  if err and err ~= '' then m.e = err else m.e = nil end
+  redis.call('ZADD', K_JFIN, now, seq)
+  local raw = job_save(seq, m, pay)
+  ev(EV_F, seq, raw)
+  return raw
+end
+
+-- a job that lost its permit goes to the back of its queue while it has
+-- attempts left, else ends in timeout with msg; returns its record
+local function job_retry(conf, seq, m, pay, msg, now)
+  if (m.a or 0) < conf.ma then
+    job_schedule(seq, m, false, now)
+    return job_save(seq, m, pay)
+  end
+  return job_finish(seq, m, pay, 'T', msg, now)
+end
+
+-- the lease l (already dropped) of an inflight job expired
+local function job_lease_expired(conf, l, now)
+  local m, pay = job_load(l.j)
+  if not m or m.l ~= l.id then return end
+  count_inflight(job_chan(m), -1)
+  job_retry(conf, l.j, m, pay, string.format('lease expired after %d attempts', m.a or 0), now)
+end
+
+-- terminal jobs finished before now - retention are forgotten (at most n)
+local function job_forget(seq)
+  local m = job_load(seq)
+  if m and m.k and redis.call('HGET', K_JIDEM, m.k) == tostring(seq) then redis.call('HDEL', K_JIDEM, m.k) end
+  redis.call('HDEL', K_JOBS, seq)
+  redis.call('ZREM', K_JFIN, seq)
+end
+
+local function trim_finished(now, retention, n)
+  for _, seq in ipairs(redis.call('ZRANGE', K_JFIN, '-inf', now - retention, 'BYSCORE', 'LIMIT', 0, n)) do
+    job_forget(seq)
+  end
+end
+
+-- drops expired leases and grants the permits they held; an expired job
+-- lease sends its job back to its queue or to timeout. Returns (expired
+-- leases, grants)
 local function expire(conf, now)
   local ids = redis.call('ZRANGE', K_HOLDERS, '-inf', now, 'BYSCORE')
   if #ids == 0 then return 0, 0 end
   local chans, any = {}, false
   for _, id in ipairs(ids) do
     local l = drop_lease(id)
-    if l then chans[l.c] = true; any = true end
+    if l then
+      chans[l.c] = true; any = true
+      if l.j then job_lease_expired(conf, l, now) end
+    end
   end
   local n = 0
   if any then
@@ -186,15 +430,130 @@ local function next_due()
   return d
 end
 
--- a waiting call asks for its outcome: {'granted', lease JSON, due},
--- {'waiting', '', due}, {'cancelled', '', due} or {'gone', '', due}.
+-- the channel after c (by name, wrapping) with scheduled jobs; nil: none
+local function next_chan(c)
+  local r
+  if c ~= '' then r = redis.call('ZRANGE', K_JCH, '(' .. c, '+', 'BYLEX', 'LIMIT', 0, 1)[1] end
+  return r or redis.call('ZRANGE', K_JCH, '-', '+', 'BYLEX', 'LIMIT', 0, 1)[1]
+end
+
+-- moves the head job of channel c to inflight with a new lease of weight
+-- 1; false when the queue held no scheduled job (it is dropped then)
+local function dispatch_one(conf, c, now)
+  while true do
+    local seq, pos = q_pop(c)
+    if not seq then
+      q_drop(c)
+      return false
+    end
+    local m, pay = job_load(seq)
+    if m and queued_at(m, pos) then
+      local ttl = conf.lt
+      if not ttl or ttl <= 0 then ttl = DEFAULT_TTL end
+      local lraw, l = new_lease(nil, c, 1, ttl, '', now, seq)
+      m.s, m.q, m.l, m.a, m.ua = 'I', nil, l.id, (m.a or 0) + 1, now
+      unqueued(c)
+      count_inflight(c, 1)
+      ev(EV_D, seq, job_save(seq, m, pay), lraw)
+      return true
+    end
+  end
+end
+
+-- the channels to dispatch from, in round-robin order after the cursor
+-- at: every channel with scheduled jobs (nil: walk the jch zset), or with
+-- scope channel and not all, only the touched ones (a list)
+local function dispatch_order(conf, at, all)
+  if all or conf.scope ~= 'channel' or redis.call('HEXISTS', K_SEM, 'dmore') == 1 then return nil end
+  -- ranks in jch give the byte order of names (Lua's < may follow the locale)
+  local k = 0
+  if at ~= '' then k = redis.call('ZLEXCOUNT', K_JCH, '-', '[' .. at) end
+  local after, before = {}, {}
+  for c in pairs(TOUCHED) do
+    local r = redis.call('ZRANK', K_JCH, c)
+    if r then
+      if r >= k then after[#after + 1] = {r, c} else before[#before + 1] = {r, c} end
+    end
+  end
+  local byrank = function(x, y) return x[1] < y[1] end
+  table.sort(after, byrank)
+  table.sort(before, byrank)
+  local list = {}
+  for _, x in ipairs(after) do list[#list + 1] = x[2] end
+  for _, x in ipairs(before) do list[#list + 1] = x[2] end
+  return list
+end
+
+-- dispatches up to max scheduled jobs that fit (SPEC §1): channels served
+-- round-robin by name after the cursor (the channel served last), FIFO
+-- within a channel, none while suspended, none into a capacity domain with
+-- a live sync waiter. all: look at every channel (a config change, a
+-- resume, the sweep), not only the touched ones. Returns how many. When
+-- it stops at max, the next dispatch looks at every channel (dmore).
+local function dispatch(conf, now, max, all)
+  if conf.susp or redis.call('EXISTS', K_JCH) == 0 then return 0 end
+  if not max or max <= 0 then max = DISPATCH_BATCH end
+  local n, at = 0, redis.call('HGET', K_SEM, 'rr') or ''
+  local list = dispatch_order(conf, at, all)
+  if list and #list == 0 then return 0 end
+  local blocked, nblocked, i = {}, 0, 0
+  while n < max do
+    local c
+    if list then
+      i = i % #list + 1
+      c = list[i]
+    else
+      c = next_chan(at)
+      if not c then break end
+    end
+    local size = list and #list or redis.call('ZCARD', K_JCH)
+    if blocked[c] then
+      if nblocked >= size then break end
+    elseif redis.call('ZSCORE', K_JCH, c) == false then
+      blocked[c], nblocked = true, nblocked + 1 -- its queue emptied (list mode)
+    elseif head(conf, c, now) or not fits(conf, c, 1) then
+      if conf.scope ~= 'channel' then break end -- one domain: if one cannot, none can
+      blocked[c], nblocked = true, nblocked + 1
+    elseif dispatch_one(conf, c, now) then
+      n = n + 1
+      redis.call('HSET', K_SEM, 'rr', c)
+    end
+    at = c
+  end
+  if n >= max then
+    redis.call('HSET', K_SEM, 'dmore', 1)
+  elseif list == nil then
+    redis.call('HDEL', K_SEM, 'dmore')
+  end
+  return n
+end
+
+-- the reply of a per-semaphore script: dispatches what fits now (unless
+-- nodispatch; conf nil: the semaphore does not exist), then appends due
+-- and events to t
+local function done(conf, now, t, nodispatch)
+  if conf and not nodispatch then dispatch(conf, now) end
+  local due = 0
+  if DIRTY then due = next_due() end
+  t[#t + 1] = due
+  t[#t + 1] = {EV_D, EV_F}
+  return t
+end
+
+-- an error reply (in-band, see the header)
+local function fail(code, conf, now)
+  return done(conf, now, {code})
+end
+
+-- a waiting call asks for its outcome: {'granted', lease JSON},
+-- {'waiting', ''}, {'cancelled', ''} or {'gone', ''} (through done()).
 -- With cancel, a still-queued waiter leaves the queue (and the waiters
 -- behind it may be granted); a granted lease is handed over either way.
 local function claim_waiter(id, cancel)
   local conf = load_conf()
-  if not conf then return redis.error_reply('SD_SEMAPHORE_NOT_FOUND') end
+  if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
   local now = now_ms()
-  local _, n = expire(conf, now)
+  expire(conf, now)
   local status, lease = 'gone', ''
   if redis.call('HDEL', K_GRANTED, id) == 1 then
     redis.call('ZREM', K_WDL, id)
@@ -206,14 +565,27 @@ local function claim_waiter(id, cancel)
       if cancel then
         local w = cjson.decode(raw)
         unqueue(w, false)
-        n = n + grant_domain(conf, w.c, now)
+        grant_domain(conf, w.c, now)
         status = 'cancelled'
       else
         status = 'waiting'
       end
     end
   end
-  local due = 0
-  if n > 0 then due = next_due() end
-  return {status, lease, due}
+  return done(conf, now, {status, lease})
+end
+
+-- {job id hex32, record, lease JSON or ''} of a job, nil when unknown
+local function job_view(seq)
+  local raw = redis.call('HGET', K_JOBS, seq)
+  if not raw then return nil end
+  local m = cjson.decode(string.sub(raw, 1, string.find(raw, '\n', 1, true) - 1))
+  local lease = ''
+  if m.l then lease = redis.call('HGET', K_LEASES, m.l) or '' end
+  return {job_id(seq), raw, lease}
+end
+
+-- does a job id's salt belong to this semaphore (as created now)?
+local function salt_ok(salt)
+  return salt ~= '' and redis.call('HGET', K_SEM, 'js') == salt
 end

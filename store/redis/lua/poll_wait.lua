@@ -3,12 +3,12 @@
 -- are dropped and freed permits granted first, so a waiter also makes
 -- progress when pushes and sweeps are lost.
 --
--- KEYS: the 12 semaphore keys listed in lib.lua.
--- ARGV[1] node channel prefix (lib.lua)
--- ARGV[2] waiter id
+-- KEYS: the 18 semaphore keys listed in lib.lua.
+-- ARGV[1..3] as in lib.lua
+-- ARGV[4] waiter id
 --
--- Returns {status, lease JSON or '', due}: 'granted' (the lease is handed
--- over to the caller and stops being claimable), 'waiting', or 'gone' (the
--- waiter expired, or its unclaimed lease ended). Error
+-- Returns {status, lease JSON or '', due, events}: 'granted' (the lease is
+-- handed over to the caller and stops being claimable), 'waiting', 'gone'
+-- (the waiter expired, or its unclaimed lease ended), or
 -- SD_SEMAPHORE_NOT_FOUND when the semaphore was deleted.
-return claim_waiter(ARGV[2], false)
+return claim_waiter(ARGV[4], false)

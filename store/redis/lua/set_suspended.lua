@@ -1,12 +1,17 @@
 -- set_suspended.lua: suspend or resume dispatching of queued jobs (lib.lua
--- is prepended).
+-- is prepended); a resume dispatches what fits at once.
 --
--- KEYS: the 12 semaphore keys listed in lib.lua.
--- ARGV[1] node channel prefix (lib.lua)
--- ARGV[2] 1 to suspend, 0 to resume
+-- KEYS: the 18 semaphore keys listed in lib.lua.
+-- ARGV[1..3] as in lib.lua
+-- ARGV[4] 1 to suspend, 0 to resume
 --
--- Returns the flat HGETALL of the semaphore hash. Error
+-- Returns {'ok', flat HGETALL of the semaphore hash, due, events}, or
 -- SD_SEMAPHORE_NOT_FOUND.
-if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply('SD_SEMAPHORE_NOT_FOUND') end
-redis.call('HSET', K_SEM, 'susp', ARGV[2], 'ua', now_ms())
-return redis.call('HGETALL', K_SEM)
+local conf = load_conf()
+if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+local now = now_ms()
+redis.call('HSET', K_SEM, 'susp', ARGV[4], 'ua', now)
+conf.susp = ARGV[4] == '1'
+expire(conf, now)
+dispatch(conf, now, nil, true)
+return done(conf, now, {'ok', redis.call('HGETALL', K_SEM)}, true)

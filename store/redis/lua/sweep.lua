@@ -1,15 +1,18 @@
 -- sweep.lua: periodic check of one semaphore (lib.lua is prepended): drop
--- expired leases, expired waiters (and the leases of granted waiters that
--- were never claimed before their deadline: their caller is gone), then
--- grant head waiters of every domain.
+-- expired leases (an expired job lease sends its job back to its queue or
+-- to timeout), expired waiters (and the leases of granted waiters that were
+-- never claimed before their deadline: their caller is gone), grant head
+-- waiters of every domain, dispatch queued jobs, and forget terminal jobs
+-- past their retention.
 --
--- KEYS: the 12 semaphore keys listed in lib.lua.
--- ARGV[1] node channel prefix (lib.lua)
+-- KEYS: the 18 semaphore keys listed in lib.lua.
+-- ARGV[1..3] as in lib.lua
+-- ARGV[4] job retention ms, ARGV[5] max terminal jobs forgotten
 --
--- Returns {expired leases, due, gone}: due is the next due time (0: nothing
--- pending), gone is 1 when the semaphore does not exist.
+-- Returns {'ok', expired leases, gone, due, events}: gone is 1 when the
+-- semaphore does not exist; due is the next due time (0: nothing pending).
 local conf = load_conf()
-if not conf then return {0, 0, 1} end
+if not conf then return {'ok', 0, 1, 0, {{}, {}}} end
 local now = now_ms()
 local expired = expire(conf, now)
 for _, id in ipairs(redis.call('ZRANGE', K_WDL, '-inf', now, 'BYSCORE')) do
@@ -21,4 +24,7 @@ for _, id in ipairs(redis.call('ZRANGE', K_WDL, '-inf', now, 'BYSCORE')) do
   end
 end
 grant_all(conf, now)
-return {expired, next_due(), 0}
+trim_finished(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+dispatch(conf, now, nil, true)
+DIRTY = true
+return done(conf, now, {'ok', expired, 0}, true)

@@ -1,0 +1,208 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors of the job operations.
+var (
+	ErrJobNotFound  = errors.New("store: job not found")   // unknown job in the tenant
+	ErrInvalidState = errors.New("store: invalid state")   // the transition does not apply to the job's status
+	ErrQueueFull    = errors.New("store: queue full")      // MaxQueued scheduled jobs already
+	ErrStaleLease   = errors.New("store: stale job lease") // the job is no longer held by that lease (expired and redelivered, released, ...)
+)
+
+// JobStatus is where a job is in its life (SPEC §1).
+type JobStatus string
+
+const (
+	JobScheduled JobStatus = "scheduled" // waiting in its channel's queue for a permit
+	JobInflight  JobStatus = "inflight"  // holds a permit (Lease), being delivered or worked on
+	JobDone      JobStatus = "done"      // released by the worker (terminal)
+	JobError     JobStatus = "error"     // every route failed, or mapping failed (terminal)
+	JobTimeout   JobStatus = "timeout"   // lease expired with attempts exhausted (terminal)
+	JobCancelled JobStatus = "cancelled" // cancelled (terminal)
+)
+
+// Terminal reports whether s is a terminal status (holds no permit).
+func (s JobStatus) Terminal() bool {
+	return s == JobDone || s == JobError || s == JobTimeout || s == JobCancelled
+}
+
+// Valid reports whether s is one of the six statuses.
+func (s JobStatus) Valid() bool { return s == JobScheduled || s == JobInflight || s.Terminal() }
+
+// JobRef points at a job in another semaphore of the same tenant.
+type JobRef struct {
+	Semaphore string
+	ID        string
+	// Hold is set on a child job whose parent keeps its permit until the
+	// child ends (semaphore route with release: false).
+	Hold bool
+}
+
+// Job is an async work item. Its id carries its semaphore's name, like a
+// lease id (NewJobID), so stores find its slot from the id alone.
+type Job struct {
+	Tenant         string // the tenant the job belongs to (set on every job a store returns or reports)
+	ID             string
+	Semaphore      string
+	Channel        string
+	Payload        []byte // raw JSON, as accepted
+	Status         JobStatus
+	Attempts       int    // dispatches so far (incremented when the job takes a permit)
+	Lease          *Lease // the permit it holds, while inflight
+	Route          string // route that accepted it ("websocket", "https", "semaphore"), "" before
+	Error          string // why it ended in error or timeout
+	IdempotencyKey string
+	Parent         *JobRef // set on a child job created by a semaphore route
+	Child          *JobRef // set on a parent that handed off to a child job
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	FinishedAt     time.Time // zero until terminal
+}
+
+// NewJobID returns a fresh job id carrying the semaphore's name.
+func NewJobID(semaphore string) string { return NewLeaseID(semaphore) }
+
+// ParseJobID returns the semaphore name carried by a job id.
+func ParseJobID(id string) (semaphore string, ok bool) { return ParseLeaseID(id) }
+
+// EnqueueParams are the inputs of EnqueueJob.
+type EnqueueParams struct {
+	Tenant         string
+	Semaphore      string
+	Channel        string // "" = DefaultChannel
+	Payload        []byte // raw JSON
+	IdempotencyKey string // same key while the job exists → the same job, created=false
+	MaxQueued      int64  // ErrQueueFull when the semaphore already has this many scheduled jobs (0 = no limit)
+	Parent         *JobRef
+}
+
+// DispatchParams are the inputs of DispatchJobs.
+type DispatchParams struct {
+	Tenant    string
+	Semaphore string
+	Max       int // at most this many jobs (≤0: DefaultDispatchBatch)
+}
+
+// DefaultDispatchBatch bounds how many jobs one atomic operation dispatches.
+const DefaultDispatchBatch = 64
+
+// ListJobsParams pages through a semaphore's jobs, oldest first.
+type ListJobsParams struct {
+	Tenant    string
+	Semaphore string
+	Status    JobStatus // "" = any
+	Channel   string    // "" = any
+	Cursor    string    // opaque, "" = start
+	Limit     int       // ≤0: 100
+}
+
+// JobAction is a transition of TransitionJob.
+type JobAction string
+
+const (
+	// ActDelivered records that Route accepted the inflight job (it stays
+	// inflight). With HoldTTL > 0 the job's lease is set to expire in
+	// HoldTTL (a parent holding its permit for a child job).
+	ActDelivered JobAction = "delivered"
+	// ActRelease: inflight → done; the permit is freed.
+	ActRelease JobAction = "release"
+	// ActFail: inflight → error with Error; the permit is freed.
+	ActFail JobAction = "fail"
+	// ActRetry: inflight → scheduled at the back of its queue if Attempts <
+	// maxAttempts, else → timeout (Error set); the permit is freed. Used when
+	// a websocket session holding the job is lost (onSessionLost release).
+	ActRetry JobAction = "retry"
+	// ActSuspend: inflight → scheduled at the head of its queue and the
+	// semaphore suspended (onDeliveryError suspend); the permit is freed and
+	// the attempt not counted.
+	ActSuspend JobAction = "suspend"
+	// ActCancel: scheduled or inflight → cancelled; an inflight job's permit
+	// is freed.
+	ActCancel JobAction = "cancel"
+	// ActRequeue: a terminal job → scheduled at the back of its queue,
+	// attempts reset to 0, error cleared.
+	ActRequeue JobAction = "requeue"
+	// ActHandOff: the inflight job was handed to Child (semaphore route).
+	// With Child.Hold false it ends done at once (permit freed); with Hold
+	// true it stays inflight with its lease set to HoldTTL, until
+	// ActRelease/ActFail when the child ends.
+	ActHandOff JobAction = "handoff"
+)
+
+// TransitionParams are the inputs of TransitionJob.
+type TransitionParams struct {
+	Tenant  string
+	JobID   string
+	Action  JobAction
+	LeaseID string        // when set, the job must still hold this lease, else ErrStaleLease
+	Route   string        // ActDelivered, ActHandOff
+	Error   string        // ActFail
+	HoldTTL time.Duration // ActDelivered, ActHandOff with Child.Hold
+	Child   *JobRef       // ActHandOff
+}
+
+// JobEvents is what one atomic operation did to jobs beyond its own result.
+// A store hands it to the listener set with SetJobListener, synchronously in
+// the goroutine that called the operation, after the operation committed and
+// outside any lock of the store. A listener must not block.
+type JobEvents struct {
+	// Dispatched jobs moved scheduled → inflight, each with its new Lease:
+	// the caller's instance delivers them. If nobody does (no listener, a
+	// crash), the lease expires and the job is retried: never lost.
+	Dispatched []Job
+	// Finished jobs reached a terminal state inside the operation (timeout
+	// by expiry, cancel, ...), for parent bookkeeping and metrics.
+	// The operation's own job is included (the target of TransitionJob,
+	// the job whose lease Release ended).
+	Finished []Job
+}
+
+// JobStore is the async half of the storage contract (SPEC §1 jobs, §2
+// guarantees 3 and 4). Every operation that frees or adds a permit or a job
+// (Release, Sweep, PutSemaphore, SetSuspended(false), EnqueueJob,
+// TransitionJob) also dispatches, in the same atomic operation, up to
+// DefaultDispatchBatch scheduled jobs that now fit, and reports them in
+// JobEvents.Dispatched. Dispatch order: channels with scheduled jobs served
+// round-robin (a cursor per semaphore), FIFO within a channel; a job takes a
+// permit of weight 1 and a lease of the semaphore's leaseTimeout; nothing is
+// dispatched while the semaphore is suspended or while sync waiters queue in
+// the job's capacity domain (live callers first).
+//
+// A job's lease expiring counts as an attempt: the job goes back to the end
+// of its queue while Attempts < maxAttempts, else ends in timeout. A job in a
+// terminal state holds no permit. Terminal jobs are kept for JobRetention,
+// then forgotten. DeleteSemaphore deletes its jobs.
+//
+// State counts Queued (scheduled jobs) and Inflight (inflight jobs) per
+// channel and in total; an inflight job's permit counts in InUse like any
+// lease.
+type JobStore interface {
+	// EnqueueJob adds a scheduled job at the back of its channel's queue
+	// (ErrSemaphoreNotFound, ErrQueueFull).
+	// The job is returned as it is at the end of the operation (inflight
+	// when dispatched at once); an idempotent replay is never ErrQueueFull.
+	EnqueueJob(ctx context.Context, p EnqueueParams) (job Job, created bool, err error)
+	// DispatchJobs dispatches what fits now (also reported in JobEvents).
+	DispatchJobs(ctx context.Context, p DispatchParams) ([]Job, error)
+	// GetJob returns ErrJobNotFound for an unknown (or forgotten) job.
+	GetJob(ctx context.Context, tenant, id string) (Job, error)
+	// ListJobs lists a semaphore's jobs oldest first.
+	ListJobs(ctx context.Context, p ListJobsParams) (jobs []Job, nextCursor string, err error)
+	// TransitionJob applies one action atomically (ErrJobNotFound,
+	// ErrInvalidState, ErrStaleLease) and returns the job after it.
+	// ErrStaleLease is checked before the status, whatever the action.
+	TransitionJob(ctx context.Context, p TransitionParams) (Job, error)
+	// PurgeJobs deletes the semaphore's jobs in status (scheduled or a
+	// terminal one) and returns how many.
+	PurgeJobs(ctx context.Context, tenant, semaphore string, status JobStatus) (int, error)
+	// SetJobListener sets the listener of JobEvents (nil: none).
+	SetJobListener(func(JobEvents))
+}
+
+// JobRetention is how long terminal jobs stay readable.
+const JobRetention = 24 * time.Hour

@@ -1,0 +1,15 @@
+-- dispatch.lua: dispatch up to max queued jobs that fit now (lib.lua is
+-- prepended), after dropping expired leases.
+--
+-- KEYS: the 18 semaphore keys listed in lib.lua.
+-- ARGV[1..3] as in lib.lua
+-- ARGV[4] max jobs (<= 0: lib.lua DISPATCH_BATCH)
+--
+-- Returns {'ok', due, events}: the jobs are events' dispatched list. Error
+-- SD_SEMAPHORE_NOT_FOUND.
+local conf = load_conf()
+if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+local now = now_ms()
+expire(conf, now)
+dispatch(conf, now, tonumber(ARGV[4]), true)
+return done(conf, now, {'ok'}, true)

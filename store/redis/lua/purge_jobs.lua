@@ -1,0 +1,52 @@
+-- purge_jobs.lua: delete a semaphore's jobs in one status, scheduled or a
+-- terminal one, after dropping expired leases and dispatching (lib.lua is
+-- prepended). Scheduled jobs are found by walking the queues, terminal ones
+-- through the finished set.
+--
+-- KEYS: the 18 semaphore keys listed in lib.lua.
+-- ARGV[1..3] as in lib.lua
+-- ARGV[4] status letter: S, D, E, T or C
+--
+-- Returns {'ok', jobs deleted, due, events}, or SD_SEMAPHORE_NOT_FOUND.
+local conf = load_conf()
+if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+local now = now_ms()
+expire(conf, now)
+dispatch(conf, now)
+local st, n = ARGV[4], 0
+local function forget(seq, m)
+  if m.k and redis.call('HGET', K_JIDEM, m.k) == tostring(seq) then redis.call('HDEL', K_JIDEM, m.k) end
+  redis.call('HDEL', K_JOBS, seq)
+  n = n + 1
+end
+if st == 'S' then
+  for _, c in ipairs(redis.call('ZRANGE', K_JCH, 0, -1)) do
+    local q = q_meta(c)
+    if q then
+      for cn = q.hc, q.tc do
+        local s = redis.call('HGET', K_JQ, q_chunk(c, cn)) or ''
+        local i0 = 0
+        if cn == q.hc then i0 = q.hi end
+        for i = i0, #s / QW - 1 do
+          local seq = struct.unpack('>I6', s, i * QW + 1)
+          local m = job_load(seq)
+          if m and queued_at(m, cn * QCH + i) then forget(seq, m) end
+        end
+      end
+    end
+    q_drop(c)
+    redis.call('HDEL', K_JCNT, 'q:' .. c)
+  end
+  redis.call('HDEL', K_JCNT, 'q')
+else
+  for _, seq in ipairs(redis.call('ZRANGE', K_JFIN, 0, -1)) do
+    local m = job_load(seq)
+    if not m then
+      redis.call('ZREM', K_JFIN, seq)
+    elseif m.s == st then
+      forget(seq, m)
+      redis.call('ZREM', K_JFIN, seq)
+    end
+  end
+end
+return done(conf, now, {'ok', n}, true)
