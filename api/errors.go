@@ -26,6 +26,10 @@ var storeErrors = []struct {
 	{store.ErrTenantExists, CodeTenantExists, "a tenant with this name exists"},
 	{store.ErrTenantNotFound, CodeNotFound, "tenant not found"},
 	{store.ErrWeightTooLarge, CodeWeightTooLarge, "weight exceeds the semaphore's maxValue"},
+	{store.ErrJobNotFound, CodeJobNotFound, "job not found"},
+	{store.ErrInvalidState, CodeInvalidState, "the job's status does not allow this transition"},
+	{store.ErrStaleLease, CodeInvalidState, "the job no longer holds that lease"},
+	{store.ErrQueueFull, CodeQueueFull, "the semaphore's queue is full"},
 	{store.ErrUnavailable, CodeStoreUnavailable, "the store is unavailable"},
 	{semaphore.ErrForbidden, CodeForbidden, "this key's role may not do this"},
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
@@ -73,7 +74,7 @@ func FuzzDecodeSemaphoreConfig(f *testing.F) {
 			require.Equal(t, CodeInvalidJSON, ae.Code)
 			return
 		}
-		cfg, err := semaphore.ValidateConfig(req.input())
+		cfg, _, err := semaphore.ValidateConfig("s", req.input(), routing.Options{})
 		if err != nil {
 			var ve *semaphore.ValidationError
 			require.ErrorAs(t, err, &ve)

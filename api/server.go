@@ -126,6 +126,14 @@ func (s *Server) registerRoutes(g prometheus.Gatherer) {
 	v1(http.MethodPost, "/leases/:id/extend", worker, s.extend)
 	v1(http.MethodPost, "/leases/:id/release", worker, s.release)
 
+	v1(http.MethodPost, "/semaphores/:name/jobs", worker, s.enqueue)
+	v1(http.MethodGet, "/semaphores/:name/jobs", worker, s.listJobs)
+	v1(http.MethodDelete, "/semaphores/:name/jobs", worker, s.purgeJobs)
+	v1(http.MethodGet, "/jobs/:id", worker, s.getJob)
+	v1(http.MethodPost, "/jobs/:id/release", worker, s.jobAction((*semaphore.Service).ReleaseJob))
+	v1(http.MethodPost, "/jobs/:id/cancel", worker, s.jobAction((*semaphore.Service).CancelJob))
+	v1(http.MethodPost, "/jobs/:id/requeue", worker, s.jobAction((*semaphore.Service).RequeueJob))
+
 	v1(http.MethodPost, "/tenants", operator, s.createTenant)
 	v1(http.MethodGet, "/tenants", operator, s.listTenants)
 

@@ -286,3 +286,55 @@ var statusOf = map[string]int{
 	CodeInvalidState:      http.StatusConflict,
 	CodeQueueFull:         http.StatusTooManyRequests,
 }
+
+// ---- async jobs (worker) ----
+
+// EnqueueRequest is the body of POST /v1/semaphores/{name}/jobs. payload is
+// required (any JSON value, null included; at most 256 KiB).
+type EnqueueRequest struct {
+	Channel        string          `json:"channel,omitempty"`
+	Payload        json.RawMessage `json:"payload"`
+	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+}
+
+// JobRefJSON points at a related job: the parent of a child job created by
+// a semaphore route, or the child a parent handed off to.
+type JobRefJSON struct {
+	ID        string `json:"id"`
+	Semaphore string `json:"semaphore"`
+	Hold      bool   `json:"hold"`
+}
+
+// JobJSON is a returned job.
+type JobJSON struct {
+	ID         string          `json:"id"`
+	Semaphore  string          `json:"semaphore"`
+	Channel    string          `json:"channel"`
+	Payload    json.RawMessage `json:"payload"`
+	Status     string          `json:"status"`
+	Attempts   int             `json:"attempts"`
+	Lease      *LeaseJSON      `json:"lease"`  // null unless inflight
+	Route      *string         `json:"route"`  // route type that accepted it; null before
+	Error      *string         `json:"error"`  // why it ended in error or timeout; null otherwise
+	Parent     *JobRefJSON     `json:"parent"` // null unless a child job
+	Child      *JobRefJSON     `json:"child"`  // null unless handed off to a child job
+	CreatedAt  time.Time       `json:"createdAt"`
+	UpdatedAt  time.Time       `json:"updatedAt"`
+	FinishedAt *time.Time      `json:"finishedAt"` // null until terminal
+}
+
+// JobResponse is {"job": ...}.
+type JobResponse struct {
+	Job JobJSON `json:"job"`
+}
+
+// JobListResponse is GET /v1/semaphores/{name}/jobs.
+type JobListResponse struct {
+	Jobs       []JobJSON `json:"jobs"`
+	NextCursor string    `json:"nextCursor"`
+}
+
+// PurgeResponse is DELETE /v1/semaphores/{name}/jobs.
+type PurgeResponse struct {
+	Purged int `json:"purged"`
+}

@@ -33,6 +33,11 @@ type metrics struct {
 	acquireTotal    *prometheus.CounterVec
 	acquireDuration prometheus.Histogram
 	leasesExpired   prometheus.Counter
+
+	jobsEnqueued     prometheus.Counter
+	jobsFinished     *prometheus.CounterVec
+	deliveryAttempts *prometheus.CounterVec
+	deliveryDuration *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
@@ -53,6 +58,27 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 			Name:      "leases_expired_total",
 			Help:      "Leases dropped by the sweeper because they expired before release.",
 		}),
+		jobsEnqueued: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "jobs_enqueued_total",
+			Help:      "Jobs accepted (202), idempotent repeats not counted.",
+		}),
+		jobsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "jobs_finished_total",
+			Help:      "Jobs that reached a terminal state seen by this instance, by status (done, error, timeout, cancelled).",
+		}, []string{"status"}),
+		deliveryAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "delivery_attempts_total",
+			Help:      "Offers of a job to a route, by route type (websocket, https, semaphore) and result (accepted, failed).",
+		}, []string{"route", "result"}),
+		deliveryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "delivery_duration_seconds",
+			Help:      "Time to offer a job to one route, retries included, by route type.",
+			Buckets:   []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route"}),
 	}
 	for _, r := range []string{resultGranted, resultNoPermit, resultWeightTooLarge, resultError} {
 		m.acquireTotal.WithLabelValues(r)
@@ -60,7 +86,10 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.acquireTotal, m.acquireDuration, m.leasesExpired, newStateCollector(s)} {
+	for _, c := range []prometheus.Collector{
+		m.acquireTotal, m.acquireDuration, m.leasesExpired,
+		m.jobsEnqueued, m.jobsFinished, m.deliveryAttempts, m.deliveryDuration, newStateCollector(s),
+	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -87,15 +116,18 @@ func (m *metrics) observeAcquire(start time.Time, err error) {
 type stateCollector struct {
 	s                   *Service
 	inUse, max, waiters *prometheus.Desc
+	queued, inflight    *prometheus.Desc
 }
 
 func newStateCollector(s *Service) *stateCollector {
 	labels := []string{"tenant", "semaphore"}
 	return &stateCollector{
-		s:       s,
-		inUse:   prometheus.NewDesc(namespace+"_permits_in_use", "Sum of the weights of live leases.", labels, nil),
-		max:     prometheus.NewDesc(namespace+"_permits_max", "maxValue of the semaphore (per channel when scoped by channel).", labels, nil),
-		waiters: prometheus.NewDesc(namespace+"_waiters", "Acquire calls waiting for a permit.", labels, nil),
+		s:        s,
+		inUse:    prometheus.NewDesc(namespace+"_permits_in_use", "Sum of the weights of live leases.", labels, nil),
+		max:      prometheus.NewDesc(namespace+"_permits_max", "maxValue of the semaphore (per channel when scoped by channel).", labels, nil),
+		waiters:  prometheus.NewDesc(namespace+"_waiters", "Acquire calls waiting for a permit.", labels, nil),
+		queued:   prometheus.NewDesc(namespace+"_jobs_queued", "Scheduled jobs waiting for a permit (queue depth).", labels, nil),
+		inflight: prometheus.NewDesc(namespace+"_jobs_inflight", "Jobs holding a permit.", labels, nil),
 	}
 }
 
@@ -103,6 +135,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inUse
 	ch <- c.max
 	ch <- c.waiters
+	ch <- c.queued
+	ch <- c.inflight
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -136,6 +170,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(state.InUse), t.ID, sem.Name)
 				ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, float64(sem.Config.MaxValue), t.ID, sem.Name)
 				ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(state.Waiting), t.ID, sem.Name)
+				ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(state.Queued), t.ID, sem.Name)
+				ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(state.Inflight), t.ID, sem.Name)
 			}
 			if next == "" || len(sems) == 0 {
 				break

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/store"
 )
 
@@ -28,6 +29,21 @@ type Config struct {
 	Logger        *slog.Logger          // nil: discard
 	Registerer    prometheus.Registerer // nil: metrics are kept but not registered
 	SweepInterval time.Duration         // default 250ms
+
+	// Webhooks delivers jobs to https routes (delivery.NewWebhookSender);
+	// nil: https routes fail.
+	Webhooks WebhookSender
+	// Websocket delivers jobs to websocket routes; nil: they fail (no
+	// subscriber), and the chain moves on.
+	Websocket WebsocketRoute
+	// Routing are the routing knobs: AllowPrivate (--webhook-allow-private),
+	// the mapping's cost limit and timeout.
+	Routing routing.Options
+	// MaxQueued bounds the scheduled jobs of one semaphore (default
+	// DefaultMaxQueued); MaxPayloadBytes a job's payload (default
+	// DefaultMaxPayloadBytes).
+	MaxQueued       int64
+	MaxPayloadBytes int
 }
 
 // DefaultSweepInterval is how often the sweeper runs by default.
@@ -39,6 +55,11 @@ type Service struct {
 	log      *slog.Logger
 	interval time.Duration
 	metrics  *metrics
+	disp     *dispatcher
+	routing  routing.Options
+
+	maxQueued       int64
+	maxPayloadBytes int
 
 	mu      sync.Mutex
 	cancel  context.CancelCauseFunc // set while the sweeper runs
@@ -60,12 +81,23 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Service{store: cfg.Store, log: cfg.Logger, interval: cfg.SweepInterval}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = DefaultMaxQueued
+	}
+	if cfg.MaxPayloadBytes <= 0 {
+		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	s := &Service{
+		store: cfg.Store, log: cfg.Logger, interval: cfg.SweepInterval, routing: cfg.Routing,
+		maxQueued: cfg.MaxQueued, maxPayloadBytes: cfg.MaxPayloadBytes,
+	}
 	m, err := newMetrics(cfg.Registerer, s)
 	if err != nil {
 		return nil, err
 	}
 	s.metrics = m
+	s.disp = newDispatcher(cfg.Store, cfg.Logger, m, cfg.Webhooks, cfg.Websocket, cfg.Routing)
+	cfg.Store.SetJobListener(s.disp.onEvents)
 	return s, nil
 }
 
@@ -93,6 +125,7 @@ func (s *Service) Stop() {
 	s.mu.Lock()
 	cancel, done := s.cancel, s.done
 	s.mu.Unlock()
+	s.disp.stop()
 	if cancel == nil {
 		return
 	}
@@ -130,8 +163,37 @@ func (s *Service) PutSemaphore(ctx context.Context, tenant, name string, in Conf
 	if err := checkName("name", name); err != nil {
 		return store.Semaphore{}, false, err
 	}
-	cfg, err := ValidateConfig(in)
+	cfg, rc, err := ValidateConfig(name, in, s.routing)
 	if err != nil {
+		return store.Semaphore{}, false, err
+	}
+	var prev routing.Config
+	switch old, err := s.store.GetSemaphore(ctx, tenant, name); {
+	case err == nil:
+		if prev, err = routing.DecodeExtraOptions(old.Config.Extra, s.routing); err != nil {
+			return store.Semaphore{}, false, err
+		}
+	case !errors.Is(err, store.ErrSemaphoreNotFound):
+		return store.Semaphore{}, false, err
+	}
+	if err := routing.AssignSecrets(&rc, prev); err != nil {
+		return store.Semaphore{}, false, err
+	}
+	lookup := func(ctx context.Context, other string) (routing.Config, bool, error) {
+		sem, err := s.store.GetSemaphore(ctx, tenant, other)
+		if errors.Is(err, store.ErrSemaphoreNotFound) {
+			return routing.Config{}, false, nil
+		}
+		if err != nil {
+			return routing.Config{}, false, err
+		}
+		oc, err := routing.DecodeExtraOptions(sem.Config.Extra, s.routing)
+		return oc, err == nil, err
+	}
+	if err := routing.CheckCycles(ctx, name, rc, lookup); err != nil {
+		return store.Semaphore{}, false, configError(err)
+	}
+	if cfg.Extra, err = rc.EncodeExtra(); err != nil {
 		return store.Semaphore{}, false, err
 	}
 	return s.store.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: tenant, Name: name, Config: cfg})

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 	"github.com/semaphored/semaphored/store/memory"
@@ -84,21 +85,27 @@ func TestNew(t *testing.T) {
 
 func TestValidateConfig(t *testing.T) {
 	t.Parallel()
-	cfg, err := semaphore.ValidateConfig(semaphore.ConfigInput{MaxValue: ptr[int64](10)})
+	cfg, _, err := semaphore.ValidateConfig("s", semaphore.ConfigInput{MaxValue: ptr[int64](10)}, routing.Options{})
 	require.NoError(t, err)
 	require.Equal(t, store.SemaphoreConfig{
 		MaxValue: 10, MaxValueScope: "total", LeaseTimeout: 60 * time.Second, MaxAttempts: 3,
 		OnSessionLost: "redeliver", OnDeliveryError: "fail",
 	}, cfg)
 
-	cfg, err = semaphore.ValidateConfig(semaphore.ConfigInput{
-		MaxValue: ptr[int64](1), Routes: json.RawMessage(` [ {"type": "https", "url": "https://x"} ] `),
-		Mapping: json.RawMessage(`{"expr": "payload"}`),
-	})
+	cfg, _, err = semaphore.ValidateConfig("s", semaphore.ConfigInput{
+		MaxValue: ptr[int64](1), Routes: json.RawMessage(` [ {"type": "https", "url": "https://x.example"} ] `),
+		Mapping: json.RawMessage(`{"expr": "{'payload': payload}"}`),
+	}, routing.Options{})
 	require.NoError(t, err)
 	routes, mapping := semaphore.ConfigExtra(cfg)
-	require.JSONEq(t, `[{"type":"https","url":"https://x"}]`, string(routes))
-	require.JSONEq(t, `{"expr":"payload"}`, string(mapping))
+	var rs []map[string]any
+	require.NoError(t, json.Unmarshal(routes, &rs))
+	require.Len(t, rs, 1)
+	require.Equal(t, "https", rs[0]["type"])
+	require.Equal(t, "https://x.example", rs[0]["url"])
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(mapping, &m))
+	require.Equal(t, "{'payload': payload}", m["expr"])
 
 	routes, mapping = semaphore.ConfigExtra(store.SemaphoreConfig{})
 	require.Equal(t, "[]", string(routes))
@@ -112,10 +119,10 @@ func TestValidateConfig(t *testing.T) {
 		"onSessionLost":   {MaxValue: ptr[int64](1), OnSessionLost: "x"},
 		"onDeliveryError": {MaxValue: ptr[int64](1), OnDeliveryError: "x"},
 		"routes":          {MaxValue: ptr[int64](1), Routes: json.RawMessage(`"x"`)},
-		"routes[1].type":  {MaxValue: ptr[int64](1), Routes: json.RawMessage(`[{"type":"https"},{}]`)},
+		"routes[1].type":  {MaxValue: ptr[int64](1), Routes: json.RawMessage(`[{"type":"https","url":"https://x.example"},{}]`)},
 		"mapping":         {MaxValue: ptr[int64](1), Mapping: json.RawMessage(`1`)},
 	} {
-		_, err := semaphore.ValidateConfig(in)
+		_, _, err := semaphore.ValidateConfig("s", in, routing.Options{})
 		var ve *semaphore.ValidationError
 		require.ErrorAs(t, err, &ve, field)
 		require.Equal(t, semaphore.CodeInvalidConfig, ve.Code)

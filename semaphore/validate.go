@@ -1,14 +1,15 @@
 package semaphore
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/store"
 )
 
@@ -80,16 +81,19 @@ type ConfigInput struct {
 	Mapping         json.RawMessage
 }
 
-// ValidateConfig checks a config, fills the defaults and returns the config
-// to store. Routes and mapping get a shape check only and are kept verbatim
-// in Extra (see ConfigExtra).
-func ValidateConfig(in ConfigInput) (store.SemaphoreConfig, error) {
+// ValidateConfig checks the config of semaphore name, fills the defaults and
+// returns the config to store with its routing config (routes and mapping,
+// parsed and compiled by routing.Parse, kept in Extra). Secrets of https
+// routes are not assigned yet (Service.PutSemaphore does, keeping the
+// previous ones).
+func ValidateConfig(name string, in ConfigInput, opts routing.Options) (store.SemaphoreConfig, routing.Config, error) {
 	var cfg store.SemaphoreConfig
+	var rc routing.Config
 	switch {
 	case in.MaxValue == nil:
-		return cfg, invalid(CodeInvalidConfig, "maxValue", "maxValue is required")
+		return cfg, rc, invalid(CodeInvalidConfig, "maxValue", "maxValue is required")
 	case *in.MaxValue < 1 || *in.MaxValue > MaxMaxValue:
-		return cfg, invalid(CodeInvalidConfig, "maxValue", "maxValue must be between 1 and %d, got %d", MaxMaxValue, *in.MaxValue)
+		return cfg, rc, invalid(CodeInvalidConfig, "maxValue", "maxValue must be between 1 and %d, got %d", MaxMaxValue, *in.MaxValue)
 	}
 	cfg.MaxValue = *in.MaxValue
 
@@ -99,13 +103,13 @@ func ValidateConfig(in ConfigInput) (store.SemaphoreConfig, error) {
 	case store.ScopeTotal, store.ScopeChannel:
 		cfg.MaxValueScope = in.MaxValueScope
 	default:
-		return cfg, invalid(CodeInvalidConfig, "maxValueScope", `maxValueScope must be "total" or "channel", got %q`, truncate(in.MaxValueScope, 64))
+		return cfg, rc, invalid(CodeInvalidConfig, "maxValueScope", `maxValueScope must be "total" or "channel", got %q`, truncate(in.MaxValueScope, 64))
 	}
 
 	cfg.LeaseTimeout = DefaultLeaseTimeout
 	if in.LeaseTimeout != nil {
 		if d := *in.LeaseTimeout; d < MinTTL || d > MaxTTL {
-			return cfg, invalid(CodeInvalidConfig, "leaseTimeout", "leaseTimeout must be between %s and %s, got %s", MinTTL, MaxTTL, d)
+			return cfg, rc, invalid(CodeInvalidConfig, "leaseTimeout", "leaseTimeout must be between %s and %s, got %s", MinTTL, MaxTTL, d)
 		}
 		cfg.LeaseTimeout = *in.LeaseTimeout
 	}
@@ -113,7 +117,7 @@ func ValidateConfig(in ConfigInput) (store.SemaphoreConfig, error) {
 	cfg.MaxAttempts = DefaultMaxAttempts
 	if in.MaxAttempts != nil {
 		if n := *in.MaxAttempts; n < 1 || n > MaxMaxAttempts {
-			return cfg, invalid(CodeInvalidConfig, "maxAttempts", "maxAttempts must be between 1 and %d, got %d", MaxMaxAttempts, n)
+			return cfg, rc, invalid(CodeInvalidConfig, "maxAttempts", "maxAttempts must be between 1 and %d, got %d", MaxMaxAttempts, n)
 		}
 		cfg.MaxAttempts = *in.MaxAttempts
 	}
@@ -124,7 +128,7 @@ func ValidateConfig(in ConfigInput) (store.SemaphoreConfig, error) {
 	case "release", "redeliver", "wait":
 		cfg.OnSessionLost = in.OnSessionLost
 	default:
-		return cfg, invalid(CodeInvalidConfig, "onSessionLost", `onSessionLost must be "release", "redeliver" or "wait", got %q`, truncate(in.OnSessionLost, 64))
+		return cfg, rc, invalid(CodeInvalidConfig, "onSessionLost", `onSessionLost must be "release", "redeliver" or "wait", got %q`, truncate(in.OnSessionLost, 64))
 	}
 
 	switch in.OnDeliveryError {
@@ -133,95 +137,42 @@ func ValidateConfig(in ConfigInput) (store.SemaphoreConfig, error) {
 	case "fail", "suspend":
 		cfg.OnDeliveryError = in.OnDeliveryError
 	default:
-		return cfg, invalid(CodeInvalidConfig, "onDeliveryError", `onDeliveryError must be "fail" or "suspend", got %q`, truncate(in.OnDeliveryError, 64))
+		return cfg, rc, invalid(CodeInvalidConfig, "onDeliveryError", `onDeliveryError must be "fail" or "suspend", got %q`, truncate(in.OnDeliveryError, 64))
 	}
 
-	extra, err := buildExtra(in.Routes, in.Mapping)
+	rc, err := routing.Parse(name, in.Routes, in.Mapping, opts)
 	if err != nil {
-		return cfg, err
+		return cfg, rc, configError(err)
 	}
-	cfg.Extra = extra
-	return cfg, nil
+	if cfg.Extra, err = rc.EncodeExtra(); err != nil {
+		return cfg, rc, err
+	}
+	return cfg, rc, nil
 }
 
-// routeTypes are the route types of SPEC §5.
-var routeTypes = map[string]bool{"websocket": true, "https": true, "semaphore": true}
-
-// extra is the JSON kept in SemaphoreConfig.Extra.
-type extra struct {
-	Routes  json.RawMessage `json:"routes,omitempty"`
-	Mapping json.RawMessage `json:"mapping,omitempty"`
+// configError turns a routing error into a 400 invalid_config naming the
+// field.
+func configError(err error) error {
+	var fe *routing.FieldError
+	if errors.As(err, &fe) {
+		return &ValidationError{Code: CodeInvalidConfig, Field: fe.Field, Message: fe.Message}
+	}
+	return err
 }
 
-func isNull(raw json.RawMessage) bool {
-	t := bytes.TrimSpace(raw)
-	return len(t) == 0 || bytes.Equal(t, []byte("null"))
-}
-
-// buildExtra checks the shape of routes (an array of objects with a known
-// "type") and mapping (an object with a string "expr") and returns their
-// compact JSON, or nil when both are absent.
-func buildExtra(routes, mapping json.RawMessage) ([]byte, error) {
-	var e extra
-	if !isNull(routes) {
-		var rs []map[string]json.RawMessage
-		if err := json.Unmarshal(routes, &rs); err != nil {
-			return nil, invalid(CodeInvalidConfig, "routes", "routes must be an array of route objects")
-		}
-		for i, r := range rs {
-			var typ string
-			if err := json.Unmarshal(r["type"], &typ); err != nil || !routeTypes[typ] {
-				return nil, invalid(CodeInvalidConfig, fmt.Sprintf("routes[%d].type", i),
-					`routes[%d].type must be "websocket", "https" or "semaphore"`, i)
-			}
-		}
-		if len(rs) > 0 {
-			var buf bytes.Buffer
-			if err := json.Compact(&buf, routes); err != nil {
-				return nil, invalid(CodeInvalidConfig, "routes", "routes: %v", err)
-			}
-			e.Routes = buf.Bytes()
-		}
-	}
-	if !isNull(mapping) {
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(mapping, &m); err != nil || m == nil {
-			return nil, invalid(CodeInvalidConfig, "mapping", "mapping must be an object")
-		}
-		var expr string
-		if err := json.Unmarshal(m["expr"], &expr); err != nil || expr == "" {
-			return nil, invalid(CodeInvalidConfig, "mapping.expr", "mapping.expr must be a non-empty string")
-		}
-		if v, ok := m["canOverrideRouting"]; ok {
-			var b bool
-			if err := json.Unmarshal(v, &b); err != nil {
-				return nil, invalid(CodeInvalidConfig, "mapping.canOverrideRouting", "mapping.canOverrideRouting must be a boolean")
-			}
-		}
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, mapping); err != nil {
-			return nil, invalid(CodeInvalidConfig, "mapping", "mapping: %v", err)
-		}
-		e.Mapping = buf.Bytes()
-	}
-	if e.Routes == nil && e.Mapping == nil {
-		return nil, nil
-	}
-	return json.Marshal(e)
-}
-
-// ConfigExtra returns the routes and mapping kept in a config's Extra:
-// routes "[]" and mapping "null" when there are none.
+// ConfigExtra returns the routes and mapping kept in a config's Extra, as
+// the API shows them: routes "[]" and mapping "null" when there are none.
 func ConfigExtra(cfg store.SemaphoreConfig) (routes, mapping json.RawMessage) {
 	routes, mapping = json.RawMessage("[]"), json.RawMessage("null")
-	var e extra
-	if len(cfg.Extra) > 0 && json.Unmarshal(cfg.Extra, &e) == nil {
-		if !isNull(e.Routes) {
-			routes = e.Routes
-		}
-		if !isNull(e.Mapping) {
-			mapping = e.Mapping
-		}
+	rc, err := routing.DecodeExtra(cfg.Extra)
+	if err != nil {
+		return routes, mapping
+	}
+	if r, err := rc.RoutesJSON(); err == nil {
+		routes = r
+	}
+	if m, err := rc.MappingJSON(); err == nil {
+		mapping = m
 	}
 	return routes, mapping
 }

@@ -29,6 +29,8 @@ type config struct {
 	LogFormat           string // text | json
 	ShutdownTimeout     time.Duration
 	MaxBody             int64
+	MaxQueue            int64 // scheduled jobs per semaphore
+	MaxPayload          int   // bytes of a job's payload
 }
 
 // errHelp is returned by parseConfig for -h/--help after printing usage.
@@ -57,6 +59,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.Int64Var(&maxBody, "max-body", 1<<20, "maximum request body size in bytes")
+	fs.Int64Var(&cfg.MaxQueue, "max-queue", 1_000_000, "maximum scheduled jobs per semaphore (more: 429 queue_full)")
+	fs.IntVar(&cfg.MaxPayload, "max-payload", 256<<10, "maximum size of a job's payload in bytes (more: 413 payload_too_large)")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: semaphored [flags]\n\nEvery flag can also be set by an environment variable SEMAPHORED_<FLAG>\n(upper case, - → _), e.g. SEMAPHORED_REDIS_URL. A flag wins over its variable.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -117,6 +121,12 @@ func (c *config) validate() error {
 	}
 	if c.RedisPrefix == "" {
 		return errors.New("--redis-prefix: must not be empty")
+	}
+	if c.MaxQueue < 1 {
+		return fmt.Errorf("--max-queue: must be at least 1 (got %d)", c.MaxQueue)
+	}
+	if c.MaxPayload < 1 {
+		return fmt.Errorf("--max-payload: must be at least 1 byte (got %d)", c.MaxPayload)
 	}
 	if strings.ContainsAny(c.RedisPrefix, "{} \t\r\n") {
 		return errors.New("--redis-prefix: must not contain braces or white space")

@@ -25,6 +25,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/semaphored/semaphored/api"
+	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 	"github.com/semaphored/semaphored/store/memory"
@@ -70,10 +72,23 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer closeStore()
 
+	webhooks, err := delivery.NewWebhookSender(delivery.WebhookConfig{
+		AllowPrivate: cfg.WebhookAllowPrivate,
+		Logger:       log.With("component", "webhook"),
+	})
+	if err != nil {
+		return fmt.Errorf("webhooks: %w", err)
+	}
+	defer webhooks.Close()
+
 	svc, err := semaphore.New(semaphore.Config{
-		Store:      st,
-		Logger:     log.With("component", "semaphore"),
-		Registerer: reg,
+		Store:           st,
+		Logger:          log.With("component", "semaphore"),
+		Registerer:      reg,
+		Webhooks:        webhooks,
+		Routing:         routing.Options{AllowPrivate: cfg.WebhookAllowPrivate, MaxPayloadBytes: cfg.MaxPayload},
+		MaxQueued:       cfg.MaxQueue,
+		MaxPayloadBytes: cfg.MaxPayload,
 	})
 	if err != nil {
 		return fmt.Errorf("service: %w", err)

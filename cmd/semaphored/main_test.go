@@ -69,6 +69,8 @@ func TestParseConfig_EnvAndFlags(t *testing.T) {
 			"SEMAPHORED_LOG_FORMAT":            "json",
 			"SEMAPHORED_SHUTDOWN_TIMEOUT":      "5s",
 			"SEMAPHORED_MAX_BODY":              "4096",
+			"SEMAPHORED_MAX_QUEUE":             "500",
+			"SEMAPHORED_MAX_PAYLOAD":           "1024",
 		}), io.Discard)
 		require.NoError(t, err)
 		require.Equal(t, config{
@@ -83,6 +85,8 @@ func TestParseConfig_EnvAndFlags(t *testing.T) {
 			LogFormat:           "json",
 			ShutdownTimeout:     5 * time.Second,
 			MaxBody:             4096,
+			MaxQueue:            500,
+			MaxPayload:          1024,
 		}, cfg)
 		require.Equal(t, 25, cfg.keyRateBurst())
 	})

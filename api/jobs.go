@@ -1,0 +1,125 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/semaphored/semaphored/semaphore"
+	"github.com/semaphored/semaphored/store"
+)
+
+// ---- async jobs ----
+
+func (s *Server) enqueue(c echo.Context) error {
+	var req EnqueueRequest
+	if err := decodeBody(c, s.maxBody, &req, false); err != nil {
+		return err
+	}
+	if req.Payload == nil {
+		return errorf(CodeInvalidRequest, "payload is required (any JSON value)")
+	}
+	j, _, err := s.svc.Enqueue(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.EnqueueInput{
+		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,
+	})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, JobResponse{Job: jobJSON(j)})
+}
+
+func (s *Server) getJob(c echo.Context) error {
+	j, err := s.svc.GetJob(c.Request().Context(), callerKey(c).Tenant, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, JobResponse{Job: jobJSON(j)})
+}
+
+func (s *Server) listJobs(c echo.Context) error {
+	limit := 0
+	if v := c.QueryParam("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errorf(CodeInvalidRequest, "limit must be an integer, got %q", shorten(v, 64))
+		}
+		if n == 0 {
+			n = -1 // an explicit 0 is out of range, not the default
+		}
+		limit = n
+	}
+	jobs, next, err := s.svc.ListJobs(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.ListJobsInput{
+		Status: c.QueryParam("status"), Channel: c.QueryParam("channel"), Cursor: c.QueryParam("cursor"), Limit: limit,
+	})
+	if err != nil {
+		return err
+	}
+	out := JobListResponse{Jobs: make([]JobJSON, 0, len(jobs)), NextCursor: next}
+	for _, j := range jobs {
+		out.Jobs = append(out.Jobs, jobJSON(j))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) purgeJobs(c echo.Context) error {
+	status := c.QueryParam("status")
+	if status == "" {
+		return errorf(CodeInvalidRequest, "status is required (scheduled, done, error, timeout or cancelled)")
+	}
+	n, err := s.svc.PurgeJobs(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), status)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, PurgeResponse{Purged: n})
+}
+
+// jobAction serves release, cancel and requeue (body, if any, must be {}).
+func (s *Server) jobAction(act func(svc *semaphore.Service, ctx context.Context, tenant, id string) (store.Job, error)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if err := decodeBody(c, s.maxBody, &struct{}{}, true); err != nil {
+			return err
+		}
+		j, err := act(s.svc, c.Request().Context(), callerKey(c).Tenant, c.Param("id"))
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, JobResponse{Job: jobJSON(j)})
+	}
+}
+
+func jobJSON(j store.Job) JobJSON {
+	out := JobJSON{
+		ID: j.ID, Semaphore: j.Semaphore, Channel: j.Channel, Payload: json.RawMessage(j.Payload),
+		Status: string(j.Status), Attempts: j.Attempts,
+		CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+	}
+	if len(out.Payload) == 0 {
+		out.Payload = json.RawMessage("null")
+	}
+	if j.Lease != nil && j.Status == store.JobInflight {
+		l := leaseJSON(*j.Lease)
+		out.Lease = &l
+	}
+	if j.Route != "" {
+		r := j.Route
+		out.Route = &r
+	}
+	if j.Error != "" {
+		e := j.Error
+		out.Error = &e
+	}
+	if j.Parent != nil {
+		out.Parent = &JobRefJSON{ID: j.Parent.ID, Semaphore: j.Parent.Semaphore, Hold: j.Parent.Hold}
+	}
+	if j.Child != nil {
+		out.Child = &JobRefJSON{ID: j.Child.ID, Semaphore: j.Child.Semaphore, Hold: j.Child.Hold}
+	}
+	if !j.FinishedAt.IsZero() {
+		f := j.FinishedAt.UTC()
+		out.FinishedAt = &f
+	}
+	return out
+}

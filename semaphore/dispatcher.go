@@ -1,0 +1,323 @@
+package semaphore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/routing"
+	"github.com/semaphored/semaphored/store"
+)
+
+// WebhookSender delivers a job to an https route (delivery.WebhookSender).
+type WebhookSender interface {
+	Send(ctx context.Context, route routing.Route, msg delivery.WebhookMessage) error
+}
+
+// WebsocketRoute delivers a job to a websocket session subscribed to its
+// semaphore. It returns nil when a session acked the job, an error when no
+// session took it (the chain moves on). Until the websocket hub exists the
+// dispatcher uses noWebsocket, which always fails.
+type WebsocketRoute interface {
+	Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error
+}
+
+// ErrNoSubscriber is the failure of a websocket route with no session to
+// take the job.
+var ErrNoSubscriber = errors.New("no websocket session subscribed")
+
+type noWebsocket struct{}
+
+func (noWebsocket) Deliver(context.Context, routing.Route, store.Job, json.RawMessage) error {
+	return ErrNoSubscriber
+}
+
+// HoldTTL is how long a parent job keeps its permit while its child job
+// (semaphore route with release: false) is not finished. The child's end
+// releases it; the TTL only bounds a permit orphaned by a crash between the
+// child's end and the parent's release.
+const HoldTTL = MaxTTL
+
+// maxDeliveries bounds the deliveries running at once on one instance.
+const maxDeliveries = 4096
+
+// configTTL is how long a delivery may use a semaphore's cached config.
+const configTTL = time.Second
+
+// dispatcher delivers dispatched jobs down their route chain (SPEC §5) and
+// ends parents of finished child jobs. It is the store's job listener: the
+// store reports what each atomic operation dispatched, on the instance that
+// ran it, and the dispatcher delivers those jobs from there. A job whose
+// delivery is cut short (crash, shutdown) keeps its lease until expiry and is
+// retried: never lost.
+type dispatcher struct {
+	store    store.Store
+	log      *slog.Logger
+	metrics  *metrics
+	webhooks WebhookSender
+	ws       WebsocketRoute
+	routing  routing.Options
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+	slots  chan struct{}
+
+	mu      sync.Mutex
+	stopped bool
+	configs map[string]cachedConfig
+}
+
+type cachedConfig struct {
+	sem     store.Semaphore
+	routes  routing.Config
+	fetched time.Time
+}
+
+func newDispatcher(st store.Store, log *slog.Logger, m *metrics, webhooks WebhookSender, ws WebsocketRoute, ropts routing.Options) *dispatcher {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	if ws == nil {
+		ws = noWebsocket{}
+	}
+	return &dispatcher{
+		store: st, log: log, metrics: m, webhooks: webhooks, ws: ws, routing: ropts,
+		ctx: ctx, cancel: cancel, slots: make(chan struct{}, maxDeliveries),
+		configs: make(map[string]cachedConfig),
+	}
+}
+
+// onEvents is the store's job listener. It must not block: every job gets
+// its own goroutine, which waits for a delivery slot.
+func (d *dispatcher) onEvents(ev store.JobEvents) {
+	for _, j := range ev.Dispatched {
+		d.spawn(func() { d.deliver(j) })
+	}
+	for _, j := range ev.Finished {
+		d.finished(j)
+	}
+}
+
+// spawn runs f in a goroutine that stop waits for; after stop it does
+// nothing (a job left undelivered keeps its lease until expiry and is
+// retried).
+func (d *dispatcher) spawn(f func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+}
+
+// stop cancels running deliveries and waits for them.
+func (d *dispatcher) stop() {
+	d.mu.Lock()
+	d.stopped = true
+	d.mu.Unlock()
+	d.cancel(errStopped)
+	d.wg.Wait()
+}
+
+// finished records a job that reached a terminal state and, for a child
+// job holding its parent's permit, ends the parent the same way.
+func (d *dispatcher) finished(j store.Job) {
+	d.metrics.jobsFinished.WithLabelValues(string(j.Status)).Inc()
+	if j.Parent == nil || !j.Parent.Hold || j.Tenant == "" {
+		return
+	}
+	d.spawn(func() {
+		p := store.TransitionParams{Tenant: j.Tenant, JobID: j.Parent.ID, Action: store.ActRelease}
+		if j.Status != store.JobDone {
+			p.Action = store.ActFail
+			p.Error = fmt.Sprintf("child job %s in semaphore %s ended %s", j.ID, j.Semaphore, j.Status)
+		}
+		_, err := d.store.TransitionJob(d.ctx, p) // the parent comes back in JobEvents.Finished
+		switch {
+		case err == nil:
+		case errors.Is(err, store.ErrInvalidState), errors.Is(err, store.ErrJobNotFound), errors.Is(err, store.ErrStaleLease):
+			// already ended (cancelled, timed out, forgotten): nothing holds
+		default:
+			d.log.Warn("ending parent job failed", "job", j.Parent.ID, "err", err)
+		}
+	})
+}
+
+// config returns a semaphore and its routing config, cached for configTTL.
+func (d *dispatcher) config(ctx context.Context, tenant, name string) (store.Semaphore, routing.Config, error) {
+	key := tenant + "/" + name
+	d.mu.Lock()
+	c, ok := d.configs[key]
+	d.mu.Unlock()
+	if ok && time.Since(c.fetched) < configTTL {
+		return c.sem, c.routes, nil
+	}
+	sem, err := d.store.GetSemaphore(ctx, tenant, name)
+	if err != nil {
+		return store.Semaphore{}, routing.Config{}, err
+	}
+	if ok && c.sem.UpdatedAt.Equal(sem.UpdatedAt) {
+		c.sem, c.fetched = sem, time.Now()
+	} else {
+		rc, err := routing.DecodeExtraOptions(sem.Config.Extra, d.routing)
+		if err != nil {
+			return store.Semaphore{}, routing.Config{}, err
+		}
+		c = cachedConfig{sem: sem, routes: rc, fetched: time.Now()}
+	}
+	d.mu.Lock()
+	if len(d.configs) > 10_000 {
+		clear(d.configs)
+	}
+	d.configs[key] = c
+	d.mu.Unlock()
+	return c.sem, c.routes, nil
+}
+
+// deliver offers one dispatched job to its chain.
+func (d *dispatcher) deliver(j store.Job) {
+	select {
+	case d.slots <- struct{}{}:
+		defer func() { <-d.slots }()
+	case <-d.ctx.Done():
+		return
+	}
+	if j.Lease == nil || j.Tenant == "" {
+		d.log.Error("dispatched job without lease or tenant", "job", j.ID)
+		return
+	}
+	// A delivery never outlives the job's lease: after it the job is
+	// scheduled again and may be delivered elsewhere.
+	ctx, cancel := context.WithDeadline(d.ctx, j.Lease.ExpiresAt)
+	defer cancel()
+	log := d.log.With("job", j.ID, "semaphore", j.Semaphore, "tenant", j.Tenant)
+
+	sem, rc, err := d.config(ctx, j.Tenant, j.Semaphore)
+	if err != nil {
+		if errors.Is(err, store.ErrSemaphoreNotFound) {
+			return // deleted with its jobs
+		}
+		log.Warn("loading semaphore config failed; the job is retried when its lease expires", "err", err)
+		return
+	}
+	payload := json.RawMessage(j.Payload)
+	chain := rc.Chain()
+	res, err := rc.Map(ctx, routing.MapInput{
+		Payload: payload, JobID: j.ID, Channel: j.Channel, Attempt: j.Attempts,
+		Semaphore: j.Semaphore, MaxValue: sem.Config.MaxValue,
+	})
+	if err != nil {
+		var me *routing.MapError
+		if errors.As(err, &me) {
+			d.transition(ctx, log, j, store.TransitionParams{Action: store.ActFail, Error: me.Error()})
+		}
+		return // ctx ended: the lease expires and the job is retried
+	}
+	if res.Payload != nil {
+		payload = res.Payload
+	}
+	if res.Route != nil {
+		chain = routing.Override(chain, *res.Route)
+	}
+
+	var failures []string
+	for _, r := range chain {
+		start := time.Now()
+		done, err := d.offer(ctx, j, r, payload)
+		result := "accepted"
+		if err != nil {
+			result = "failed"
+		}
+		d.metrics.deliveryAttempts.WithLabelValues(r.Type, result).Inc()
+		d.metrics.deliveryDuration.WithLabelValues(r.Type).Observe(time.Since(start).Seconds())
+		if err == nil {
+			if done != nil {
+				d.transition(ctx, log, j, *done)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return // lease over or stopping: retried after expiry
+		}
+		log.Info("route failed", "route", r.Type, "err", err)
+		failures = append(failures, r.Type+": "+err.Error())
+	}
+	msg := "every route failed: " + strings.Join(failures, "; ")
+	if sem.Config.OnDeliveryError == "suspend" {
+		d.transition(ctx, log, j, store.TransitionParams{Action: store.ActSuspend, Error: msg})
+		return
+	}
+	d.transition(ctx, log, j, store.TransitionParams{Action: store.ActFail, Error: msg})
+}
+
+// offer hands the job to one route. On success it returns the transition
+// that records it.
+func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, payload json.RawMessage) (*store.TransitionParams, error) {
+	switch r.Type {
+	case routing.TypeWebsocket:
+		if err := d.ws.Deliver(ctx, r, j, payload); err != nil {
+			return nil, err
+		}
+		return &store.TransitionParams{Action: store.ActDelivered, Route: r.Type}, nil
+	case routing.TypeHTTPS:
+		if d.webhooks == nil {
+			return nil, errors.New("webhook delivery is not configured")
+		}
+		msg := delivery.WebhookMessage{
+			ID: j.ID, Semaphore: j.Semaphore, Channel: j.Channel, Attempt: j.Attempts,
+			Lease:   delivery.LeaseFromStore(*j.Lease),
+			Payload: payload,
+		}
+		if err := d.webhooks.Send(ctx, r, msg); err != nil {
+			return nil, err
+		}
+		if r.ReleaseOnSuccess {
+			return &store.TransitionParams{Action: store.ActRelease, Route: r.Type}, nil
+		}
+		return &store.TransitionParams{Action: store.ActDelivered, Route: r.Type}, nil
+	case routing.TypeSemaphore:
+		hold := !r.Release
+		child, _, err := d.store.EnqueueJob(ctx, store.EnqueueParams{
+			Tenant: j.Tenant, Semaphore: r.Target, Channel: j.Channel, Payload: payload,
+			// one child per attempt of the parent, also when this hand-off is retried
+			IdempotencyKey: fmt.Sprintf("parent:%s:%d", j.ID, j.Attempts),
+			MaxQueued:      DefaultMaxQueued,
+			Parent:         &store.JobRef{Semaphore: j.Semaphore, ID: j.ID, Hold: hold},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("enqueue into %s: %w", r.Target, err)
+		}
+		p := &store.TransitionParams{
+			Action: store.ActHandOff, Route: r.Type,
+			Child: &store.JobRef{Semaphore: r.Target, ID: child.ID, Hold: hold},
+		}
+		if hold {
+			p.HoldTTL = HoldTTL
+		}
+		return p, nil
+	}
+	return nil, fmt.Errorf("unknown route type %q", r.Type)
+}
+
+// transition applies p to the job under its current lease. A stale lease
+// means the job moved on (expired and retried, cancelled): nothing to do.
+func (d *dispatcher) transition(ctx context.Context, log *slog.Logger, j store.Job, p store.TransitionParams) {
+	p.Tenant, p.JobID, p.LeaseID = j.Tenant, j.ID, j.Lease.ID
+	_, err := d.store.TransitionJob(ctx, p) // a terminal job comes back in JobEvents.Finished
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrInvalidState), errors.Is(err, store.ErrJobNotFound):
+		log.Info("job moved on before its delivery was recorded", "action", p.Action, "err", err)
+	default:
+		log.Warn("recording delivery failed; the job is retried when its lease expires", "action", p.Action, "err", err)
+	}
+}

@@ -1,0 +1,142 @@
+package semaphore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+// Limits of async jobs (SPEC §3).
+const (
+	DefaultMaxQueued       = 1_000_000
+	DefaultMaxPayloadBytes = 256 << 10
+)
+
+// CodePayloadTooLarge is the validation code of a payload over the limit
+// (HTTP 413).
+const CodePayloadTooLarge = "payload_too_large"
+
+// EnqueueInput is an enqueue request as a client sends it.
+type EnqueueInput struct {
+	Channel        string          // "": store.DefaultChannel
+	Payload        json.RawMessage // required: any JSON value (null included)
+	IdempotencyKey string
+}
+
+// Enqueue accepts a job (SPEC §3): it waits in its channel's queue until a
+// permit frees, then goes down the semaphore's route chain. created is false
+// when the idempotency key matched an existing job.
+func (s *Service) Enqueue(ctx context.Context, tenant, name string, in EnqueueInput) (job store.Job, created bool, err error) {
+	if err := checkName("semaphore", name); err != nil {
+		return store.Job{}, false, err
+	}
+	channel := store.DefaultChannel
+	if in.Channel != "" {
+		if !ValidName(in.Channel) {
+			return store.Job{}, false, invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(in.Channel, 140), NamePattern)
+		}
+		channel = in.Channel
+	}
+	payload := bytes.TrimSpace(in.Payload)
+	if len(payload) == 0 {
+		return store.Job{}, false, invalid(CodeInvalidRequest, "payload", "payload is required (any JSON value)")
+	}
+	if !json.Valid(payload) {
+		return store.Job{}, false, invalid(CodeInvalidRequest, "payload", "payload is not valid JSON")
+	}
+	if len(payload) > s.maxPayloadBytes {
+		return store.Job{}, false, invalid(CodePayloadTooLarge, "payload", "payload is %d bytes, more than the limit of %d", len(payload), s.maxPayloadBytes)
+	}
+	if n := len(in.IdempotencyKey); n > MaxIdempotencyKeyBytes {
+		return store.Job{}, false, invalid(CodeInvalidRequest, "idempotencyKey", "idempotencyKey must be at most %d bytes, got %d", MaxIdempotencyKeyBytes, n)
+	}
+	job, created, err = s.store.EnqueueJob(ctx, store.EnqueueParams{
+		Tenant: tenant, Semaphore: name, Channel: channel, Payload: payload,
+		IdempotencyKey: in.IdempotencyKey, MaxQueued: s.maxQueued,
+	})
+	if err == nil && created {
+		s.metrics.jobsEnqueued.Inc()
+	}
+	return job, created, err
+}
+
+// GetJob returns a job of the tenant.
+func (s *Service) GetJob(ctx context.Context, tenant, id string) (store.Job, error) {
+	if _, ok := store.ParseJobID(id); !ok {
+		return store.Job{}, store.ErrJobNotFound
+	}
+	return s.store.GetJob(ctx, tenant, id)
+}
+
+// ListJobsInput filters and pages a semaphore's jobs.
+type ListJobsInput struct {
+	Status  string
+	Channel string
+	Cursor  string
+	Limit   int
+}
+
+// ListJobs lists a semaphore's jobs, oldest first.
+func (s *Service) ListJobs(ctx context.Context, tenant, name string, in ListJobsInput) ([]store.Job, string, error) {
+	if !ValidName(name) {
+		return nil, "", store.ErrSemaphoreNotFound
+	}
+	limit, err := checkListLimit(in.Limit)
+	if err != nil {
+		return nil, "", err
+	}
+	status := store.JobStatus(in.Status)
+	if in.Status != "" && !status.Valid() {
+		return nil, "", invalid(CodeInvalidRequest, "status", "status must be one of scheduled, inflight, done, error, timeout, cancelled, got %q", truncate(in.Status, 64))
+	}
+	if in.Channel != "" && !ValidName(in.Channel) {
+		return nil, "", invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(in.Channel, 140), NamePattern)
+	}
+	if _, err := s.store.GetSemaphore(ctx, tenant, name); err != nil {
+		return nil, "", err
+	}
+	return s.store.ListJobs(ctx, store.ListJobsParams{
+		Tenant: tenant, Semaphore: name, Status: status, Channel: in.Channel, Cursor: in.Cursor, Limit: limit,
+	})
+}
+
+// ReleaseJob ends an inflight job as done, freeing its permit.
+func (s *Service) ReleaseJob(ctx context.Context, tenant, id string) (store.Job, error) {
+	return s.transitionJob(ctx, tenant, id, store.ActRelease)
+}
+
+// CancelJob cancels a scheduled or inflight job.
+func (s *Service) CancelJob(ctx context.Context, tenant, id string) (store.Job, error) {
+	return s.transitionJob(ctx, tenant, id, store.ActCancel)
+}
+
+// RequeueJob schedules a terminal job again at the back of its queue.
+func (s *Service) RequeueJob(ctx context.Context, tenant, id string) (store.Job, error) {
+	return s.transitionJob(ctx, tenant, id, store.ActRequeue)
+}
+
+func (s *Service) transitionJob(ctx context.Context, tenant, id string, act store.JobAction) (store.Job, error) {
+	if _, ok := store.ParseJobID(id); !ok {
+		return store.Job{}, store.ErrJobNotFound
+	}
+	// a job that ends here comes back to the dispatcher in JobEvents.Finished
+	return s.store.TransitionJob(ctx, store.TransitionParams{Tenant: tenant, JobID: id, Action: act})
+}
+
+// PurgeJobs deletes a semaphore's jobs in one status (scheduled, or a
+// terminal one) and returns how many.
+func (s *Service) PurgeJobs(ctx context.Context, tenant, name, status string) (int, error) {
+	if !ValidName(name) {
+		return 0, store.ErrSemaphoreNotFound
+	}
+	st := store.JobStatus(status)
+	if st != store.JobScheduled && !st.Terminal() {
+		return 0, invalid(CodeInvalidRequest, "status", "status must be scheduled or a terminal status (done, error, timeout, cancelled), got %q", truncate(status, 64))
+	}
+	if _, err := s.store.GetSemaphore(ctx, tenant, name); err != nil {
+		return 0, err
+	}
+	return s.store.PurgeJobs(ctx, tenant, name, st)
+}
