@@ -285,6 +285,9 @@ func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, pa
 		}
 		return &store.TransitionParams{Action: store.ActDelivered, Route: r.Type}, nil
 	case routing.TypeSemaphore:
+		if err := d.checkHops(ctx, j); err != nil {
+			return nil, err
+		}
 		hold := !r.Release
 		child, _, err := d.store.EnqueueJob(ctx, store.EnqueueParams{
 			Tenant: j.Tenant, Semaphore: r.Target, Channel: j.Channel, Payload: payload,
@@ -306,6 +309,27 @@ func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, pa
 		return p, nil
 	}
 	return nil, fmt.Errorf("unknown route type %q", r.Type)
+}
+
+// MaxSemaphoreHops bounds how many semaphore routes a job may travel
+// through. Configured routes cannot form a cycle (refused at save time),
+// but a route a mapping returns is only known at delivery.
+const MaxSemaphoreHops = 16
+
+// checkHops fails when j is already MaxSemaphoreHops child jobs deep.
+func (d *dispatcher) checkHops(ctx context.Context, j store.Job) error {
+	parent := j.Parent
+	for hops := 1; parent != nil; hops++ {
+		if hops >= MaxSemaphoreHops {
+			return fmt.Errorf("job is %d semaphore routes deep, the limit is %d (a cycle through a mapping?)", hops, MaxSemaphoreHops)
+		}
+		p, err := d.store.GetJob(ctx, j.Tenant, parent.ID)
+		if err != nil {
+			return nil // the parent is gone (retention): nothing to count further
+		}
+		parent = p.Parent
+	}
+	return nil
 }
 
 // transition applies p to the job under its current lease. A stale lease
