@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -184,7 +185,18 @@ func (d *dispatcher) config(ctx context.Context, tenant, name string) (store.Sem
 }
 
 // deliver offers one dispatched job to its chain.
-func (d *dispatcher) deliver(j store.Job) {
+func (d *dispatcher) deliver(j store.Job) { d.deliverAbove(j, 0) }
+
+// redeliver offers an inflight job, keeping its permit, to the routes of
+// its chain more stable than a websocket (onSessionLost "redeliver": its
+// websocket session was lost).
+func (d *dispatcher) redeliver(j store.Job) {
+	d.spawn(func() { d.deliverAbove(j, routing.Stability(routing.TypeWebsocket)) })
+}
+
+// deliverAbove offers the job to the routes of its chain whose stability
+// is above the given rank (0: every route).
+func (d *dispatcher) deliverAbove(j store.Job, above int) {
 	select {
 	case d.slots <- struct{}{}:
 		defer func() { <-d.slots }()
@@ -227,6 +239,9 @@ func (d *dispatcher) deliver(j store.Job) {
 	}
 	if res.Route != nil {
 		chain = routing.Override(chain, *res.Route)
+	}
+	if above > 0 {
+		chain = slices.DeleteFunc(chain, func(r routing.Route) bool { return routing.Stability(r.Type) <= above })
 	}
 
 	var failures []string
