@@ -140,7 +140,7 @@ type TransitionParams struct {
 	JobID   string
 	Action  JobAction
 	LeaseID string        // when set, the job must still hold this lease, else ErrStaleLease
-	Route   string        // ActDelivered, ActHandOff
+	Route   string        // ActDelivered, ActHandOff; ActRelease (a route that accepted and released at once)
 	Error   string        // ActFail
 	HoldTTL time.Duration // ActDelivered, ActHandOff with Child.Hold
 	Child   *JobRef       // ActHandOff

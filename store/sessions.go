@@ -104,8 +104,10 @@ type SessionStore interface {
 	BindLease(ctx context.Context, p SessionParams, leaseID string) error
 	UnbindLease(ctx context.Context, p SessionParams, leaseID string) error
 	// BindJob records a job pushed to the session on one of its
-	// subscriptions (its Inflight grows); UnbindJob when the job is released
-	// or leaves the session (its Inflight shrinks).
+	// subscriptions (its Inflight grows): the (semaphore, channel)
+	// subscription, else (semaphore, ""), else none (the job is still
+	// recorded). UnbindJob when the job is released or leaves the session
+	// (its Inflight shrinks, never below 0).
 	BindJob(ctx context.Context, p SessionParams, sub Subscription, jobID string) error
 	UnbindJob(ctx context.Context, p SessionParams, jobID string) error
 	// Subscribe adds or replaces the session's subscription to a semaphore
@@ -114,7 +116,9 @@ type SessionStore interface {
 	Unsubscribe(ctx context.Context, p SessionParams, sub Subscription) error
 	// Subscribers lists the connected sessions subscribed to the semaphore
 	// whose subscription matches the channel (its own channel or ""), with
-	// their load, for the websocket route to pick the least loaded.
+	// their load, for the websocket route to pick the least loaded. Only
+	// sessions on nodes with a live Heartbeat are listed; a session has one
+	// entry, its exact-channel subscription preferred over "".
 	Subscribers(ctx context.Context, tenant, semaphore, channel string) ([]Subscriber, error)
 	// LoseSession marks a connected session lost (its connection dropped):
 	// it leaves the subscriber registry and ends at now+grace unless resumed.

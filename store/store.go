@@ -188,6 +188,8 @@ type APIKey struct {
 type Store interface {
 	// JobStore is the async half (store/jobs.go).
 	JobStore
+	// SessionStore is the websocket half (store/sessions.go).
+	SessionStore
 
 	// PutSemaphore creates or replaces a semaphore's config and returns the
 	// stored semaphore and whether it was created. Live leases are never

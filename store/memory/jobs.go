@@ -302,6 +302,7 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 		ch = store.DefaultChannel
 	}
 	j := &jobEntry{job: store.Job{
+		Tenant:         p.Tenant,
 		ID:             store.NewJobID(sem.key.name),
 		Semaphore:      sem.key.name,
 		Channel:        ch,
@@ -463,6 +464,9 @@ func (s *Store) apply(sem *semaphore, j *jobEntry, p store.TransitionParams, now
 		}
 		s.dropJobLease(sem, j)
 		if p.Action == store.ActRelease {
+			if p.Route != "" {
+				j.job.Route = p.Route // accepted and released at once (releaseOnSuccess)
+			}
 			s.finishJob(sem, j, store.JobDone, "", now)
 		} else {
 			s.finishJob(sem, j, store.JobError, p.Error, now)

@@ -50,6 +50,8 @@ type Store struct {
 	keys        map[string]store.APIKey // by id
 	keyIDByHash map[string]string
 
+	sessState *sessionState // sessions.go, created on first use
+
 	listener func(store.JobEvents) // set by SetJobListener
 	pending  store.JobEvents       // events of the running operation
 }

@@ -95,8 +95,9 @@ func msTime(v float64) time.Time {
 	return time.UnixMilli(int64(math.Round(v))).UTC()
 }
 
-// decodeJob reads a {job id hex32, record, lease JSON or empty} triple.
-func decodeJob(semaphore string, v any) (store.Job, error) {
+// decodeJob reads a {job id hex32, record, lease JSON or empty} triple of a
+// job of tenant's semaphore.
+func decodeJob(tenant, semaphore string, v any) (store.Job, error) {
 	t, ok := v.([]any)
 	if !ok || len(t) != 3 {
 		return store.Job{}, fmt.Errorf("redisstore: bad job reply %T", v)
@@ -113,6 +114,7 @@ func decodeJob(semaphore string, v any) (store.Job, error) {
 		return store.Job{}, fmt.Errorf("redisstore: bad job record: %w", err)
 	}
 	j := store.Job{
+		Tenant:         tenant,
 		ID:             id + idSuffix(semaphore),
 		Semaphore:      semaphore,
 		Channel:        store.DefaultChannel,
@@ -147,11 +149,11 @@ func decodeJob(semaphore string, v any) (store.Job, error) {
 }
 
 // decodeJobs reads a list of job triples.
-func decodeJobs(semaphore string, v any) ([]store.Job, error) {
+func decodeJobs(tenant, semaphore string, v any) ([]store.Job, error) {
 	arr, _ := v.([]any)
 	out := make([]store.Job, 0, len(arr))
 	for _, t := range arr {
-		j, err := decodeJob(semaphore, t)
+		j, err := decodeJob(tenant, semaphore, t)
 		if err != nil {
 			return nil, err
 		}
@@ -161,17 +163,17 @@ func decodeJobs(semaphore string, v any) ([]store.Job, error) {
 }
 
 // decodeEvents reads the events element of a script reply (lib.lua done).
-func decodeEvents(semaphore string, v any) (store.JobEvents, error) {
+func decodeEvents(tenant, semaphore string, v any) (store.JobEvents, error) {
 	var ev store.JobEvents
 	arr, _ := v.([]any)
 	if len(arr) != 2 {
 		return ev, nil
 	}
 	var err error
-	if ev.Dispatched, err = decodeJobs(semaphore, arr[0]); err != nil {
+	if ev.Dispatched, err = decodeJobs(tenant, semaphore, arr[0]); err != nil {
 		return ev, err
 	}
-	if ev.Finished, err = decodeJobs(semaphore, arr[1]); err != nil {
+	if ev.Finished, err = decodeJobs(tenant, semaphore, arr[1]); err != nil {
 		return ev, err
 	}
 	if len(ev.Dispatched) == 0 {
@@ -196,8 +198,8 @@ func (s *Store) SetJobListener(fn func(store.JobEvents)) {
 
 // emit decodes the events of a script reply and hands them to the
 // listener; it returns them.
-func (s *Store) emit(semaphore string, v any) store.JobEvents {
-	ev, err := decodeEvents(semaphore, v)
+func (s *Store) emit(tenant, semaphore string, v any) store.JobEvents {
+	ev, err := decodeEvents(tenant, semaphore, v)
 	if err != nil {
 		// A record we cannot read is a bug; the jobs are not lost (an
 		// undelivered dispatch expires and is retried).
@@ -244,7 +246,7 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 	if err != nil {
 		return store.Job{}, false, err
 	}
-	j, err := decodeJob(p.Semaphore, res[2])
+	j, err := decodeJob(p.Tenant, p.Semaphore, res[2])
 	return j, res[1].(int64) == 1, err
 }
 
@@ -267,7 +269,7 @@ func (s *Store) GetJob(ctx context.Context, tenant, id string) (store.Job, error
 	if err != nil {
 		return store.Job{}, err
 	}
-	return decodeJob(name, res[1])
+	return decodeJob(tenant, name, res[1])
 }
 
 // ListJobs lists a semaphore's jobs oldest first. The cursor is the seq of
@@ -290,7 +292,7 @@ func (s *Store) ListJobs(ctx context.Context, p store.ListJobsParams) ([]store.J
 	if err != nil {
 		return nil, "", err
 	}
-	jobs, err := decodeJobs(p.Semaphore, res[1])
+	jobs, err := decodeJobs(p.Tenant, p.Semaphore, res[1])
 	if err != nil {
 		return nil, "", err
 	}
@@ -314,7 +316,7 @@ func (s *Store) TransitionJob(ctx context.Context, p store.TransitionParams) (st
 		}
 		return store.Job{}, err
 	}
-	return decodeJob(name, res[1])
+	return decodeJob(p.Tenant, name, res[1])
 }
 
 // PurgeJobs deletes the semaphore's jobs in status (scheduled or terminal;

@@ -31,12 +31,33 @@ import "strings"
 //	P:{keys}:tenant:<tenant>       hash: key id -> secret hash
 //	P:node:<node id>               pub/sub channel of one Store (grants to its waiters)
 //
+// Sessions (sessions.go):
+//
+//	P:{<tenant>/<name>}:subs       hash: subscriber registry of the semaphore,
+//	                               "<session>\0<channel>" -> entry JSON (registry_sync.lua)
+//	P:{sess:<tenant>/<id>}         string: session record JSON (sesslib.lua)
+//	P:{nodes}                      zset: node id -> heartbeat expiry ms
+//	P:{nodes}:idx                  hash: "<tenant>/<id>" -> session index entry JSON
+//	P:{nodes}:bynode               zset (scores 0): "<node>\0<tenant>/<id>", sessions per node
+//	P:{nodes}:lost                 zset: "<tenant>/<id>" -> end of grace ms
+//	P:{nodes}:tokens               hash: "<tenant>\0<resume token hash>" -> session id
+//	P:ticket:<hash>                string: websocket ticket JSON, expiring (PXAT)
+//	P:bus:node:<node id>           pub/sub channel of one node on the node bus
+//	P:bus:all                      pub/sub channel of every node on the node bus
+//
 // The hash tag {<tenant>/<name>} puts all keys of one semaphore in one
 // Redis Cluster slot, so each per-semaphore script runs on Cluster. The
 // global keys are never touched by the same script as a semaphore's keys;
 // the two key-record keys share the tag {keys} because create_key.lua and
-// delete_key.lua touch both. Semaphore names cannot contain "/", so a sweep
-// index member splits at its last "/".
+// delete_key.lua touch both. Semaphore names cannot contain "/", so a
+// sweep index member splits at its last "/".
+//
+// A session's record has a slot of its own; the global session index
+// shares the tag {nodes} (presence, sessions per node, lost sessions and
+// resume tokens change together in one script); a semaphore's subscriber
+// registry lives in the semaphore's slot. No script spans two of these
+// (sessions.go says how an operation keeps them in line). Tenant names
+// contain no "/", so a session member splits at its first "/".
 type keys struct {
 	p string // prefix without a trailing ':'
 }
@@ -103,3 +124,37 @@ func (k keys) keyRecords() string              { return k.p + ":{keys}:byhash" }
 func (k keys) tenantKeys(tenant string) string { return k.p + ":{keys}:tenant:" + tenant }
 func (k keys) nodeChannelPrefix() string       { return k.p + ":node:" }
 func (k keys) nodeChannel(node string) string  { return k.nodeChannelPrefix() + node }
+
+// subs is a semaphore's subscriber registry, in the semaphore's slot.
+func (k keys) subs(tenant, name string) string {
+	return k.p + ":{" + semMember(tenant, name) + "}:subs"
+}
+
+// session is a session's record, in a slot of its own.
+func (k keys) session(tenant, id string) string {
+	return k.p + ":{sess:" + sessMember(tenant, id) + "}"
+}
+
+// sessMember is a session's member in the global session index.
+func sessMember(tenant, id string) string { return tenant + "/" + id }
+
+// splitSessMember reverses sessMember.
+func splitSessMember(m string) (tenant, id string, ok bool) {
+	return strings.Cut(m, "/")
+}
+
+// sessIndex returns the keys of the global session index, all with the
+// tag {nodes}: nodes, idx, bynode, lost, tokens.
+func (k keys) sessIndex() sessIndexKeys {
+	b := k.p + ":{nodes}"
+	return sessIndexKeys{nodes: b, idx: b + ":idx", bynode: b + ":bynode", lost: b + ":lost", tokens: b + ":tokens"}
+}
+
+type sessIndexKeys struct{ nodes, idx, bynode, lost, tokens string }
+
+// tokenField is a resume token's field in the tokens hash.
+func tokenField(tenant, hash string) string { return tenant + "\x00" + hash }
+
+func (k keys) ticket(hash string) string  { return k.p + ":ticket:" + hash }
+func (k keys) busNode(node string) string { return k.p + ":bus:node:" + node }
+func (k keys) busAll() string             { return k.p + ":bus:all" }

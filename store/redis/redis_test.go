@@ -164,7 +164,9 @@ func TestRedis_CrashedNodeWaiters(t *testing.T) {
 	ca := testredis.Client(t)
 	a, err := New(ca, Options{Prefix: prefix})
 	require.NoError(t, err)
-	const wait = 300 * time.Millisecond
+	// The dead waiter stays queued until wait+waiterSlack after it joined:
+	// long enough for the steps below on a busy box.
+	const wait = 3 * time.Second
 	dead := goAcquire(t, a, "c", wait)
 	awaitWaiting(t, b, "c", 1)
 	require.NoError(t, ca.Close())
@@ -263,12 +265,14 @@ func TestRedis_ConcurrentSweeps(t *testing.T) {
 		name := "s" + string(rune('a'+i))
 		put(t, a, name, per, store.ScopeTotal)
 		for range per {
-			l, err := acquire(t, a, name, 200*time.Millisecond, 0)
+			// long enough that no lease expires (and is dropped by a later
+			// acquire instead of a sweep) while the 60 are taken on a busy box
+			l, err := acquire(t, a, name, 2*time.Second, 0)
 			require.NoError(t, err)
 			last = l.ExpiresAt
 		}
 	}
-	require.Eventually(t, func() bool { return redisNow(t, a.client).After(last) }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return redisNow(t, a.client).After(last) }, 15*time.Second, 10*time.Millisecond)
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	for _, s := range []*Store{a, b, a, b} {

@@ -100,7 +100,7 @@ func (s *Store) runEv(ctx context.Context, sc *redis.Script, tenant, name string
 	}
 	due, _ := res[len(res)-2].(int64)
 	s.indexDue(ctx, tenant, name, due)
-	ev := s.emit(name, res[len(res)-1])
+	ev := s.emit(tenant, name, res[len(res)-1])
 	res = res[:len(res)-2]
 	if st, _ := res[0].(string); strings.HasPrefix(st, "SD_") {
 		return res, ev, translate(errors.New(st), nil)

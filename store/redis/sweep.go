@@ -168,7 +168,7 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 			}
 			continue
 		}
-		s.emit(it.name, res[4])
+		s.emit(it.tenant, it.name, res[4])
 		expired += int(res[1].(int64))
 		if res[2].(int64) == 1 {
 			if err := s.unindex(ctx, it.tenant, it.name, false); err != nil && firstErr == nil {

@@ -243,6 +243,18 @@ func testJobDeliveredAndHandOff(t *testing.T, f *fixture) {
 	require.NoError(t, err)
 	require.Equal(t, parent, c.Parent)
 	require.Equal(t, parent, f.getJob(c.ID).Parent)
+
+	// Accepted and released at once (an https route with releaseOnSuccess):
+	// the release records the route.
+	f.act(c.ID, store.ActCancel)
+	r := f.enqueue("s", "")
+	rel, err := f.st.TransitionJob(f.ctx, store.TransitionParams{
+		Tenant: f.tenant, JobID: r.ID, Action: store.ActRelease, Route: "https", LeaseID: r.Lease.ID,
+	})
+	require.NoError(t, err)
+	require.Equal(t, store.JobDone, rel.Status)
+	require.Equal(t, "https", rel.Route)
+	require.Equal(t, "https", f.getJob(r.ID).Route)
 }
 
 func testJobStaleLease(t *testing.T, f *fixture) {

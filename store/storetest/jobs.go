@@ -26,13 +26,15 @@ type recorder struct {
 	changed    chan struct{} // closed and replaced on every event
 	feed       chan store.Job
 	overflow   bool
+	tenant     string // every reported job must carry it ("" = unchecked)
+	badTenant  string // id of a reported job with another tenant
 }
 
 // newRecorder installs a recorder as f's store's job listener. With feed >
 // 0, dispatched jobs are also sent on r.feed (buffered; an overflow fails
 // the test at check).
 func newRecorder(f *fixture, feed int) *recorder {
-	r := &recorder{changed: make(chan struct{})}
+	r := &recorder{changed: make(chan struct{}), tenant: f.tenant}
 	if feed > 0 {
 		r.feed = make(chan store.Job, feed)
 	}
@@ -50,6 +52,14 @@ func (r *recorder) listen(ev store.JobEvents) {
 	defer r.mu.Unlock()
 	r.dispatched = append(r.dispatched, ev.Dispatched...)
 	r.finished = append(r.finished, ev.Finished...)
+	if r.tenant != "" && r.badTenant == "" {
+		for _, j := range append(ev.Dispatched[:len(ev.Dispatched):len(ev.Dispatched)], ev.Finished...) {
+			if j.Tenant != r.tenant {
+				r.badTenant = j.ID + " (tenant " + j.Tenant + ")"
+				break
+			}
+		}
+	}
 	for _, j := range ev.Dispatched {
 		if r.feed == nil {
 			break
@@ -115,6 +125,10 @@ func (r *recorder) requireDispatched(t *testing.T, ids ...string) []store.Job {
 	t.Helper()
 	d, _ := r.events()
 	require.Equal(t, append([]string{}, ids...), jobIDs(d), "dispatched jobs")
+	r.mu.Lock()
+	bad := r.badTenant
+	r.mu.Unlock()
+	require.Empty(t, bad, "every reported job carries its tenant")
 	return d
 }
 
@@ -148,6 +162,7 @@ func (f *fixture) enqueue(name, ch string) store.Job {
 	})
 	require.NoError(f.t, err)
 	require.True(f.t, created)
+	require.Equal(f.t, f.tenant, j.Tenant, "a returned job carries its tenant")
 	return j
 }
 
@@ -156,6 +171,7 @@ func (f *fixture) getJob(id string) store.Job {
 	f.t.Helper()
 	j, err := f.st.GetJob(f.ctx, f.tenant, id)
 	require.NoError(f.t, err)
+	require.Equal(f.t, f.tenant, j.Tenant, "a returned job carries its tenant")
 	return j
 }
 
@@ -164,6 +180,7 @@ func (f *fixture) act(id string, a store.JobAction) store.Job {
 	f.t.Helper()
 	j, err := f.st.TransitionJob(f.ctx, store.TransitionParams{Tenant: f.tenant, JobID: id, Action: a})
 	require.NoError(f.t, err, "%s of job %s", a, id)
+	require.Equal(f.t, f.tenant, j.Tenant, "a returned job carries its tenant")
 	return j
 }
 

@@ -26,6 +26,7 @@ func RunShared(t *testing.T, newPair func(t *testing.T) (a, b store.Store)) {
 		{"Jobs_EnqueueOnADispatchOnB", testSharedJobDispatch},
 		{"Jobs_ExpirySweptOnB", testSharedJobExpiry},
 	}
+	tests = append(tests, sharedSessionTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

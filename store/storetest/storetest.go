@@ -8,6 +8,8 @@
 //	storetest.RunRapid(t, newStore)    // randomised state machine vs a model
 //	storetest.RunJobsRapid(t, newStore) // the same for async jobs
 //
+// Run and RunShared include the session tests (sessions.go).
+//
 // newStore must return a fresh, isolated store on every call (for Redis: a
 // unique key prefix on a shared server) and register its own cleanup with
 // t.Cleanup. The suite uses real time with short TTLs, because the Redis
@@ -111,6 +113,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Jobs_StaleLease", testJobStaleLease},
 		{"Jobs_Concurrent", testJobConcurrent},
 	}
+	tests = append(tests, sessionTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -86,6 +86,7 @@ else
       job_finish(seq, m, pay, 'D', '', now)
     end
   elseif act == 'release' then
+    if ARGV[8] ~= '' then m.r = ARGV[8] end -- accepted and released at once (releaseOnSuccess)
     free()
     job_finish(seq, m, pay, 'D', '', now)
   elseif act == 'fail' then

@@ -1,0 +1,12 @@
+-- sess_lose.lua: mark a connected session lost (LoseSession); a lost one
+-- is left as it is.
+--
+-- KEYS[1] the session record
+-- ARGV[1] grace ms (<= 0: the session's grace)
+local r, raw = live()
+if not r then return NOT_FOUND end
+if r.lost > 0 then return unchanged(raw) end
+local g = tonumber(ARGV[1])
+if g <= 0 then g = r.grace end
+r.node, r.lost, r.ends = '', NOW, NOW + g
+return save(r, raw, false)
