@@ -137,7 +137,7 @@ func newSafeTransport(allowPrivate bool) *http.Transport {
 		TLSHandshakeTimeout:    10 * time.Second,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           256,
-		MaxIdleConnsPerHost:    8,
+		MaxIdleConnsPerHost:    256, // one host may take maxValue deliveries at once
 		IdleConnTimeout:        90 * time.Second,
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 64 << 10,

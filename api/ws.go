@@ -1,0 +1,418 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/labstack/echo/v4"
+
+	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/semaphore"
+	"github.com/semaphored/semaphored/store"
+)
+
+// This file serves the websocket protocol of SPEC §6: GET /v1/ws (the
+// upgrade, its auth and origin check, and every client frame) and POST
+// /v1/ws/tickets. The connection, its session, job pushes and acks are
+// delivery.Hub's; here is the request/reply protocol on top.
+
+// WsProtocol is the protocol version announced in welcome.
+const WsProtocol = 1
+
+// MaxPrefetch bounds a subscription's prefetch.
+const MaxPrefetch = 1000
+
+// createTicket serves POST /v1/ws/tickets.
+func (s *Server) createTicket(c echo.Context) error {
+	if err := decodeBody(c, s.maxBody, &struct{}{}, true); err != nil {
+		return err
+	}
+	secret, exp, err := s.svc.CreateTicket(c.Request().Context(), callerKey(c))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, TicketResponse{Ticket: secret, ExpiresAt: exp.UTC()})
+}
+
+// authenticateWS checks the origin (before anything else, so a foreign
+// page cannot even spend a ticket), then the key: the Authorization header
+// or a ticket. Any role may open a websocket.
+func (s *Server) authenticateWS(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		if !s.originAllowed(r) {
+			return errorf(CodeForbidden, "origin %q may not open a websocket here (see --allowed-origins)", shorten(r.Header.Get("Origin"), 200))
+		}
+		var (
+			k   store.APIKey
+			err error
+		)
+		if h := r.Header.Get(echo.HeaderAuthorization); h != "" {
+			secret, ok := cutBearer(h)
+			if !ok {
+				return errorf(CodeUnauthorized, "malformed Authorization header: send Authorization: Bearer sk_…")
+			}
+			k, err = s.svc.Authenticate(r.Context(), secret)
+		} else if t := c.QueryParam("ticket"); t != "" {
+			k, err = s.svc.RedeemTicket(r.Context(), t)
+		} else {
+			return errorf(CodeUnauthorized, "missing API key: send Authorization: Bearer sk_… or ?ticket= from POST /v1/ws/tickets")
+		}
+		if errors.Is(err, store.ErrKeyNotFound) {
+			return errorf(CodeUnauthorized, "unknown or revoked API key, or unknown, used or expired ticket")
+		}
+		if err != nil {
+			return err
+		}
+		c.Set(string(keyCtx), k)
+		return next(c)
+	}
+}
+
+// originAllowed: no Origin (not a browser), the server's own origin, or one
+// matching --allowed-origins ("*", an exact scheme://host[:port], or a
+// path.Match pattern such as https://*.example.com).
+func (s *Server) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	o := strings.ToLower(u.Scheme + "://" + u.Host)
+	for _, p := range s.origins {
+		if p == "*" || p == o {
+			return true
+		}
+		if ok, _ := path.Match(p, o); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// serveWS upgrades GET /v1/ws and runs the session until it ends.
+func (s *Server) serveWS(c echo.Context) error {
+	// The http.Server's read and write timeouts were set on the connection
+	// for this request; a websocket lives on, under its own heartbeat and
+	// write timeouts.
+	rc := http.NewResponseController(c.Response())
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	conn, err := websocket.Accept(c.Response(), c.Request(), &websocket.AcceptOptions{
+		InsecureSkipVerify: true, // the origin was checked by authenticateWS
+	})
+	if err != nil {
+		return nil // Accept answered the request (400, 426, ...)
+	}
+	k := callerKey(c)
+	w := &wsConn{srv: s, tenant: k.Tenant}
+	err = s.hub.Serve(c.Request().Context(), conn, delivery.ServeParams{
+		Tenant: k.Tenant,
+		Open:   w.welcome,
+		Handle: w.handle,
+		End:    s.svc.SessionLost,
+	})
+	if err != nil && !errors.Is(err, delivery.ErrHubStopped) {
+		s.log.Warn("websocket session failed", "err", err)
+	}
+	return nil
+}
+
+// wsConn is the protocol state of one connection.
+type wsConn struct {
+	srv    *Server
+	tenant string
+}
+
+func (w *wsConn) welcome(sess *delivery.Session, resumeToken string) {
+	sess.Send(WsFrame{
+		Type: "welcome", Session: sess.ID(), ResumeToken: resumeToken,
+		Heartbeat: new(Duration(w.srv.hub.Heartbeat())), Protocol: WsProtocol,
+	})
+}
+
+// wsHandlers are the client frame types.
+var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *delivery.Session, id string, data []byte){
+	"resume":      (*wsConn).resume,
+	"ping":        (*wsConn).ping,
+	"acquire":     (*wsConn).acquire,
+	"extend":      (*wsConn).extend,
+	"release":     (*wsConn).release,
+	"subscribe":   (*wsConn).subscribe,
+	"unsubscribe": (*wsConn).unsubscribe,
+	"ack":         (*wsConn).ack,
+	"enqueue":     (*wsConn).enqueue,
+}
+
+// handle answers one client frame. A bad frame gets an error frame; the
+// session stays up.
+func (w *wsConn) handle(ctx context.Context, sess *delivery.Session, typ websocket.MessageType, data []byte) {
+	if typ != websocket.MessageText {
+		w.fail(sess, "", errorf(CodeInvalidJSON, "frames must be JSON text, got a binary frame"))
+		return
+	}
+	var head struct {
+		Type string `json:"type"`
+		ID   string `json:"id"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		w.fail(sess, "", jsonError(err))
+		return
+	}
+	if head.Type == "" {
+		w.fail(sess, head.ID, errorf(CodeInvalidRequest, "type is required"))
+		return
+	}
+	h, ok := wsHandlers[head.Type]
+	if !ok {
+		w.fail(sess, head.ID, errorf(CodeUnknownFrame, "unknown frame type %q", shorten(head.Type, 64)))
+		return
+	}
+	h(w, ctx, sess, head.ID, data)
+}
+
+// decode decodes a frame strictly (unknown fields, wrong types): on error
+// it answers with an error frame and returns false.
+func (w *wsConn) decode(sess *delivery.Session, id string, data []byte, v any) bool {
+	if err := decodeJSON(data, v); err != nil {
+		w.fail(sess, id, err)
+		return false
+	}
+	return true
+}
+
+// fail answers an error frame {code, message}.
+func (w *wsConn) fail(sess *delivery.Session, id string, err error) {
+	code, message := w.classify(err)
+	sess.Send(WsFrame{Type: "error", ID: id, Code: code, Message: message})
+}
+
+// classify maps an error to its wire code, as the HTTP API does.
+func (w *wsConn) classify(err error) (code, message string) {
+	switch {
+	case errors.Is(err, store.ErrSessionNotFound):
+		return CodeSessionNotFound, "session not found: unknown resume token, or its grace period ran out"
+	case errors.Is(err, delivery.ErrSessionBusy):
+		return CodeInvalidState, "resume must be the first request of a connection, before it acquires, subscribes or takes jobs"
+	case errors.Is(err, delivery.ErrNotSubscribed):
+		return CodeNotSubscribed, "this session is not subscribed to that semaphore and channel"
+	}
+	status, code, message := classify(err)
+	if status >= 500 {
+		w.srv.log.LogAttrs(context.Background(), slog.LevelError, "websocket request failed",
+			slog.String("code", code), slog.Any("err", err))
+	}
+	return code, message
+}
+
+func (w *wsConn) resume(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsResumeFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	if req.Token == "" {
+		w.fail(sess, id, errorf(CodeInvalidRequest, "token is required"))
+		return
+	}
+	old, err := sess.Resume(ctx, req.Token)
+	if err != nil {
+		w.fail(sess, id, err)
+		return
+	}
+	f := WsFrame{Type: "resumed", ID: id, Session: old.ID, Leases: old.Leases, Jobs: old.Jobs}
+	for _, sub := range old.Subscriptions {
+		f.Subscriptions = append(f.Subscriptions, WsSubscriptionJSON{Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
+	}
+	sess.Send(f)
+}
+
+func (w *wsConn) ping(_ context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsPingFrame
+	if w.decode(sess, id, data, &req) {
+		sess.Send(WsFrame{Type: "pong", ID: id})
+	}
+}
+
+func (w *wsConn) acquire(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsAcquireFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	in := AcquireRequest{Channel: req.Channel, Weight: req.Weight, TTL: req.TTL, Wait: req.Wait}.input()
+	run := func(ctx context.Context) {
+		l, err := w.srv.svc.Acquire(ctx, w.tenant, req.Semaphore, in)
+		if err != nil {
+			if ctx.Err() != nil {
+				return // the connection ended while waiting
+			}
+			code, message := w.classify(err)
+			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
+			return
+		}
+		// Bind even when the connection just ended, so the session's loss
+		// releases the lease.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := sess.BindLease(bctx, l.ID); err != nil {
+			_, _ = w.srv.svc.Release(bctx, w.tenant, l.ID)
+			code, message := w.classify(err)
+			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
+			return
+		}
+		sess.Send(WsFrame{Type: "acquired", ID: id, Lease: new(leaseJSON(l))})
+	}
+	if in.Wait == nil || *in.Wait <= 0 {
+		run(ctx)
+		return
+	}
+	if !sess.Go(run) {
+		w.fail(sess, id, errorf(CodeRateLimited, "too many acquires waiting on this connection"))
+	}
+}
+
+func (w *wsConn) extend(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsExtendFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	switch {
+	case req.Lease == "":
+		w.fail(sess, id, errorf(CodeInvalidRequest, "lease is required"))
+		return
+	case req.TTL == nil:
+		w.fail(sess, id, errorf(CodeInvalidRequest, "ttl is required"))
+		return
+	}
+	l, err := w.srv.svc.Extend(ctx, w.tenant, req.Lease, time.Duration(*req.TTL))
+	if err != nil {
+		w.fail(sess, id, err)
+		return
+	}
+	sess.Send(WsFrame{Type: "extended", ID: id, Lease: new(leaseJSON(l))})
+}
+
+func (w *wsConn) release(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsReleaseFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	switch {
+	case req.Lease != "" && req.Job != "":
+		w.fail(sess, id, errorf(CodeInvalidRequest, "give lease or job, not both"))
+	case req.Lease != "":
+		l, err := w.srv.svc.Release(ctx, w.tenant, req.Lease)
+		if err != nil {
+			w.fail(sess, id, err)
+			return
+		}
+		sess.Send(WsFrame{Type: "released", ID: id, Lease: new(leaseJSON(l))})
+		sess.LeaseReleased(ctx, l.ID)
+	case req.Job != "":
+		j, err := w.srv.svc.ReleaseJob(ctx, w.tenant, req.Job)
+		if err != nil {
+			w.fail(sess, id, err)
+			return
+		}
+		// the reply goes first: the room it frees may push the next job at once
+		sess.Send(WsFrame{Type: "released", ID: id, Job: new(jobJSON(j))})
+		sess.JobReleased(ctx, j.ID)
+	default:
+		w.fail(sess, id, errorf(CodeInvalidRequest, "lease or job is required"))
+	}
+}
+
+func (w *wsConn) subscribe(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsSubscribeFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	prefetch := 1
+	if req.Prefetch != nil {
+		prefetch = *req.Prefetch
+	}
+	switch {
+	case req.Semaphore == "":
+		w.fail(sess, id, errorf(CodeInvalidRequest, "semaphore is required"))
+		return
+	case req.Channel != "" && !semaphore.ValidName(req.Channel):
+		w.fail(sess, id, errorf(CodeInvalidRequest, "channel %q does not match %s", shorten(req.Channel, 140), semaphore.NamePattern))
+		return
+	case prefetch < 1 || prefetch > MaxPrefetch:
+		w.fail(sess, id, errorf(CodeInvalidRequest, "prefetch must be between 1 and %d, got %d", MaxPrefetch, prefetch))
+		return
+	}
+	if _, _, err := w.srv.svc.GetSemaphore(ctx, w.tenant, req.Semaphore); err != nil {
+		w.fail(sess, id, err)
+		return
+	}
+	sub := store.Subscription{Semaphore: req.Semaphore, Channel: req.Channel, Prefetch: prefetch}
+	if err := sess.Subscribe(ctx, sub); err != nil {
+		w.fail(sess, id, err)
+		return
+	}
+	sess.Send(WsFrame{Type: "subscribed", ID: id, Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
+}
+
+func (w *wsConn) unsubscribe(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsUnsubscribeFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	if req.Semaphore == "" {
+		w.fail(sess, id, errorf(CodeInvalidRequest, "semaphore is required"))
+		return
+	}
+	if err := sess.Unsubscribe(ctx, req.Semaphore, req.Channel); err != nil {
+		w.fail(sess, id, err)
+		return
+	}
+	sess.Send(WsFrame{Type: "unsubscribed", ID: id, Semaphore: req.Semaphore, Channel: req.Channel})
+}
+
+// ack has no reply on success (the push waits for it, not the client).
+func (w *wsConn) ack(_ context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsAckFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	if req.Job == "" {
+		w.fail(sess, id, errorf(CodeInvalidRequest, "job is required"))
+		return
+	}
+	if !sess.Ack(req.Job) {
+		w.fail(sess, id, errorf(CodeJobNotFound, "job %q was not pushed to this session, or its ack came too late", shorten(req.Job, 200)))
+	}
+}
+
+func (w *wsConn) enqueue(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+	var req WsEnqueueFrame
+	if !w.decode(sess, id, data, &req) {
+		return
+	}
+	if req.Payload == nil {
+		w.fail(sess, id, errorf(CodeInvalidRequest, "payload is required (any JSON value)"))
+		return
+	}
+	j, _, err := w.srv.svc.Enqueue(ctx, w.tenant, req.Semaphore, semaphore.EnqueueInput{
+		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,
+	})
+	if err != nil {
+		w.fail(sess, id, err)
+		return
+	}
+	sess.Send(WsFrame{Type: "enqueued", ID: id, Job: new(jobJSON(j))})
+}

@@ -1,0 +1,364 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/semaphored/semaphored/routing"
+	"github.com/semaphored/semaphored/store"
+)
+
+// Node bus (STYLE 12): one versioned envelope, store.NodeMessage, whose
+// Body is the JSON of the message type.
+const (
+	busVersion = 1
+
+	// msgDeliver asks the node holding a session to push a job to it;
+	// the node answers msgAck or msgNack with the same request id.
+	msgDeliver = "deliver"
+	msgAck     = "ack"
+	msgNack    = "nack"
+	// msgSessionClosed tells every node that a session was resumed by a
+	// connection of the sender: another node still holding a connection
+	// for it closes that connection (4001).
+	msgSessionClosed = "session_closed"
+)
+
+type deliverBody struct {
+	Request   string          `json:"request"`
+	Tenant    string          `json:"tenant"`
+	Session   string          `json:"session"`
+	Semaphore string          `json:"semaphore"`
+	Channel   string          `json:"channel"`
+	Job       string          `json:"job"`
+	Lease     string          `json:"lease"`
+	Frame     json.RawMessage `json:"frame"` // the job frame, as the session receives it
+}
+
+// replyBody answers a deliver. Reason of a nack: "full" (the session holds
+// its prefetch), "gone" (not connected there), "timeout" (no ack).
+type replyBody struct {
+	Request string `json:"request"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+type sessionClosedBody struct {
+	Tenant  string `json:"tenant"`
+	Session string `json:"session"`
+}
+
+// nodeReply is an ack (err nil) or a nack.
+type nodeReply struct{ err error }
+
+// JobFrameJSON is the job of a "job" frame, in the shape of the API's Job
+// (api/openapi.yaml): the job with its lease and the payload to work on
+// (the mapping's, when one replaced it).
+type JobFrameJSON struct {
+	ID         string          `json:"id"`
+	Semaphore  string          `json:"semaphore"`
+	Channel    string          `json:"channel"`
+	Payload    json.RawMessage `json:"payload"`
+	Status     string          `json:"status"`
+	Attempts   int             `json:"attempts"`
+	Lease      LeaseJSON       `json:"lease"`
+	Route      string          `json:"route"`
+	Error      *string         `json:"error"`  // null
+	Parent     *JobRefJSON     `json:"parent"` // set on a child job of a semaphore route
+	Child      *JobRefJSON     `json:"child"`  // null
+	CreatedAt  time.Time       `json:"createdAt"`
+	UpdatedAt  time.Time       `json:"updatedAt"`
+	FinishedAt *time.Time      `json:"finishedAt"` // null
+}
+
+// JobRefJSON points at a related job.
+type JobRefJSON struct {
+	ID        string `json:"id"`
+	Semaphore string `json:"semaphore"`
+	Hold      bool   `json:"hold"`
+}
+
+type jobFrame struct {
+	Type string       `json:"type"`
+	Job  JobFrameJSON `json:"job"`
+}
+
+// Deliver offers a dispatched job to the sessions subscribed to its
+// semaphore (and the route's channel, else the job's), on any node:
+// least loaded first (fewest unreleased jobs, ties broken at random). A
+// session on this node gets the job frame directly; a session elsewhere
+// through its node, over the bus. The first session that acks within
+// AckTimeout takes it (nil). A session that does not ack, or has gone, is
+// not offered the job again; when every subscriber with room has been
+// tried, or none is subscribed, the error wraps ErrNoSubscriber and the
+// dispatcher moves the job on. While every subscriber not yet tried holds
+// its prefetch, Deliver waits for room until ctx ends (the job's lease
+// ends it), so a job is never pushed beyond a session's prefetch.
+func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error {
+	if job.Lease == nil {
+		return errors.New("websocket: job without lease")
+	}
+	channel := route.Channel
+	if channel == "" {
+		channel = job.Channel
+	}
+	if len(payload) == 0 {
+		payload = json.RawMessage("null")
+	}
+	jf := JobFrameJSON{
+		ID: job.ID, Semaphore: job.Semaphore, Channel: job.Channel, Payload: payload,
+		Status: string(store.JobInflight), Attempts: job.Attempts, Lease: LeaseFromStore(*job.Lease),
+		Route: routing.TypeWebsocket, CreatedAt: job.CreatedAt.UTC(), UpdatedAt: job.UpdatedAt.UTC(),
+	}
+	if job.Parent != nil {
+		jf.Parent = &JobRefJSON{ID: job.Parent.ID, Semaphore: job.Parent.Semaphore, Hold: job.Parent.Hold}
+	}
+	frame, err := json.Marshal(jobFrame{Type: "job", Job: jf})
+	if err != nil {
+		return fmt.Errorf("websocket: job frame: %w", err)
+	}
+	o := offer{
+		tenant: job.Tenant, semaphore: job.Semaphore, channel: channel,
+		job: job.ID, lease: job.Lease.ID, frame: frame,
+	}
+	tried := make(map[string]bool) // sessions that refused, did not ack or were gone
+	wait := 20 * time.Millisecond
+	for {
+		wake := h.capacityChanged() // before reading loads: a free after it wakes us
+		subs, err := h.store.Subscribers(ctx, job.Tenant, job.Semaphore, channel)
+		if err != nil {
+			return fmt.Errorf("websocket: listing subscribers: %w", err)
+		}
+		full := false
+		for _, c := range candidates(subs, tried) {
+			if c.Inflight >= c.Prefetch {
+				full = true
+				continue
+			}
+			if c.Node == h.node {
+				err = h.offerLocal(ctx, c.Session, o)
+			} else {
+				err = h.offerRemote(ctx, c.Node, c.Session, o)
+			}
+			if err == nil {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			if errors.Is(err, errFull) {
+				full = true // another push holds its room: wait for it
+				continue
+			}
+			tried[c.Session] = true
+			h.log.Debug("websocket session did not take the job", "job", job.ID, "session", c.Session, "node", c.Node, "err", err)
+		}
+		if !full {
+			if len(tried) > 0 {
+				return fmt.Errorf("%w: %d session(s) did not ack within %s", ErrNoSubscriber, len(tried), h.cfg.AckTimeout)
+			}
+			return ErrNoSubscriber
+		}
+		// Every subscriber left holds its prefetch: wait for a release here
+		// (pushed) or elsewhere (polled, backing off to 1s).
+		t := time.NewTimer(wait)
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return context.Cause(ctx)
+		}
+		t.Stop()
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// candidates returns the subscribers not yet tried, least loaded first,
+// ties in random order.
+func candidates(subs []store.Subscriber, tried map[string]bool) []store.Subscriber {
+	out := make([]store.Subscriber, 0, len(subs))
+	for _, s := range subs {
+		if !tried[s.Session] {
+			out = append(out, s)
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	slices.SortStableFunc(out, func(a, b store.Subscriber) int { return a.Inflight - b.Inflight })
+	return out
+}
+
+// offer is one job offered to a session.
+type offer struct {
+	tenant, semaphore, channel string
+	job, lease                 string
+	frame                      []byte
+}
+
+// offerLocal pushes the job to a session of this node and waits for its
+// ack (AckTimeout). On ack the job is bound to the session in the store.
+func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
+	s := h.session(sessionID)
+	if s == nil || s.tenant != o.tenant {
+		return errGone
+	}
+	p, sub, err := s.reserve(o.semaphore, o.channel, o.job, o.lease)
+	if err != nil {
+		return err
+	}
+	if !s.sendRaw(o.frame) {
+		s.unreserve(o.job, p)
+		return errGone
+	}
+	t := time.NewTimer(h.cfg.AckTimeout)
+	defer t.Stop()
+	select {
+	case <-p.acked:
+	case <-t.C:
+		s.unreserve(o.job, p)
+		return errNoAck
+	case <-ctx.Done():
+		s.unreserve(o.job, p)
+		return context.Cause(ctx)
+	case <-s.ctx.Done():
+		s.unreserve(o.job, p)
+		return errGone
+	}
+	s.promote(o.job, p)
+	bctx, cancel := cleanupCtx()
+	defer cancel()
+	if err := h.store.BindJob(bctx, s.params(), sub, o.job); err != nil {
+		h.log.Warn("binding a job to its session failed; the session's loss will not apply onSessionLost to it",
+			"session", s.ID(), "job", o.job, "err", err)
+	}
+	return nil
+}
+
+// ackMargin is how much longer than AckTimeout a remote delivery waits for
+// the holding node's answer.
+func (h *Hub) ackMargin() time.Duration { return max(h.cfg.AckTimeout/2, 250*time.Millisecond) }
+
+// offerRemote asks the node holding the session to push the job, and
+// waits for its ack or nack.
+func (h *Hub) offerRemote(ctx context.Context, node, sessionID string, o offer) error {
+	req := randomID(16)
+	ch := make(chan nodeReply, 1)
+	h.mu.Lock()
+	h.waiters[req] = ch
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.waiters, req)
+		h.mu.Unlock()
+	}()
+	body, err := json.Marshal(deliverBody{
+		Request: req, Tenant: o.tenant, Session: sessionID, Semaphore: o.semaphore, Channel: o.channel,
+		Job: o.job, Lease: o.lease, Frame: o.frame,
+	})
+	if err != nil {
+		return err
+	}
+	if err := h.store.Publish(ctx, store.NodeMessage{Version: busVersion, From: h.node, To: node, Type: msgDeliver, Body: body}); err != nil {
+		return fmt.Errorf("publishing to node %s: %w", node, err)
+	}
+	t := time.NewTimer(h.cfg.AckTimeout + h.ackMargin())
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.err
+	case <-t.C:
+		return fmt.Errorf("node %s did not answer: %w", node, errNoAck)
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// onMessage handles one envelope of the node bus. It does not block.
+func (h *Hub) onMessage(m store.NodeMessage) {
+	if m.Version != busVersion {
+		h.log.Warn("node bus message of an unknown version dropped", "version", m.Version, "type", m.Type, "from", m.From)
+		return
+	}
+	switch m.Type {
+	case msgDeliver:
+		var b deliverBody
+		if err := json.Unmarshal(m.Body, &b); err != nil {
+			h.log.Warn("bad deliver message", "from", m.From, "err", err)
+			return
+		}
+		h.goTracked(func() { h.answerDeliver(m.From, b) })
+	case msgAck, msgNack:
+		var b replyBody
+		if err := json.Unmarshal(m.Body, &b); err != nil {
+			return
+		}
+		r := nodeReply{}
+		if m.Type == msgNack {
+			switch b.Reason {
+			case "full":
+				r.err = errFull
+			case "gone":
+				r.err = errGone
+			default:
+				r.err = errNoAck
+			}
+		}
+		h.mu.Lock()
+		ch := h.waiters[b.Request]
+		h.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- r:
+			default:
+			}
+		}
+	case msgSessionClosed:
+		var b sessionClosedBody
+		if m.From == h.node || json.Unmarshal(m.Body, &b) != nil {
+			return
+		}
+		if s := h.session(b.Session); s != nil && s.tenant == b.Tenant {
+			s.displace()
+		}
+	default:
+		h.log.Debug("node bus message of an unknown type dropped", "type", m.Type, "from", m.From)
+	}
+}
+
+// answerDeliver pushes a job another node dispatched to a local session
+// and answers ack or nack.
+func (h *Hub) answerDeliver(from string, b deliverBody) {
+	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.AckTimeout+h.ackMargin())
+	defer cancel()
+	err := h.offerLocal(ctx, b.Session, offer{
+		tenant: b.Tenant, semaphore: b.Semaphore, channel: b.Channel, job: b.Job, lease: b.Lease, frame: b.Frame,
+	})
+	typ, reply := msgAck, replyBody{Request: b.Request}
+	switch {
+	case err == nil:
+	case errors.Is(err, errFull):
+		typ, reply.Reason = msgNack, "full"
+	case errors.Is(err, errGone):
+		typ, reply.Reason = msgNack, "gone"
+	default:
+		typ, reply.Reason = msgNack, "timeout"
+	}
+	body, _ := json.Marshal(reply)
+	pctx, pcancel := cleanupCtx()
+	defer pcancel()
+	if err := h.store.Publish(pctx, store.NodeMessage{Version: busVersion, From: h.node, To: from, Type: typ, Body: body}); err != nil {
+		h.log.Warn("answering a deliver failed", "to", from, "err", err)
+	}
+}
+
+// publishSessionClosed tells the other nodes a session moved here.
+func (h *Hub) publishSessionClosed(ctx context.Context, tenant, session string) {
+	body, _ := json.Marshal(sessionClosedBody{Tenant: tenant, Session: session})
+	if err := h.store.Publish(ctx, store.NodeMessage{Version: busVersion, From: h.node, Type: msgSessionClosed, Body: body}); err != nil {
+		h.log.Warn("announcing a resumed session failed", "session", session, "err", err)
+	}
+}
