@@ -7,6 +7,8 @@ package api
 //
 //	go test -run '^$' -bench 'BenchmarkHTTPAcquireRelease' -benchtime 5s -count 5 ./api/
 //	go test -run '^$' -bench 'BenchmarkHTTPHandoff' -benchtime 200x -count 5 ./api/
+//	go test -run '^$' -bench 'BenchmarkFunnel' -benchtime 5000x -count 5 ./api/
+//	go test -run '^$' -bench 'BenchmarkRedisBytesPerJob' -benchtime 1x -count 5 ./api/
 
 import (
 	"bytes"
@@ -15,18 +17,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/semaphored/semaphored/delivery"
 	"github.com/semaphored/semaphored/internal/testredis"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
@@ -71,12 +77,17 @@ type benchEnv struct {
 // newBenchEnv starts the service (sweeper on) and the HTTP server on st,
 // with logs discarded, and creates tenant "bench" with an admin and a worker
 // key. Everything stops at the benchmark's cleanup, before st is closed.
-func newBenchEnv(b *testing.B, st store.Store) *benchEnv {
+// opts adjust the service's config (webhooks, routing options).
+func newBenchEnv(b *testing.B, st store.Store, opts ...func(*semaphore.Config)) *benchEnv {
 	b.Helper()
 	ctx := context.Background()
 	discard := slog.New(slog.DiscardHandler)
 	reg := prometheus.NewRegistry()
-	svc, err := semaphore.New(semaphore.Config{Store: st, Logger: discard, Registerer: reg})
+	cfg := semaphore.Config{Store: st, Logger: discard, Registerer: reg}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	svc, err := semaphore.New(cfg)
 	require.NoError(b, err)
 	require.NoError(b, svc.Start(ctx))
 	srv, err := New(Config{Service: svc, Logger: discard, Registerer: reg, Gatherer: reg})
@@ -288,3 +299,232 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// funnelMaxValue is the permits of BenchmarkFunnel's semaphore.
+const funnelMaxValue = 100
+
+// BenchmarkFunnel: jobs per second end to end. 16 clients enqueue b.N jobs
+// over HTTP into a semaphore of maxValue 100 with one https route to an
+// httptest receiver on loopback (--webhook-allow-private); the receiver
+// answers 200 and releases the job over HTTP at once (no work, signature not
+// verified), which dispatches the next queued job. The timer covers the
+// first enqueue to the last release. Reports jobs/s, and conns/job: TCP
+// connections the receiver accepted per job (the webhook sender keeps few
+// idle connections per host, so a busy route opens new ones).
+func BenchmarkFunnel(b *testing.B) {
+	for _, bs := range benchStores {
+		b.Run(bs.name, func(b *testing.B) {
+			webhooks, err := delivery.NewWebhookSender(delivery.WebhookConfig{AllowPrivate: true, Logger: slog.New(slog.DiscardHandler)})
+			require.NoError(b, err)
+			b.Cleanup(webhooks.Close)
+			e := newBenchEnv(b, bs.open(b), func(c *semaphore.Config) {
+				c.Webhooks = webhooks
+				c.Routing.AllowPrivate = true
+			})
+
+			var (
+				released atomic.Int64
+				conns    atomic.Int64
+				failed   atomic.Pointer[error]
+				wg       sync.WaitGroup
+				finished = make(chan struct{})
+				target   = int64(b.N)
+			)
+			fail := func(err error) {
+				if failed.CompareAndSwap(nil, &err) {
+					close(finished)
+				}
+			}
+			recv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				id := r.Header.Get("webhook-id")
+				w.WriteHeader(http.StatusOK)
+				wg.Go(func() {
+					if err := e.releaseJob(id); err != nil {
+						fail(err)
+						return
+					}
+					if released.Add(1) == target {
+						close(finished)
+					}
+				})
+			}))
+			recv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					conns.Add(1)
+				}
+			}
+			recv.Start()
+			b.Cleanup(func() { // before the env's cleanup (LIFO): no release in flight
+				wg.Wait()
+				recv.Close()
+			})
+			e.put(b, "funnel", fmt.Sprintf(`{"maxValue": %d, "leaseTimeout": "60s", "routes": [{"type": "https", "url": %q}]}`,
+				funnelMaxValue, recv.URL+"/hook"))
+
+			body := []byte(`{"payload": {"order": 12345, "customer": "c-42"}}`)
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			var enq sync.WaitGroup
+			for range 16 {
+				enq.Go(func() {
+					for next.Add(1) <= target && failed.Load() == nil {
+						if _, err := e.enqueue("funnel", body); err != nil {
+							fail(err)
+							return
+						}
+					}
+				})
+			}
+			enq.Wait()
+			select {
+			case <-finished:
+			case <-time.After(2 * time.Minute):
+				b.Fatalf("%d of %d jobs released after 2 minutes", released.Load(), target)
+			}
+			b.StopTimer()
+			if err := failed.Load(); err != nil {
+				b.Fatal(*err)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+			b.ReportMetric(float64(conns.Load())/float64(b.N), "conns/job")
+		})
+	}
+}
+
+// enqueue posts a job and returns its id (202 expected).
+func (e *benchEnv) enqueue(name string, body []byte) (string, error) {
+	req, err := http.NewRequest(http.MethodPost, e.url+"/v1/semaphores/"+name+"/jobs", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+e.worker)
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	data, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return "", fmt.Errorf("enqueue: %d %s", resp.StatusCode, data)
+	}
+	var out JobResponse
+	if err := json.Unmarshal(data, &out); err != nil {
+		return "", err
+	}
+	return out.Job.ID, nil
+}
+
+func (e *benchEnv) releaseJob(id string) error {
+	_, err := e.call(http.MethodPost, "/v1/jobs/"+url.PathEscape(id)+"/release", e.worker, releaseBody, nil)
+	return err
+}
+
+// BenchmarkRedisBytesPerJob: Redis memory per queued job with a 100-byte
+// payload (payload included), on a dedicated redis-server: the growth of
+// used_memory (less the client buffers, mem_clients_normal) while 10,000
+// jobs are enqueued over HTTP by 8 clients (a small, warmed-up connection
+// pool: client buffers of many connections would drown the signal) into a
+// suspended semaphore. key-bytes/job is the same growth measured as the
+// sum of MEMORY USAGE (SAMPLES 0) of every key. Then the semaphore is
+// resumed; with no route and no websocket subscriber every job ends in
+// error and is kept as a terminal job for store.JobRetention (24h):
+// bytes/terminal-job is used_memory then, per job, against the same
+// baseline (the record carries the error text). One op is one round of
+// 10,000 jobs into a fresh semaphore; run with -benchtime 1x.
+func BenchmarkRedisBytesPerJob(b *testing.B) {
+	const jobs = 10_000
+	srv := testredis.StartServer(b, "--appendonly", "no")
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 8})
+	b.Cleanup(func() { _ = rc.Close() })
+	st, err := redisstore.New(rc, redisstore.Options{Prefix: "sd", Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(b, err)
+	b.Cleanup(func() { require.NoError(b, st.Close()) })
+	e := newBenchEnv(b, st)
+
+	used := func() int64 {
+		info, err := rc.InfoMap(context.Background(), "memory").Result()
+		require.NoError(b, err)
+		m := info["Memory"]
+		var n, clients int64
+		_, err = fmt.Sscan(m["used_memory"], &n)
+		require.NoError(b, err)
+		_, err = fmt.Sscan(m["mem_clients_normal"], &clients)
+		require.NoError(b, err)
+		return n - clients
+	}
+	enqueueAll := func(name string, n int, body []byte) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for next.Add(1) <= int64(n) {
+					if _, err := e.enqueue(name, body); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if b.Failed() {
+			b.FailNow()
+		}
+	}
+	payload := `{"p":"` + strings.Repeat("x", 100-8) + `"}`
+	require.Len(b, payload, 100)
+	body := []byte(`{"payload": ` + payload + `}`)
+
+	keyBytes := func() int64 {
+		ctx := context.Background()
+		var sum int64
+		iter := rc.Scan(ctx, 0, "*", 1000).Iterator()
+		for iter.Next(ctx) {
+			v, err := rc.MemoryUsage(ctx, iter.Val(), 0).Result()
+			require.NoError(b, err)
+			sum += v
+		}
+		require.NoError(b, iter.Err())
+		return sum
+	}
+
+	var queued, queuedKeys, terminal float64
+	b.ResetTimer()
+	for i := range b.N {
+		name := fmt.Sprintf("mem-%d", i)
+		e.put(b, name, `{"maxValue": 1000, "leaseTimeout": "60s", "maxAttempts": 1}`)
+		_, err := e.call(http.MethodPost, "/v1/semaphores/"+name+"/suspend", e.admin, []byte(`{}`), nil)
+		require.NoError(b, err)
+		enqueueAll(name, benchClients, body) // warm-up: scripts loaded, connection pool grown
+		before, keysBefore := used(), keyBytes()
+		enqueueAll(name, jobs, body)
+		queued += float64(used()-before) / jobs
+		queuedKeys += float64(keyBytes()-keysBefore) / jobs
+
+		_, err = e.call(http.MethodPost, "/v1/semaphores/"+name+"/resume", e.admin, []byte(`{}`), nil)
+		require.NoError(b, err)
+		deadline := time.Now().Add(time.Minute)
+		for {
+			var out SemaphoreResponse
+			_, err := e.call(http.MethodGet, "/v1/semaphores/"+name, e.admin, nil, &out)
+			require.NoError(b, err)
+			if s := out.Semaphore.State; s != nil && s.Queued == 0 && s.Inflight == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%s: jobs not all ended after a minute: %+v", name, out.Semaphore.State)
+			}
+			time.Sleep(10 * time.Millisecond) // a bounded poll
+		}
+		terminal += float64(used()-before) / jobs
+	}
+	b.StopTimer()
+	b.ReportMetric(queued/float64(b.N), "bytes/job")
+	b.ReportMetric(queuedKeys/float64(b.N), "key-bytes/job")
+	b.ReportMetric(terminal/float64(b.N), "bytes/terminal-job")
+}

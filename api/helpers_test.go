@@ -161,10 +161,21 @@ type option func(*Config)
 // worker key.
 func setup(t *testing.T, opts ...option) *env {
 	t.Helper()
+	return setupService(t, nil, opts...)
+}
+
+// setupService is setup with svcOpt, when not nil, changing the service's
+// config (MaxQueued, ...) before the service is created.
+func setupService(t *testing.T, svcOpt func(*semaphore.Config), opts ...option) *env {
+	t.Helper()
 	clock := &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
 	st := memory.New(memory.Options{Now: clock.Now})
 	reg := prometheus.NewRegistry()
-	svc, err := semaphore.New(semaphore.Config{Store: st, Registerer: reg, SweepInterval: 10 * time.Millisecond})
+	scfg := semaphore.Config{Store: st, Registerer: reg, SweepInterval: 10 * time.Millisecond}
+	if svcOpt != nil {
+		svcOpt(&scfg)
+	}
+	svc, err := semaphore.New(scfg)
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, svc.Start(ctx))

@@ -11,12 +11,14 @@ import (
 	"math"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/semaphored/semaphored/delivery"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
@@ -33,6 +35,13 @@ type Config struct {
 	KeyRateLimit float64
 	KeyRateBurst int   // default max(1, ceil(KeyRateLimit))
 	MaxBodyBytes int64 // default 1 MiB
+	// Hub serves the websocket (GET /v1/ws, POST /v1/ws/tickets); nil:
+	// those routes are not served.
+	Hub *delivery.Hub
+	// AllowedOrigins are the browser origins allowed on the websocket
+	// besides the server's own (--allowed-origins): "*",
+	// "scheme://host[:port]", or a path.Match pattern of one.
+	AllowedOrigins []string
 }
 
 // DefaultMaxBodyBytes is the default limit of a request body.
@@ -47,6 +56,8 @@ type Server struct {
 	limiter *keyLimiter // nil when rate limiting is off
 	metrics *httpMetrics
 	routes  map[string]bool // path templates of registered routes, for metric labels
+	hub     *delivery.Hub   // nil: no websocket
+	origins []string        // lower case
 }
 
 // New returns a Server.
@@ -77,6 +88,10 @@ func New(cfg Config) (*Server, error) {
 		maxBody: cfg.MaxBodyBytes,
 		metrics: m,
 		routes:  map[string]bool{},
+		hub:     cfg.Hub,
+	}
+	for _, o := range cfg.AllowedOrigins {
+		s.origins = append(s.origins, strings.ToLower(o))
 	}
 	if cfg.KeyRateLimit > 0 {
 		burst := cfg.KeyRateBurst
@@ -140,6 +155,11 @@ func (s *Server) registerRoutes(g prometheus.Gatherer) {
 	v1(http.MethodPost, "/keys", admin, s.createKey)
 	v1(http.MethodGet, "/keys", admin, s.listKeys)
 	v1(http.MethodDelete, "/keys/:id", admin, s.deleteKey)
+
+	if s.hub != nil {
+		v1(http.MethodPost, "/ws/tickets", worker, s.createTicket)
+		add(http.MethodGet, "/v1/ws", s.serveWS, s.authenticateWS, s.rateLimit)
+	}
 
 	metrics := promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slogErrorLog{s.log}})
 	add(http.MethodGet, "/metrics", echo.WrapHandler(metrics))

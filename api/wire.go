@@ -41,6 +41,11 @@ const (
 	CodeJobNotFound  = "job_not_found" // 404
 	CodeInvalidState = "invalid_state" // 409: wrong job transition
 	CodeQueueFull    = "queue_full"    // 429: the semaphore's queue is full
+
+	// Codes only websocket error frames carry (SPEC §6); no HTTP status.
+	CodeUnknownFrame    = "unknown_frame"     // a frame type the server does not know
+	CodeSessionNotFound = "session_not_found" // resume: unknown token, or its grace period ran out
+	CodeNotSubscribed   = "not_subscribed"    // unsubscribe from something not subscribed
 )
 
 // ErrorBody is every error response: {"error": {"code", "message"}}.

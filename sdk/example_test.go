@@ -2,9 +2,15 @@ package sdk_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/semaphored/semaphored/sdk"
 )
@@ -121,4 +127,70 @@ func ExampleAPIError() {
 	// Output:
 	// 404 semaphore_not_found
 	// true
+}
+
+// Enqueue hands a job over and goes away: the server delivers it, with its
+// permit, to the semaphore's webhook when a permit frees. The receiver
+// checks the signature, does the work and releases the job.
+func ExampleClient_Enqueue() {
+	srv := mustStartServerWith(serverOptions{webhooks: true}) // admits http:// receivers on loopback
+	defer srv.Close()
+	ctx := context.Background()
+	c, _ := sdk.New(srv.URL, adminKey)
+
+	// The webhook receiver hands each delivery to the worker below.
+	type delivery struct {
+		header http.Header
+		body   []byte
+	}
+	deliveries := make(chan delivery, 1)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		select {
+		case deliveries <- delivery{r.Header.Clone(), body}:
+		default: // a redelivery while the worker is busy: answered below, de-duplicated by id
+		}
+		w.WriteHeader(http.StatusOK) // accepted: the job holds its permit until released
+	}))
+	defer hook.Close()
+
+	sem, err := c.PutSemaphore(ctx, "invoices", sdk.SemaphoreConfig{
+		MaxValue: 2,
+		Routes:   json.RawMessage(fmt.Sprintf(`[{"type": "https", "url": %q}]`, hook.URL)),
+	})
+	if err != nil {
+		panic(err)
+	}
+	var routes []struct {
+		Secret string `json:"secret"` // generated per route, shown to admins
+	}
+	_ = json.Unmarshal(sem.Routes, &routes)
+
+	job, err := c.Enqueue(ctx, "invoices", map[string]int{"invoice": 42}, sdk.EnqueueOptions{})
+	if err != nil {
+		panic(err)
+	}
+
+	// The worker.
+	d := <-deliveries
+	wh, _ := standardwebhooks.NewWebhook(routes[0].Secret)
+	fmt.Println("signature valid:", wh.Verify(d.body, d.header) == nil)
+	var msg struct {
+		ID      string          `json:"id"`
+		Attempt int             `json:"attempt"`
+		Payload json.RawMessage `json:"payload"`
+	}
+	_ = json.Unmarshal(d.body, &msg)
+	fmt.Println("delivered:", string(msg.Payload), "attempt", msg.Attempt, "same id:", msg.ID == job.ID)
+	// ... the work ...
+	released, err := c.ReleaseJob(ctx, msg.ID)
+	fmt.Println("released:", released.Status, err)
+
+	job, _ = c.GetJob(ctx, job.ID)
+	fmt.Println("status:", job.Status)
+	// Output:
+	// signature valid: true
+	// delivered: {"invoice":42} attempt 1 same id: true
+	// released: done <nil>
+	// status: done
 }

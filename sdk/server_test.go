@@ -12,6 +12,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/semaphored/semaphored/api"
+	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store/memory"
 )
@@ -40,13 +42,25 @@ type server struct {
 type serverOptions struct {
 	keyRateLimit float64
 	keyRateBurst int
+	webhooks     bool  // deliver https routes, to loopback http:// receivers too
+	maxQueued    int64 // 0: the default
 }
 
 // startServer starts an in-process server whose operator key is adminKey.
 func startServer(opts serverOptions) (*server, error) {
 	ctx := context.Background()
 	st := memory.New(memory.Options{})
-	svc, err := semaphore.New(semaphore.Config{Store: st, SweepInterval: 50 * time.Millisecond})
+	cfg := semaphore.Config{Store: st, SweepInterval: 50 * time.Millisecond, MaxQueued: opts.maxQueued}
+	var sender *delivery.WebhookSender
+	if opts.webhooks {
+		s, err := delivery.NewWebhookSender(delivery.WebhookConfig{AllowPrivate: true, BackoffBase: 10 * time.Millisecond})
+		if err != nil {
+			return nil, err
+		}
+		sender = s
+		cfg.Webhooks, cfg.Routing = sender, routing.Options{AllowPrivate: true}
+	}
+	svc, err := semaphore.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -66,14 +80,20 @@ func startServer(opts serverOptions) (*server, error) {
 		ts.CloseClientConnections()
 		ts.Close()
 		svc.Stop()
+		if sender != nil {
+			sender.Close()
+		}
 		_ = st.Close()
 		http.DefaultClient.CloseIdleConnections()
 	}}, nil
 }
 
 // mustStartServer is startServer for Examples: it panics on error.
-func mustStartServer() *server {
-	s, err := startServer(serverOptions{})
+func mustStartServer() *server { return mustStartServerWith(serverOptions{}) }
+
+// mustStartServerWith is mustStartServer with options.
+func mustStartServerWith(opts serverOptions) *server {
+	s, err := startServer(opts)
 	if err != nil {
 		panic(err)
 	}

@@ -23,15 +23,15 @@ type WebhookSender interface {
 
 // WebsocketRoute delivers a job to a websocket session subscribed to its
 // semaphore. It returns nil when a session acked the job, an error when no
-// session took it (the chain moves on). Until the websocket hub exists the
-// dispatcher uses noWebsocket, which always fails.
+// session took it (the chain moves on). delivery.Hub implements it; without
+// one the dispatcher uses noWebsocket, which always fails.
 type WebsocketRoute interface {
 	Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error
 }
 
 // ErrNoSubscriber is the failure of a websocket route with no session to
-// take the job.
-var ErrNoSubscriber = errors.New("no websocket session subscribed")
+// take the job (defined by the hub, delivery.ErrNoSubscriber).
+var ErrNoSubscriber = delivery.ErrNoSubscriber
 
 type noWebsocket struct{}
 
@@ -64,6 +64,8 @@ type dispatcher struct {
 	webhooks WebhookSender
 	ws       WebsocketRoute
 	routing  routing.Options
+	// maxQueued bounds the queue of a semaphore that child jobs go into.
+	maxQueued int64
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -137,12 +139,19 @@ func (d *dispatcher) finished(j store.Job) {
 		return
 	}
 	d.spawn(func() {
-		p := store.TransitionParams{Tenant: j.Tenant, JobID: j.Parent.ID, Action: store.ActRelease}
+		// End the parent only while this child is still the one it handed
+		// off to, under the parent's current lease: a parent retried after a
+		// crash may have a newer child, which must not be cut short.
+		parent, err := d.store.GetJob(d.ctx, j.Tenant, j.Parent.ID)
+		if err != nil || parent.Status != store.JobInflight || parent.Child == nil || parent.Child.ID != j.ID || parent.Lease == nil {
+			return
+		}
+		p := store.TransitionParams{Tenant: j.Tenant, JobID: j.Parent.ID, Action: store.ActRelease, LeaseID: parent.Lease.ID}
 		if j.Status != store.JobDone {
 			p.Action = store.ActFail
 			p.Error = fmt.Sprintf("child job %s in semaphore %s ended %s", j.ID, j.Semaphore, j.Status)
 		}
-		_, err := d.store.TransitionJob(d.ctx, p) // the parent comes back in JobEvents.Finished
+		_, err = d.store.TransitionJob(d.ctx, p) // the parent comes back in JobEvents.Finished
 		switch {
 		case err == nil:
 		case errors.Is(err, store.ErrInvalidState), errors.Is(err, store.ErrJobNotFound), errors.Is(err, store.ErrStaleLease):
@@ -308,7 +317,7 @@ func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, pa
 			Tenant: j.Tenant, Semaphore: r.Target, Channel: j.Channel, Payload: payload,
 			// one child per attempt of the parent, also when this hand-off is retried
 			IdempotencyKey: fmt.Sprintf("parent:%s:%d", j.ID, j.Attempts),
-			MaxQueued:      DefaultMaxQueued,
+			MaxQueued:      d.maxQueued,
 			Parent:         &store.JobRef{Semaphore: j.Semaphore, ID: j.ID, Hold: hold},
 		})
 		if err != nil {

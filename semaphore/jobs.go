@@ -18,6 +18,10 @@ const (
 // (HTTP 413).
 const CodePayloadTooLarge = "payload_too_large"
 
+// CodeInvalidState is the code of a request the jobs' status does not
+// allow (HTTP 409), such as purging inflight jobs.
+const CodeInvalidState = "invalid_state"
+
 // EnqueueInput is an enqueue request as a client sends it.
 type EnqueueInput struct {
 	Channel        string          // "": store.DefaultChannel
@@ -126,12 +130,16 @@ func (s *Service) transitionJob(ctx context.Context, tenant, id string, act stor
 }
 
 // PurgeJobs deletes a semaphore's jobs in one status (scheduled, or a
-// terminal one) and returns how many.
+// terminal one) and returns how many. Inflight jobs hold permits and are
+// refused (CodeInvalidState).
 func (s *Service) PurgeJobs(ctx context.Context, tenant, name, status string) (int, error) {
 	if !ValidName(name) {
 		return 0, store.ErrSemaphoreNotFound
 	}
 	st := store.JobStatus(status)
+	if st == store.JobInflight {
+		return 0, invalid(CodeInvalidState, "status", "inflight jobs hold permits and cannot be purged: release or cancel them")
+	}
 	if st != store.JobScheduled && !st.Terminal() {
 		return 0, invalid(CodeInvalidRequest, "status", "status must be scheduled or a terminal status (done, error, timeout, cancelled), got %q", truncate(status, 64))
 	}

@@ -29,12 +29,15 @@ type Config struct {
 	Logger        *slog.Logger          // nil: discard
 	Registerer    prometheus.Registerer // nil: metrics are kept but not registered
 	SweepInterval time.Duration         // default 250ms
+	// SessionInterval is how often sessions whose grace ran out are
+	// collected and onSessionLost applied (default 1s).
+	SessionInterval time.Duration
 
 	// Webhooks delivers jobs to https routes (delivery.NewWebhookSender);
 	// nil: https routes fail.
 	Webhooks WebhookSender
-	// Websocket delivers jobs to websocket routes; nil: they fail (no
-	// subscriber), and the chain moves on.
+	// Websocket delivers jobs to websocket routes (delivery.Hub); nil:
+	// they fail (no subscriber), and the chain moves on.
 	Websocket WebsocketRoute
 	// Routing are the routing knobs: AllowPrivate (--webhook-allow-private),
 	// the mapping's cost limit and timeout.
@@ -60,6 +63,7 @@ type Service struct {
 
 	maxQueued       int64
 	maxPayloadBytes int
+	sessionInterval time.Duration
 
 	mu      sync.Mutex
 	cancel  context.CancelCauseFunc // set while the sweeper runs
@@ -72,11 +76,14 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("semaphore: Config.Store is required")
 	}
-	if cfg.SweepInterval < 0 {
-		return nil, fmt.Errorf("semaphore: Config.SweepInterval must not be negative, got %s", cfg.SweepInterval)
+	if cfg.SweepInterval < 0 || cfg.SessionInterval < 0 {
+		return nil, fmt.Errorf("semaphore: Config.SweepInterval and SessionInterval must not be negative, got %s and %s", cfg.SweepInterval, cfg.SessionInterval)
 	}
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.SessionInterval == 0 {
+		cfg.SessionInterval = DefaultSessionInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -89,7 +96,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	s := &Service{
 		store: cfg.Store, log: cfg.Logger, interval: cfg.SweepInterval, routing: cfg.Routing,
-		maxQueued: cfg.MaxQueued, maxPayloadBytes: cfg.MaxPayloadBytes,
+		maxQueued: cfg.MaxQueued, maxPayloadBytes: cfg.MaxPayloadBytes, sessionInterval: cfg.SessionInterval,
 	}
 	m, err := newMetrics(cfg.Registerer, s)
 	if err != nil {
@@ -97,15 +104,16 @@ func New(cfg Config) (*Service, error) {
 	}
 	s.metrics = m
 	s.disp = newDispatcher(cfg.Store, cfg.Logger, m, cfg.Webhooks, cfg.Websocket, cfg.Routing)
+	s.disp.maxQueued = cfg.MaxQueued
 	cfg.Store.SetJobListener(s.disp.onEvents)
 	return s, nil
 }
 
 var errStopped = errors.New("semaphore: service stopped")
 
-// Start starts the sweeper: a goroutine that calls store.Sweep every
-// SweepInterval until ctx ends or Stop is called. It returns an error when
-// called twice.
+// Start starts the sweeper, a goroutine that calls store.Sweep every
+// SweepInterval, and the session collector (sessions.go), until ctx ends or
+// Stop is called. It returns an error when called twice.
 func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -115,7 +123,13 @@ func (s *Service) Start(ctx context.Context) error {
 	s.started = true
 	ctx, s.cancel = context.WithCancelCause(ctx)
 	s.done = make(chan struct{})
-	go s.sweepLoop(ctx, s.done)
+	go func(done chan<- struct{}) {
+		defer close(done)
+		var wg sync.WaitGroup
+		wg.Go(func() { s.sweepLoop(ctx) })
+		wg.Go(func() { s.sessionLoop(ctx) })
+		wg.Wait()
+	}(s.done)
 	return nil
 }
 
@@ -133,8 +147,7 @@ func (s *Service) Stop() {
 	<-done
 }
 
-func (s *Service) sweepLoop(ctx context.Context, done chan<- struct{}) {
-	defer close(done)
+func (s *Service) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
 	for {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/semaphored/semaphored/internal/testredis"
 	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
@@ -21,7 +23,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		testredis.Stop() // the shared redis-server of the dispatcher tests, if started
+		os.Exit(code)
+	}))
 }
 
 type fakeClock struct {

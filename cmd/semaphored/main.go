@@ -66,7 +66,8 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 
-	st, closeStore, err := openStore(ctx, cfg, log, reg)
+	node := nodeID()
+	st, closeStore, err := openStore(ctx, cfg, node, log, reg)
 	if err != nil {
 		return err
 	}
@@ -81,11 +82,23 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer webhooks.Close()
 
+	// The websocket hub of this instance (node); sessions of every
+	// instance sharing the store get jobs through it.
+	hub, err := delivery.NewHub(delivery.HubConfig{
+		Store:  st,
+		Node:   node,
+		Logger: log.With("component", "websocket"),
+	})
+	if err != nil {
+		return fmt.Errorf("websocket: %w", err)
+	}
+
 	svc, err := semaphore.New(semaphore.Config{
 		Store:           st,
 		Logger:          log.With("component", "semaphore"),
 		Registerer:      reg,
 		Webhooks:        webhooks,
+		Websocket:       hub,
 		Routing:         routing.Options{AllowPrivate: cfg.WebhookAllowPrivate, MaxPayloadBytes: cfg.MaxPayload},
 		MaxQueued:       cfg.MaxQueue,
 		MaxPayloadBytes: cfg.MaxPayload,
@@ -106,21 +119,24 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		return fmt.Errorf("service: %w", err)
 	}
 	defer svc.Stop()
+	if err := hub.Start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("websocket: %w", err)
+	}
+	defer hub.Stop()
 
 	srvAPI, err := api.New(api.Config{
-		Service:      svc,
-		Logger:       log.With("component", "api"),
-		Registerer:   reg,
-		Gatherer:     reg,
-		KeyRateLimit: cfg.KeyRateLimit,
-		KeyRateBurst: cfg.keyRateBurst(),
-		MaxBodyBytes: cfg.MaxBody,
+		Service:        svc,
+		Logger:         log.With("component", "api"),
+		Registerer:     reg,
+		Gatherer:       reg,
+		KeyRateLimit:   cfg.KeyRateLimit,
+		KeyRateBurst:   cfg.keyRateBurst(),
+		MaxBodyBytes:   cfg.MaxBody,
+		Hub:            hub,
+		AllowedOrigins: cfg.AllowedOrigins,
 	})
 	if err != nil {
 		return fmt.Errorf("api: %w", err)
-	}
-	if len(cfg.AllowedOrigins) > 0 {
-		log.Debug("allowed websocket origins", "origins", cfg.AllowedOrigins)
 	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -152,6 +168,10 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		_ = hs.Close()
 	}
 	<-serveErr // http.ErrServerClosed
+	// Websocket connections were hijacked, so Shutdown left them: close
+	// them (1001) and hand their sessions the grace period, to resume on
+	// another instance.
+	hub.Stop()
 	svc.Stop()
 	log.Info("stopped")
 	return nil
@@ -167,7 +187,7 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 
 // openStore opens the configured store and returns a function closing it
 // (and the Redis client, which the store does not own).
-func openStore(ctx context.Context, cfg config, log *slog.Logger, reg prometheus.Registerer) (store.Store, func(), error) {
+func openStore(ctx context.Context, cfg config, node string, log *slog.Logger, reg prometheus.Registerer) (store.Store, func(), error) {
 	if cfg.RedisURL == "" {
 		log.Info("using the embedded in-memory store (state is lost on exit; use --redis-url to share it between instances)")
 		st := memory.New(memory.Options{})
@@ -192,7 +212,7 @@ func openStore(ctx context.Context, cfg config, log *slog.Logger, reg prometheus
 	}
 	st, err := redisstore.New(client, redisstore.Options{
 		Prefix: cfg.RedisPrefix,
-		NodeID: nodeID(),
+		NodeID: node,
 		Logger: log.With("component", "redis"),
 	})
 	if err != nil {
