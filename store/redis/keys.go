@@ -125,6 +125,10 @@ func (k keys) tenantKeys(tenant string) string { return k.p + ":{keys}:tenant:" 
 func (k keys) nodeChannelPrefix() string       { return k.p + ":node:" }
 func (k keys) nodeChannel(node string) string  { return k.nodeChannelPrefix() + node }
 
+// keysRevokedChannel carries the hash of every revoked API key to every
+// Store, which evicts it from its key cache.
+func (k keys) keysRevokedChannel() string { return k.p + ":keys:revoked" }
+
 // subs is a semaphore's subscriber registry, in the semaphore's slot.
 func (k keys) subs(tenant, name string) string {
 	return k.p + ":{" + semMember(tenant, name) + "}:subs"

@@ -88,6 +88,8 @@ type Store struct {
 	waiters map[string]chan struct{} // waiter id -> wake-up signal
 
 	listener atomic.Pointer[func(store.JobEvents)] // SetJobListener
+
+	authKeys *keyCache // KeyByHash results, evicted by revokes on any instance
 }
 
 // New returns a Store on client and subscribes to its node channel before
@@ -115,25 +117,42 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		listened: make(chan struct{}),
 		closing:  make(chan struct{}),
 		waiters:  make(map[string]chan struct{}),
+		authKeys: newKeyCache(),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s.ps = client.Subscribe(ctx, s.keys.nodeChannel(s.nodeID))
-	if _, err := s.ps.Receive(ctx); err != nil { // the subscription confirmation
-		_ = s.ps.Close()
-		return nil, translate(err, nil)
+	s.ps = client.Subscribe(ctx, s.keys.nodeChannel(s.nodeID), s.keys.keysRevokedChannel())
+	for range 2 { // the two subscription confirmations
+		if _, err := s.ps.Receive(ctx); err != nil {
+			_ = s.ps.Close()
+			return nil, translate(err, nil)
+		}
 	}
-	msgs := s.ps.Channel(redis.WithChannelSize(1024))
+	msgs := s.ps.ChannelWithSubscriptions(redis.WithChannelSize(1024))
 	go s.listen(msgs)
 	return s, nil
 }
 
 // listen delivers pushed grants (the message is the waiter id) to the
-// waiting calls of this Store.
-func (s *Store) listen(msgs <-chan *redis.Message) {
+// waiting calls of this Store, and revoked keys' hashes to the key cache.
+// A (re)subscription after a dropped connection clears the key cache:
+// revokes may have been published while it was down.
+func (s *Store) listen(msgs <-chan any) {
 	defer close(s.listened)
+	revoked := s.keys.keysRevokedChannel()
 	for m := range msgs {
-		s.wake(m.Payload)
+		switch m := m.(type) {
+		case *redis.Message:
+			if m.Channel == revoked {
+				s.authKeys.evict(m.Payload)
+				continue
+			}
+			s.wake(m.Payload)
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == revoked {
+				s.authKeys.evict("")
+			}
+		}
 	}
 }
 

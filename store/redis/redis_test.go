@@ -341,3 +341,49 @@ func TestTranslate(t *testing.T) {
 	err = s.client.Eval(t.Context(), "return redis.error_reply('SOMETHING odd')", nil).Err()
 	require.NotErrorIs(t, translate(err, nil), store.ErrUnavailable)
 }
+
+// TestRedis_KeyRevokeEvictsEveryCache: Store A caches a key it
+// authenticated; a revoke through Store B reaches A by pub/sub, far sooner
+// than the cache ttl.
+func TestRedis_KeyRevokeEvictsEveryCache(t *testing.T) {
+	t.Parallel()
+	prefix := testredis.Prefix(t)
+	a := newStoreOn(t, testredis.Client(t), prefix)
+	b := newStoreOn(t, testredis.Client(t), prefix)
+	ctx := t.Context()
+	k := store.APIKey{ID: "key_revoke", Tenant: testTenant, Name: "n", Role: store.RoleWorker, Prefix: "sk_x", Hash: "h-revoke", CreatedAt: time.Now().Truncate(time.Second)}
+	require.NoError(t, b.CreateKey(ctx, k))
+	got, err := a.KeyByHash(ctx, k.Hash)
+	require.NoError(t, err)
+	require.Equal(t, k.ID, got.ID)
+	_, cached, _ := a.authKeys.get(k.Hash, time.Now())
+	require.True(t, cached, "A cached the key")
+
+	require.NoError(t, b.DeleteKey(ctx, testTenant, k.ID))
+	_, err = b.KeyByHash(ctx, k.Hash)
+	require.ErrorIs(t, err, store.ErrKeyNotFound, "revoked at once on the revoking instance")
+	require.Eventually(t, func() bool {
+		_, err := a.KeyByHash(ctx, k.Hash)
+		return errors.Is(err, store.ErrKeyNotFound)
+	}, keyCacheTTL/4, 5*time.Millisecond, "the revoke reached A by pub/sub, not by the cache ttl")
+	require.ErrorIs(t, b.DeleteKey(ctx, testTenant, k.ID), store.ErrKeyNotFound)
+}
+
+// TestKeyCache_StaleFillAfterEvict: a lookup that began before a revoke
+// does not put the revoked key back.
+func TestKeyCache_StaleFillAfterEvict(t *testing.T) {
+	t.Parallel()
+	c := newKeyCache()
+	now := time.Now()
+	_, ok, gen := c.get("h", now)
+	require.False(t, ok)
+	c.evict("h") // the revoke lands while the lookup is in flight
+	c.put("h", store.APIKey{ID: "k"}, gen, now)
+	_, ok, gen = c.get("h", now)
+	require.False(t, ok, "a stale lookup must not fill the cache")
+	c.put("h", store.APIKey{ID: "k"}, gen, now)
+	_, ok, _ = c.get("h", now)
+	require.True(t, ok)
+	_, ok, _ = c.get("h", now.Add(keyCacheTTL))
+	require.False(t, ok, "entries expire")
+}

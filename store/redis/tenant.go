@@ -96,12 +96,23 @@ func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
 }
 
 // KeyByHash finds a key by the hash of its secret.
+// Keys found are cached (see keyCache): a revoke on any instance evicts
+// them by pub/sub.
 func (s *Store) KeyByHash(ctx context.Context, hash string) (store.APIKey, error) {
+	k, ok, gen := s.authKeys.get(hash, time.Now())
+	if ok {
+		return k, nil
+	}
 	v, err := s.client.HGet(ctx, s.keys.keyRecords(), hash).Result()
 	if err != nil {
 		return store.APIKey{}, translate(err, store.ErrKeyNotFound)
 	}
-	return decodeKey(v)
+	k, err = decodeKey(v)
+	if err != nil {
+		return store.APIKey{}, err
+	}
+	s.authKeys.put(hash, k, gen, time.Now())
+	return k, nil
 }
 
 // ListKeys returns a tenant's keys, oldest first.
@@ -129,12 +140,17 @@ func (s *Store) ListKeys(ctx context.Context, tenant string) ([]store.APIKey, er
 
 // DeleteKey revokes a key of the tenant at once.
 func (s *Store) DeleteKey(ctx context.Context, tenant, id string) error {
-	n, err := scriptDeleteKey.Run(ctx, s.client, []string{s.keys.keyRecords(), s.keys.tenantKeys(tenant)}, id).Int64()
+	hash, err := scriptDeleteKey.Run(ctx, s.client, []string{s.keys.keyRecords(), s.keys.tenantKeys(tenant)}, id).Text()
 	if err != nil {
 		return translate(err, nil)
 	}
-	if n == 0 {
+	if hash == "" {
 		return store.ErrKeyNotFound
+	}
+	s.authKeys.evict(hash)
+	// Every instance evicts it from its key cache (this one included).
+	if err := s.client.Publish(ctx, s.keys.keysRevokedChannel(), hash).Err(); err != nil {
+		s.log.Warn("publishing a key revoke failed; other instances forget the key within the cache ttl", "err", err)
 	}
 	return nil
 }

@@ -5,9 +5,10 @@
 -- KEYS[2] the tenant's key index: hash, key id -> secret hash
 -- ARGV[1] key id
 --
--- Returns 1, or 0 for an unknown id.
+-- Returns the revoked key's secret hash (the caller publishes it so every
+-- instance evicts it from its key cache), or '' for an unknown id.
 local h = redis.call('HGET', KEYS[2], ARGV[1])
-if not h then return 0 end
+if not h then return '' end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], h)
-return 1
+return h
