@@ -1,0 +1,69 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+)
+
+// Names of the rows the targets of issue 5 compare.
+const (
+	gRedis  = "semaphored (redis store)"
+	gMemory = "semaphored (memory store)"
+
+	nUnc      = "sync acquire + release over HTTP (SDK), uncontended"
+	nCont     = "sync acquire + release over HTTP (SDK), contended, waiting acquires"
+	nContCmds = "contended: Redis commands per pair sent by clients"
+	nP50      = "hand-off latency p50 (release → next waiter granted)"
+	nP99      = "hand-off latency p99"
+	nFunnel   = "async funnel: enqueue → webhook delivered → released via API"
+	nWSFunnel = "async funnel over websocket: enqueue (HTTP) → pushed to a session → ack + release (ws)"
+	nMem      = "Redis memory per queued job beyond its 100-byte payload"
+
+	nPeerUnc  = "sorted-set semaphore (asynq x/rate algorithm), uncontended"
+	nPeerPoll = "sorted-set semaphore, contended, polling 10–50 ms"
+	nAsynq    = "asynq enqueue → process (handler returns at once)"
+)
+
+type target struct {
+	what     string
+	measured float64
+	unit     string
+	ok       func(float64) bool
+	want     string
+}
+
+func (b *bench) printTargets(w io.Writer) {
+	ts := []target{
+		{"uncontended HTTP (Redis store) / peer sorted-set straight to Redis", b.find(gRedis, nUnc) / b.find("peer", nPeerUnc), "×",
+			func(v float64) bool { return v >= 0.8 }, "≥ 0.8×"},
+		{"contended HTTP (Redis store) / polling peer sorted-set", b.find(gRedis, nCont) / b.find("peer", nPeerPoll), "×",
+			func(v float64) bool { return v >= 3 }, "≥ 3×"},
+		{"contended: Redis commands per grant sent by semaphored", b.find(gRedis, nContCmds), "cmds",
+			func(v float64) bool { return v <= 4 }, "≤ 4"},
+		{"hand-off p50 (Redis store)", b.find(gRedis, nP50), "ms", func(v float64) bool { return v <= 1 }, "≤ 1 ms"},
+		{"hand-off p99 (Redis store)", b.find(gRedis, nP99), "ms", func(v float64) bool { return v <= 5 }, "≤ 5 ms"},
+		{"async funnel (Redis store, webhook) / asynq enqueue→process", b.find(gRedis, nFunnel) / b.find("peer", nAsynq), "×",
+			func(v float64) bool { return v >= 1 }, "≥ 1.0×"},
+		{"async funnel (Redis store, websocket) / asynq enqueue→process", b.find(gRedis, nWSFunnel) / b.find("peer", nAsynq), "×",
+			func(v float64) bool { return v >= 1 }, "≥ 1.0×"},
+		{"Redis memory per queued job beyond its payload", b.find(gRedis, nMem), "B",
+			func(v float64) bool { return v <= 250 }, "≤ 250 B"},
+		{"memory store / Redis store, uncontended sync pairs/s", b.find(gMemory, nUnc) / b.find(gRedis, nUnc), "×",
+			func(v float64) bool { return v >= 2 }, "≥ 2×"},
+	}
+	fmt.Fprintln(w, "## Targets (issue 5), from the medians above")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | measured | wanted | met |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | --- |")
+	for _, t := range ts {
+		met := "no"
+		switch {
+		case math.IsNaN(t.measured) || math.IsInf(t.measured, 0):
+			met = "not measured"
+		case t.ok(t.measured):
+			met = "yes"
+		}
+		fmt.Fprintf(w, "| %s | %s %s | %s | %s |\n", t.what, fmtNum(t.measured), t.unit, t.want, met)
+	}
+}
