@@ -45,12 +45,24 @@ type Client struct {
 	userAgent string
 }
 
+// defaultTransport is http.DefaultTransport's settings with room to keep a
+// connection per concurrent caller: a Client is meant to be shared by many
+// goroutines, and the standard 2 idle connections per host would make all
+// but two of them dial anew on every call.
+func defaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 128
+	return t
+}
+
 // Option configures a Client.
 type Option func(*Client)
 
 // WithHTTPClient sets the http.Client used for requests (default: a client
-// without a global timeout; every call is bounded by its context instead, and
-// an acquire may legitimately wait up to 60 s).
+// without a global timeout, keeping up to 128 idle connections to the
+// server; every call is bounded by its context instead, and an acquire may
+// legitimately wait up to 60 s).
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *Client) {
 		if hc != nil {
@@ -86,7 +98,7 @@ func New(baseURL, apiKey string, opts ...Option) (*Client, error) {
 	c := &Client{
 		base:      u.String(),
 		apiKey:    apiKey,
-		http:      &http.Client{},
+		http:      &http.Client{Transport: defaultTransport()},
 		userAgent: "semaphored-go-sdk/" + Version,
 	}
 	for _, o := range opts {

@@ -96,10 +96,21 @@ func redactURL(s string) string {
 	return s[:i+3] + "***@" + rest[at+1:]
 }
 
+// defaultPoolSize is the Redis connections per node unless the URL sets
+// pool_size: a busy instance serves many concurrent requests, each needing
+// a connection for its script call (go-redis's own default is 10 per CPU).
+const defaultPoolSize = 64
+
 // newClient returns the go-redis client of t.
 func (t redisTarget) newClient() redis.UniversalClient {
 	if t.cluster != nil {
+		if t.cluster.PoolSize == 0 {
+			t.cluster.PoolSize = defaultPoolSize
+		}
 		return redis.NewClusterClient(t.cluster)
+	}
+	if t.single.PoolSize == 0 {
+		t.single.PoolSize = defaultPoolSize
 	}
 	return redis.NewClient(t.single)
 }
