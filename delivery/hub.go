@@ -221,6 +221,13 @@ func (h *Hub) Stop() {
 	h.wg.Wait()
 }
 
+// stopping reports whether Stop began.
+func (h *Hub) stopping() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stopped
+}
+
 // goTracked runs f in a goroutine that Stop waits for; false after Stop began
 // waiting (f is not run).
 func (h *Hub) goTracked(f func()) bool {

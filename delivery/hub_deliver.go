@@ -158,6 +158,13 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 			h.log.Debug("websocket session did not take the job", "job", job.ID, "session", c.Session, "node", c.Node, "err", err)
 		}
 		if !full {
+			if h.stopping() {
+				// Sessions of this instance are closing (shutdown), not
+				// gone for good: do not fail the job's route; its lease
+				// ends the delivery and the job is retried.
+				<-ctx.Done()
+				return context.Cause(ctx)
+			}
 			if len(tried) > 0 {
 				return fmt.Errorf("%w: %d session(s) did not ack within %s", ErrNoSubscriber, len(tried), h.cfg.AckTimeout)
 			}
@@ -210,30 +217,37 @@ func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
 	if err != nil {
 		return err
 	}
+	var fail error
 	if !s.sendRaw(o.frame) {
-		s.unreserve(o.job, p)
-		return errGone
+		fail = errGone
+	} else {
+		t := time.NewTimer(h.cfg.AckTimeout)
+		select {
+		case <-p.acked:
+		case <-t.C:
+			fail = errNoAck
+		case <-ctx.Done():
+			fail = context.Cause(ctx)
+		case <-s.ctx.Done():
+			fail = errGone
+		}
+		t.Stop()
 	}
-	t := time.NewTimer(h.cfg.AckTimeout)
-	defer t.Stop()
-	select {
-	case <-p.acked:
-	case <-t.C:
-		s.unreserve(o.job, p)
-		return errNoAck
-	case <-ctx.Done():
-		s.unreserve(o.job, p)
-		return context.Cause(ctx)
-	case <-s.ctx.Done():
-		s.unreserve(o.job, p)
-		return errGone
+	// An ack that raced the failure wins: the client works on the job.
+	if !s.settle(o.job, p) {
+		return fail
 	}
-	s.promote(o.job, p)
 	bctx, cancel := cleanupCtx()
 	defer cancel()
 	if err := h.store.BindJob(bctx, s.params(), sub, o.job); err != nil {
 		h.log.Warn("binding a job to its session failed; the session's loss will not apply onSessionLost to it",
 			"session", s.ID(), "job", o.job, "err", err)
+	}
+	if s.bound(o.job) { // released while it was being bound
+		if err := h.store.UnbindJob(bctx, s.params(), o.job); err != nil && !errors.Is(err, store.ErrSessionNotFound) {
+			h.log.Warn("unbinding a job from its session", "session", s.ID(), "job", o.job, "err", err)
+		}
+		h.freed()
 	}
 	return nil
 }

@@ -47,6 +47,10 @@ type subKey struct{ semaphore, channel string }
 type heldJob struct {
 	sub   subKey
 	lease string // the job's lease when pushed ("" unknown: restored by resume)
+	// binding: acked, and the push is still recording it in the store
+	// (BindJob); a release meanwhile leaves the unbinding to the push, so
+	// the store never binds a job after its unbinding.
+	binding bool
 }
 
 // pendingPush is a job pushed and not yet acked.
@@ -80,6 +84,7 @@ type Session struct {
 	subs    map[subKey]store.Subscription
 	held    map[string]heldJob
 	pending map[string]*pendingPush
+	early   map[string]bool // released while binding: the push unbinds them
 }
 
 // ServeParams are the callbacks of Serve: the request/reply protocol is
@@ -132,6 +137,7 @@ func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) er
 		subs:    make(map[subKey]store.Subscription),
 		held:    make(map[string]heldJob),
 		pending: make(map[string]*pendingPush),
+		early:   make(map[string]bool),
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	defer s.cancel()
@@ -232,6 +238,8 @@ func (h *Hub) endSession(s *Session, readErr error, p ServeParams) {
 	if cur, err := h.store.GetSession(ctx, sp); err != nil || (cur.Node != "" && cur.Node != h.node) {
 		return
 	}
+	// (checked again atomically: a resume elsewhere may come in between)
+	sp.Node = h.node
 	if err := h.store.LoseSession(ctx, sp, h.cfg.Grace); err != nil && !errors.Is(err, store.ErrSessionNotFound) {
 		h.log.Warn("marking a websocket session lost failed", "session", id, "err", err)
 	}
@@ -394,8 +402,9 @@ func (s *Session) Unsubscribe(ctx context.Context, semaphore, channel string) er
 	return nil
 }
 
-// Ack records the client's ack of a pushed job. false for a job that was
-// not pushed to this session (or whose ack came too late).
+// Ack records the client's ack of a pushed job: from now on the session
+// holds it (a release that follows at once finds it). false for a job that
+// was not pushed to this session (or whose ack came too late).
 func (s *Session) Ack(jobID string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -403,6 +412,8 @@ func (s *Session) Ack(jobID string) bool {
 		if !p.ack {
 			p.ack = true
 			close(p.acked)
+			delete(s.pending, jobID)
+			s.held[jobID] = heldJob{sub: p.sub, lease: p.lease, binding: true}
 		}
 		return true
 	}
@@ -532,24 +543,35 @@ func (s *Session) reserve(semaphore, channel, jobID, lease string) (*pendingPush
 	return p, sub, nil
 }
 
-// unreserve drops a push that was not acked.
-func (s *Session) unreserve(jobID string, p *pendingPush) {
+// settle ends a push: true when it was acked (Ack made it held), else
+// the push is dropped (a later ack is refused) and false.
+func (s *Session) settle(jobID string, p *pendingPush) bool {
 	s.mu.Lock()
-	if s.pending[jobID] == p {
+	acked := p.ack
+	if !acked && s.pending[jobID] == p {
 		delete(s.pending, jobID)
 	}
 	s.mu.Unlock()
-	s.hub.freed()
+	if !acked {
+		s.hub.freed()
+	}
+	return acked
 }
 
-// promote turns an acked push into a held job.
-func (s *Session) promote(jobID string, p *pendingPush) {
+// bound records that an acked job is bound in the store; true when it was
+// released meanwhile and must be unbound now.
+func (s *Session) bound(jobID string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pending[jobID] == p {
-		delete(s.pending, jobID)
-		s.held[jobID] = heldJob{sub: p.sub, lease: p.lease}
+	if s.early[jobID] {
+		delete(s.early, jobID)
+		return true
 	}
+	if hj, ok := s.held[jobID]; ok && hj.binding {
+		hj.binding = false
+		s.held[jobID] = hj
+	}
+	return false
 }
 
 func (s *Session) heldJobs() map[string]string {
@@ -580,10 +602,17 @@ func (h *Hub) jobLeft(s *Session, jobID string) {
 
 func (h *Hub) jobLeftCtx(ctx context.Context, s *Session, jobID string) {
 	s.mu.Lock()
-	_, held := s.held[jobID]
+	hj, held := s.held[jobID]
 	delete(s.held, jobID)
+	if held && hj.binding {
+		s.early[jobID] = true
+	}
 	s.mu.Unlock()
 	if !held {
+		return
+	}
+	if hj.binding {
+		h.freed() // the push unbinds it once bound
 		return
 	}
 	if err := h.store.UnbindJob(ctx, s.params(), jobID); err != nil && !errors.Is(err, store.ErrSessionNotFound) {

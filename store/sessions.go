@@ -52,6 +52,10 @@ type Subscriber struct {
 type SessionParams struct {
 	Tenant  string
 	Session string
+	// Node, for LoseSession only: when set, the session is marked lost only
+	// while it is connected on this node (a resume through another node
+	// that came first is left alone).
+	Node string
 }
 
 // SubscribeParams adds (or replaces) a session's subscription.
@@ -122,6 +126,7 @@ type SessionStore interface {
 	Subscribers(ctx context.Context, tenant, semaphore, channel string) ([]Subscriber, error)
 	// LoseSession marks a connected session lost (its connection dropped):
 	// it leaves the subscriber registry and ends at now+grace unless resumed.
+	// With p.Node set, a session connected on another node is left as it is.
 	LoseSession(ctx context.Context, p SessionParams, grace time.Duration) error
 	// ResumeSession finds the lost (or still connected elsewhere) session
 	// with this resume token, moves it to node, and returns it with

@@ -228,3 +228,51 @@ func FreePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// StartCluster starts a three-master Redis Cluster (no replicas) on free
+// loopback ports, stopped at cleanup, and returns its node addresses
+// (host:port) once every node reports cluster_state:ok. It fails the test
+// when the cluster does not form within 20 s.
+func StartCluster(tb testing.TB) []string {
+	tb.Helper()
+	ctx := context.Background()
+	var addrs []string
+	var clients []*redis.Client
+	for range 3 {
+		srv := StartServer(tb, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--appendonly", "no")
+		addrs = append(addrs, srv.Addr())
+		c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+		tb.Cleanup(func() { _ = c.Close() })
+		clients = append(clients, c)
+	}
+	ranges := [][2]int{{0, 5460}, {5461, 10922}, {10923, 16383}}
+	host, port, _ := strings.Cut(addrs[0], ":")
+	for i, c := range clients {
+		if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", ranges[i][0], ranges[i][1]).Err(); err != nil {
+			tb.Fatalf("testredis: CLUSTER ADDSLOTSRANGE on %s: %v", addrs[i], err)
+		}
+		if i > 0 {
+			if err := c.ClusterMeet(ctx, host, port).Err(); err != nil {
+				tb.Fatalf("testredis: CLUSTER MEET from %s: %v", addrs[i], err)
+			}
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok := true
+		for _, c := range clients {
+			info, err := c.ClusterInfo(ctx).Result()
+			if err != nil || !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_known_nodes:3") {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return addrs
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("testredis: the cluster on %v did not form within 20s", addrs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

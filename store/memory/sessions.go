@@ -410,7 +410,7 @@ func (s *Store) LoseSession(ctx context.Context, p store.SessionParams, grace ti
 	if err != nil {
 		return err
 	}
-	if e.lost() {
+	if e.lost() || (p.Node != "" && e.s.Node != p.Node) {
 		return nil
 	}
 	if grace <= 0 {

@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
@@ -16,38 +15,7 @@ import (
 
 // startCluster starts a three-master Redis Cluster (no replicas) and returns
 // its node addresses.
-func startCluster(t *testing.T) []string {
-	t.Helper()
-	ctx := t.Context()
-	var addrs []string
-	var clients []*redis.Client
-	for range 3 {
-		srv := testredis.StartServer(t, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
-			"--appendonly", "no")
-		addrs = append(addrs, srv.Addr())
-		c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
-		t.Cleanup(func() { _ = c.Close() })
-		clients = append(clients, c)
-	}
-	ranges := [][2]int{{0, 5460}, {5461, 10922}, {10923, 16383}}
-	for i, c := range clients {
-		require.NoError(t, c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", ranges[i][0], ranges[i][1]).Err())
-		if i > 0 {
-			host, port, _ := strings.Cut(addrs[0], ":")
-			require.NoError(t, c.ClusterMeet(ctx, host, port).Err())
-		}
-	}
-	require.Eventually(t, func() bool {
-		for _, c := range clients {
-			info, err := c.ClusterInfo(ctx).Result()
-			if err != nil || !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_known_nodes:3") {
-				return false
-			}
-		}
-		return true
-	}, 20*time.Second, 50*time.Millisecond, "cluster did not form")
-	return addrs
-}
+func startCluster(t *testing.T) []string { return testredis.StartCluster(t) }
 
 // TestCluster runs the conformance suite (and the two-node tests) on a
 // three-master Redis Cluster through ClusterClient.

@@ -513,7 +513,7 @@ func slicesIndex(sorted []string, v string) (int, bool) {
 // Grace. Losing a lost session changes nothing (its grace is not renewed)
 // but repairs its index and registry entries.
 func (s *Store) LoseSession(ctx context.Context, p store.SessionParams, grace time.Duration) error {
-	_, err := s.sessOp(ctx, true, scriptSessLose, p.Tenant, p.Session, grace.Milliseconds())
+	_, err := s.sessOp(ctx, true, scriptSessLose, p.Tenant, p.Session, grace.Milliseconds(), p.Node)
 	return err
 }
 

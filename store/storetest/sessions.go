@@ -352,8 +352,13 @@ func testLoseResume(t *testing.T, f *fixture) {
 	require.NoError(t, f.st.BindJob(f.ctx, p, store.Subscription{Semaphore: "s", Channel: "c"}, "j1"))
 	require.Equal(t, []string{"a"}, f.subscriberIDs("s", "c"))
 
+	// Lost by a node it is not connected on: nothing changes.
+	require.NoError(t, f.st.LoseSession(f.ctx, store.SessionParams{Tenant: f.tenant, Session: "a", Node: "n2"}, longTTL))
+	require.Equal(t, "n1", f.getSession("a").Node)
+	require.Equal(t, []string{"a"}, f.subscriberIDs("s", "c"))
+
 	before := time.Now()
-	require.NoError(t, f.st.LoseSession(f.ctx, p, longTTL))
+	require.NoError(t, f.st.LoseSession(f.ctx, store.SessionParams{Tenant: f.tenant, Session: "a", Node: "n1"}, longTTL))
 	after := time.Now()
 	require.Empty(t, f.subscribers("s", "c"), "a lost session is no subscriber")
 	lost := f.getSession("a")
