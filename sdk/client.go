@@ -13,8 +13,12 @@
 //		return callThePaymentsAPI(ctx, l.FencingToken)
 //	})
 //
+// A Worker (NewWorker) keeps a websocket to /v1/ws instead: it receives the
+// jobs of the semaphores it subscribes to, takes session-bound permits, and
+// survives reconnections by resuming its session.
+//
 // The package has no dependency on the server's packages: importing it pulls
-// only the standard library into a build.
+// only the standard library and github.com/coder/websocket into a build.
 package sdk
 
 import (

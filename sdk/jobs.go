@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -89,24 +88,9 @@ type JobPage struct {
 // null). A full queue → IsQueueFull; a payload over the server's limit
 // (256 KiB by default) → ErrPayloadTooLarge.
 func (c *Client) Enqueue(ctx context.Context, semaphore string, payload any, opts EnqueueOptions) (Job, error) {
-	var raw json.RawMessage
-	switch p := payload.(type) {
-	case json.RawMessage:
-		raw = p
-	case []byte:
-		raw = p
-	default:
-		b, err := json.Marshal(payload)
-		if err != nil {
-			return Job{}, fmt.Errorf("sdk: encode payload: %w", err)
-		}
-		raw = b
-	}
-	if len(raw) == 0 {
-		raw = json.RawMessage("null")
-	}
-	if !json.Valid(raw) {
-		return Job{}, errors.New("sdk: payload is not valid JSON")
+	raw, err := encodePayload(payload)
+	if err != nil {
+		return Job{}, err
 	}
 	in := enqueueWire{Channel: opts.Channel, Payload: raw, IdempotencyKey: opts.IdempotencyKey}
 	return c.jobCall(ctx, http.MethodPost, c.endpoint(nil, "v1", "semaphores", semaphore, "jobs"), in)

@@ -3,9 +3,13 @@ package sdk_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,60 +36,187 @@ func TestMain(m *testing.M) {
 // adminKey is the operator key of every in-process test server.
 const adminKey = "sk_sdk_example_0123456789abcdef0123456789"
 
-// server is a real semaphored (memory store, service, HTTP API) served by
-// httptest.
+// server is a real semaphored (memory store, service, websocket hub, HTTP
+// API) served by httptest.
 type server struct {
 	URL  string
-	stop func()
+	opts serverOptions
+	st   *memory.Store
+
+	mu   sync.Mutex
+	node *node // nil while Down
+	addr string
+	// shared: the store is another server's (second), not closed here
+	shared bool
 }
+
+// nodeSeq numbers the hubs' node ids.
+var nodeSeq atomic.Int64
 
 type serverOptions struct {
 	keyRateLimit float64
 	keyRateBurst int
 	webhooks     bool  // deliver https routes, to loopback http:// receivers too
 	maxQueued    int64 // 0: the default
+	heartbeat    time.Duration
+	grace        time.Duration
+}
+
+// node is the part of a server that restarts: service, hub, HTTP server.
+type node struct {
+	hs     *httptest.Server
+	hub    *delivery.Hub
+	svc    *semaphore.Service
+	sender *delivery.WebhookSender
 }
 
 // startServer starts an in-process server whose operator key is adminKey.
 func startServer(opts serverOptions) (*server, error) {
+	s := &server{opts: opts, st: memory.New(memory.Options{})}
+	n, err := s.startNode("127.0.0.1:0")
+	if err != nil {
+		_ = s.st.Close()
+		return nil, err
+	}
+	s.node, s.URL = n, n.hs.URL
+	return s, nil
+}
+
+// startNode starts a service, a hub and an HTTP server on addr, on the
+// server's store.
+func (s *server) startNode(addr string) (*node, error) {
 	ctx := context.Background()
-	st := memory.New(memory.Options{})
-	cfg := semaphore.Config{Store: st, SweepInterval: 50 * time.Millisecond, MaxQueued: opts.maxQueued}
-	var sender *delivery.WebhookSender
-	if opts.webhooks {
-		s, err := delivery.NewWebhookSender(delivery.WebhookConfig{AllowPrivate: true, BackoffBase: 10 * time.Millisecond})
+	log := slog.New(slog.DiscardHandler)
+	if os.Getenv("SDK_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	cfg := semaphore.Config{Logger: log, Store: s.st, SweepInterval: 50 * time.Millisecond, SessionInterval: 50 * time.Millisecond, MaxQueued: s.opts.maxQueued}
+	n := &node{}
+	if s.opts.webhooks {
+		sender, err := delivery.NewWebhookSender(delivery.WebhookConfig{AllowPrivate: true, BackoffBase: 10 * time.Millisecond})
 		if err != nil {
 			return nil, err
 		}
-		sender = s
+		n.sender = sender
 		cfg.Webhooks, cfg.Routing = sender, routing.Options{AllowPrivate: true}
 	}
+	heartbeat := s.opts.heartbeat
+	if heartbeat == 0 {
+		heartbeat = time.Second // the hub notices expired jobs of its sessions within one
+	}
+	hub, err := delivery.NewHub(delivery.HubConfig{
+		Store: s.st, Heartbeat: heartbeat, Logger: log, Node: fmt.Sprintf("sdk-node-%d", nodeSeq.Add(1)), Grace: s.opts.grace,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.hub = hub
+	cfg.Websocket = hub
 	svc, err := semaphore.New(cfg)
 	if err != nil {
 		return nil, err
 	}
+	n.svc = svc
 	if _, err := svc.Bootstrap(ctx, adminKey); err != nil {
 		return nil, err
 	}
 	if err := svc.Start(ctx); err != nil {
 		return nil, err
 	}
-	a, err := api.New(api.Config{Service: svc, KeyRateLimit: opts.keyRateLimit, KeyRateBurst: opts.keyRateBurst})
-	if err != nil {
+	if err := hub.Start(ctx); err != nil {
 		svc.Stop()
 		return nil, err
 	}
-	ts := httptest.NewServer(a.Handler())
-	return &server{URL: ts.URL, stop: func() {
-		ts.CloseClientConnections()
-		ts.Close()
+	a, err := api.New(api.Config{Service: svc, Hub: hub, KeyRateLimit: s.opts.keyRateLimit, KeyRateBurst: s.opts.keyRateBurst})
+	if err != nil {
+		hub.Stop()
 		svc.Stop()
-		if sender != nil {
-			sender.Close()
+		return nil, err
+	}
+	var l net.Listener
+	for range 50 { // the old listener's port may take a moment to be free
+		if l, err = net.Listen("tcp", addr); err == nil {
+			break
 		}
-		_ = st.Close()
-		http.DefaultClient.CloseIdleConnections()
-	}}, nil
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		hub.Stop()
+		svc.Stop()
+		return nil, err
+	}
+	n.hs = httptest.NewUnstartedServer(a.Handler())
+	_ = n.hs.Listener.Close()
+	n.hs.Listener = l
+	n.hs.Start()
+	return n, nil
+}
+
+func (n *node) stop() {
+	n.hub.Stop() // closes the websockets (1001), which httptest does not track
+	n.hs.CloseClientConnections()
+	n.hs.Close()
+	n.svc.Stop()
+	if n.sender != nil {
+		n.sender.Close()
+	}
+}
+
+// second starts another instance on the same store (its own service, hub
+// and address), as a second process sharing one Redis would be.
+func (s *server) second(t *testing.T) *server {
+	t.Helper()
+	b := &server{opts: s.opts, st: s.st, shared: true}
+	n, err := b.startNode("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.node, b.URL = n, n.hs.URL
+	t.Cleanup(b.Close)
+	return b
+}
+
+// Restart stops the service, hub and HTTP server and starts new ones on
+// the same address and store, as a restarted process on a shared store.
+func (s *server) Restart() error {
+	s.Down()
+	return s.Up()
+}
+
+// Down stops the service, hub and HTTP server; the store lives on.
+func (s *server) Down() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.node != nil {
+		s.addr = s.node.hs.Listener.Addr().String()
+		s.node.stop()
+		s.node = nil
+	}
+}
+
+// Up starts them again on the same address after Down.
+func (s *server) Up() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.startNode(s.addr)
+	if err != nil {
+		return err
+	}
+	s.node = n
+	return nil
+}
+
+// Close stops the server.
+func (s *server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.node != nil {
+		s.node.stop()
+	}
+	if !s.shared {
+		_ = s.st.Close()
+	}
+	http.DefaultClient.CloseIdleConnections()
 }
 
 // mustStartServer is startServer for Examples: it panics on error.
@@ -99,9 +230,6 @@ func mustStartServerWith(opts serverOptions) *server {
 	}
 	return s
 }
-
-// Close stops the server.
-func (s *server) Close() { s.stop() }
 
 // newTestServer starts a server stopped at cleanup.
 func newTestServer(t *testing.T, opts serverOptions) *server {

@@ -111,7 +111,7 @@ func killArgs(t *testing.T) []string {
 
 // sigkill kills inst with SIGKILL, waits (bounded) for it to be gone and
 // returns when it was killed.
-func sigkill(t *testing.T, inst *instance) time.Time {
+func sigkill(t testing.TB, inst *instance) time.Time {
 	t.Helper()
 	killed := time.Now()
 	require.NoError(t, inst.cmd.Process.Signal(syscall.SIGKILL))

@@ -61,7 +61,7 @@ func testMain(m *testing.M) int {
 
 // instance is one running semaphored process.
 type instance struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	cmd    *exec.Cmd
 	base   string
@@ -104,7 +104,7 @@ func cleanEnv() []string {
 // start runs the binary with args and extra environment (its address comes
 // from SEMAPHORED_ADDR, so that args may be empty), and waits until /healthz
 // answers. The process is killed at cleanup if still running.
-func start(t *testing.T, name string, args []string, env ...string) *instance {
+func start(t testing.TB, name string, args []string, env ...string) *instance {
 	t.Helper()
 	port, err := testredis.FreePort()
 	require.NoError(t, err)
@@ -167,7 +167,7 @@ func start(t *testing.T, name string, args []string, env ...string) *instance {
 
 // client returns an SDK client of the instance, its connections closed at
 // cleanup.
-func (i *instance) client(t *testing.T, key string) *sdk.Client {
+func (i *instance) client(t testing.TB, key string) *sdk.Client {
 	t.Helper()
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
