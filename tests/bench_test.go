@@ -1,6 +1,6 @@
 package tests
 
-// Benchmarks of websocket workers (issue 4's figures). Run them with, e.g.:
+// Benchmarks of websocket workers. Run them with, e.g.:
 //
 //	go test -run '^$' -bench 'BenchmarkWebsocketJobs' -benchtime 5000x -count 5 ./tests/
 //	go test -run '^$' -bench 'BenchmarkWebsocketIdleSession' -benchtime 1x -count 5 ./tests/

@@ -1,6 +1,6 @@
 // Command bench measures semaphored against the raw limit of its Redis and
 // against the Go peers a user would pick instead, in one run on one
-// machine (issue 5). It starts a throwaway redis-server, builds and starts
+// machine. It starts a throwaway redis-server, builds and starts
 // semaphored (Redis store, then memory store), runs every scenario with a
 // warm-up and several measured rounds, and prints a Markdown table of
 // medians with min–max and the target ratios.

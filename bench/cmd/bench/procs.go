@@ -107,9 +107,8 @@ func startRedis(dir string) (*proc, string, error) {
 	}
 }
 
-// buildSemaphored builds repo/cmd/semaphored into dir. Other engineers
-// change the server in parallel: a failing build is retried every 30 s,
-// up to 4 times.
+// buildSemaphored builds repo/cmd/semaphored into dir. A working tree
+// may be mid-change: a failing build is retried every 30 s, up to 4 times.
 func buildSemaphored(repo, dir string) (string, error) {
 	out := filepath.Join(dir, "semaphored")
 	var last []byte

@@ -6,7 +6,7 @@ import (
 	"math"
 )
 
-// Names of the rows the targets of issue 5 compare.
+// Names of the rows the performance targets compare.
 const (
 	gRedis  = "semaphored (redis store)"
 	gMemory = "semaphored (memory store)"
@@ -52,7 +52,7 @@ func (b *bench) printTargets(w io.Writer) {
 		{"memory store / Redis store, uncontended sync pairs/s", b.find(gMemory, nUnc) / b.find(gRedis, nUnc), "×",
 			func(v float64) bool { return v >= 2 }, "≥ 2×"},
 	}
-	fmt.Fprintln(w, "## Targets (issue 5), from the medians above")
+	fmt.Fprintln(w, "## Targets, from the medians above")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| target | measured | wanted | met |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | --- |")
