@@ -9,6 +9,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/semaphored/semaphored/delivery"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
@@ -59,16 +60,9 @@ func (s *Server) getSemaphore(c echo.Context) error {
 }
 
 func (s *Server) listSemaphores(c echo.Context) error {
-	limit := 0
-	if v := c.QueryParam("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return errorf(CodeInvalidRequest, "limit must be an integer, got %q", shorten(v, 64))
-		}
-		if n == 0 {
-			n = -1 // an explicit 0 is out of range, not the default
-		}
-		limit = n
+	limit, err := queryLimit(c)
+	if err != nil {
+		return err
 	}
 	sems, next, err := s.svc.ListSemaphores(c.Request().Context(), callerKey(c).Tenant, c.QueryParam("cursor"), limit)
 	if err != nil {
@@ -281,17 +275,7 @@ func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON 
 	return out
 }
 
-func leaseJSON(l store.Lease) LeaseJSON {
-	return LeaseJSON{
-		ID:           l.ID,
-		Semaphore:    l.Semaphore,
-		Channel:      l.Channel,
-		Weight:       l.Weight,
-		FencingToken: l.FencingToken,
-		AcquiredAt:   l.AcquiredAt.UTC(),
-		ExpiresAt:    l.ExpiresAt.UTC(),
-	}
-}
+func leaseJSON(l store.Lease) LeaseJSON { return delivery.LeaseFromStore(l) }
 
 func tenantJSON(t store.Tenant) TenantJSON {
 	return TenantJSON{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt.UTC()}
@@ -299,4 +283,21 @@ func tenantJSON(t store.Tenant) TenantJSON {
 
 func keyJSON(k store.APIKey) KeyJSON {
 	return KeyJSON{ID: k.ID, Name: k.Name, Role: string(k.Role), Prefix: k.Prefix, Tenant: k.Tenant, CreatedAt: k.CreatedAt.UTC()}
+}
+
+// queryLimit reads ?limit= (absent: 0, the service's default; an explicit 0
+// is out of range, not the default).
+func queryLimit(c echo.Context) (int, error) {
+	v := c.QueryParam("limit")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, errorf(CodeInvalidRequest, "limit must be an integer, got %q", shorten(v, 64))
+	}
+	if n == 0 {
+		n = -1
+	}
+	return n, nil
 }

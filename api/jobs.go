@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"strconv"
 
 	"github.com/labstack/echo/v4"
 
@@ -19,9 +18,7 @@ func (s *Server) enqueue(c echo.Context) error {
 	if err := decodeBody(c, s.maxBody, &req, false); err != nil {
 		return err
 	}
-	if req.Payload == nil {
-		return errorf(CodeInvalidRequest, "payload is required (any JSON value)")
-	}
+	// a missing payload is refused by the service, as for every caller
 	j, _, err := s.svc.Enqueue(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.EnqueueInput{
 		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,
 	})
@@ -40,16 +37,9 @@ func (s *Server) getJob(c echo.Context) error {
 }
 
 func (s *Server) listJobs(c echo.Context) error {
-	limit := 0
-	if v := c.QueryParam("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return errorf(CodeInvalidRequest, "limit must be an integer, got %q", shorten(v, 64))
-		}
-		if n == 0 {
-			n = -1 // an explicit 0 is out of range, not the default
-		}
-		limit = n
+	limit, err := queryLimit(c)
+	if err != nil {
+		return err
 	}
 	jobs, next, err := s.svc.ListJobs(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.ListJobsInput{
 		Status: c.QueryParam("status"), Channel: c.QueryParam("channel"), Cursor: c.QueryParam("cursor"), Limit: limit,

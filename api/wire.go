@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strconv"
 	"time"
+
+	"github.com/semaphored/semaphored/delivery"
 )
 
 // This file fixes the JSON wire format of the HTTP API (SPEC §3). It is the
@@ -184,16 +186,10 @@ type ExtendRequest struct {
 	TTL *Duration `json:"ttl"` // required, 1s..24h
 }
 
-// LeaseJSON is a returned lease.
-type LeaseJSON struct {
-	ID           string    `json:"id"`
-	Semaphore    string    `json:"semaphore"`
-	Channel      string    `json:"channel"`
-	Weight       int64     `json:"weight"`
-	FencingToken int64     `json:"fencingToken"`
-	AcquiredAt   time.Time `json:"acquiredAt"`
-	ExpiresAt    time.Time `json:"expiresAt"`
-}
+// LeaseJSON is a returned lease: {id, semaphore, channel, weight,
+// fencingToken, acquiredAt, expiresAt}. It is the webhook body's lease too,
+// so the type is defined once, in delivery.
+type LeaseJSON = delivery.LeaseJSON
 
 // LeaseResponse is {"lease": ...}: acquire, extend and release (the lease as
 // it was when released).

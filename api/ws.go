@@ -403,10 +403,6 @@ func (w *wsConn) enqueue(ctx context.Context, sess *delivery.Session, id string,
 	if !w.decode(sess, id, data, &req) {
 		return
 	}
-	if req.Payload == nil {
-		w.fail(sess, id, errorf(CodeInvalidRequest, "payload is required (any JSON value)"))
-		return
-	}
 	j, _, err := w.srv.svc.Enqueue(ctx, w.tenant, req.Semaphore, semaphore.EnqueueInput{
 		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,
 	})

@@ -556,14 +556,14 @@ func ExampleWorker_Subscribe() {
 	for range 3 {
 		fmt.Println("resized", <-handled)
 	}
-	for {
-		j, _ := admin.GetJob(ctx, last.ID)
-		if j.Status == sdk.JobDone {
-			fmt.Println("last job:", j.Status)
+	// The release follows the handler's return: poll briefly for it.
+	var j sdk.Job
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if j, _ = admin.GetJob(ctx, last.ID); j.Status == sdk.JobDone {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	fmt.Println("last job:", j.Status)
 	// Output:
 	// resized a.png
 	// resized b.png

@@ -36,12 +36,9 @@ func (s *Service) Enqueue(ctx context.Context, tenant, name string, in EnqueueIn
 	if err := checkName("semaphore", name); err != nil {
 		return store.Job{}, false, err
 	}
-	channel := store.DefaultChannel
-	if in.Channel != "" {
-		if !ValidName(in.Channel) {
-			return store.Job{}, false, invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(in.Channel, 140), NamePattern)
-		}
-		channel = in.Channel
+	channel, err := channelOrDefault(in.Channel)
+	if err != nil {
+		return store.Job{}, false, err
 	}
 	payload := bytes.TrimSpace(in.Payload)
 	if len(payload) == 0 {
@@ -53,8 +50,8 @@ func (s *Service) Enqueue(ctx context.Context, tenant, name string, in EnqueueIn
 	if len(payload) > s.maxPayloadBytes {
 		return store.Job{}, false, invalid(CodePayloadTooLarge, "payload", "payload is %d bytes, more than the limit of %d", len(payload), s.maxPayloadBytes)
 	}
-	if n := len(in.IdempotencyKey); n > MaxIdempotencyKeyBytes {
-		return store.Job{}, false, invalid(CodeInvalidRequest, "idempotencyKey", "idempotencyKey must be at most %d bytes, got %d", MaxIdempotencyKeyBytes, n)
+	if err := checkIdempotencyKey(in.IdempotencyKey); err != nil {
+		return store.Job{}, false, err
 	}
 	job, created, err = s.store.EnqueueJob(ctx, store.EnqueueParams{
 		Tenant: tenant, Semaphore: name, Channel: channel, Payload: payload,
@@ -95,8 +92,10 @@ func (s *Service) ListJobs(ctx context.Context, tenant, name string, in ListJobs
 	if in.Status != "" && !status.Valid() {
 		return nil, "", invalid(CodeInvalidRequest, "status", "status must be one of scheduled, inflight, done, error, timeout, cancelled, got %q", truncate(in.Status, 64))
 	}
-	if in.Channel != "" && !ValidName(in.Channel) {
-		return nil, "", invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(in.Channel, 140), NamePattern)
+	if in.Channel != "" {
+		if err := checkChannel(in.Channel); err != nil {
+			return nil, "", err
+		}
 	}
 	if _, err := s.store.GetSemaphore(ctx, tenant, name); err != nil {
 		return nil, "", err

@@ -264,14 +264,8 @@ func (s *Service) Acquire(ctx context.Context, tenant, name string, in AcquireIn
 		return store.Lease{}, err
 	}
 	start := time.Now()
-	if in.TTL == nil {
-		sem, err := s.store.GetSemaphore(ctx, tenant, name)
-		if err != nil {
-			s.metrics.observeAcquire(start, err)
-			return store.Lease{}, err
-		}
-		p.TTL = sem.Config.LeaseTimeout
-	}
+	// in.TTL nil leaves p.TTL 0: the store takes the semaphore's
+	// leaseTimeout inside the acquire itself.
 	l, err := s.store.Acquire(ctx, p)
 	s.metrics.observeAcquire(start, err)
 	return l, err

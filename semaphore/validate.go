@@ -194,11 +194,9 @@ func ValidateAcquire(tenant, name string, in AcquireInput) (store.AcquireParams,
 	if err := checkName("semaphore", name); err != nil {
 		return p, err
 	}
-	if in.Channel != "" {
-		if !ValidName(in.Channel) {
-			return p, invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(in.Channel, 140), NamePattern)
-		}
-		p.Channel = in.Channel
+	var err error
+	if p.Channel, err = channelOrDefault(in.Channel); err != nil {
+		return p, err
 	}
 	if in.Weight != nil {
 		if w := *in.Weight; w < 1 || w > MaxMaxValue {
@@ -218,11 +216,36 @@ func ValidateAcquire(tenant, name string, in AcquireInput) (store.AcquireParams,
 		}
 		p.Wait = *in.Wait
 	}
-	if n := len(in.IdempotencyKey); n > MaxIdempotencyKeyBytes {
-		return p, invalid(CodeInvalidRequest, "idempotencyKey", "idempotencyKey must be at most %d bytes, got %d", MaxIdempotencyKeyBytes, n)
+	if err := checkIdempotencyKey(in.IdempotencyKey); err != nil {
+		return p, err
 	}
 	p.IdempotencyKey = in.IdempotencyKey
 	return p, nil
+}
+
+// channelOrDefault checks a request's channel; "" is store.DefaultChannel.
+func channelOrDefault(ch string) (string, error) {
+	if ch == "" {
+		return store.DefaultChannel, nil
+	}
+	if err := checkChannel(ch); err != nil {
+		return "", err
+	}
+	return ch, nil
+}
+
+func checkChannel(ch string) error {
+	if !ValidName(ch) {
+		return invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(ch, 140), NamePattern)
+	}
+	return nil
+}
+
+func checkIdempotencyKey(k string) error {
+	if n := len(k); n > MaxIdempotencyKeyBytes {
+		return invalid(CodeInvalidRequest, "idempotencyKey", "idempotencyKey must be at most %d bytes, got %d", MaxIdempotencyKeyBytes, n)
+	}
+	return nil
 }
 
 func checkTTL(d time.Duration) error {

@@ -111,8 +111,9 @@ type Lease struct {
 }
 
 // AcquireParams are the inputs of Store.Acquire. Zero values: Channel
-// DefaultChannel, Weight 1. TTL must be positive (the service layer fills
-// defaults and checks bounds).
+// DefaultChannel, Weight 1, TTL the semaphore's leaseTimeout (read in the
+// same atomic operation, so the caller needs no extra round trip). The
+// service layer checks bounds.
 type AcquireParams struct {
 	Tenant         string
 	Semaphore      string

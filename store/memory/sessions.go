@@ -248,61 +248,49 @@ func (s *Store) GetSession(ctx context.Context, p store.SessionParams) (store.Se
 
 // BindLease implements store.SessionStore; binding twice is harmless.
 func (s *Store) BindLease(ctx context.Context, p store.SessionParams, leaseID string) error {
-	if err := s.lock(ctx); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	e, err := s.sess().live(p, s.now())
-	if err != nil {
-		return err
-	}
-	if !slices.Contains(e.s.Leases, leaseID) {
-		e.s.Leases = append(e.s.Leases, leaseID)
-	}
-	return nil
+	return s.withLive(ctx, p, func(e *sessEntry) {
+		if !slices.Contains(e.s.Leases, leaseID) {
+			e.s.Leases = append(e.s.Leases, leaseID)
+		}
+	})
 }
 
 // UnbindLease implements store.SessionStore; an unbound lease is ignored.
 func (s *Store) UnbindLease(ctx context.Context, p store.SessionParams, leaseID string) error {
-	if err := s.lock(ctx); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	e, err := s.sess().live(p, s.now())
-	if err != nil {
-		return err
-	}
-	e.s.Leases = slices.DeleteFunc(e.s.Leases, func(id string) bool { return id == leaseID })
-	return nil
+	return s.withLive(ctx, p, func(e *sessEntry) {
+		e.s.Leases = slices.DeleteFunc(e.s.Leases, func(id string) bool { return id == leaseID })
+	})
 }
 
 // BindJob implements store.SessionStore (see the matching rule at the top
 // of this file). Binding a bound job again moves it to the matched
 // subscription without counting it twice.
 func (s *Store) BindJob(ctx context.Context, p store.SessionParams, sub store.Subscription, jobID string) error {
-	if err := s.lock(ctx); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	e, err := s.sess().live(p, s.now())
-	if err != nil {
-		return err
-	}
-	if !slices.Contains(e.s.Jobs, jobID) {
-		e.s.Jobs = append(e.s.Jobs, jobID)
-	}
-	delete(e.jobSubs, jobID)
-	for _, k := range []subKey{{sub.Semaphore, sub.Channel}, {sub.Semaphore, ""}} {
-		if e.hasSub(k) {
-			e.jobSubs[jobID] = k
-			break
+	return s.withLive(ctx, p, func(e *sessEntry) {
+		if !slices.Contains(e.s.Jobs, jobID) {
+			e.s.Jobs = append(e.s.Jobs, jobID)
 		}
-	}
-	return nil
+		delete(e.jobSubs, jobID)
+		for _, k := range []subKey{{sub.Semaphore, sub.Channel}, {sub.Semaphore, ""}} {
+			if e.hasSub(k) {
+				e.jobSubs[jobID] = k
+				break
+			}
+		}
+	})
 }
 
 // UnbindJob implements store.SessionStore; an unbound job is ignored.
 func (s *Store) UnbindJob(ctx context.Context, p store.SessionParams, jobID string) error {
+	return s.withLive(ctx, p, func(e *sessEntry) {
+		e.s.Jobs = slices.DeleteFunc(e.s.Jobs, func(id string) bool { return id == jobID })
+		delete(e.jobSubs, jobID)
+	})
+}
+
+// withLive runs f on the live session p under the store's lock
+// (store.ErrSessionNotFound for an unknown or ended one).
+func (s *Store) withLive(ctx context.Context, p store.SessionParams, f func(e *sessEntry)) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
@@ -311,8 +299,7 @@ func (s *Store) UnbindJob(ctx context.Context, p store.SessionParams, jobID stri
 	if err != nil {
 		return err
 	}
-	e.s.Jobs = slices.DeleteFunc(e.s.Jobs, func(id string) bool { return id == jobID })
-	delete(e.jobSubs, jobID)
+	f(e)
 	return nil
 }
 

@@ -49,6 +49,15 @@ func testAcquireDefaults(t *testing.T, f *fixture) {
 	require.Equal(t, store.DefaultChannel, l.Channel, "zero channel is the default channel")
 	require.Equal(t, int64(1), l.Weight, "zero weight is 1")
 	require.Equal(t, int64(1), f.state("s").Channels[store.DefaultChannel].InUse)
+
+	// Zero TTL: the semaphore's leaseTimeout, read inside the acquire.
+	sem, _, err := f.st.PutSemaphore(f.ctx, store.PutSemaphoreParams{
+		Tenant: f.tenant, Name: "lt",
+		Config: store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeTotal, LeaseTimeout: 3 * time.Second},
+	})
+	require.NoError(t, err)
+	l = f.acquire(store.AcquireParams{Tenant: f.tenant, Semaphore: sem.Name})
+	require.Equal(t, 3*time.Second, l.ExpiresAt.Sub(l.AcquiredAt), "zero ttl is the semaphore's leaseTimeout")
 }
 
 func testNoPermit(t *testing.T, f *fixture) {
