@@ -240,7 +240,7 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 	if p.Channel == "" {
 		p.Channel = store.DefaultChannel
 	}
-	res, err := s.run(ctx, scriptEnqueue, p.Tenant, p.Semaphore,
+	res, err := s.run(ctx, fnEnqueue, p.Tenant, p.Semaphore,
 		newSalt(), p.Channel, string(p.Payload), p.IdempotencyKey, max(p.MaxQueued, 0),
 		refToJSON(p.Parent), ms(store.JobRetention), forgetBatch)
 	if err != nil {
@@ -252,7 +252,7 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 
 // DispatchJobs dispatches what fits now.
 func (s *Store) DispatchJobs(ctx context.Context, p store.DispatchParams) ([]store.Job, error) {
-	_, ev, err := s.runEv(ctx, scriptDispatch, p.Tenant, p.Semaphore, p.Max)
+	_, ev, err := s.runEv(ctx, fnDispatch, p.Tenant, p.Semaphore, p.Max)
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +265,7 @@ func (s *Store) GetJob(ctx context.Context, tenant, id string) (store.Job, error
 	if !ok {
 		return store.Job{}, store.ErrJobNotFound
 	}
-	res, err := s.run(ctx, scriptGetJob, tenant, name, salt, seq)
+	res, err := s.run(ctx, fnGetJob, tenant, name, salt, seq)
 	if err != nil {
 		return store.Job{}, err
 	}
@@ -288,7 +288,7 @@ func (s *Store) ListJobs(ctx context.Context, p store.ListJobsParams) ([]store.J
 			st = "?" // matches no job
 		}
 	}
-	res, err := s.run(ctx, scriptListJobs, p.Tenant, p.Semaphore, st, p.Channel, p.Cursor, limit, listScan)
+	res, err := s.run(ctx, fnListJobs, p.Tenant, p.Semaphore, st, p.Channel, p.Cursor, limit, listScan)
 	if err != nil {
 		return nil, "", err
 	}
@@ -306,7 +306,7 @@ func (s *Store) TransitionJob(ctx context.Context, p store.TransitionParams) (st
 	if !ok {
 		return store.Job{}, store.ErrJobNotFound
 	}
-	res, err := s.run(ctx, scriptTransition, p.Tenant, name, salt, seq, string(p.Action), p.LeaseID,
+	res, err := s.run(ctx, fnTransition, p.Tenant, name, salt, seq, string(p.Action), p.LeaseID,
 		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child))
 	if err != nil {
 		if len(res) > 1 {
@@ -325,7 +325,7 @@ func (s *Store) PurgeJobs(ctx context.Context, tenant, semaphore string, status 
 	if status != store.JobScheduled && !status.Terminal() {
 		return 0, fmt.Errorf("%w: cannot purge %q jobs", store.ErrInvalidState, status)
 	}
-	res, err := s.run(ctx, scriptPurgeJobs, tenant, semaphore, statusLetter[status])
+	res, err := s.run(ctx, fnPurgeJobs, tenant, semaphore, statusLetter[status])
 	if err != nil {
 		return 0, err
 	}

@@ -274,11 +274,10 @@ func bulkEnqueue(t testing.TB, s *Store, name string, n int, channel func(int) s
 	t.Helper()
 	ctx := context.Background()
 	keys := s.keys.sem(testTenant, name)
-	require.NoError(t, scriptEnqueue.Load(ctx, s.client).Err())
 	for start := 0; start < n; start += 250 {
 		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i := start; i < min(start+250, n); i++ {
-				scriptEnqueue.EvalSha(ctx, p, keys, s.semArgs(name,
+				p.FCall(ctx, fnEnqueue, keys, s.semArgs(name,
 					[]any{newSalt(), channel(i), payload, "", 0, "", ms(store.JobRetention), forgetBatch})...)
 			}
 			return nil

@@ -8,8 +8,6 @@ import (
 	"math"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/semaphored/semaphored/store"
 )
 
@@ -70,14 +68,24 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 		woke = s.register(id)
 		defer s.unregister(id)
 	}
-	res, err := s.run(ctx, scriptAcquire, p.Tenant, p.Semaphore,
-		id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack))
+	op := &batchOp{
+		args: []any{"a", id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack)},
+		abandoned: func(r batchResult) {
+			switch {
+			case r.status == "ok" && p.IdempotencyKey == "":
+				// (With a key the lease may be an earlier call's: kept.)
+				s.releaseAbandoned(p.Tenant, id)
+			case r.status == "wait":
+				_, _ = s.giveUp(context.Background(), p, id, context.Canceled) // releases a grant
+			}
+		},
+	}
+	status, raw, err := s.batched(ctx, p.Tenant, p.Semaphore, op)
 	if err != nil {
 		// If the reply was lost after an enqueue, the waiter expires at
 		// its deadline; if after a grant, the lease expires at its TTL.
 		return store.Lease{}, err
 	}
-	status, raw := res[0].(string), res[1].(string)
 	switch status {
 	case "ok":
 		return decodeLease(p.Semaphore, raw)
@@ -106,7 +114,14 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, wok
 		case <-s.closing:
 			return s.giveUp(ctx, p, id, fmt.Errorf("%w: store closed", store.ErrUnavailable))
 		}
-		status, raw, err := s.claim(ctx, scriptPollWait, p, id)
+		status, raw, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{
+			args: []any{"p", id},
+			abandoned: func(r batchResult) {
+				if r.status == "granted" {
+					s.releaseAbandoned(p.Tenant, id)
+				}
+			},
+		})
 		switch {
 		case errors.Is(err, store.ErrSemaphoreNotFound):
 			return store.Lease{}, err
@@ -130,7 +145,7 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, wok
 func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, cause error) (store.Lease, error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	status, raw, err := s.claim(cctx, scriptCancelWait, p, id)
+	res, err := s.run(cctx, fnCancelWait, p.Tenant, p.Semaphore, id)
 	if err != nil {
 		if errors.Is(err, store.ErrSemaphoreNotFound) {
 			return store.Lease{}, err
@@ -140,10 +155,10 @@ func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, ca
 		s.log.Warn("cancel of waiter failed", "err", err)
 		return store.Lease{}, cause
 	}
-	if status != "granted" {
+	if res[0].(string) != "granted" {
 		return store.Lease{}, cause
 	}
-	l, err := decodeLease(p.Semaphore, raw)
+	l, err := decodeLease(p.Semaphore, res[1].(string))
 	if err != nil {
 		return store.Lease{}, err
 	}
@@ -157,26 +172,17 @@ func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, ca
 	return store.Lease{}, cause
 }
 
-// claim runs poll_wait.lua or cancel_wait.lua.
-func (s *Store) claim(ctx context.Context, sc *redis.Script, p store.AcquireParams, id string) (status, raw string, err error) {
-	res, err := s.run(ctx, sc, p.Tenant, p.Semaphore, id)
-	if err != nil {
-		return "", "", err
-	}
-	return res[0].(string), res[1].(string), nil
-}
-
 // Release ends a live lease and grants freed permits to head waiters.
 func (s *Store) Release(ctx context.Context, p store.ReleaseParams) (store.Lease, error) {
 	name, ok := store.ParseLeaseID(p.LeaseID)
 	if !ok {
 		return store.Lease{}, store.ErrLeaseNotFound
 	}
-	res, err := s.run(ctx, scriptRelease, p.Tenant, name, p.LeaseID)
+	_, raw, err := s.batched(ctx, p.Tenant, name, &batchOp{args: []any{"r", p.LeaseID}})
 	if err != nil {
 		return store.Lease{}, err
 	}
-	return decodeLease(name, res[1].(string))
+	return decodeLease(name, raw)
 }
 
 // Extend moves a live lease's expiry to now+TTL (Redis time).
@@ -189,7 +195,7 @@ func (s *Store) Extend(ctx context.Context, p store.ExtendParams) (store.Lease, 
 	if ttl == 0 {
 		ttl = 1
 	}
-	res, err := s.run(ctx, scriptExtend, p.Tenant, name, p.LeaseID, ttl)
+	res, err := s.run(ctx, fnExtend, p.Tenant, name, p.LeaseID, ttl)
 	if err != nil {
 		return store.Lease{}, err
 	}

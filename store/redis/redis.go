@@ -1,9 +1,11 @@
 // Package redisstore is the Redis implementation of store.Store, for Redis 7
 // standalone or Redis Cluster.
 //
-// Every domain operation is one Lua script (lua/*.lua, embedded), run by
-// EVALSHA with an EVAL fallback; every key a script touches is passed in
-// KEYS and carries the semaphore's hash tag (keys.go). Time is Redis TIME
+// Every domain operation is one Lua script (lua/*.lua, embedded). The
+// per-semaphore ones are the functions of one Redis function library
+// (loaded by New, reloaded if Redis loses it, called by FCALL); the others
+// run by EVALSHA with an EVAL fallback. Every key a script touches is
+// passed in KEYS and carries the semaphore's hash tag (keys.go). Time is Redis TIME
 // inside the scripts, never the local clock: a lease is live while Redis
 // time is before its expiry.
 //
@@ -24,6 +26,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -89,6 +92,9 @@ type Store struct {
 
 	listener atomic.Pointer[func(store.JobEvents)] // SetJobListener
 
+	bmu     sync.Mutex
+	batches map[string]*semBatch // "tenant/name" -> operations waiting for a call (batch.go)
+
 	authKeys *keyCache // KeyByHash results, evicted by revokes on any instance
 }
 
@@ -117,10 +123,14 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		listened: make(chan struct{}),
 		closing:  make(chan struct{}),
 		waiters:  make(map[string]chan struct{}),
+		batches:  make(map[string]*semBatch),
 		authKeys: newKeyCache(),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if err := s.loadLibrary(ctx); err != nil {
+		return nil, fmt.Errorf("redisstore: loading the function library (Redis 7 or later is needed): %w", translate(err, nil))
+	}
 	s.ps = client.Subscribe(ctx, s.keys.nodeChannel(s.nodeID), s.keys.keysRevokedChannel())
 	for range 2 { // the two subscription confirmations
 		if _, err := s.ps.Receive(ctx); err != nil {

@@ -171,7 +171,9 @@ func TestRedis_CrashedNodeWaiters(t *testing.T) {
 	awaitWaiting(t, b, "c", 1)
 	require.NoError(t, ca.Close())
 	o := recvOutcome(t, dead, 5*time.Second)
-	require.ErrorIs(t, o.err, store.ErrNoPermit)
+	// ErrNoPermit at its deadline; ErrUnavailable if the close cut the
+	// reply of its enqueue. Either way the waiter stays queued in Redis.
+	require.True(t, errors.Is(o.err, store.ErrNoPermit) || errors.Is(o.err, store.ErrUnavailable), "%v", o.err)
 	_ = a.Close()
 
 	// The dead waiter is still queued (its cancel failed) and at the head.

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/sha1"
 	"embed"
 	"encoding/base64"
 	"encoding/binary"
@@ -19,25 +20,25 @@ import (
 //go:embed lua/*.lua
 var luaFS embed.FS
 
-// Scripts, one per atomic operation. The per-semaphore ones get lib.lua
-// prepended (see its header); the global ones stand alone.
+// The per-semaphore operations are the functions of one Redis function
+// library (FUNCTION LOAD, FCALL), built from lib.lua and one file per
+// operation (see lib.lua's header); the global scripts stand alone (EVALSHA
+// with an EVAL fallback).
 var (
-	scriptAcquire         = semScript("acquire.lua")
-	scriptRelease         = semScript("release.lua")
-	scriptExtend          = semScript("extend.lua")
-	scriptPollWait        = semScript("poll_wait.lua")
-	scriptCancelWait      = semScript("cancel_wait.lua")
-	scriptSweep           = semScript("sweep.lua")
-	scriptState           = semScript("state.lua")
-	scriptPutSemaphore    = semScript("put_semaphore.lua")
-	scriptDeleteSemaphore = semScript("delete_semaphore.lua")
-	scriptSetSuspended    = semScript("set_suspended.lua")
-	scriptEnqueue         = semScript("enqueue.lua")
-	scriptDispatch        = semScript("dispatch.lua")
-	scriptGetJob          = semScript("get_job.lua")
-	scriptListJobs        = semScript("list_jobs.lua")
-	scriptTransition      = semScript("transition.lua")
-	scriptPurgeJobs       = semScript("purge_jobs.lua")
+	fnBatch           = semFunc("batch.lua")
+	fnExtend          = semFunc("extend.lua")
+	fnCancelWait      = semFunc("cancel_wait.lua")
+	fnSweep           = semFunc("sweep.lua")
+	fnState           = semFunc("state.lua")
+	fnPutSemaphore    = semFunc("put_semaphore.lua")
+	fnDeleteSemaphore = semFunc("delete_semaphore.lua")
+	fnSetSuspended    = semFunc("set_suspended.lua")
+	fnEnqueue         = semFunc("enqueue.lua")
+	fnDispatch        = semFunc("dispatch.lua")
+	fnGetJob          = semFunc("get_job.lua")
+	fnListJobs        = semFunc("list_jobs.lua")
+	fnTransition      = semFunc("transition.lua")
+	fnPurgeJobs       = semFunc("purge_jobs.lua")
 
 	scriptSweepClaim = plainScript("sweep_claim.lua")
 	scriptCreateKey  = plainScript("create_key.lua")
@@ -53,17 +54,83 @@ func readLua(name string) string {
 	return string(b)
 }
 
-func semScript(name string) *redis.Script {
-	return redis.NewScript(readLua("lib.lua") + "\n-- " + name + "\n" + readLua(name))
-}
-
 func plainScript(name string) *redis.Script {
 	return redis.NewScript(readLua(name))
 }
 
-// runSem runs a per-semaphore script (EVALSHA, falling back to EVAL).
-func (s *Store) runSem(ctx context.Context, sc *redis.Script, tenant, name string, args ...any) *redis.Cmd {
-	return sc.Run(ctx, s.client, s.keys.sem(tenant, name), s.semArgs(name, args)...)
+// semFunc is the FCALL name of the library function built from the
+// per-semaphore script file: "<library>_<file name without .lua>".
+func semFunc(file string) string {
+	return library.name + "_" + strings.TrimSuffix(file, ".lua")
+}
+
+// libFiles are the per-semaphore scripts, each a function of the library.
+var libFiles = []string{
+	"batch.lua", "extend.lua", "cancel_wait.lua", "sweep.lua",
+	"state.lua", "put_semaphore.lua", "delete_semaphore.lua", "set_suspended.lua", "enqueue.lua",
+	"dispatch.lua", "get_job.lua", "list_jobs.lua", "transition.lua", "purge_jobs.lua",
+}
+
+// library is the function library: its name carries a hash of its code, so
+// Stores of different builds on one Redis each call their own functions.
+var library = buildLibrary()
+
+type lib struct{ name, code string }
+
+func buildLibrary() lib {
+	var body strings.Builder
+	body.WriteString(readLua("lib.lua"))
+	for _, f := range libFiles {
+		// The script's body becomes the function's body; its top-level
+		// locals and returns are the function's.
+		fmt.Fprintf(&body, "\n-- %s\nredis.register_function('@_%s', function(keys, args)\nbegin(keys, args)\n%s\nend)\n",
+			f, strings.TrimSuffix(f, ".lua"), readLua(f))
+	}
+	sum := sha1.Sum([]byte(body.String()))
+	name := "sd_" + hex.EncodeToString(sum[:6])
+	code := "#!lua name=" + name + "\n" + strings.ReplaceAll(body.String(), "redis.register_function('@_", "redis.register_function('"+name+"_")
+	return lib{name: name, code: code}
+}
+
+// LibraryCode is the source of the function library the Store loads
+// (FUNCTION LOAD REPLACE), and FunctionName the FCALL name of one of its
+// functions ("acquire", "release", ...). For benchmarks that call the
+// functions straight from Go.
+func LibraryCode() string { return library.code }
+
+// FunctionName: see LibraryCode.
+func FunctionName(op string) string { return semFunc(op + ".lua") }
+
+// loadLibrary loads the function library on every master (REPLACE: the
+// same code under the same name is a no-op for callers).
+func (s *Store) loadLibrary(ctx context.Context) error {
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return c.FunctionLoadReplace(ctx, library.code).Err()
+		})
+	}
+	return s.client.FunctionLoadReplace(ctx, library.code).Err()
+}
+
+// isNoFunction reports that a function of the library is missing (FUNCTION
+// FLUSH, a Redis restarted without persistence, a new cluster master).
+func isNoFunction(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "Function not found")
+}
+
+// runSem calls a per-semaphore function, loading the library first if
+// Redis lost it.
+func (s *Store) runSem(ctx context.Context, fn string, tenant, name string, args ...any) *redis.Cmd {
+	keys, argv := s.keys.sem(tenant, name), s.semArgs(name, args)
+	cmd := s.client.FCall(ctx, fn, keys, argv...)
+	if isNoFunction(cmd.Err()) {
+		if err := s.loadLibrary(ctx); err != nil {
+			s.log.Warn("function library load failed", "err", err)
+			return cmd
+		}
+		cmd = s.client.FCall(ctx, fn, keys, argv...)
+	}
+	return cmd
 }
 
 // semArgs prepends the ARGV every per-semaphore script gets (lib.lua): the
@@ -84,14 +151,14 @@ func idSuffix(name string) string { return "." + base64.RawURLEncoding.EncodeToS
 // events to the job listener, and returns the reply without due and
 // events; a status "SD_..." becomes the store error (the reply is still
 // returned, for the message of SD_INVALID_STATE).
-func (s *Store) run(ctx context.Context, sc *redis.Script, tenant, name string, args ...any) ([]any, error) {
-	res, _, err := s.runEv(ctx, sc, tenant, name, args...)
+func (s *Store) run(ctx context.Context, fn string, tenant, name string, args ...any) ([]any, error) {
+	res, _, err := s.runEv(ctx, fn, tenant, name, args...)
 	return res, err
 }
 
 // runEv is run, also returning the events.
-func (s *Store) runEv(ctx context.Context, sc *redis.Script, tenant, name string, args ...any) ([]any, store.JobEvents, error) {
-	res, err := s.runSem(ctx, sc, tenant, name, args...).Slice()
+func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args ...any) ([]any, store.JobEvents, error) {
+	res, err := s.runSem(ctx, fn, tenant, name, args...).Slice()
 	if err != nil {
 		return nil, store.JobEvents{}, translate(err, nil)
 	}

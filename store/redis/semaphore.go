@@ -22,7 +22,7 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	if c.MaxValueScope != store.ScopeTotal && c.MaxValueScope != store.ScopeChannel {
 		return store.Semaphore{}, false, fmt.Errorf("redisstore: unknown maxValueScope %q", c.MaxValueScope)
 	}
-	res, err := s.run(ctx, scriptPutSemaphore, p.Tenant, p.Name,
+	res, err := s.run(ctx, fnPutSemaphore, p.Tenant, p.Name,
 		p.Name, c.MaxValue, c.MaxValueScope, ms(c.LeaseTimeout), c.MaxAttempts,
 		c.OnSessionLost, c.OnDeliveryError, string(c.Extra))
 	if err != nil {
@@ -95,7 +95,7 @@ func (s *Store) ListSemaphores(ctx context.Context, p store.ListParams) ([]store
 // DeleteSemaphore removes a semaphore with its leases and waiters, keeping
 // its fencing counter, then its index entries.
 func (s *Store) DeleteSemaphore(ctx context.Context, tenant, name string) error {
-	if err := s.runSem(ctx, scriptDeleteSemaphore, tenant, name).Err(); err != nil {
+	if err := s.runSem(ctx, fnDeleteSemaphore, tenant, name).Err(); err != nil {
 		return translate(err, nil)
 	}
 	return s.unindex(ctx, tenant, name, true)
@@ -107,7 +107,7 @@ func (s *Store) SetSuspended(ctx context.Context, tenant, name string, suspended
 	if suspended {
 		flag = 1
 	}
-	res, err := s.run(ctx, scriptSetSuspended, tenant, name, flag)
+	res, err := s.run(ctx, fnSetSuspended, tenant, name, flag)
 	if err != nil {
 		return store.Semaphore{}, err
 	}
@@ -116,7 +116,7 @@ func (s *Store) SetSuspended(ctx context.Context, tenant, name string, suspended
 
 // State returns a snapshot of usage, taken after dropping expired leases.
 func (s *Store) State(ctx context.Context, tenant, name string) (store.SemaphoreState, error) {
-	res, err := s.run(ctx, scriptState, tenant, name)
+	res, err := s.run(ctx, fnState, tenant, name)
 	if err != nil {
 		return store.SemaphoreState{}, err
 	}

@@ -129,32 +129,30 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 			items = append(items, item{tenant: t, name: n})
 		}
 	}
-	run := func(useEval bool, only func(*redis.Cmd) bool) error {
+	run := func(only func(*redis.Cmd) bool) error {
 		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i := range items {
 				if only != nil && !only(items[i].cmd) {
 					continue
 				}
-				keys, args := s.keys.sem(items[i].tenant, items[i].name),
-					s.semArgs(items[i].name, []any{ms(store.JobRetention), forgetBatch})
-				if useEval {
-					items[i].cmd = scriptSweep.Eval(ctx, p, keys, args...)
-				} else {
-					items[i].cmd = scriptSweep.EvalSha(ctx, p, keys, args...)
-				}
+				items[i].cmd = p.FCall(ctx, fnSweep, s.keys.sem(items[i].tenant, items[i].name),
+					s.semArgs(items[i].name, []any{ms(store.JobRetention), forgetBatch})...)
 			}
 			return nil
 		})
 		return err
 	}
-	err := run(false, nil)
+	err := run(nil)
 	if err != nil {
 		retry := false
 		for _, it := range items {
-			retry = retry || isNoScript(it.cmd.Err())
+			retry = retry || isNoFunction(it.cmd.Err())
 		}
 		if retry {
-			err = run(true, func(c *redis.Cmd) bool { return isNoScript(c.Err()) })
+			if lerr := s.loadLibrary(ctx); lerr != nil {
+				return 0, translate(lerr, nil)
+			}
+			err = run(func(c *redis.Cmd) bool { return isNoFunction(c.Err()) })
 		}
 	}
 	expired := 0

@@ -121,7 +121,7 @@ func (b *bench) throughput(group, name, unit, note string, cmds bool, op func(w 
 }
 
 // monitored runs op for cfg.rounds rounds of 1 s under MONITOR and records
-// the commands clients sent to Redis per op (round trips: one per EVALSHA,
+// the commands clients sent to Redis per op (round trips: one per FCALL, EVALSHA,
 // PUBLISH, ZADD… however much a script does inside).
 func (b *bench) monitored(group, name string, op func(w int) (int, error)) {
 	logf("%s: %s under MONITOR (%d×1s)", group, name, b.cfg.rounds)
@@ -289,14 +289,16 @@ func (b *bench) direct() error {
 	const g0, g1 = "raw limit", "peer"
 
 	if b.want(g0) {
-		raw, err := newRawSem(ctx, b.cfg.repo, b.rc, "raw", 10_000)
+		raw, err := newRawSem(ctx, b.rc, "raw", 10_000)
 		if err != nil {
 			return fmt.Errorf("raw scripts: %w", err)
 		}
-		b.throughput(g0, "acquire.lua + release.lua, EVALSHA, no pipelining", "pairs/s", "maxValue 10,000", true,
+		b.throughput(g0, "batch function, one acquire / one release per FCALL, no pipelining", "pairs/s", "maxValue 10,000", true,
 			func(int) (int, error) { return 1, raw.pair(ctx) })
-		b.throughput(g0, "acquire.lua + release.lua, EVALSHA, pipelines of 16", "pairs/s", "16 acquires in one pipeline, then 16 releases", false,
+		b.throughput(g0, "batch function, one op per FCALL, pipelines of 16", "pairs/s", "16 acquire FCALLs in one pipeline, then 16 releases", false,
 			func(int) (int, error) { return 16, raw.pipelined(ctx, 16) })
+		b.throughput(g0, "batch function, 16 ops per FCALL", "pairs/s", "16 acquires in one FCALL, then 16 releases in one", true,
+			func(int) (int, error) { return 16, raw.batched(ctx, 16) })
 		sd, err := newStoreDirect(ctx, b.rc, "direct", 10_000)
 		if err != nil {
 			return fmt.Errorf("store direct: %w", err)

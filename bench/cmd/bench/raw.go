@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,12 +14,13 @@ import (
 	redisstore "github.com/semaphored/semaphored/store/redis"
 )
 
-// The raw limit: the Redis store's own acquire.lua and release.lua, built
-// exactly as store/redis/scripts.go builds them (lib.lua prepended, with
-// the "\n-- <name>\n" separator), called by EVALSHA from Go with the KEYS
-// and ARGV the store passes (store/redis/keys.go, lease.go). What the store
-// does around the script (sweep-index ZADD when a due time moves, job
-// events, lease JSON decoding) is left out; "store direct" adds it back.
+// The raw limit: the Redis store's own acquire and release functions (its
+// function library, redisstore.LibraryCode, loaded by FUNCTION LOAD),
+// called by FCALL from Go with the KEYS and ARGV the store passes
+// (store/redis/keys.go, lease.go). What the store does around the call
+// (sweep-index ZADD when a due time moves, job events, lease JSON decoding)
+// is left out; "store direct" adds it back. The library is the one compiled
+// into this benchmark (the working tree's store package, also with -rev).
 
 // semKeySuffixes mirrors store/redis/keys.go (the order lib.lua expects).
 var semKeySuffixes = []string{
@@ -39,45 +38,21 @@ func semKeys(prefix, tenant, name string) []string {
 	return out
 }
 
-// loadSemScript reads repo/store/redis/lua/<name> with lib.lua prepended.
-func loadSemScript(repo, name string) (*redis.Script, error) {
-	dir := filepath.Join(repo, "store", "redis", "lua")
-	lib, err := os.ReadFile(filepath.Join(dir, "lib.lua"))
-	if err != nil {
-		return nil, err
-	}
-	body, err := os.ReadFile(filepath.Join(dir, name))
-	if err != nil {
-		return nil, err
-	}
-	return redis.NewScript(string(lib) + "\n-- " + name + "\n" + string(body)), nil
-}
-
-// rawSem runs acquire.lua / release.lua directly.
+// rawSem calls the batch function (acquires and releases) directly.
 type rawSem struct {
-	c                *redis.Client
-	acquire, release *redis.Script
-	keys             []string
-	name             string
-	nodePrefix       string
-	node             string
+	c          *redis.Client
+	fn         string // the batch function
+	keys       []string
+	name       string
+	nodePrefix string
+	node       string
 }
 
 const rawPrefix = "rawbench"
 
-func newRawSem(ctx context.Context, repo string, c *redis.Client, name string, maxValue int64) (*rawSem, error) {
-	acq, err := loadSemScript(repo, "acquire.lua")
-	if err != nil {
+func newRawSem(ctx context.Context, c *redis.Client, name string, maxValue int64) (*rawSem, error) {
+	if err := c.FunctionLoadReplace(ctx, redisstore.LibraryCode()).Err(); err != nil {
 		return nil, err
-	}
-	rel, err := loadSemScript(repo, "release.lua")
-	if err != nil {
-		return nil, err
-	}
-	for _, sc := range []*redis.Script{acq, rel} {
-		if err := sc.Load(ctx, c).Err(); err != nil {
-			return nil, err
-		}
 	}
 	// The semaphore's config is created through the store itself.
 	st, err := redisstore.New(c, redisstore.Options{Prefix: rawPrefix})
@@ -89,7 +64,7 @@ func newRawSem(ctx context.Context, repo string, c *redis.Client, name string, m
 		Config: store.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: time.Minute}}); err != nil {
 		return nil, err
 	}
-	return &rawSem{c: c, acquire: acq, release: rel, keys: semKeys(rawPrefix, "bench", name), name: name,
+	return &rawSem{c: c, fn: redisstore.FunctionName("batch"), keys: semKeys(rawPrefix, "bench", name), name: name,
 		nodePrefix: rawPrefix + ":node:", node: "rawbenchnode"}, nil
 }
 
@@ -102,68 +77,100 @@ func (r *rawSem) args(extra ...any) []any {
 	return append([]any{r.nodePrefix, hex.EncodeToString(b[:]), idSuffix}, extra...)
 }
 
-func (r *rawSem) acquireArgs(id string) []any {
-	// id, channel, weight, ttl ms, idempotency key, wait ms, node, slack ms
-	return r.args(id, "default", 1, 60000, "", 0, r.node, 2000)
+// acquireOp is one acquire of batch.lua: id, channel, weight, ttl ms,
+// idempotency key, wait ms, node, slack ms.
+func (r *rawSem) acquireOp(id string) []any {
+	return []any{"a", id, "default", 1, 60000, "", 0, r.node, 2000}
 }
 
-func checkStatus(res []any, err error, want string) error {
+// call sends ops (batch.lua operations) in one FCALL and checks that each
+// got status want.
+func (r *rawSem) call(ctx context.Context, p redis.Cmdable, ops [][]any) *redis.Cmd {
+	var args []any
+	for _, op := range ops {
+		args = append(args, op...)
+	}
+	return p.FCall(ctx, r.fn, r.keys, r.args(args...)...)
+}
+
+func checkOps(cmd *redis.Cmd, n int, want string) error {
+	res, err := cmd.Slice()
 	if err != nil {
 		return err
 	}
-	if len(res) == 0 {
-		return fmt.Errorf("empty reply")
+	if len(res) < 2 {
+		return fmt.Errorf("short reply")
 	}
-	if s, _ := res[0].(string); s != want {
-		return fmt.Errorf("script status %q, want %q", s, want)
+	out, _ := res[1].([]any)
+	if len(out) != n {
+		return fmt.Errorf("%d results, want %d", len(out), n)
+	}
+	for _, o := range out {
+		r, _ := o.([]any)
+		if len(r) == 0 {
+			return fmt.Errorf("bad result %v", o)
+		}
+		if s, _ := r[0].(string); s != want {
+			return fmt.Errorf("status %q, want %q", s, want)
+		}
 	}
 	return nil
 }
 
-// pair is one acquire + release, one EVALSHA each.
+// pair is one acquire + release, one FCALL each (what the store sends for
+// a lone caller: a batch of one).
 func (r *rawSem) pair(ctx context.Context) error {
 	id := store.NewLeaseID(r.name)
-	res, err := r.c.EvalSha(ctx, r.acquire.Hash(), r.keys, r.acquireArgs(id)...).Slice()
-	if err := checkStatus(res, err, "ok"); err != nil {
+	if err := checkOps(r.call(ctx, r.c, [][]any{r.acquireOp(id)}), 1, "ok"); err != nil {
 		return fmt.Errorf("acquire: %w", err)
 	}
-	res, err = r.c.EvalSha(ctx, r.release.Hash(), r.keys, r.args(id)...).Slice()
-	if err := checkStatus(res, err, "ok"); err != nil {
+	if err := checkOps(r.call(ctx, r.c, [][]any{{"r", id}}), 1, "ok"); err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
 	return nil
 }
 
-// pipelined sends batch acquires in one pipeline, then their releases in
-// another: 2 round trips per batch pairs.
-func (r *rawSem) pipelined(ctx context.Context, batch int) error {
-	ids := make([]string, batch)
-	p := r.c.Pipeline()
-	cmds := make([]*redis.Cmd, batch)
+// batched sends n acquires in one FCALL, then their releases in another: 2
+// round trips and 2 function calls per n pairs (what the store sends when
+// n callers of one semaphore arrive together).
+func (r *rawSem) batched(ctx context.Context, n int) error {
+	acq, rel := make([][]any, n), make([][]any, n)
+	for i := range n {
+		id := store.NewLeaseID(r.name)
+		acq[i], rel[i] = r.acquireOp(id), []any{"r", id}
+	}
+	if err := checkOps(r.call(ctx, r.c, acq), n, "ok"); err != nil {
+		return fmt.Errorf("acquire batch: %w", err)
+	}
+	if err := checkOps(r.call(ctx, r.c, rel), n, "ok"); err != nil {
+		return fmt.Errorf("release batch: %w", err)
+	}
+	return nil
+}
+
+// pipelined sends n single-acquire FCALLs in one pipeline, then their
+// releases in another: 2 round trips but 2n function calls per n pairs.
+func (r *rawSem) pipelined(ctx context.Context, n int) error {
+	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = store.NewLeaseID(r.name)
-		cmds[i] = p.EvalSha(ctx, r.acquire.Hash(), r.keys, r.acquireArgs(ids[i])...)
 	}
-	if _, err := p.Exec(ctx); err != nil {
-		return fmt.Errorf("acquire pipeline: %w", err)
-	}
-	for _, c := range cmds {
-		res, err := c.Slice()
-		if err := checkStatus(res, err, "ok"); err != nil {
-			return fmt.Errorf("acquire: %w", err)
+	for _, step := range []struct {
+		name string
+		op   func(id string) []any
+	}{{"acquire", r.acquireOp}, {"release", func(id string) []any { return []any{"r", id} }}} {
+		p := r.c.Pipeline()
+		cmds := make([]*redis.Cmd, n)
+		for i, id := range ids {
+			cmds[i] = r.call(ctx, p, [][]any{step.op(id)})
 		}
-	}
-	p = r.c.Pipeline()
-	for i := range ids {
-		cmds[i] = p.EvalSha(ctx, r.release.Hash(), r.keys, r.args(ids[i])...)
-	}
-	if _, err := p.Exec(ctx); err != nil {
-		return fmt.Errorf("release pipeline: %w", err)
-	}
-	for _, c := range cmds {
-		res, err := c.Slice()
-		if err := checkStatus(res, err, "ok"); err != nil {
-			return fmt.Errorf("release: %w", err)
+		if _, err := p.Exec(ctx); err != nil {
+			return fmt.Errorf("%s pipeline: %w", step.name, err)
+		}
+		for _, c := range cmds {
+			if err := checkOps(c, 1, "ok"); err != nil {
+				return fmt.Errorf("%s: %w", step.name, err)
+			}
 		}
 	}
 	return nil

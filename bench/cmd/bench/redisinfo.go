@@ -48,7 +48,7 @@ func usedMemory(ctx context.Context, c *redis.Client) (int64, error) {
 }
 
 // monitor counts the commands Redis logs by MONITOR while it runs, split
-// into commands sent by clients (round trips, one per EVALSHA however much
+// into commands sent by clients (round trips, one per FCALL or EVALSHA however much
 // the script does) and commands run inside Lua scripts ("[0 lua]").
 type monitor struct {
 	conn          net.Conn

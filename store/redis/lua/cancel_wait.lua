@@ -1,8 +1,8 @@
 -- cancel_wait.lua: a waiting acquire gives up (its wait passed or its
--- context ended); lib.lua is prepended. A queued waiter leaves the queue
--- (the waiters behind it may be granted at once, queued jobs dispatched); a
--- waiter granted in the meantime gets its lease, which the caller returns
--- or releases, so no permit leaks.
+-- context ended); a function of the lib.lua library. A queued waiter
+-- leaves the queue (the waiters behind it may be granted at once, queued
+-- jobs dispatched); a waiter granted in the meantime gets its lease, which
+-- the caller returns or releases, so no permit leaks.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..3] as in lib.lua
@@ -10,4 +10,8 @@
 --
 -- Returns {status, lease JSON or '', due, events}: 'granted', 'cancelled',
 -- 'gone', or SD_SEMAPHORE_NOT_FOUND when the semaphore was deleted.
-return claim_waiter(ARGV[4], true)
+local conf = load_conf()
+if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+local now = now_ms()
+expire(conf, now)
+return done(conf, now, op_claim(conf, now, ARGV[4], true))

@@ -1,5 +1,5 @@
 -- delete_semaphore.lua: remove a semaphore with its leases, waiters and
--- jobs (lib.lua is prepended). Waiting calls are woken by push and find the
+-- jobs (a function of the lib.lua library). Waiting calls are woken by push and find the
 -- semaphore gone. The fencing counter (KEYS[5]) is kept, so tokens stay
 -- monotonic when the name is created again (job ids differ by the salt of
 -- the new semaphore).

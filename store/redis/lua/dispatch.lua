@@ -1,5 +1,5 @@
--- dispatch.lua: dispatch up to max queued jobs that fit now (lib.lua is
--- prepended), after dropping expired leases.
+-- dispatch.lua: dispatch up to max queued jobs that fit now (it is a function of
+-- the lib.lua library), after dropping expired leases.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..3] as in lib.lua

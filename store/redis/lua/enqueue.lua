@@ -1,5 +1,5 @@
 -- enqueue.lua: add a scheduled job at the back of its channel's queue,
--- then dispatch what fits (lib.lua is prepended).
+-- then dispatch what fits (a function of the lib.lua library).
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..3] as in lib.lua

@@ -1,5 +1,5 @@
--- extend.lua: move a live lease's expiry to now + ttl (lib.lua is
--- prepended). A job's lease keeps its job inflight longer.
+-- extend.lua: move a live lease's expiry to now + ttl (it is a function of
+-- the lib.lua library). A job's lease keeps its job inflight longer.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..3] as in lib.lua
@@ -21,5 +21,5 @@ l.e = now + ttl
 raw = cjson.encode(l)
 redis.call('HSET', K_LEASES, id, raw)
 redis.call('ZADD', K_HOLDERS, l.e, id)
-DIRTY = true
+due_add(l.e)
 return done(conf, now, {'ok', raw})

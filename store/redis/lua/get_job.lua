@@ -1,5 +1,5 @@
 -- get_job.lua: read one job, after dropping expired leases and dispatching
--- (lib.lua is prepended).
+-- (a function of the lib.lua library).
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..3] as in lib.lua

@@ -1,5 +1,5 @@
--- heartbeat.lua: a node is alive until now + ttl (Heartbeat). (Standalone:
--- lib.lua is not prepended.)
+-- heartbeat.lua: a node is alive until now + ttl (Heartbeat). (A plain
+-- script, outside the lib.lua library.)
 --
 -- KEYS[1] nodes: zset, node id -> heartbeat expiry (ms, Redis TIME)
 -- ARGV[1] node id, ARGV[2] ttl ms

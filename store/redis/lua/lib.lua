@@ -1,15 +1,21 @@
--- lib.lua: helpers shared by every per-semaphore script.
+-- lib.lua: helpers shared by every per-semaphore operation.
 --
--- Go (scripts.go) prepends this file to each per-semaphore script at init,
--- so every script is still one self-contained EVAL. It defines only local
--- names. All per-semaphore scripts receive the same KEYS, all in the
+-- Go (scripts.go) builds one Redis function library from this file and the
+-- per-semaphore scripts: each script's body becomes the body of a function
+-- (keys, args) registered with redis.register_function, run by FCALL, and
+-- begins with begin(keys, args), which sets the per-call state below. The
+-- helpers are thus compiled and defined once, at FUNCTION LOAD, not on
+-- every call. Redis runs one function at a time, so the per-call state in
+-- these upvalues is never shared by two calls. All per-semaphore functions
+-- receive the same KEYS, all in the
 -- semaphore's hash slot (built in keys.go, semKeys):
 --
 --   KEYS[1]  sem        hash: config and bookkeeping (max, scope, lt, ma, susp, ...;
---                       js job-id salt, jn job seq, rr round-robin cursor, jlo list hint)
+--                       js job-id salt, jn job seq, rr round-robin cursor, jlo list hint,
+--                       ix sweep-index bound, see IX; u, wn, jq counters, see U)
 --   KEYS[2]  holders    zset: lease id -> expiry (ms, Redis TIME)
 --   KEYS[3]  leases     hash: lease id -> lease JSON {id,c,w,f,ttl,a,e,k[,j]} (j: job seq)
---   KEYS[4]  used       hash: "t" -> used weight, "c:<channel>" -> used weight of the channel
+--   KEYS[4]  used       hash: "c:<channel>" -> used weight of the channel (total: sem "u")
 --   KEYS[5]  fence      string: fencing counter (INCR; never deleted)
 --   KEYS[6]  waiters    zset: waiter id -> arrival seq (FIFO of the whole semaphore)
 --   KEYS[7]  cq         zset, all scores 0: per-channel FIFO, member = chanprefix(c) .. seq16 .. id
@@ -40,28 +46,76 @@
 -- done(): {status, ..., due, events}. status is 'ok', a script-specific
 -- word, or an error code "SD_..." (in-band, so that the events of work done
 -- before the error are not lost); due > 0 is the semaphore's next due time
--- for the sweep index (sent only when a lease or waiter was added or
--- moved); events = {dispatched, finished}, each a list of {job id hex32,
+-- for the sweep index (sent only when it went down, see IX); events = {dispatched, finished}, each a list of {job id hex32,
 -- job record, lease JSON or ''} (JobEvents).
 
-local K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
-local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
-local NODE_PREFIX, LID_RAND, ID_SUFFIX = ARGV[1], ARGV[2], ARGV[3]
+local KEYS, ARGV
+local K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE
+local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT
+local K_GRANTED, K_IDEM
+local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
+local NODE_PREFIX, LID_RAND, ID_SUFFIX
 local DEFAULT_CHANNEL = 'default' -- store.DefaultChannel: not stored in job records
 local DEFAULT_TTL = 60000         -- lease ttl when the semaphore has no leaseTimeout
 local DISPATCH_BATCH = 64         -- store.DefaultDispatchBatch
 
--- job events of this script (done() returns them), and whether a lease or
--- waiter was added or moved (the sweep index needs the new due time)
-local EV_D, EV_F = {}, {}
-local DIRTY = false
+-- job events of this call (done() returns them)
+local EV_D, EV_F
 -- channels whose capacity domain may have opened for a queued job in this
--- script (a lease ended, a waiter left, a job was queued): with scope
+-- call (a lease ended, a waiter left, a job was queued): with scope
 -- channel, the final dispatch looks only at these (every other channel was
--- left with nothing more fitting by the previous script)
-local TOUCHED = {}
+-- left with nothing more fitting by the previous call)
+local TOUCHED
+local JOB_SALT
+
+-- The sweep index (sweep.go) must hold the semaphore at or below the due
+-- time (expiry or deadline) of each of its leases and waiters. The
+-- semaphore's hash keeps "ix", the time last reported to the index for a
+-- ZADD LT: a lower bound of every such due time. Adding an item due before
+-- ix lowers ix (due_add) and the call reports it; any other item is due at
+-- or after ix, already covered. A report is never later than now +
+-- RECHECK, and once ix has passed, the next call (or the sweep) sets it
+-- anew from the exact earliest due time (next_due): so a lost report (a
+-- node that died before its ZADD) is made good within RECHECK by the next
+-- call. Since ix <= every due time, expire() has nothing to look for while
+-- now < ix. IX is this call's ix (math.huge: none), IX_LOW whether it went
+-- down, IX_EXACT that the call must recompute it (the sweep).
+local IX, IX_LOW, IX_EXACT
+local RECHECK = 5000 -- ms, sweep.go sweepRecheck
+-- counters kept in the semaphore's hash (read with its config, so the
+-- common paths need no other read): U "u" total used weight, WN "wn"
+-- waiting waiters, JQ "jq" scheduled jobs (= jcnt "q"). Every change
+-- writes through (set_counter); sweep.lua recomputes them.
+local U, WN, JQ
+
+-- sets the per-call state; every registered function calls it first
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+  K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+  K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
+  K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+  NODE_PREFIX, LID_RAND, ID_SUFFIX = ARGV[1], ARGV[2], ARGV[3]
+  EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
+  IX, IX_LOW, IX_EXACT = math.huge, false, false
+  U, WN, JQ = 0, 0, 0
+end
+
+-- adds d to the counter field f of the semaphore's hash; returns the new
+-- value (a counter at 0 is not stored)
+local function set_counter(f, d)
+  local v = redis.call('HINCRBY', K_SEM, f, d)
+  if v <= 0 then
+    redis.call('HDEL', K_SEM, f)
+    return 0
+  end
+  return v
+end
+
+-- an item (lease expiry or waiter deadline) due at d was added or moved
+local function due_add(d)
+  if d < IX then IX, IX_LOW = d, true end
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -70,8 +124,10 @@ end
 
 -- config of the semaphore, or nil when it does not exist
 local function load_conf()
-  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp')
+  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq')
   if not v[1] then return nil end
+  IX = tonumber(v[6]) or math.huge
+  U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
   return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3]), ma = tonumber(v[4] or 0) or 0,
     susp = v[5] == '1'}
 end
@@ -82,7 +138,7 @@ end
 
 local function add_used(c, delta)
   if delta < 0 then TOUCHED[c] = true end
-  if redis.call('HINCRBY', K_USED, 't', delta) <= 0 then redis.call('HDEL', K_USED, 't') end
+  U = set_counter('u', delta)
   local f = 'c:' .. c
   if redis.call('HINCRBY', K_USED, f, delta) <= 0 then redis.call('HDEL', K_USED, f) end
 end
@@ -90,7 +146,7 @@ end
 -- does weight w fit in channel c's capacity domain?
 local function fits(conf, c, w)
   if conf.scope == 'channel' then return used('c:' .. c) + w <= conf.max end
-  return used('t') + w <= conf.max
+  return U + w <= conf.max
 end
 
 local function chan_prefix(c)
@@ -102,30 +158,32 @@ local function cq_member(w)
 end
 
 -- creates a live lease and returns its JSON and the lease; id nil makes a
--- job lease id (lib header), j is the job seq of a job lease (nil for sync)
-local function new_lease(id, c, w, ttl, k, now, j)
+-- job lease id (lib header), j is the job seq of a job lease (nil for
+-- sync), g 1 marks the lease granted to a waiter (it may sit in granted)
+local function new_lease(id, c, w, ttl, k, now, j, g)
   local f = redis.call('INCR', K_FENCE)
   if not id then id = LID_RAND .. string.format('%016x', f) .. ID_SUFFIX end
-  local l = {id = id, c = c, w = w, f = f, ttl = ttl, a = now, e = now + ttl, k = k, j = j}
+  local l = {id = id, c = c, w = w, f = f, ttl = ttl, a = now, e = now + ttl, k = k, j = j, g = g}
   local raw = cjson.encode(l)
-  DIRTY = true
   redis.call('HSET', K_LEASES, id, raw)
   redis.call('ZADD', K_HOLDERS, l.e, id)
+  due_add(l.e)
   add_used(c, w)
   if k ~= '' then redis.call('HSET', K_IDEM, k, id) end
   return raw, l
 end
 
--- ends a lease (release or expiry); returns the decoded lease or nil
-local function drop_lease(id)
+-- ends a lease (release or expiry); returns the decoded lease or nil. raw:
+-- its JSON when the caller has just read it
+local function drop_lease(id, raw)
   redis.call('ZREM', K_HOLDERS, id)
-  local raw = redis.call('HGET', K_LEASES, id)
+  raw = raw or redis.call('HGET', K_LEASES, id)
   if not raw then return nil end
   local l = cjson.decode(raw)
   redis.call('HDEL', K_LEASES, id)
   add_used(l.c, -l.w)
   if l.k ~= '' and redis.call('HGET', K_IDEM, l.k) == id then redis.call('HDEL', K_IDEM, l.k) end
-  if redis.call('HDEL', K_GRANTED, id) == 1 then redis.call('ZREM', K_WDL, id) end
+  if l.g and redis.call('HDEL', K_GRANTED, id) == 1 then redis.call('ZREM', K_WDL, id) end
   return l
 end
 
@@ -139,11 +197,13 @@ local function unqueue(w, keep_deadline)
   if not keep_deadline then redis.call('ZREM', K_WDL, w.id) end
   local f = 'c:' .. w.c
   if redis.call('HINCRBY', K_WCOUNT, f, -1) <= 0 then redis.call('HDEL', K_WCOUNT, f) end
+  WN = set_counter('wn', -1)
 end
 
 -- first live waiter of channel c's capacity domain (c is ignored for scope
 -- total); expired waiters found at the head are dropped on the way
 local function head(conf, c, now)
+  if WN <= 0 then return nil end
   while true do
     local id, m
     if conf.scope == 'channel' then
@@ -175,7 +235,7 @@ local function grant_domain(conf, c, now)
     local w = head(conf, c, now)
     if not w or not fits(conf, w.c, w.w) then return n end
     unqueue(w, true)
-    new_lease(w.id, w.c, w.w, w.ttl, w.k, now)
+    new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, 1)
     redis.call('HSET', K_GRANTED, w.id, w.n)
     redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
     n = n + 1
@@ -204,8 +264,6 @@ end
 -- scheduled), l lease id (while inflight), r route, e error, k idempotency
 -- key, p parent / h child {s, i, h}, ca / ua / fa times.
 
-local JOB_SALT
-
 local function job_id(seq)
   if not JOB_SALT then JOB_SALT = redis.call('HGET', K_SEM, 'js') or '' end
   return JOB_SALT .. string.format('%016x', seq)
@@ -229,6 +287,7 @@ local function job_chan(m) return m.c or DEFAULT_CHANNEL end
 
 local function count(f, d)
   if redis.call('HINCRBY', K_JCNT, f, d) <= 0 then redis.call('HDEL', K_JCNT, f) end
+  if f == 'q' then JQ = set_counter('jq', d) end
 end
 
 local function count_inflight(c, d) count('i', d); count('i:' .. c, d) end
@@ -395,6 +454,7 @@ end
 -- lease sends its job back to its queue or to timeout. Returns (expired
 -- leases, grants)
 local function expire(conf, now)
+  if now < IX then return 0, 0 end -- every lease is live (see IX)
   local ids = redis.call('ZRANGE', K_HOLDERS, '-inf', now, 'BYSCORE')
   if #ids == 0 then return 0, 0 end
   local chans, any = {}, false
@@ -491,7 +551,7 @@ end
 -- resume, the sweep), not only the touched ones. Returns how many. When
 -- it stops at max, the next dispatch looks at every channel (dmore).
 local function dispatch(conf, now, max, all)
-  if conf.susp or redis.call('EXISTS', K_JCH) == 0 then return 0 end
+  if conf.susp or JQ <= 0 then return 0 end
   if not max or max <= 0 then max = DISPATCH_BATCH end
   local n, at = 0, redis.call('HGET', K_SEM, 'rr') or ''
   local list = dispatch_order(conf, at, all)
@@ -534,7 +594,18 @@ end
 local function done(conf, now, t, nodispatch)
   if conf and not nodispatch then dispatch(conf, now) end
   local due = 0
-  if DIRTY then due = next_due() end
+  if conf and (IX_EXACT or IX <= now) then
+    local e = next_due()
+    if e > 0 then
+      due = math.min(e, now + RECHECK)
+      redis.call('HSET', K_SEM, 'ix', due)
+    else
+      redis.call('HDEL', K_SEM, 'ix')
+    end
+  elseif IX_LOW then
+    due = math.min(IX, now + RECHECK)
+    redis.call('HSET', K_SEM, 'ix', due)
+  end
   t[#t + 1] = due
   t[#t + 1] = {EV_D, EV_F}
   return t
@@ -545,34 +616,81 @@ local function fail(code, conf, now)
   return done(conf, now, {code})
 end
 
--- a waiting call asks for its outcome: {'granted', lease JSON},
--- {'waiting', ''}, {'cancelled', ''} or {'gone', ''} (through done()).
--- With cancel, a still-queued waiter leaves the queue (and the waiters
--- behind it may be granted); a granted lease is handed over either way.
-local function claim_waiter(id, cancel)
-  local conf = load_conf()
-  if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
-  local now = now_ms()
-  expire(conf, now)
-  local status, lease = 'gone', ''
-  if redis.call('HDEL', K_GRANTED, id) == 1 then
-    redis.call('ZREM', K_WDL, id)
-    lease = redis.call('HGET', K_LEASES, id)
-    if lease then status = 'granted' else lease = '' end
-  else
-    local raw = redis.call('HGET', K_WDATA, id)
-    if raw then
-      if cancel then
-        local w = cjson.decode(raw)
-        unqueue(w, false)
-        grant_domain(conf, w.c, now)
-        status = 'cancelled'
-      else
-        status = 'waiting'
-      end
+-- ---------------------------------------------------------------- leases
+--
+-- The lease operations run after load_conf() (conf) and expire(conf, now),
+-- and return {status, lease JSON or ''} without done(): batch.lua runs
+-- several of them in one call and then done() once, cancel_wait.lua one.
+
+-- acquire (args a[i..i+7]: lease id, channel, weight, ttl ms, idempotency
+-- key, wait ms, node, slack ms; see batch.lua): 'ok' (granted, or the live
+-- lease of the same idempotency key), 'wait' (enqueued), 'no_permit',
+-- SD_WEIGHT_TOO_LARGE
+local function op_acquire(conf, now, a, i)
+  local id, c, w = a[i], a[i + 1], tonumber(a[i + 2])
+  local ttl, k, wait = tonumber(a[i + 3]), a[i + 4], tonumber(a[i + 5])
+  if w > conf.max then return {'SD_WEIGHT_TOO_LARGE', ''} end
+  if ttl <= 0 then ttl = conf.lt end
+  if not ttl or ttl <= 0 then ttl = DEFAULT_TTL end
+  if k ~= '' then
+    local lid = redis.call('HGET', K_IDEM, k)
+    local raw = lid and redis.call('HGET', K_LEASES, lid)
+    if raw then return {'ok', raw} end
+  end
+  -- no barging: a live waiter ahead in the same domain blocks the grant
+  if not head(conf, c, now) and fits(conf, c, w) then
+    return {'ok', (new_lease(id, c, w, ttl, k, now))}
+  end
+  if wait <= 0 then return {'no_permit', ''} end
+  local seq = redis.call('HINCRBY', K_SEM, 'wseq', 1)
+  local wt = {id = id, c = c, w = w, ttl = ttl, k = k, n = a[i + 6], d = now + wait + tonumber(a[i + 7]), s = seq}
+  redis.call('HSET', K_WDATA, id, cjson.encode(wt))
+  redis.call('ZADD', K_WAITERS, seq, id)
+  redis.call('ZADD', K_CQ, 0, cq_member(wt))
+  redis.call('ZADD', K_WDL, wt.d, id)
+  due_add(wt.d)
+  redis.call('HINCRBY', K_WCOUNT, 'c:' .. c, 1)
+  WN = set_counter('wn', 1)
+  return {'wait', ''}
+end
+
+-- release of a live lease: 'ok' and the lease JSON as it was, or
+-- SD_LEASE_NOT_FOUND (unknown, released or expired). Releasing the lease
+-- of an inflight job ends the job done (a Finished event); the freed
+-- permits go to head waiters.
+local function op_release(conf, now, id)
+  local raw = redis.call('HGET', K_LEASES, id)
+  if not raw then return {'SD_LEASE_NOT_FOUND', ''} end
+  local l = drop_lease(id, raw)
+  if l.j then
+    local m, pay = job_load(l.j)
+    if m and m.l == id then
+      count_inflight(job_chan(m), -1)
+      job_finish(l.j, m, pay, 'D', '', now)
     end
   end
-  return done(conf, now, {status, lease})
+  grant_domain(conf, l.c, now)
+  return {'ok', raw}
+end
+
+-- a waiting call asks for its outcome: {'granted', lease JSON},
+-- {'waiting', ''}, {'cancelled', ''} or {'gone', ''}. With cancel, a
+-- still-queued waiter leaves the queue (and the waiters behind it may be
+-- granted); a granted lease is handed over either way.
+local function op_claim(conf, now, id, cancel)
+  if redis.call('HDEL', K_GRANTED, id) == 1 then
+    redis.call('ZREM', K_WDL, id)
+    local lease = redis.call('HGET', K_LEASES, id)
+    if lease then return {'granted', lease} end
+    return {'gone', ''}
+  end
+  local raw = redis.call('HGET', K_WDATA, id)
+  if not raw then return {'gone', ''} end
+  if not cancel then return {'waiting', ''} end
+  local w = cjson.decode(raw)
+  unqueue(w, false)
+  grant_domain(conf, w.c, now)
+  return {'cancelled', ''}
 end
 
 -- {job id hex32, record, lease JSON or ''} of a job, nil when unknown

@@ -1,5 +1,5 @@
 -- list_jobs.lua: a page of a semaphore's jobs, oldest first (by seq), after
--- dropping expired leases and dispatching (lib.lua is prepended).
+-- dropping expired leases and dispatching (a function of the lib.lua library).
 --
 -- Jobs are found by walking seqs upward from the cursor (or from the
 -- semaphore's jlo hint: no job below it exists any more) with HMGET, and

@@ -1,6 +1,6 @@
 -- purge_jobs.lua: delete a semaphore's jobs in one status, scheduled or a
--- terminal one, after dropping expired leases and dispatching (lib.lua is
--- prepended). Scheduled jobs are found by walking the queues, terminal ones
+-- terminal one, after dropping expired leases and dispatching (it is a function of
+-- the lib.lua library). Scheduled jobs are found by walking the queues, terminal ones
 -- through the finished set.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
@@ -38,6 +38,8 @@ if st == 'S' then
     redis.call('HDEL', K_JCNT, 'q:' .. c)
   end
   redis.call('HDEL', K_JCNT, 'q')
+  redis.call('HDEL', K_SEM, 'jq')
+  JQ = 0
 else
   for _, seq in ipairs(redis.call('ZRANGE', K_JFIN, 0, -1)) do
     local m = job_load(seq)

@@ -1,5 +1,5 @@
--- put_semaphore.lua: create or replace a semaphore's config (lib.lua is
--- prepended). Live leases are never revoked; a raised maxValue (or a scope
+-- put_semaphore.lua: create or replace a semaphore's config (it is a function of
+-- the lib.lua library). Live leases are never revoked; a raised maxValue (or a scope
 -- change) grants head waiters at once, then dispatches queued jobs.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.

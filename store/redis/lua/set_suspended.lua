@@ -1,5 +1,5 @@
--- set_suspended.lua: suspend or resume dispatching of queued jobs (lib.lua
--- is prepended); a resume dispatches what fits at once.
+-- set_suspended.lua: suspend or resume dispatching of queued jobs (a
+-- function of the lib.lua library); a resume dispatches what fits at once.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..3] as in lib.lua

@@ -1,6 +1,6 @@
 -- state.lua: a consistent snapshot of a semaphore's usage, taken after
 -- dropping expired leases (granting the permits they held, dispatching
--- queued jobs); lib.lua is prepended.
+-- queued jobs); it is a function of the lib.lua library.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..3] as in lib.lua
@@ -14,5 +14,7 @@ if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)
-return done(conf, now, {'ok', conf.max, conf.scope, redis.call('HGETALL', K_USED),
+local used = redis.call('HGETALL', K_USED)
+if U > 0 then used[#used + 1] = 't'; used[#used + 1] = tostring(U) end
+return done(conf, now, {'ok', conf.max, conf.scope, used,
   redis.call('HGETALL', K_WCOUNT), redis.call('ZCARD', K_WAITERS), redis.call('HGETALL', K_JCNT)}, true)

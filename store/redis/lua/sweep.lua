@@ -1,4 +1,4 @@
--- sweep.lua: periodic check of one semaphore (lib.lua is prepended): drop
+-- sweep.lua: periodic check of one semaphore (a function of the lib.lua library): drop
 -- expired leases (an expired job lease sends its job back to its queue or
 -- to timeout), expired waiters (and the leases of granted waiters that were
 -- never claimed before their deadline: their caller is gone), grant head
@@ -13,18 +13,31 @@
 -- semaphore does not exist; due is the next due time (0: nothing pending).
 local conf = load_conf()
 if not conf then return {'ok', 0, 1, 0, {{}, {}}} end
+IX = 0 -- look at every lease whatever ix says; done() sets ix exactly
 local now = now_ms()
 local expired = expire(conf, now)
 for _, id in ipairs(redis.call('ZRANGE', K_WDL, '-inf', now, 'BYSCORE')) do
   if redis.call('HEXISTS', K_GRANTED, id) == 1 then
     drop_lease(id)
+    redis.call('HDEL', K_GRANTED, id)
+    redis.call('ZREM', K_WDL, id)
   else
     local raw = redis.call('HGET', K_WDATA, id)
     if raw then unqueue(cjson.decode(raw), false) else redis.call('ZREM', K_WDL, id) end
   end
 end
+-- the counters of the semaphore's hash (see U), recomputed from the data
+local u, byc = 0, redis.call('HGETALL', K_USED)
+for i = 1, #byc, 2 do
+  if string.sub(byc[i], 1, 2) == 'c:' then u = u + tonumber(byc[i + 1]) end
+end
+U, WN = u, redis.call('ZCARD', K_WAITERS)
+JQ = tonumber(redis.call('HGET', K_JCNT, 'q') or 0)
+for f, v in pairs({u = U, wn = WN, jq = JQ}) do
+  if v > 0 then redis.call('HSET', K_SEM, f, v) else redis.call('HDEL', K_SEM, f) end
+end
 grant_all(conf, now)
 trim_finished(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
 dispatch(conf, now, nil, true)
-DIRTY = true
+IX_EXACT = true
 return done(conf, now, {'ok', expired, 0}, true)

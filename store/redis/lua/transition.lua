@@ -1,5 +1,5 @@
 -- transition.lua: apply one action to a job (store.JobAction), grant
--- freed permits to head waiters, then dispatch (lib.lua is prepended).
+-- freed permits to head waiters, then dispatch (a function of the lib.lua library).
 -- Expired leases are dropped first, so an expired job lease is stale
 -- before anything is judged.
 --
@@ -49,7 +49,7 @@ local function hold(ttl)
   l.ttl, l.e = ttl, now + ttl
   redis.call('HSET', K_LEASES, m.l, cjson.encode(l))
   redis.call('ZADD', K_HOLDERS, l.e, m.l)
-  DIRTY = true
+  due_add(l.e)
 end
 
 local terminal = m.s == 'D' or m.s == 'E' or m.s == 'T' or m.s == 'C'

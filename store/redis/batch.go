@@ -1,0 +1,201 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+// Acquires, releases and waiter polls of one semaphore that arrive while a
+// call for that semaphore is in flight wait for it, and then go to Redis
+// together, as one batch.lua call (group commit): a lone caller goes at
+// once, alone; under load one round trip, one clock read, one expiry
+// check and one dispatch serve up to batchMax callers. Each operation runs
+// in Redis exactly as it would alone, in arrival order, within one atomic
+// call, so batching changes no outcome, only how many round trips and
+// script calls they cost.
+const (
+	// batchMax operations at most per call.
+	batchMax = 128
+	// batchInflight calls per semaphore at most in flight at once: while
+	// one is on the wire or in Redis, the next one fills up.
+	batchInflight = 2
+	// batchTimeout bounds one call; it runs detached from the callers'
+	// contexts (a caller that leaves is cleaned up after, see batchOp).
+	batchTimeout = 10 * time.Second
+)
+
+// batchOp is one caller's operation: its batch.lua letter and arguments,
+// and its result.
+type batchOp struct {
+	args []any
+	// abandoned, if set, undoes a result whose caller's context ended
+	// before it came (a granted lease is released, a queued waiter
+	// cancelled), before the caller returns: a cancelled call leaves
+	// nothing behind.
+	abandoned func(batchResult)
+
+	res  batchResult
+	done chan struct{} // closed once res is set
+}
+
+type batchResult struct {
+	status, raw string
+	err         error
+}
+
+// semBatch is the queue of one semaphore's operations waiting for a call.
+type semBatch struct {
+	inflight int
+	queue    []*batchOp
+}
+
+// batched runs op in the next call for the semaphore and returns its
+// result. If ctx ends first, an op still queued is taken out; one already
+// sent is waited for (a call is bounded by batchTimeout) and undone by
+// op.abandoned; ctx's error is returned either way.
+func (s *Store) batched(ctx context.Context, tenant, name string, op *batchOp) (string, string, error) {
+	op.done = make(chan struct{})
+	key := semMember(tenant, name)
+	s.bmu.Lock()
+	b := s.batches[key]
+	if b == nil {
+		b = &semBatch{}
+		s.batches[key] = b
+	}
+	if b.inflight < batchInflight {
+		// Nothing waits before op (a queue forms only at the limit): send
+		// it now, from this goroutine, then hand what queued meanwhile on.
+		b.inflight++
+		s.bmu.Unlock()
+		s.runBatch(tenant, name, []*batchOp{op})
+		if next := s.nextBatch(key, b); next != nil {
+			go s.drain(key, b, tenant, name, next)
+		}
+	} else {
+		b.queue = append(b.queue, op)
+		s.bmu.Unlock()
+	}
+	select {
+	case <-op.done:
+	case <-ctx.Done():
+		if s.dequeue(key, op) {
+			return "", "", ctx.Err()
+		}
+		<-op.done
+	}
+	if op.abandoned != nil && ctx.Err() != nil {
+		if op.res.err == nil {
+			op.abandoned(op.res)
+		}
+		return "", "", ctx.Err()
+	}
+	return op.res.status, op.res.raw, op.res.err
+}
+
+// dequeue takes op out of the semaphore's queue; false when it is not
+// there (sent already).
+func (s *Store) dequeue(key string, op *batchOp) bool {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	b := s.batches[key]
+	if b == nil {
+		return false
+	}
+	i := slices.Index(b.queue, op)
+	if i < 0 {
+		return false
+	}
+	b.queue = slices.Delete(b.queue, i, i+1)
+	return true
+}
+
+// nextBatch takes the next batch from the semaphore's queue, or retires
+// the caller's in-flight slot when the queue is empty (nil).
+func (s *Store) nextBatch(key string, b *semBatch) []*batchOp {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	if len(b.queue) == 0 {
+		b.inflight--
+		if b.inflight == 0 {
+			delete(s.batches, key)
+		}
+		return nil
+	}
+	n := min(len(b.queue), batchMax)
+	ops := b.queue[:n:n]
+	if n == len(b.queue) {
+		b.queue = nil
+	} else {
+		b.queue = append([]*batchOp(nil), b.queue[n:]...)
+	}
+	return ops
+}
+
+// drain sends batches of the semaphore until its queue is empty.
+func (s *Store) drain(key string, b *semBatch, tenant, name string, ops []*batchOp) {
+	for ops != nil {
+		s.runBatch(tenant, name, ops)
+		ops = s.nextBatch(key, b)
+	}
+}
+
+// runBatch sends ops in one batch.lua call and delivers each result.
+func (s *Store) runBatch(tenant, name string, ops []*batchOp) {
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	n := 0
+	for _, op := range ops {
+		n += len(op.args)
+	}
+	args := make([]any, 0, n)
+	for _, op := range ops {
+		args = append(args, op.args...)
+	}
+	res, _, err := s.runEv(ctx, fnBatch, tenant, name, args...)
+	var out []any
+	if err == nil {
+		out, _ = res[1].([]any)
+		if len(out) != len(ops) {
+			err = fmt.Errorf("redisstore: batch of %d operations got %d results", len(ops), len(out))
+		}
+	}
+	for i, op := range ops {
+		if err != nil {
+			op.res = batchResult{err: err}
+		} else {
+			op.res = parseOpResult(out[i])
+		}
+		close(op.done)
+	}
+}
+
+// parseOpResult reads one {status, lease JSON or ""} of batch.lua; a
+// status "SD_..." becomes the store error.
+func parseOpResult(v any) batchResult {
+	r, _ := v.([]any)
+	if len(r) != 2 {
+		return batchResult{err: fmt.Errorf("redisstore: bad batch result %v", v)}
+	}
+	st, _ := r[0].(string)
+	raw, _ := r[1].(string)
+	if strings.HasPrefix(st, "SD_") {
+		return batchResult{status: st, err: translate(errors.New(st), nil)}
+	}
+	return batchResult{status: st, raw: raw}
+}
+
+// releaseAbandoned releases a lease whose caller left before getting it.
+func (s *Store) releaseAbandoned(tenant, leaseID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if _, err := s.Release(ctx, store.ReleaseParams{Tenant: tenant, LeaseID: leaseID}); err != nil &&
+		!errors.Is(err, store.ErrLeaseNotFound) {
+		s.log.Warn("release of an abandoned lease failed; it expires by its ttl", "err", err)
+	}
+}
