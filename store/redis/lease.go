@@ -61,11 +61,11 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 		p.Weight = 1
 	}
 	id := store.NewLeaseID(p.Semaphore)
-	var woke chan struct{}
+	var w *waiter
 	if p.Wait > 0 {
 		// Registered before the script runs: a grant can be pushed before
 		// the script's reply arrives.
-		woke = s.register(id)
+		w = s.register(id)
 		defer s.unregister(id)
 	}
 	op := &batchOp{
@@ -90,7 +90,7 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 	case "ok":
 		return decodeLease(p.Semaphore, raw)
 	case "wait":
-		return s.await(ctx, p, id, woke)
+		return s.await(ctx, p, id, w)
 	default:
 		return store.Lease{}, store.ErrNoPermit
 	}
@@ -98,14 +98,17 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 
 // await blocks a waiting acquire until its grant is pushed (or found by
 // the fallback poll), its wait passes, ctx ends or the Store closes.
-func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, woke <-chan struct{}) (store.Lease, error) {
+func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *waiter) (store.Lease, error) {
 	deadline := time.NewTimer(p.Wait)
 	defer deadline.Stop()
 	poll := time.NewTicker(pollInterval)
 	defer poll.Stop()
 	for {
 		select {
-		case <-woke:
+		case <-w.wake:
+			if raw := s.handedOver(w); raw != "" {
+				return decodeLease(p.Semaphore, raw)
+			}
 		case <-poll.C:
 		case <-deadline.C:
 			return s.giveUp(ctx, p, id, store.ErrNoPermit)

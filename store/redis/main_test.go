@@ -72,7 +72,7 @@ func TestConformanceJobsRapid(t *testing.T) {
 	storetest.RunJobsRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
 }
 
-// slotCheck is a go-redis hook failing the test when an EVAL/EVALSHA names
+// slotCheck is a go-redis hook failing the test when an EVAL/EVALSHA/FCALL names
 // keys of more than one Redis Cluster hash slot.
 type slotCheck struct {
 	t testing.TB
@@ -101,7 +101,7 @@ func (h *slotCheck) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 
 func (h *slotCheck) check(cmd redis.Cmder) {
 	name := strings.ToLower(cmd.Name())
-	if name != "eval" && name != "evalsha" {
+	if name != "eval" && name != "evalsha" && name != "fcall" {
 		return
 	}
 	args := cmd.Args()

@@ -88,7 +88,7 @@ type Store struct {
 	closeOne sync.Once
 
 	mu      sync.Mutex
-	waiters map[string]chan struct{} // waiter id -> wake-up signal
+	waiters map[string]*waiter // waiter id -> its waiting Acquire
 
 	listener atomic.Pointer[func(store.JobEvents)] // SetJobListener
 
@@ -122,7 +122,7 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		log:      opts.Logger.With("component", "redisstore", "node", opts.NodeID),
 		listened: make(chan struct{}),
 		closing:  make(chan struct{}),
-		waiters:  make(map[string]chan struct{}),
+		waiters:  make(map[string]*waiter),
 		batches:  make(map[string]*semBatch),
 		authKeys: newKeyCache(),
 	}
@@ -166,12 +166,47 @@ func (s *Store) listen(msgs <-chan any) {
 	}
 }
 
-func (s *Store) register(id string) chan struct{} {
-	ch := make(chan struct{}, 1)
+// waiter is a waiting Acquire of this Store.
+type waiter struct {
+	wake  chan struct{} // buffered 1: a grant was pushed or handed over
+	lease string        // the lease JSON handed over in a reply (under Store.mu)
+}
+
+func (s *Store) register(id string) *waiter {
+	w := &waiter{wake: make(chan struct{}, 1)}
 	s.mu.Lock()
-	s.waiters[id] = ch
+	s.waiters[id] = w
 	s.mu.Unlock()
-	return ch
+	return w
+}
+
+// handOver gives a waiter of this Store the lease a script granted it in
+// its reply (lib.lua grant_domain). A waiter no longer registered has
+// ended its wait: its give-up took the lease (cancel_wait.lua finds it by
+// the waiter's id) or could not reach Redis, and the lease then expires
+// by its ttl.
+func (s *Store) handOver(id, raw string) {
+	s.mu.Lock()
+	w := s.waiters[id]
+	if w != nil {
+		w.lease = raw
+	}
+	s.mu.Unlock()
+	if w == nil {
+		s.log.Debug("grant for a waiter that ended its wait", "waiter", id)
+		return
+	}
+	select {
+	case w.wake <- struct{}{}:
+	default: // already signalled
+	}
+}
+
+// handedOver returns the lease handed over to w, if any.
+func (s *Store) handedOver(w *waiter) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return w.lease
 }
 
 func (s *Store) unregister(id string) {
@@ -182,11 +217,11 @@ func (s *Store) unregister(id string) {
 
 func (s *Store) wake(id string) {
 	s.mu.Lock()
-	ch := s.waiters[id]
+	w := s.waiters[id]
 	s.mu.Unlock()
-	if ch != nil {
+	if w != nil {
 		select {
-		case ch <- struct{}{}:
+		case w.wake <- struct{}{}:
 		default: // already signalled
 		}
 	}

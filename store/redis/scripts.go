@@ -135,11 +135,12 @@ func (s *Store) runSem(ctx context.Context, fn string, tenant, name string, args
 
 // semArgs prepends the ARGV every per-semaphore script gets (lib.lua): the
 // node channel prefix, 16 random hex characters and the id suffix of the
-// semaphore (for the lease ids of dispatched jobs).
+// semaphore (for the lease ids of dispatched jobs), and this Store's node
+// id (grants to its own waiters come in the reply).
 func (s *Store) semArgs(name string, args []any) []any {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], rand.Uint64())
-	return append([]any{s.keys.nodeChannelPrefix(), hex.EncodeToString(b[:]), idSuffix(name)}, args...)
+	return append([]any{s.keys.nodeChannelPrefix(), hex.EncodeToString(b[:]), idSuffix(name), s.nodeID}, args...)
 }
 
 // idSuffix is the part of a lease or job id after its 32 hex characters
@@ -162,17 +163,31 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 	if err != nil {
 		return nil, store.JobEvents{}, translate(err, nil)
 	}
-	if len(res) < 3 {
+	if len(res) < 4 {
 		return nil, store.JobEvents{}, fmt.Errorf("redisstore: short script reply (%d elements)", len(res))
 	}
-	due, _ := res[len(res)-2].(int64)
+	due, _ := res[len(res)-3].(int64)
 	s.indexDue(ctx, tenant, name, due)
-	ev := s.emit(tenant, name, res[len(res)-1])
-	res = res[:len(res)-2]
+	s.handOverAll(res[len(res)-1])
+	ev := s.emit(tenant, name, res[len(res)-2])
+	res = res[:len(res)-3]
 	if st, _ := res[0].(string); strings.HasPrefix(st, "SD_") {
 		return res, ev, translate(errors.New(st), nil)
 	}
 	return res, ev, nil
+}
+
+// handOverAll hands the grants of a reply (lib.lua done: {waiter id,
+// lease JSON} each) to this Store's waiters.
+func (s *Store) handOverAll(v any) {
+	grants, _ := v.([]any)
+	for _, g := range grants {
+		if g, _ := g.([]any); len(g) == 2 {
+			id, _ := g[0].(string)
+			raw, _ := g[1].(string)
+			s.handOver(id, raw)
+		}
+	}
 }
 
 // isNoScript reports a NOSCRIPT reply (the script cache was flushed, e.g.

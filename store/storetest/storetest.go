@@ -79,6 +79,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Waiters_Timeout", testWaiterTimeout},
 		{"Waiters_CtxCancel", testWaiterCtxCancel},
 		{"Waiters_LeavingHeadGrantsNext", testLeavingHeadGrantsNext},
+		{"Waiters_CancelRacesGrant", testCancelRacesGrant},
 		{"Concurrency_NeverOversubscribed_Total", func(t *testing.T, f *fixture) {
 			testNeverOversubscribed(t, f, store.ScopeTotal)
 		}},

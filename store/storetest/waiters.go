@@ -224,3 +224,39 @@ func testExpiryGrantsWaiter(t *testing.T, f *fixture) {
 	_, err := f.st.Release(f.ctx, store.ReleaseParams{Tenant: f.tenant, LeaseID: holder.ID})
 	require.ErrorIs(t, err, store.ErrLeaseNotFound)
 }
+
+// testCancelRacesGrant: a waiter whose context ends while the release that
+// grants it runs either returns the lease or leaves nothing behind: after
+// every round, with the lease (if any) released, nothing is in use and
+// nobody waits, without any sweep.
+func testCancelRacesGrant(t *testing.T, f *fixture) {
+	f.put("s", 1, store.ScopeTotal)
+	got := 0
+	for i := range 30 {
+		holder := f.acquireW("s", 1)
+		p := f.params("s")
+		p.Wait = 30 * time.Second
+		ctx, cancel := context.WithCancel(f.ctx)
+		w := f.goAcquireCtx(ctx, cancel, p)
+		f.awaitWaiting("s", 1)
+		rel := make(chan error, 1)
+		go func() {
+			_, err := f.st.Release(f.ctx, store.ReleaseParams{Tenant: f.tenant, LeaseID: holder.ID})
+			rel <- err
+		}()
+		if i%3 != 0 { // vary who goes first
+			time.Sleep(time.Duration(i%5) * 100 * time.Microsecond)
+		}
+		cancel()
+		r := recv(t, w, "waiter returns")
+		require.NoError(t, <-rel)
+		if r.err == nil {
+			got++
+			f.release(r.lease)
+		} else {
+			require.ErrorIs(t, r.err, context.Canceled)
+		}
+		f.requireUsage("s", 0, 0)
+	}
+	t.Logf("%d of 30 waiters got their lease before the cancel", got)
+}

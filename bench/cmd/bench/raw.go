@@ -74,7 +74,7 @@ func (r *rawSem) args(extra ...any) []any {
 		b[i] = byte(rand.Uint32())
 	}
 	idSuffix := "." + base64.RawURLEncoding.EncodeToString([]byte(r.name))
-	return append([]any{r.nodePrefix, hex.EncodeToString(b[:]), idSuffix}, extra...)
+	return append([]any{r.nodePrefix, hex.EncodeToString(b[:]), idSuffix, r.node}, extra...)
 }
 
 // acquireOp is one acquire of batch.lua: id, channel, weight, ttl ms,

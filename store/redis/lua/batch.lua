@@ -5,8 +5,8 @@
 -- served) for all of them. A lone call is a batch of one.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4..] the operations, in order, each a letter and its arguments:
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5..] the operations, in order, each a letter and its arguments:
 --   'a' acquire: lease id (also the waiter id when it waits), channel,
 --       weight (>= 1), ttl ms (0: the semaphore's leaseTimeout, else 60 s),
 --       idempotency key ('' for none), wait ms (0: answer at once), owning
@@ -15,7 +15,7 @@
 --   'r' release: lease id
 --   'p' poll of a waiting acquire: waiter id
 --
--- Returns {'ok', results, due, events} (lib.lua done), results holding one
+-- Returns {'ok', results, due, events, grants} (lib.lua done), results holding one
 -- {status, lease JSON or ''} per operation (op_acquire, op_release,
 -- op_claim). When the semaphore does not exist, every acquire and poll
 -- gets SD_SEMAPHORE_NOT_FOUND and every release SD_LEASE_NOT_FOUND.
@@ -25,7 +25,7 @@ if conf then
   now = now_ms()
   expire(conf, now)
 end
-local out, i = {}, 4
+local out, i = {}, 5
 while i <= #ARGV do
   local op, r = ARGV[i], nil
   if op == 'a' then

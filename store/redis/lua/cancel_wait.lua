@@ -5,13 +5,13 @@
 -- the caller returns or releases, so no permit leaks.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] waiter id
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] waiter id
 --
--- Returns {status, lease JSON or '', due, events}: 'granted', 'cancelled',
+-- Returns {status, lease JSON or '', due, events, grants}: 'granted', 'cancelled',
 -- 'gone', or SD_SEMAPHORE_NOT_FOUND when the semaphore was deleted.
 local conf = load_conf()
 if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
 local now = now_ms()
 expire(conf, now)
-return done(conf, now, op_claim(conf, now, ARGV[4], true))
+return done(conf, now, op_claim(conf, now, ARGV[5], true))

@@ -5,7 +5,7 @@
 -- the new semaphore).
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
+-- ARGV[1..4] as in lib.lua
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
 if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply('SD_SEMAPHORE_NOT_FOUND') end

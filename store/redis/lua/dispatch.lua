@@ -2,14 +2,14 @@
 -- the lib.lua library), after dropping expired leases.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] max jobs (<= 0: lib.lua DISPATCH_BATCH)
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] max jobs (<= 0: lib.lua DISPATCH_BATCH)
 --
--- Returns {'ok', due, events}: the jobs are events' dispatched list. Error
+-- Returns {'ok', due, events, grants}: the jobs are events' dispatched list. Error
 -- SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
 if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
 local now = now_ms()
 expire(conf, now)
-dispatch(conf, now, tonumber(ARGV[4]), true)
+dispatch(conf, now, tonumber(ARGV[5]), true)
 return done(conf, now, {'ok'}, true)

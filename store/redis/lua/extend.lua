@@ -2,15 +2,15 @@
 -- the lib.lua library). A job's lease keeps its job inflight longer.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] lease id
--- ARGV[5] ttl ms (> 0)
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] lease id
+-- ARGV[6] ttl ms (> 0)
 --
--- Returns {'ok', lease JSON after the change, due, events}, or
+-- Returns {'ok', lease JSON after the change, due, events, grants}, or
 -- SD_LEASE_NOT_FOUND for an unknown, released or expired lease.
 local conf = load_conf()
 if not conf then return fail('SD_LEASE_NOT_FOUND') end
-local id, ttl = ARGV[4], tonumber(ARGV[5])
+local id, ttl = ARGV[5], tonumber(ARGV[6])
 local now = now_ms()
 expire(conf, now)
 local raw = redis.call('HGET', K_LEASES, id)

@@ -2,16 +2,16 @@
 -- (a function of the lib.lua library).
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] job-id salt, ARGV[5] job seq (both from the job id)
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] job-id salt, ARGV[6] job seq (both from the job id)
 --
--- Returns {'ok', {job id hex32, record, lease JSON or ''}, due, events}, or
+-- Returns {'ok', {job id hex32, record, lease JSON or ''}, due, events, grants}, or
 -- SD_JOB_NOT_FOUND.
 local conf = load_conf()
 if not conf then return fail('SD_JOB_NOT_FOUND') end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)
-local v = salt_ok(ARGV[4]) and job_view(ARGV[5])
+local v = salt_ok(ARGV[5]) and job_view(ARGV[6])
 if not v then return fail('SD_JOB_NOT_FOUND', conf, now) end
 return done(conf, now, {'ok', v}, true)

@@ -37,24 +37,32 @@
 -- ARGV[2] = 16 random hex characters and ARGV[3] = "." .. base64url(name):
 -- a job's lease id is ARGV[2] .. hex16(fencing token) .. ARGV[3] (the
 -- format of store.NewLeaseID, unique since the token is).
--- Script-specific arguments start at ARGV[4].
+-- ARGV[4] = the calling Store's node id: a grant to one of its own waiters
+-- is handed over in the reply instead (see grant_domain).
+-- Script-specific arguments start at ARGV[5].
 --
 -- A waiter's id is the id of the lease it will get. Times are ms of Redis
 -- TIME; a lease is live while now < expiry, a waiter while now < deadline.
 --
 -- Every per-semaphore script except delete_semaphore.lua replies through
--- done(): {status, ..., due, events}. status is 'ok', a script-specific
--- word, or an error code "SD_..." (in-band, so that the events of work done
--- before the error are not lost); due > 0 is the semaphore's next due time
--- for the sweep index (sent only when it went down, see IX); events = {dispatched, finished}, each a list of {job id hex32,
--- job record, lease JSON or ''} (JobEvents).
+-- done(): {status, ..., due, events, grants}. status is 'ok', a
+-- script-specific word, or an error code "SD_..." (in-band, so that the
+-- events of work done before the error are not lost); due > 0 is the
+-- semaphore's next due time for the sweep index (sent only when it went
+-- down, see IX); events = {dispatched, finished}, each a list of {job id
+-- hex32, job record, lease JSON or ''} (JobEvents); grants = the leases
+-- granted to the calling Store's waiters, {waiter id, lease JSON} each (see
+-- grant_domain).
 
 local KEYS, ARGV
 local K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE
 local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT
 local K_GRANTED, K_IDEM
 local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
-local NODE_PREFIX, LID_RAND, ID_SUFFIX
+local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
+-- grants to waiters of the calling Store, {waiter id, lease JSON} each:
+-- done() returns them (see grant_domain)
+local LOCAL_GRANTS
 local DEFAULT_CHANNEL = 'default' -- store.DefaultChannel: not stored in job records
 local DEFAULT_TTL = 60000         -- lease ttl when the semaphore has no leaseTimeout
 local DISPATCH_BATCH = 64         -- store.DefaultDispatchBatch
@@ -95,7 +103,8 @@ local function begin(keys, args)
   K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
   K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
-  NODE_PREFIX, LID_RAND, ID_SUFFIX = ARGV[1], ARGV[2], ARGV[3]
+  NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+  LOCAL_GRANTS = {}
   EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
   IX, IX_LOW, IX_EXACT = math.huge, false, false
   U, WN, JQ = 0, 0, 0
@@ -228,16 +237,25 @@ local function head(conf, c, now)
   end
 end
 
--- grants head waiters of channel c's domain while they fit; pushes each grant
+-- grants head waiters of channel c's domain while they fit. A waiter of
+-- another Store is pushed its grant (PUBLISH) and must claim it (granted,
+-- kept until its deadline: a grant to a dead node's waiter comes back). A
+-- waiter of the calling Store, alive since it runs this call, gets its
+-- lease in the reply (LOCAL_GRANTS) with no claim.
 local function grant_domain(conf, c, now)
   local n = 0
   while true do
     local w = head(conf, c, now)
     if not w or not fits(conf, w.c, w.w) then return n end
-    unqueue(w, true)
-    new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, 1)
-    redis.call('HSET', K_GRANTED, w.id, w.n)
-    redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
+    if w.n == CALLER then
+      unqueue(w, false)
+      LOCAL_GRANTS[#LOCAL_GRANTS + 1] = {w.id, (new_lease(w.id, w.c, w.w, w.ttl, w.k, now))}
+    else
+      unqueue(w, true)
+      new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, 1)
+      redis.call('HSET', K_GRANTED, w.id, w.n)
+      redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
+    end
     n = n + 1
   end
 end
@@ -608,6 +626,7 @@ local function done(conf, now, t, nodispatch)
   end
   t[#t + 1] = due
   t[#t + 1] = {EV_D, EV_F}
+  t[#t + 1] = LOCAL_GRANTS
   return t
 end
 
@@ -685,7 +704,13 @@ local function op_claim(conf, now, id, cancel)
     return {'gone', ''}
   end
   local raw = redis.call('HGET', K_WDATA, id)
-  if not raw then return {'gone', ''} end
+  if not raw then
+    -- granted to this Store in another call's reply (the lease has the
+    -- waiter's id): the caller may take it from here as well
+    local lease = redis.call('HGET', K_LEASES, id)
+    if lease then return {'granted', lease} end
+    return {'gone', ''}
+  end
   if not cancel then return {'waiting', ''} end
   local w = cjson.decode(raw)
   unqueue(w, false)

@@ -3,28 +3,28 @@
 --
 -- Jobs are found by walking seqs upward from the cursor (or from the
 -- semaphore's jlo hint: no job below it exists any more) with HMGET, and
--- filtered by status and channel; at most ARGV[8] seqs are walked per call,
+-- filtered by status and channel; at most ARGV[9] seqs are walked per call,
 -- so a page may come back short (even empty) with a cursor to go on from.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] status letter (S I D E T C) or '' for any
--- ARGV[5] channel or '' for any
--- ARGV[6] cursor: the seq after which to list ('' = start)
--- ARGV[7] limit (> 0), ARGV[8] seqs walked at most
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] status letter (S I D E T C) or '' for any
+-- ARGV[6] channel or '' for any
+-- ARGV[7] cursor: the seq after which to list ('' = start)
+-- ARGV[8] limit (> 0), ARGV[9] seqs walked at most
 --
 -- Returns {'ok', {{job id hex32, record, lease JSON or ''}, ...}, next
--- cursor ('' at the end), due, events}, or SD_SEMAPHORE_NOT_FOUND.
+-- cursor ('' at the end), due, events, grants}, or SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
 if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)
-local st, ch, limit, budget = ARGV[4], ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8])
+local st, ch, limit, budget = ARGV[5], ARGV[6], tonumber(ARGV[8]), tonumber(ARGV[9])
 local after = 0
-if ARGV[6] ~= '' then
-  if not string.match(ARGV[6], '^%d+$') then return done(conf, now, {'ok', {}, ''}, true) end
-  after = tonumber(ARGV[6])
+if ARGV[7] ~= '' then
+  if not string.match(ARGV[7], '^%d+$') then return done(conf, now, {'ok', {}, ''}, true) end
+  after = tonumber(ARGV[7])
 end
 local v = redis.call('HMGET', K_SEM, 'jn', 'jlo')
 local jn, lo = tonumber(v[1] or 0), tonumber(v[2] or 1)

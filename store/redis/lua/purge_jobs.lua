@@ -4,16 +4,16 @@
 -- through the finished set.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] status letter: S, D, E, T or C
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] status letter: S, D, E, T or C
 --
--- Returns {'ok', jobs deleted, due, events}, or SD_SEMAPHORE_NOT_FOUND.
+-- Returns {'ok', jobs deleted, due, events, grants}, or SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
 if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)
-local st, n = ARGV[4], 0
+local st, n = ARGV[5], 0
 local function forget(seq, m)
   if m.k and redis.call('HGET', K_JIDEM, m.k) == tostring(seq) then redis.call('HDEL', K_JIDEM, m.k) end
   redis.call('HDEL', K_JOBS, seq)

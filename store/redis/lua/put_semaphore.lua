@@ -3,16 +3,16 @@
 -- change) grants head waiters at once, then dispatches queued jobs.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] name, ARGV[5] maxValue, ARGV[6] scope, ARGV[7] leaseTimeout ms,
--- ARGV[8] maxAttempts, ARGV[9] onSessionLost, ARGV[10] onDeliveryError,
--- ARGV[11] extra (opaque JSON)
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] name, ARGV[6] maxValue, ARGV[7] scope, ARGV[8] leaseTimeout ms,
+-- ARGV[9] maxAttempts, ARGV[10] onSessionLost, ARGV[11] onDeliveryError,
+-- ARGV[12] extra (opaque JSON)
 --
--- Returns {'ok', created (0/1), flat HGETALL of the semaphore hash, due, events}.
+-- Returns {'ok', created (0/1), flat HGETALL of the semaphore hash, due, events, grants}.
 local created = redis.call('EXISTS', K_SEM) == 0
 local now = now_ms()
-redis.call('HSET', K_SEM, 'name', ARGV[4], 'max', ARGV[5], 'scope', ARGV[6], 'lt', ARGV[7],
-  'ma', ARGV[8], 'osl', ARGV[9], 'ode', ARGV[10], 'extra', ARGV[11], 'ua', now)
+redis.call('HSET', K_SEM, 'name', ARGV[5], 'max', ARGV[6], 'scope', ARGV[7], 'lt', ARGV[8],
+  'ma', ARGV[9], 'osl', ARGV[10], 'ode', ARGV[11], 'extra', ARGV[12], 'ua', now)
 if created then redis.call('HSET', K_SEM, 'ca', now, 'susp', 0) end
 local conf = load_conf()
 expire(conf, now)

@@ -2,16 +2,16 @@
 -- function of the lib.lua library); a resume dispatches what fits at once.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] 1 to suspend, 0 to resume
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] 1 to suspend, 0 to resume
 --
--- Returns {'ok', flat HGETALL of the semaphore hash, due, events}, or
+-- Returns {'ok', flat HGETALL of the semaphore hash, due, events, grants}, or
 -- SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
 if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
 local now = now_ms()
-redis.call('HSET', K_SEM, 'susp', ARGV[4], 'ua', now)
-conf.susp = ARGV[4] == '1'
+redis.call('HSET', K_SEM, 'susp', ARGV[5], 'ua', now)
+conf.susp = ARGV[5] == '1'
 expire(conf, now)
 dispatch(conf, now, nil, true)
 return done(conf, now, {'ok', redis.call('HGETALL', K_SEM)}, true)

@@ -3,11 +3,11 @@
 -- queued jobs); it is a function of the lib.lua library.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
+-- ARGV[1..4] as in lib.lua
 --
 -- Returns {'ok', max, scope, used (flat HGETALL: "t"/"c:<channel>" ->
 -- weight), wcount (flat HGETALL: "c:<channel>" -> waiters), waiters total,
--- jcnt (flat HGETALL: "q"/"q:<c>"/"i"/"i:<c>" -> jobs), due, events}, or
+-- jcnt (flat HGETALL: "q"/"q:<c>"/"i"/"i:<c>" -> jobs), due, events, grants}, or
 -- SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
 if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end

@@ -6,13 +6,13 @@
 -- past their retention.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] job retention ms, ARGV[5] max terminal jobs forgotten
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] job retention ms, ARGV[6] max terminal jobs forgotten
 --
--- Returns {'ok', expired leases, gone, due, events}: gone is 1 when the
+-- Returns {'ok', expired leases, gone, due, events, grants}: gone is 1 when the
 -- semaphore does not exist; due is the next due time (0: nothing pending).
 local conf = load_conf()
-if not conf then return {'ok', 0, 1, 0, {{}, {}}} end
+if not conf then return {'ok', 0, 1, 0, {{}, {}}, {}} end
 IX = 0 -- look at every lease whatever ix says; done() sets ix exactly
 local now = now_ms()
 local expired = expire(conf, now)
@@ -37,7 +37,7 @@ for f, v in pairs({u = U, wn = WN, jq = JQ}) do
   if v > 0 then redis.call('HSET', K_SEM, f, v) else redis.call('HDEL', K_SEM, f) end
 end
 grant_all(conf, now)
-trim_finished(now, tonumber(ARGV[4]), tonumber(ARGV[5]))
+trim_finished(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
 dispatch(conf, now, nil, true)
 IX_EXACT = true
 return done(conf, now, {'ok', expired, 0}, true)

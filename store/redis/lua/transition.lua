@@ -4,26 +4,26 @@
 -- before anything is judged.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
--- ARGV[1..3] as in lib.lua
--- ARGV[4] job-id salt, ARGV[5] job seq (both from the job id)
--- ARGV[6] action: delivered release fail retry suspend cancel requeue handoff
--- ARGV[7] lease id the job must still hold ('' = no check)
--- ARGV[8] route, ARGV[9] error, ARGV[10] hold ttl ms (0: none)
--- ARGV[11] child JobRef JSON {s,i[,h]} ('' for none)
+-- ARGV[1..4] as in lib.lua
+-- ARGV[5] job-id salt, ARGV[6] job seq (both from the job id)
+-- ARGV[7] action: delivered release fail retry suspend cancel requeue handoff
+-- ARGV[8] lease id the job must still hold ('' = no check)
+-- ARGV[9] route, ARGV[10] error, ARGV[11] hold ttl ms (0: none)
+-- ARGV[12] child JobRef JSON {s,i[,h]} ('' for none)
 --
--- Returns {'ok', {job id hex32, record, lease JSON or ''}, due, events}:
+-- Returns {'ok', {job id hex32, record, lease JSON or ''}, due, events, grants}:
 -- the job at the end of the script (a requeued job may be inflight
 -- already). Errors SD_JOB_NOT_FOUND, SD_STALE_LEASE, and
--- {'SD_INVALID_STATE', message, due, events}.
+-- {'SD_INVALID_STATE', message, due, events, grants}.
 local conf = load_conf()
 if not conf then return fail('SD_JOB_NOT_FOUND') end
 local now = now_ms()
 expire(conf, now)
-local seq = tonumber(ARGV[5])
+local seq = tonumber(ARGV[6])
 local m, pay
-if salt_ok(ARGV[4]) then m, pay = job_load(seq) end
+if salt_ok(ARGV[5]) then m, pay = job_load(seq) end
 if not m then return fail('SD_JOB_NOT_FOUND', conf, now) end
-local act, lid = ARGV[6], ARGV[7]
+local act, lid = ARGV[7], ARGV[8]
 if lid ~= '' and m.l ~= lid then return fail('SD_STALE_LEASE', conf, now) end
 
 local names = {S = 'scheduled', I = 'inflight', D = 'done', E = 'error', T = 'timeout', C = 'cancelled'}
@@ -71,30 +71,30 @@ elseif act == 'cancel' then
 else
   if m.s ~= 'I' then return invalid() end
   if act == 'delivered' then
-    m.r, m.ua = ARGV[8], now
-    hold(tonumber(ARGV[10]))
+    m.r, m.ua = ARGV[9], now
+    hold(tonumber(ARGV[11]))
     job_save(seq, m, pay)
   elseif act == 'handoff' then
-    m.r, m.ua = ARGV[8], now
+    m.r, m.ua = ARGV[9], now
     if m.r == '' then m.r = 'semaphore' end
-    if ARGV[11] ~= '' then m.h = cjson.decode(ARGV[11]) end
+    if ARGV[12] ~= '' then m.h = cjson.decode(ARGV[12]) end
     if m.h and m.h.h then
-      hold(tonumber(ARGV[10]))
+      hold(tonumber(ARGV[11]))
       job_save(seq, m, pay)
     else
       free()
       job_finish(seq, m, pay, 'D', '', now)
     end
   elseif act == 'release' then
-    if ARGV[8] ~= '' then m.r = ARGV[8] end -- accepted and released at once (releaseOnSuccess)
+    if ARGV[9] ~= '' then m.r = ARGV[9] end -- accepted and released at once (releaseOnSuccess)
     free()
     job_finish(seq, m, pay, 'D', '', now)
   elseif act == 'fail' then
     free()
-    job_finish(seq, m, pay, 'E', ARGV[9], now)
+    job_finish(seq, m, pay, 'E', ARGV[10], now)
   elseif act == 'retry' then
     free()
-    local msg = ARGV[9]
+    local msg = ARGV[10]
     if msg == '' then msg = string.format('gave up after %d attempts', m.a or 0) end
     job_retry(conf, seq, m, pay, msg, now)
   elseif act == 'suspend' then
