@@ -11,8 +11,9 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// Acquires, releases and waiter polls of one semaphore that arrive while a
-// call for that semaphore is in flight wait for it, and then go to Redis
+// Acquires, releases, waiter polls, job enqueues and job transitions of one
+// semaphore that arrive while a call for that semaphore is in flight wait
+// for it, and then go to Redis
 // together, as one batch.lua call (group commit): a lone caller goes at
 // once, alone; under load one round trip, one clock read, one expiry
 // check and one dispatch serve up to batchMax callers. Each operation runs
@@ -45,7 +46,8 @@ type batchOp struct {
 }
 
 type batchResult struct {
-	status, raw string
+	status, raw string // status and second element (lease JSON, or an error's message)
+	vals        []any  // the whole {status, ...}
 	err         error
 }
 
@@ -59,7 +61,7 @@ type semBatch struct {
 // result. If ctx ends first, an op still queued is taken out; one already
 // sent is waited for (a call is bounded by batchTimeout) and undone by
 // op.abandoned; ctx's error is returned either way.
-func (s *Store) batched(ctx context.Context, tenant, name string, op *batchOp) (string, string, error) {
+func (s *Store) batched(ctx context.Context, tenant, name string, op *batchOp) (batchResult, error) {
 	op.done = make(chan struct{})
 	key := semMember(tenant, name)
 	s.bmu.Lock()
@@ -85,7 +87,7 @@ func (s *Store) batched(ctx context.Context, tenant, name string, op *batchOp) (
 	case <-op.done:
 	case <-ctx.Done():
 		if s.dequeue(key, op) {
-			return "", "", ctx.Err()
+			return batchResult{}, ctx.Err()
 		}
 		<-op.done
 	}
@@ -93,9 +95,9 @@ func (s *Store) batched(ctx context.Context, tenant, name string, op *batchOp) (
 		if op.res.err == nil {
 			op.abandoned(op.res)
 		}
-		return "", "", ctx.Err()
+		return batchResult{}, ctx.Err()
 	}
-	return op.res.status, op.res.raw, op.res.err
+	return op.res, op.res.err
 }
 
 // dequeue takes op out of the semaphore's queue; false when it is not
@@ -175,19 +177,23 @@ func (s *Store) runBatch(tenant, name string, ops []*batchOp) {
 	}
 }
 
-// parseOpResult reads one {status, lease JSON or ""} of batch.lua; a
-// status "SD_..." becomes the store error.
+// parseOpResult reads one {status, ...} of batch.lua; a status "SD_..."
+// becomes the store error, with the message that follows it if any.
 func parseOpResult(v any) batchResult {
 	r, _ := v.([]any)
-	if len(r) != 2 {
+	if len(r) < 2 {
 		return batchResult{err: fmt.Errorf("redisstore: bad batch result %v", v)}
 	}
 	st, _ := r[0].(string)
 	raw, _ := r[1].(string)
 	if strings.HasPrefix(st, "SD_") {
-		return batchResult{status: st, err: translate(errors.New(st), nil)}
+		err := translate(errors.New(st), nil)
+		if raw != "" {
+			err = fmt.Errorf("%w: %s", err, raw)
+		}
+		return batchResult{status: st, err: err}
 	}
-	return batchResult{status: st, raw: raw}
+	return batchResult{status: st, raw: raw, vals: r}
 }
 
 // releaseAbandoned releases a lease whose caller left before getting it.

@@ -232,7 +232,8 @@ func newSalt() string {
 	return hex.EncodeToString(b[:])
 }
 
-// EnqueueJob adds a scheduled job and dispatches what fits, in one script.
+// EnqueueJob adds a scheduled job and dispatches what fits, in one call
+// (batched with concurrent calls, see batch.go).
 // The job is returned as at the end of it (inflight when a permit was
 // free); an idempotency key already used by a job of the semaphore returns
 // that job, created false.
@@ -240,14 +241,18 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 	if p.Channel == "" {
 		p.Channel = store.DefaultChannel
 	}
-	res, err := s.run(ctx, fnEnqueue, p.Tenant, p.Semaphore,
+	r, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{args: []any{"e",
 		newSalt(), p.Channel, string(p.Payload), p.IdempotencyKey, max(p.MaxQueued, 0),
-		refToJSON(p.Parent), ms(store.JobRetention), forgetBatch)
+		refToJSON(p.Parent), ms(store.JobRetention), forgetBatch}})
 	if err != nil {
 		return store.Job{}, false, err
 	}
-	j, err := decodeJob(p.Tenant, p.Semaphore, res[2])
-	return j, res[1].(int64) == 1, err
+	if len(r.vals) != 3 {
+		return store.Job{}, false, fmt.Errorf("redisstore: bad enqueue result %v", r.vals)
+	}
+	j, err := decodeJob(p.Tenant, p.Semaphore, r.vals[2])
+	created, _ := r.vals[1].(int64)
+	return j, created == 1, err
 }
 
 // DispatchJobs dispatches what fits now.
@@ -306,17 +311,15 @@ func (s *Store) TransitionJob(ctx context.Context, p store.TransitionParams) (st
 	if !ok {
 		return store.Job{}, store.ErrJobNotFound
 	}
-	res, err := s.run(ctx, fnTransition, p.Tenant, name, salt, seq, string(p.Action), p.LeaseID,
-		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child))
+	r, err := s.batched(ctx, p.Tenant, name, &batchOp{args: []any{"t", salt, seq, string(p.Action), p.LeaseID,
+		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child)}})
 	if err != nil {
-		if len(res) > 1 {
-			if msg, _ := res[1].(string); msg != "" {
-				return store.Job{}, fmt.Errorf("%w: %s", err, msg)
-			}
-		}
 		return store.Job{}, err
 	}
-	return decodeJob(p.Tenant, name, res[1])
+	if len(r.vals) != 2 {
+		return store.Job{}, fmt.Errorf("redisstore: bad transition result %v", r.vals)
+	}
+	return decodeJob(p.Tenant, name, r.vals[1])
 }
 
 // PurgeJobs deletes the semaphore's jobs in status (scheduled or terminal;

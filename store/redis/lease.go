@@ -80,15 +80,15 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 			}
 		},
 	}
-	status, raw, err := s.batched(ctx, p.Tenant, p.Semaphore, op)
+	r, err := s.batched(ctx, p.Tenant, p.Semaphore, op)
 	if err != nil {
 		// If the reply was lost after an enqueue, the waiter expires at
 		// its deadline; if after a grant, the lease expires at its TTL.
 		return store.Lease{}, err
 	}
-	switch status {
+	switch r.status {
 	case "ok":
-		return decodeLease(p.Semaphore, raw)
+		return decodeLease(p.Semaphore, r.raw)
 	case "wait":
 		return s.await(ctx, p, id, w)
 	default:
@@ -117,7 +117,7 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *
 		case <-s.closing:
 			return s.giveUp(ctx, p, id, fmt.Errorf("%w: store closed", store.ErrUnavailable))
 		}
-		status, raw, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{
+		r, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{
 			args: []any{"p", id},
 			abandoned: func(r batchResult) {
 				if r.status == "granted" {
@@ -133,9 +133,9 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *
 			s.log.Debug("poll of waiter failed", "err", err)
 			continue
 		}
-		switch status {
+		switch r.status {
 		case "granted":
-			return decodeLease(p.Semaphore, raw)
+			return decodeLease(p.Semaphore, r.raw)
 		case "gone":
 			return store.Lease{}, store.ErrNoPermit
 		}
@@ -181,11 +181,11 @@ func (s *Store) Release(ctx context.Context, p store.ReleaseParams) (store.Lease
 	if !ok {
 		return store.Lease{}, store.ErrLeaseNotFound
 	}
-	_, raw, err := s.batched(ctx, p.Tenant, name, &batchOp{args: []any{"r", p.LeaseID}})
+	r, err := s.batched(ctx, p.Tenant, name, &batchOp{args: []any{"r", p.LeaseID}})
 	if err != nil {
 		return store.Lease{}, err
 	}
-	return decodeLease(name, raw)
+	return decodeLease(name, r.raw)
 }
 
 // Extend moves a live lease's expiry to now+TTL (Redis time).

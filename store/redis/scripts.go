@@ -33,11 +33,9 @@ var (
 	fnPutSemaphore    = semFunc("put_semaphore.lua")
 	fnDeleteSemaphore = semFunc("delete_semaphore.lua")
 	fnSetSuspended    = semFunc("set_suspended.lua")
-	fnEnqueue         = semFunc("enqueue.lua")
 	fnDispatch        = semFunc("dispatch.lua")
 	fnGetJob          = semFunc("get_job.lua")
 	fnListJobs        = semFunc("list_jobs.lua")
-	fnTransition      = semFunc("transition.lua")
 	fnPurgeJobs       = semFunc("purge_jobs.lua")
 
 	scriptSweepClaim = plainScript("sweep_claim.lua")
@@ -67,8 +65,8 @@ func semFunc(file string) string {
 // libFiles are the per-semaphore scripts, each a function of the library.
 var libFiles = []string{
 	"batch.lua", "extend.lua", "cancel_wait.lua", "sweep.lua",
-	"state.lua", "put_semaphore.lua", "delete_semaphore.lua", "set_suspended.lua", "enqueue.lua",
-	"dispatch.lua", "get_job.lua", "list_jobs.lua", "transition.lua", "purge_jobs.lua",
+	"state.lua", "put_semaphore.lua", "delete_semaphore.lua", "set_suspended.lua",
+	"dispatch.lua", "get_job.lua", "list_jobs.lua", "purge_jobs.lua",
 }
 
 // library is the function library: its name carries a hash of its code, so

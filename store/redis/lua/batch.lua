@@ -1,8 +1,9 @@
--- batch.lua: the acquires, releases and waiter polls of one semaphore that
--- callers sent at about the same time, run one after the other in one call
--- (a function of the lib.lua library): one round trip, one clock read, one
--- expiry check and one dispatch of queued jobs (after every caller is
--- served) for all of them. A lone call is a batch of one.
+-- batch.lua: the acquires, releases, waiter polls, job enqueues and job
+-- transitions of one semaphore that callers sent at about the same time,
+-- run one after the other in one call (a function of the lib.lua library):
+-- one round trip, one clock read, one expiry check and one dispatch of
+-- queued jobs (after every caller is served) for all of them. A lone call
+-- is a batch of one.
 --
 -- KEYS: the 18 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
@@ -14,18 +15,27 @@
 --       waiter's deadline (now + wait + slack)
 --   'r' release: lease id
 --   'p' poll of a waiting acquire: waiter id
+--   'e' enqueue: job-id salt, channel, payload, idempotency key, max
+--       scheduled jobs, parent JobRef JSON (see op_enqueue), job retention
+--       ms, max terminal jobs forgotten
+--   't' transition: job-id salt, job seq, action, lease id, route, error,
+--       hold ttl ms, child JobRef JSON (see op_transition)
 --
--- Returns {'ok', results, due, events, grants} (lib.lua done), results holding one
--- {status, lease JSON or ''} per operation (op_acquire, op_release,
--- op_claim). When the semaphore does not exist, every acquire and poll
--- gets SD_SEMAPHORE_NOT_FOUND and every release SD_LEASE_NOT_FOUND.
+-- Returns {'ok', results, due, events, grants} (lib.lua done), results
+-- holding one {status, ...} per operation: {status, lease JSON or ''} for
+-- op_acquire, op_release, op_claim; {status, created, job view} for
+-- op_enqueue and {status, job view} for op_transition, the view being
+-- {job id hex32, record, lease JSON or ''} as at the end of the call; an
+-- error status has a message (or '') instead. When the semaphore does not
+-- exist, every operation gets SD_SEMAPHORE_NOT_FOUND but a release
+-- (SD_LEASE_NOT_FOUND) and a transition (SD_JOB_NOT_FOUND).
 local conf = load_conf()
 local now
 if conf then
   now = now_ms()
   expire(conf, now)
 end
-local out, i = {}, 5
+local out, i, trimmed = {}, 5, false
 while i <= #ARGV do
   local op, r = ARGV[i], nil
   if op == 'a' then
@@ -37,9 +47,26 @@ while i <= #ARGV do
   elseif op == 'p' then
     r = conf and op_claim(conf, now, ARGV[i + 1], false) or {'SD_SEMAPHORE_NOT_FOUND', ''}
     i = i + 2
+  elseif op == 'e' then
+    if conf and not trimmed then
+      -- once per call: forget old terminal jobs, and dispatch what an
+      -- expiry freed (so the queue-full check counts what really waits)
+      trimmed = true
+      trim_finished(now, tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]))
+      dispatch(conf, now)
+    end
+    r = conf and op_enqueue(conf, now, ARGV, i + 1) or {'SD_SEMAPHORE_NOT_FOUND', ''}
+    i = i + 9
+  elseif op == 't' then
+    r = conf and op_transition(conf, now, ARGV, i + 1) or {'SD_JOB_NOT_FOUND', ''}
+    i = i + 9
   else
     return redis.error_reply('batch: unknown operation ' .. tostring(op))
   end
   out[#out + 1] = r
 end
-return done(conf, now, {'ok', out})
+if conf then dispatch(conf, now) end
+for _, r in ipairs(out) do
+  if r.v then r[#r + 1] = job_view(r.v) or '' end
+end
+return done(conf, now, {'ok', out}, true)

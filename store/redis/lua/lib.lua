@@ -732,3 +732,133 @@ end
 local function salt_ok(salt)
   return salt ~= '' and redis.call('HGET', K_SEM, 'js') == salt
 end
+
+-- ---------------------------------------------------------------- job operations
+--
+-- Like the lease operations (run after load_conf and expire, no done()),
+-- they return {status, ...} with the job's seq in field v: batch.lua
+-- appends the job's view as at the end of the call.
+
+-- enqueue (args a[i..i+5]: job-id salt used if the semaphore has none
+-- yet, channel, payload (raw JSON), idempotency key (''), max scheduled
+-- jobs of the semaphore (0: no limit), parent JobRef JSON {s,i[,h]} ('')):
+-- {'ok', created 0/1} + v, the existing job of the idempotency key with
+-- created 0, or SD_QUEUE_FULL
+local function op_enqueue(conf, now, a, i)
+  local c, k, maxq = a[i + 1], a[i + 3], tonumber(a[i + 4])
+  if k ~= '' then
+    local old = redis.call('HGET', K_JIDEM, k)
+    if old and redis.call('HEXISTS', K_JOBS, old) == 1 then return {'ok', 0, v = tonumber(old)} end
+  end
+  if maxq > 0 and JQ >= maxq then return {'SD_QUEUE_FULL', ''} end
+  if redis.call('HSETNX', K_SEM, 'js', a[i]) == 1 then JOB_SALT = a[i] end
+  local seq = redis.call('HINCRBY', K_SEM, 'jn', 1)
+  local m = {ca = now}
+  if c ~= DEFAULT_CHANNEL then m.c = c end
+  if k ~= '' then
+    m.k = k
+    redis.call('HSET', K_JIDEM, k, seq)
+  end
+  if a[i + 5] ~= '' then m.p = cjson.decode(a[i + 5]) end
+  job_schedule(seq, m, false, now)
+  m.ua = nil -- = ca until the first change
+  job_save(seq, m, a[i + 2])
+  return {'ok', 1, v = seq}
+end
+
+local JOB_STATUS_NAMES = {S = 'scheduled', I = 'inflight', D = 'done', E = 'error', T = 'timeout', C = 'cancelled'}
+
+-- transition: one action on a job (args a[i..i+7]: job-id salt, job seq,
+-- action (delivered release fail retry suspend cancel requeue handoff),
+-- lease id the job must still hold ('' = no check), route, error, hold ttl
+-- ms (0: none), child JobRef JSON {s,i[,h]} ('')): {'ok'} + v, or
+-- SD_JOB_NOT_FOUND, SD_STALE_LEASE, {'SD_INVALID_STATE', message}
+local function op_transition(conf, now, a, i)
+  local seq = tonumber(a[i + 1])
+  local m, pay
+  if salt_ok(a[i]) then m, pay = job_load(seq) end
+  if not m then return {'SD_JOB_NOT_FOUND', ''} end
+  local act, lid = a[i + 2], a[i + 3]
+  if lid ~= '' and m.l ~= lid then return {'SD_STALE_LEASE', ''} end
+  local function invalid()
+    return {'SD_INVALID_STATE', act .. ' of a ' .. JOB_STATUS_NAMES[m.s] .. ' job'}
+  end
+  local c = job_chan(m)
+  -- frees the permit of the inflight job
+  local function free()
+    local l = drop_lease(m.l)
+    m.l = nil
+    count_inflight(c, -1)
+    if l then grant_domain(conf, l.c, now) end
+  end
+  -- moves the inflight job's lease expiry to now + ttl (ttl > 0)
+  local function hold(ttl)
+    if ttl <= 0 then return end
+    local raw = redis.call('HGET', K_LEASES, m.l)
+    if not raw then return end
+    local l = cjson.decode(raw)
+    l.ttl, l.e = ttl, now + ttl
+    redis.call('HSET', K_LEASES, m.l, cjson.encode(l))
+    redis.call('ZADD', K_HOLDERS, l.e, m.l)
+    due_add(l.e)
+  end
+  local terminal = m.s == 'D' or m.s == 'E' or m.s == 'T' or m.s == 'C'
+  if act == 'requeue' then
+    if not terminal then return invalid() end
+    redis.call('ZREM', K_JFIN, seq)
+    m.a, m.e, m.r, m.h, m.fa = nil, nil, nil, nil, nil
+    job_schedule(seq, m, false, now)
+    job_save(seq, m, pay)
+  elseif act == 'cancel' then
+    if m.s == 'S' then
+      unqueued(c) -- its queue entry is stale from now on
+    elseif m.s == 'I' then
+      free()
+    else
+      return invalid()
+    end
+    job_finish(seq, m, pay, 'C', '', now)
+  else
+    if m.s ~= 'I' then return invalid() end
+    if act == 'delivered' then
+      m.r, m.ua = a[i + 4], now
+      hold(tonumber(a[i + 6]))
+      job_save(seq, m, pay)
+    elseif act == 'handoff' then
+      m.r, m.ua = a[i + 4], now
+      if m.r == '' then m.r = 'semaphore' end
+      if a[i + 7] ~= '' then m.h = cjson.decode(a[i + 7]) end
+      if m.h and m.h.h then
+        hold(tonumber(a[i + 6]))
+        job_save(seq, m, pay)
+      else
+        free()
+        job_finish(seq, m, pay, 'D', '', now)
+      end
+    elseif act == 'release' then
+      if a[i + 4] ~= '' then m.r = a[i + 4] end -- accepted and released at once (releaseOnSuccess)
+      free()
+      job_finish(seq, m, pay, 'D', '', now)
+    elseif act == 'fail' then
+      free()
+      job_finish(seq, m, pay, 'E', a[i + 5], now)
+    elseif act == 'retry' then
+      free()
+      local msg = a[i + 5]
+      if msg == '' then msg = string.format('gave up after %d attempts', m.a or 0) end
+      job_retry(conf, seq, m, pay, msg, now)
+    elseif act == 'suspend' then
+      free()
+      local n = (m.a or 0) - 1
+      if n <= 0 then n = nil end
+      m.a = n
+      job_schedule(seq, m, true, now)
+      job_save(seq, m, pay)
+      redis.call('HSET', K_SEM, 'susp', 1, 'ua', now)
+      conf.susp = true
+    else
+      return {'SD_INVALID_STATE', 'unknown action ' .. act}
+    end
+  end
+  return {'ok', v = seq}
+end
