@@ -389,3 +389,40 @@ func TestKeyCache_StaleFillAfterEvict(t *testing.T) {
 	_, ok, _ = c.get("h", now.Add(keyCacheTTL))
 	require.False(t, ok, "entries expire")
 }
+
+// TestRedis_LayoutUpgrade: a semaphore written by the earlier data layout
+// (total used weight in the used hash, no counters in the semaphore hash)
+// is converted on first use, with its live leases counted: no
+// oversubscription, and a short lease already due still expires.
+func TestRedis_LayoutUpgrade(t *testing.T) {
+	t.Parallel()
+	s := newTestStore(t)
+	ctx := t.Context()
+	put(t, s, "old", 3, store.ScopeTotal)
+	long, err := acquire(t, s, "old", time.Minute, 0)
+	require.NoError(t, err)
+	_, err = acquire(t, s, "old", time.Minute, 0)
+	require.NoError(t, err)
+	short, err := acquire(t, s, "old", 50*time.Millisecond, 0)
+	require.NoError(t, err)
+	k := s.keys.sem(testTenant, "old")
+	require.NoError(t, s.client.HDel(ctx, k[kSem], "u", "wn", "jq", "ix", "v").Err())
+	require.NoError(t, s.client.HSet(ctx, k[kUsed], "t", 3).Err())
+	require.Eventually(t, func() bool { return redisNow(t, s.client).After(short.ExpiresAt) }, 5*time.Second, 10*time.Millisecond)
+
+	st, err := s.State(ctx, testTenant, "old")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), st.InUse) // the expired short lease is gone
+	_, err = acquire(t, s, "old", time.Minute, 0)
+	require.NoError(t, err)
+	_, err = acquire(t, s, "old", time.Minute, 0)
+	require.ErrorIs(t, err, store.ErrNoPermit)
+	_, err = s.Release(ctx, store.ReleaseParams{Tenant: testTenant, LeaseID: long.ID})
+	require.NoError(t, err)
+	_, err = acquire(t, s, "old", time.Minute, 0)
+	require.NoError(t, err)
+	v, err := s.client.HGet(ctx, k[kSem], "v").Result()
+	require.NoError(t, err)
+	require.Equal(t, "2", v)
+	require.False(t, s.client.HExists(ctx, k[kUsed], "t").Val())
+}

@@ -131,12 +131,37 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- config of the semaphore, or nil when it does not exist
+-- the version of the data layout of a semaphore's keys ("v" in its hash)
+local LAYOUT = '2'
+
+-- the counters of the semaphore's hash (see U) and ix, computed from the
+-- data; sets them in the hash
+local function recount()
+  local u, byc = 0, redis.call('HGETALL', K_USED)
+  for i = 1, #byc, 2 do
+    if string.sub(byc[i], 1, 2) == 'c:' then u = u + tonumber(byc[i + 1]) end
+  end
+  redis.call('HDEL', K_USED, 't') -- layout 1 kept the total here
+  U, WN = u, redis.call('ZCARD', K_WAITERS)
+  JQ = tonumber(redis.call('HGET', K_JCNT, 'q') or 0)
+  for f, v in pairs({u = U, wn = WN, jq = JQ}) do
+    if v > 0 then redis.call('HSET', K_SEM, f, v) else redis.call('HDEL', K_SEM, f) end
+  end
+  IX = 0 -- unknown: expire() looks, done() sets ix from the data
+  redis.call('HDEL', K_SEM, 'ix')
+end
+
+-- config of the semaphore, or nil when it does not exist. A semaphore
+-- written by an earlier layout gets its counters computed first.
 local function load_conf()
-  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq')
+  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v')
   if not v[1] then return nil end
   IX = tonumber(v[6]) or math.huge
   U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
+  if v[10] ~= LAYOUT then
+    recount()
+    redis.call('HSET', K_SEM, 'v', LAYOUT)
+  end
   return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3]), ma = tonumber(v[4] or 0) or 0,
     susp = v[5] == '1'}
 end

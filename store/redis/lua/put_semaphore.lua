@@ -13,7 +13,7 @@ local created = redis.call('EXISTS', K_SEM) == 0
 local now = now_ms()
 redis.call('HSET', K_SEM, 'name', ARGV[5], 'max', ARGV[6], 'scope', ARGV[7], 'lt', ARGV[8],
   'ma', ARGV[9], 'osl', ARGV[10], 'ode', ARGV[11], 'extra', ARGV[12], 'ua', now)
-if created then redis.call('HSET', K_SEM, 'ca', now, 'susp', 0) end
+if created then redis.call('HSET', K_SEM, 'ca', now, 'susp', 0, 'v', LAYOUT) end
 local conf = load_conf()
 expire(conf, now)
 grant_all(conf, now)

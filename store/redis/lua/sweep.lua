@@ -26,16 +26,7 @@ for _, id in ipairs(redis.call('ZRANGE', K_WDL, '-inf', now, 'BYSCORE')) do
     if raw then unqueue(cjson.decode(raw), false) else redis.call('ZREM', K_WDL, id) end
   end
 end
--- the counters of the semaphore's hash (see U), recomputed from the data
-local u, byc = 0, redis.call('HGETALL', K_USED)
-for i = 1, #byc, 2 do
-  if string.sub(byc[i], 1, 2) == 'c:' then u = u + tonumber(byc[i + 1]) end
-end
-U, WN = u, redis.call('ZCARD', K_WAITERS)
-JQ = tonumber(redis.call('HGET', K_JCNT, 'q') or 0)
-for f, v in pairs({u = U, wn = WN, jq = JQ}) do
-  if v > 0 then redis.call('HSET', K_SEM, f, v) else redis.call('HDEL', K_SEM, f) end
-end
+recount() -- the counters of the semaphore's hash, from the data (see U)
 grant_all(conf, now)
 trim_finished(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
 dispatch(conf, now, nil, true)
