@@ -33,29 +33,71 @@ func errorf(code, format string, args ...any) *apiError {
 // unsupported_media_type. An empty body (only white space) is allowed when
 // allowEmpty, and leaves v untouched; otherwise it is invalid_json.
 func decodeBody(c echo.Context, maxBytes int64, v any, allowEmpty bool) error {
-	r := c.Request()
-	body := http.MaxBytesReader(c.Response(), r.Body, maxBytes)
-	data, err := io.ReadAll(body)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return errorf(CodePayloadTooLarge, "request body is larger than %d bytes", maxBytes)
-		}
-		return errorf(CodeInvalidJSON, "reading the request body: %v", err)
+	buf := getBuffer()
+	defer putBuffer(buf)
+	if err := readBody(c, maxBytes, buf); err != nil {
+		return err
 	}
+	data := buf.Bytes()
 	if len(bytes.TrimSpace(data)) == 0 {
 		if allowEmpty {
 			return nil
 		}
 		return errorf(CodeInvalidJSON, "request body is empty, want a JSON object")
 	}
-	if ct := r.Header.Get(echo.HeaderContentType); ct != "" {
+	if ct := c.Request().Header.Get(echo.HeaderContentType); ct != "" && ct != echo.MIMEApplicationJSON {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != echo.MIMEApplicationJSON && !strings.HasSuffix(mt, "+json")) {
 			return errorf(CodeUnsupportedMedia, "Content-Type %q is not supported, send application/json", shorten(ct, 64))
 		}
 	}
+	// decodeJSON keeps no reference to data: encoding/json copies strings
+	// and raw messages out of it.
 	return decodeJSON(data, v)
+}
+
+// readBody reads the whole request body into buf: payload_too_large over
+// maxBytes.
+func readBody(c echo.Context, maxBytes int64, buf *bytes.Buffer) error {
+	r := c.Request()
+	var body io.Reader = r.Body
+	if r.ContentLength < 0 || r.ContentLength > maxBytes {
+		// Length unknown or too large: MaxBytesReader stops reading past the
+		// limit (and has the server close the connection). A body of a known
+		// length within the limit cannot reach it.
+		body = http.MaxBytesReader(c.Response(), r.Body, maxBytes)
+	} else {
+		buf.Grow(int(r.ContentLength) + 1) // +1: room for the EOF read
+	}
+	if _, err := buf.ReadFrom(body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errorf(CodePayloadTooLarge, "request body is larger than %d bytes", maxBytes)
+		}
+		return errorf(CodeInvalidJSON, "reading the request body: %v", err)
+	}
+	if int64(buf.Len()) > maxBytes { // a body longer than its Content-Length
+		return errorf(CodePayloadTooLarge, "request body is larger than %d bytes", maxBytes)
+	}
+	return nil
+}
+
+// bufferPool holds the buffers request bodies are read into and replies
+// written from.
+var bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBuffer bounds the buffers kept in bufferPool, so a rare large
+// body does not stay in memory.
+const maxPooledBuffer = 64 << 10
+
+func getBuffer() *bytes.Buffer { return bufferPool.Get().(*bytes.Buffer) }
+
+func putBuffer(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBuffer {
+		return
+	}
+	b.Reset()
+	bufferPool.Put(b)
 }
 
 // decodeJSON decodes exactly one JSON value from data into v, rejecting

@@ -115,16 +115,13 @@ func (s *Server) acquire(c echo.Context) error {
 }
 
 func (r AcquireRequest) input() semaphore.AcquireInput {
-	in := semaphore.AcquireInput{Channel: r.Channel, Weight: r.Weight, IdempotencyKey: r.IdempotencyKey}
-	if r.TTL != nil {
-		d := time.Duration(*r.TTL)
-		in.TTL = &d
+	return semaphore.AcquireInput{
+		Channel:        r.Channel,
+		Weight:         r.Weight,
+		TTL:            (*time.Duration)(r.TTL),
+		Wait:           (*time.Duration)(r.Wait),
+		IdempotencyKey: r.IdempotencyKey,
 	}
-	if r.Wait != nil {
-		d := time.Duration(*r.Wait)
-		in.Wait = &d
-	}
-	return in
 }
 
 func (s *Server) extend(c echo.Context) error {

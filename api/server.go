@@ -55,9 +55,8 @@ type Server struct {
 	maxBody int64
 	limiter *keyLimiter // nil when rate limiting is off
 	metrics *httpMetrics
-	routes  map[string]bool // path templates of registered routes, for metric labels
-	hub     *delivery.Hub   // nil: no websocket
-	origins []string        // lower case
+	hub     *delivery.Hub // nil: no websocket
+	origins []string      // lower case
 }
 
 // New returns a Server.
@@ -87,7 +86,6 @@ func New(cfg Config) (*Server, error) {
 		e:       echo.New(),
 		maxBody: cfg.MaxBodyBytes,
 		metrics: m,
-		routes:  map[string]bool{},
 		hub:     cfg.Hub,
 	}
 	for _, o := range cfg.AllowedOrigins {
@@ -103,7 +101,9 @@ func New(cfg Config) (*Server, error) {
 	s.e.HideBanner = true
 	s.e.HidePort = true
 	s.e.HTTPErrorHandler = s.errorHandler
-	s.e.Use(s.observe, s.recoverPanics)
+	// One middleware around every request, matched or not: echo wraps it
+	// around the route's handler anew on each request.
+	s.e.Use(s.observe)
 	s.registerRoutes(cfg.Gatherer)
 	return s, nil
 }
@@ -122,12 +122,20 @@ const (
 func (s *Server) registerRoutes(g prometheus.Gatherer) {
 	add := func(method, path string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
 		s.e.Add(method, path, h, mw...)
-		s.routes[path] = true
+		s.metrics.addRoute(path)
+	}
+	// auth is the middleware of an authenticated route: the check of the
+	// key, then the per-key rate limit when it is on.
+	auth := func(check echo.MiddlewareFunc) []echo.MiddlewareFunc {
+		if s.limiter == nil {
+			return []echo.MiddlewareFunc{check}
+		}
+		return []echo.MiddlewareFunc{check, s.rateLimit}
 	}
 	v1 := func(method, path string, r role, h echo.HandlerFunc) {
 		// Auth is per route, not group middleware, so an unknown /v1 route is
 		// a clean 404 for everyone.
-		add(method, "/v1"+path, h, s.authenticate(r), s.rateLimit)
+		add(method, "/v1"+path, h, auth(s.authenticate(r))...)
 	}
 
 	v1(http.MethodGet, "/semaphores", admin, s.listSemaphores)
@@ -158,7 +166,7 @@ func (s *Server) registerRoutes(g prometheus.Gatherer) {
 
 	if s.hub != nil {
 		v1(http.MethodPost, "/ws/tickets", worker, s.createTicket)
-		add(http.MethodGet, "/v1/ws", s.serveWS, s.authenticateWS, s.rateLimit)
+		add(http.MethodGet, "/v1/ws", s.serveWS, auth(s.authenticateWS)...)
 	}
 
 	metrics := promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slogErrorLog{s.log}})
@@ -168,14 +176,21 @@ func (s *Server) registerRoutes(g prometheus.Gatherer) {
 	add(http.MethodGet, "/openapi.yaml", s.openapi)
 }
 
-type ctxKey string
+// keyContext is the context of an authenticated request: the request's
+// echo.Context and the caller's key. Passing the key this way costs one small
+// allocation per request, where echo's c.Set builds a map.
+type keyContext struct {
+	echo.Context
+	key store.APIKey
+}
 
-const keyCtx ctxKey = "semaphored.key"
-
-// callerKey is the authenticated key of the request.
+// callerKey is the authenticated key of the request (the zero key before
+// authentication).
 func callerKey(c echo.Context) store.APIKey {
-	k, _ := c.Get(string(keyCtx)).(store.APIKey)
-	return k
+	if kc, ok := c.(*keyContext); ok {
+		return kc.key
+	}
+	return store.APIKey{}
 }
 
 // authenticate checks the bearer key and that its role may call the route.
@@ -206,8 +221,7 @@ func (s *Server) authenticate(need role) echo.MiddlewareFunc {
 			if have < need {
 				return errorf(CodeForbidden, "a %s key may not call this route", k.Role)
 			}
-			c.Set(string(keyCtx), k)
-			return next(c)
+			return next(&keyContext{Context: c, key: k})
 		}
 	}
 }
@@ -243,12 +257,10 @@ func equalFoldASCII(a, b string) bool {
 	return true
 }
 
-// rateLimit applies the per-key limit (after authenticate).
+// rateLimit applies the per-key limit (after authenticate). Routes have it
+// only when the limit is on.
 func (s *Server) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if s.limiter == nil {
-			return next(c)
-		}
 		if wait, ok := s.limiter.allow(callerKey(c).ID); !ok {
 			secs := max(1, int(math.Ceil(wait.Seconds())))
 			c.Response().Header().Set("Retry-After", fmt.Sprint(secs))
@@ -258,21 +270,20 @@ func (s *Server) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// recoverPanics turns a panic in a handler into a logged 500 internal.
-func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				if r == http.ErrAbortHandler {
-					panic(r)
-				}
-				s.log.Error("panic in handler", "method", c.Request().Method, "route", c.Path(),
-					"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				err = errorf(CodeInternal, "internal error")
+// callRecovering calls next, turning a panic in it into a logged 500
+// internal.
+func (s *Server) callRecovering(next echo.HandlerFunc, c echo.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if r == http.ErrAbortHandler {
+				panic(r)
 			}
-		}()
-		return next(c)
-	}
+			s.log.Error("panic in handler", "method", c.Request().Method, "route", c.Path(),
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = errorf(CodeInternal, "internal error")
+		}
+	}()
+	return next(c)
 }
 
 // slogErrorLog adapts slog to promhttp's error logger.

@@ -72,8 +72,7 @@ func (s *Server) authenticateWS(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		c.Set(string(keyCtx), k)
-		return next(c)
+		return next(&keyContext{Context: c, key: k})
 	}
 }
 

@@ -32,6 +32,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -47,6 +48,7 @@ type Client struct {
 	apiKey    string
 	http      *http.Client
 	userAgent string
+	auth      string // the Authorization header's value, "" without a key
 }
 
 // defaultTransport is http.DefaultTransport's settings with room to keep a
@@ -108,12 +110,20 @@ func New(baseURL, apiKey string, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(c)
 	}
+	if apiKey != "" {
+		c.auth = "Bearer " + apiKey
+	}
 	return c, nil
 }
 
 // endpoint joins the base URL with path segments, escaping each one.
 func (c *Client) endpoint(query url.Values, segments ...string) string {
 	var b strings.Builder
+	n := len(c.base)
+	for _, s := range segments {
+		n += 1 + len(s)
+	}
+	b.Grow(n) // the usual length: segments that need no escaping
 	b.WriteString(c.base)
 	for _, s := range segments {
 		b.WriteByte('/')
@@ -127,6 +137,8 @@ func (c *Client) endpoint(query url.Values, segments ...string) string {
 }
 
 // do sends a request and decodes a 2xx JSON reply into out (nil: discard).
+// The reply is read to its end in any case, so that the connection is
+// reused.
 func (c *Client) do(ctx context.Context, method, target string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -140,16 +152,7 @@ func (c *Client) do(ctx context.Context, method, target string, in, out any) err
 	if err != nil {
 		return fmt.Errorf("sdk: %w", err)
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	if c.userAgent != "" {
-		req.Header.Set("User-Agent", c.userAgent)
-	}
-	if c.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+c.apiKey)
-	}
+	c.setHeaders(req.Header, in != nil)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("sdk: %s %s: %w", method, req.URL.Path, err)
@@ -162,10 +165,55 @@ func (c *Client) do(ctx context.Context, method, target string, in, out any) err
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	buf := getBuffer()
+	defer putBuffer(buf)
+	if resp.ContentLength > 0 && resp.ContentLength <= maxPooledBuffer {
+		buf.Grow(int(resp.ContentLength) + 1) // +1: room for the read that sees EOF
+	}
+	if _, err := buf.ReadFrom(resp.Body); err != nil {
+		return fmt.Errorf("sdk: decode %s %s reply: %w", method, req.URL.Path, err)
+	}
+	if err := json.Unmarshal(buf.Bytes(), out); err != nil {
 		return fmt.Errorf("sdk: decode %s %s reply: %w", method, req.URL.Path, err)
 	}
 	return nil
+}
+
+// setHeaders sets the headers of every request on h, a new request's. The
+// values share one allocation.
+func (c *Client) setHeaders(h http.Header, hasBody bool) {
+	vals := make([]string, 0, 4)
+	set := func(key, v string) {
+		vals = append(vals, v)
+		h[key] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	if hasBody {
+		set("Content-Type", "application/json")
+	}
+	set("Accept", "application/json")
+	if c.userAgent != "" {
+		set("User-Agent", c.userAgent)
+	}
+	if c.auth != "" {
+		set("Authorization", c.auth)
+	}
+}
+
+// bufferPool holds the buffers replies are read into.
+var bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBuffer bounds the buffers kept in bufferPool, so that a rare
+// large reply does not stay in memory.
+const maxPooledBuffer = 64 << 10
+
+func getBuffer() *bytes.Buffer { return bufferPool.Get().(*bytes.Buffer) }
+
+func putBuffer(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBuffer {
+		return
+	}
+	b.Reset()
+	bufferPool.Put(b)
 }
 
 // APIError is an error answered by the server: the HTTP status and the

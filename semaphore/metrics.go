@@ -31,6 +31,7 @@ const (
 // metrics are the domain metrics. Labels are bounded: never a lease id.
 type metrics struct {
 	acquireTotal    *prometheus.CounterVec
+	acquireResults  [len(acquireResultNames)]prometheus.Counter // acquireTotal's children, by index
 	acquireDuration prometheus.Histogram
 	leasesExpired   prometheus.Counter
 
@@ -80,8 +81,8 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 			Buckets:   []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"route"}),
 	}
-	for _, r := range []string{resultGranted, resultNoPermit, resultWeightTooLarge, resultError} {
-		m.acquireTotal.WithLabelValues(r)
+	for i, r := range acquireResultNames {
+		m.acquireResults[i] = m.acquireTotal.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
@@ -97,19 +98,36 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 	return m, nil
 }
 
+// Indexes of metrics.acquireResults.
+const (
+	acquireGranted = iota
+	acquireNoPermit
+	acquireWeightTooLarge
+	acquireError
+)
+
+// acquireResultNames are the results of acquire_total, indexed as
+// metrics.acquireResults.
+var acquireResultNames = [...]string{
+	acquireGranted:        resultGranted,
+	acquireNoPermit:       resultNoPermit,
+	acquireWeightTooLarge: resultWeightTooLarge,
+	acquireError:          resultError,
+}
+
 func (m *metrics) observeAcquire(start time.Time, err error) {
 	m.acquireDuration.Observe(time.Since(start).Seconds())
-	r := resultGranted
+	r := acquireGranted
 	switch {
 	case err == nil:
 	case errors.Is(err, store.ErrNoPermit):
-		r = resultNoPermit
+		r = acquireNoPermit
 	case errors.Is(err, store.ErrWeightTooLarge):
-		r = resultWeightTooLarge
+		r = acquireWeightTooLarge
 	default:
-		r = resultError
+		r = acquireError
 	}
-	m.acquireTotal.WithLabelValues(r).Inc()
+	m.acquireResults[r].Inc()
 }
 
 // stateCollector lists semaphores at scrape time and exports their usage.
