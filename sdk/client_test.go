@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -474,4 +476,37 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestClient_ReusesConnections: a reply with bytes after its JSON value (a
+// trailing newline, white space) is still read to its end, so sequential
+// calls share one keep-alive connection.
+func TestClient_ReusesConnections(t *testing.T) {
+	lease := `{"lease":{"id":"l1","semaphore":"s","channel":"default","weight":1,"fencingToken":1,` +
+		`"ttl":"1m0s","acquiredAt":"2026-01-01T00:00:00Z","expiresAt":"2026-01-01T00:01:00Z"}}`
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(lease + "\n"))
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush() // chunked: the trailing bytes come in a chunk of their own,
+		}
+		time.Sleep(20 * time.Millisecond) // after the client has its JSON value
+		_, _ = w.Write([]byte("   \n"))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := sdk.New(srv.URL, "k")
+	require.NoError(t, err)
+	for range 5 {
+		l, err := c.Release(t.Context(), "l1")
+		require.NoError(t, err)
+		require.Equal(t, "l1", l.ID)
+	}
+	require.Equal(t, int64(1), conns.Load())
 }
