@@ -20,7 +20,7 @@ import "strings"
 //	P:{<tenant>/<name>}:jobs       hash: job seq -> job record (meta JSON, "\n", payload)
 //	P:{<tenant>/<name>}:jq         hash: per-channel job queues in chunks of 6-byte seqs
 //	P:{<tenant>/<name>}:jch        zset (scores 0): channels with scheduled jobs (round-robin)
-//	P:{<tenant>/<name>}:jcnt       hash: "q"/"q:<channel>" scheduled, "i"/"i:<channel>" inflight jobs
+//	P:{<tenant>/<name>}:jcnt       hash: "q:<channel>" scheduled, "i"/"i:<channel>" inflight jobs
 //	P:{<tenant>/<name>}:jfin       zset: job seq -> finish ms (terminal jobs, retention)
 //	P:{<tenant>/<name>}:jidem      hash: job idempotency key -> job seq
 //

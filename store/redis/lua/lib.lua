@@ -28,7 +28,7 @@
 --   KEYS[14] jq         hash: job queues, per channel c: "m:<c>" -> "hc hi tc", chunks
 --                       "c:<c>:<n>" -> up to QCH 6-byte job seqs (see q_push)
 --   KEYS[15] jch        zset, all scores 0: channels with scheduled jobs (round-robin by name)
---   KEYS[16] jcnt       hash: "q" / "q:<c>" scheduled jobs, "i" / "i:<c>" inflight jobs
+--   KEYS[16] jcnt       hash: "q:<c>" scheduled jobs (total: sem "jq"), "i" / "i:<c>" inflight jobs
 --   KEYS[17] jfin       zset: job seq -> finish time (ms), terminal jobs (retention)
 --   KEYS[18] jidem      hash: job idempotency key -> job seq
 --
@@ -92,7 +92,7 @@ local IX, IX_LOW, IX_EXACT
 local RECHECK = 5000 -- ms, sweep.go sweepRecheck
 -- counters kept in the semaphore's hash (read with its config, so the
 -- common paths need no other read): U "u" total used weight, WN "wn"
--- waiting waiters, JQ "jq" scheduled jobs (= jcnt "q"). Every change
+-- waiting waiters, JQ "jq" scheduled jobs (the sum of jcnt "q:<c>"). Every change
 -- writes through (set_counter); sweep.lua recomputes them.
 local U, WN, JQ
 
@@ -143,7 +143,12 @@ local function recount()
   end
   redis.call('HDEL', K_USED, 't') -- layout 1 kept the total here
   U, WN = u, redis.call('ZCARD', K_WAITERS)
-  JQ = tonumber(redis.call('HGET', K_JCNT, 'q') or 0)
+  JQ = 0
+  local jc = redis.call('HGETALL', K_JCNT)
+  for i = 1, #jc, 2 do
+    if string.sub(jc[i], 1, 2) == 'q:' then JQ = JQ + tonumber(jc[i + 1]) end
+  end
+  redis.call('HDEL', K_JCNT, 'q') -- layout 1 kept the total here
   for f, v in pairs({u = U, wn = WN, jq = JQ}) do
     if v > 0 then redis.call('HSET', K_SEM, f, v) else redis.call('HDEL', K_SEM, f) end
   end
@@ -329,8 +334,11 @@ end
 local function job_chan(m) return m.c or DEFAULT_CHANNEL end
 
 local function count(f, d)
+  if f == 'q' then -- the total of scheduled jobs is kept in the semaphore hash
+    JQ = set_counter('jq', d)
+    return
+  end
   if redis.call('HINCRBY', K_JCNT, f, d) <= 0 then redis.call('HDEL', K_JCNT, f) end
-  if f == 'q' then JQ = set_counter('jq', d) end
 end
 
 local function count_inflight(c, d) count('i', d); count('i:' .. c, d) end
@@ -596,7 +604,7 @@ end
 local function dispatch(conf, now, max, all)
   if conf.susp or JQ <= 0 then return 0 end
   if not max or max <= 0 then max = DISPATCH_BATCH end
-  local n, at = 0, redis.call('HGET', K_SEM, 'rr') or ''
+  local n, at, served = 0, redis.call('HGET', K_SEM, 'rr') or '', nil
   local list = dispatch_order(conf, at, all)
   if list and #list == 0 then return 0 end
   local blocked, nblocked, i = {}, 0, 0
@@ -606,23 +614,22 @@ local function dispatch(conf, now, max, all)
       i = i % #list + 1
       c = list[i]
     else
-      c = next_chan(at)
+      c = next_chan(at) -- a channel with scheduled jobs
       if not c then break end
     end
-    local size = list and #list or redis.call('ZCARD', K_JCH)
     if blocked[c] then
-      if nblocked >= size then break end
-    elseif redis.call('ZSCORE', K_JCH, c) == false then
-      blocked[c], nblocked = true, nblocked + 1 -- its queue emptied (list mode)
+      if nblocked >= (list and #list or redis.call('ZCARD', K_JCH)) then break end
+    elseif list and redis.call('ZSCORE', K_JCH, c) == false then
+      blocked[c], nblocked = true, nblocked + 1 -- its queue emptied
     elseif head(conf, c, now) or not fits(conf, c, 1) then
       if conf.scope ~= 'channel' then break end -- one domain: if one cannot, none can
       blocked[c], nblocked = true, nblocked + 1
     elseif dispatch_one(conf, c, now) then
-      n = n + 1
-      redis.call('HSET', K_SEM, 'rr', c)
+      n, served = n + 1, c
     end
     at = c
   end
+  if served then redis.call('HSET', K_SEM, 'rr', served) end
   if n >= max then
     redis.call('HSET', K_SEM, 'dmore', 1)
   elseif list == nil then

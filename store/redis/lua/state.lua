@@ -15,6 +15,8 @@ local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)
 local used = redis.call('HGETALL', K_USED)
+local jobs = redis.call('HGETALL', K_JCNT)
+if JQ > 0 then jobs[#jobs + 1] = 'q'; jobs[#jobs + 1] = tostring(JQ) end
 if U > 0 then used[#used + 1] = 't'; used[#used + 1] = tostring(U) end
 return done(conf, now, {'ok', conf.max, conf.scope, used,
-  redis.call('HGETALL', K_WCOUNT), redis.call('ZCARD', K_WAITERS), redis.call('HGETALL', K_JCNT)}, true)
+  redis.call('HGETALL', K_WCOUNT), redis.call('ZCARD', K_WAITERS), jobs}, true)
