@@ -12,14 +12,14 @@ import (
 )
 
 // Acquires, releases, waiter polls, job enqueues and job transitions of one
-// semaphore that arrive while a call for that semaphore is in flight wait
-// for it, and then go to Redis
-// together, as one batch.lua call (group commit): a lone caller goes at
-// once, alone; under load one round trip, one clock read, one expiry
-// check and one dispatch serve up to batchMax callers. Each operation runs
-// in Redis exactly as it would alone, in arrival order, within one atomic
-// call, so batching changes no outcome, only how many round trips and
-// script calls they cost.
+// semaphore that arrive while calls for that semaphore are in flight
+// (batchInflight of them) wait, and then go to Redis together as one
+// batch.lua call (group commit): a lone caller goes at once, alone; under
+// load one round trip, one clock read, one expiry check and one dispatch of
+// queued jobs serve up to batchMax callers. The operations of a call run
+// one after the other in arrival order, each as it would alone, within one
+// atomic call; as for any concurrent requests, two calls in flight may
+// reach Redis in either order.
 const (
 	// batchMax operations at most per call.
 	batchMax = 128

@@ -15,22 +15,31 @@ import (
 //
 //   - A semaphore's due time is the earliest of its lease expiries and
 //     waiter deadlines (lib.lua next_due). Job leases are leases like any
-//     other (in holders), so the due time covers them. Every script that
-//     adds or moves such an item (acquire, extend, a grant or a job dispatch
-//     inside any script, a job hold in transition.lua) sets lib.lua's DIRTY
-//     and returns the new due time, and the caller then sends ZADD LT: a
-//     score only ever goes down, and a new member is added.
+//     other (in holders), so the due time covers them. The semaphore's hash
+//     keeps ix (lib.lua IX), at or below every such due time. A script that
+//     adds or moves an item due before ix (acquire, extend, a grant or a
+//     job dispatch inside any script, a job hold) lowers ix and returns it;
+//     a script that finds ix passed (ix <= now), and every sweep.lua, sets
+//     ix from the exact earliest due time and returns it; a returned time
+//     is never later than now + sweepRecheck. The caller then sends ZADD
+//     LT: a score only ever goes down, and a new member is added.
 //   - The only thing that raises a score is a sweep's claim
 //     (sweep_claim.lua: score := now + sweepRecheck). After a claim the
 //     sweeper runs sweep.lua on the member and sends ZADD LT with the due
 //     time that script returned.
-//   - Take any live item x and the last claim C of its semaphore. If x was
-//     added before the sweep.lua that followed C, that script saw x and its
-//     ZADD LT (after C) puts the score at or below x's due time. If x was
-//     added after that sweep.lua, x's creator sends its ZADD LT after its
-//     script, hence after C. Either way a ZADD LT at or below x's due time
-//     lands after the last raise, so a sweep reaches x in time. A grant
-//     whose ZADD lands after a later claim is the second case.
+//   - Take any live item x and the last claim C of its semaphore, and the
+//     sweep.lua S run for it. Every value ix takes from S on is sent by a
+//     ZADD LT that lands after C (S's own, then each lowering and each
+//     recompute). If x existed at S, S's ix is at or below x's due time.
+//     If x came later, either it lowered ix to its own due time, or ix was
+//     already at or below it. Either way a ZADD LT at or below x's due
+//     time lands after the last raise, so a sweep reaches x in time.
+//   - A ZADD that never lands (the caller died after its script) leaves ix
+//     lowered in Redis but not in the index. Since a reported time is at
+//     most sweepRecheck ahead, ix passes within sweepRecheck, and the next
+//     script on the semaphore recomputes it and reports it again; a member
+//     already in the index is claimed at least every sweepRecheck anyway
+//     (see below).
 //   - If a sweeper dies between claim and update, the claim's score
 //     (now + sweepRecheck) still brings the member back: the delay is
 //     bounded by sweepRecheck, never infinite. An idle semaphore is left in
@@ -46,12 +55,13 @@ import (
 // counting (and dispatches queued jobs at its end), and a waiting call's
 // ~1 s poll grants freed permits itself, so a late sweep delays nothing a
 // client is blocked on by more than that. Terminal jobs are forgotten after
-// store.JobRetention by sweep.lua (and enqueue.lua), reached at least every
+// store.JobRetention by sweep.lua (and by batch.lua enqueues), reached at least every
 // sweepRecheck since a semaphore stays in the index.
 
 // indexDue lowers the semaphore's score in the sweep index to due (ms,
 // Redis time) when due > 0. A failure is logged: the item is still found
-// at the semaphore's current score, at worst at the next touch.
+// at the semaphore's current score, at worst when a script reports ix
+// again (within sweepRecheck of the lost report, see above).
 func (s *Store) indexDue(ctx context.Context, tenant, name string, due int64) {
 	if due <= 0 {
 		return
