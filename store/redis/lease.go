@@ -53,7 +53,7 @@ func ms(d time.Duration) int64 {
 
 // Acquire grants a lease, or waits in the FIFO queue of its capacity
 // domain (see store.Store).
-func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease, error) {
+func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (_ store.Lease, err error) {
 	if p.Channel == "" {
 		p.Channel = store.DefaultChannel
 	}
@@ -66,7 +66,10 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (store.Lease
 		// Registered before the script runs: a grant can be pushed before
 		// the script's reply arrives.
 		w = s.register(id)
-		defer s.unregister(id)
+		// The waiter stays queued in Redis at most until now + wait +
+		// slack (its deadline there, set after this).
+		until := time.Now().Add(p.Wait + waiterSlack + time.Second)
+		defer func() { s.unregister(p.Tenant, id, err != nil, until) }()
 	}
 	op := &batchOp{
 		args: []any{"a", id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack)},

@@ -89,6 +89,9 @@ type Store struct {
 
 	mu      sync.Mutex
 	waiters map[string]*waiter // waiter id -> its waiting Acquire
+	// failedWaits: waiter id -> its deadline in Redis, for waits that
+	// ended without their lease (unregister)
+	failedWaits map[string]time.Time
 
 	listener atomic.Pointer[func(store.JobEvents)] // SetJobListener
 
@@ -116,15 +119,16 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		client:   client,
-		keys:     newKeys(opts.Prefix),
-		nodeID:   opts.NodeID,
-		log:      opts.Logger.With("component", "redisstore", "node", opts.NodeID),
-		listened: make(chan struct{}),
-		closing:  make(chan struct{}),
-		waiters:  make(map[string]*waiter),
-		batches:  make(map[string]*semBatch),
-		authKeys: newKeyCache(),
+		client:      client,
+		keys:        newKeys(opts.Prefix),
+		nodeID:      opts.NodeID,
+		log:         opts.Logger.With("component", "redisstore", "node", opts.NodeID),
+		listened:    make(chan struct{}),
+		closing:     make(chan struct{}),
+		waiters:     make(map[string]*waiter),
+		failedWaits: make(map[string]time.Time),
+		batches:     make(map[string]*semBatch),
+		authKeys:    newKeyCache(),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -182,18 +186,23 @@ func (s *Store) register(id string) *waiter {
 
 // handOver gives a waiter of this Store the lease a script granted it in
 // its reply (lib.lua grant_domain). A waiter no longer registered has
-// ended its wait: its give-up took the lease (cancel_wait.lua finds it by
-// the waiter's id) or could not reach Redis, and the lease then expires
-// by its ttl.
-func (s *Store) handOver(id, raw string) {
+// ended its wait: with a lease (its poll or give-up found this one by the
+// waiter's id: nothing to do), or without one (its give-up could not reach
+// Redis, see unregister): then the lease is released.
+func (s *Store) handOver(tenant, id, raw string) {
 	s.mu.Lock()
 	w := s.waiters[id]
+	_, failed := s.failedWaits[id]
 	if w != nil {
 		w.lease = raw
+	} else if failed {
+		delete(s.failedWaits, id)
 	}
 	s.mu.Unlock()
 	if w == nil {
-		s.log.Debug("grant for a waiter that ended its wait", "waiter", id)
+		if failed {
+			go s.releaseAbandoned(tenant, id)
+		}
 		return
 	}
 	select {
@@ -209,10 +218,28 @@ func (s *Store) handedOver(w *waiter) string {
 	return w.lease
 }
 
-func (s *Store) unregister(id string) {
+// unregister ends a wait. A wait that ended without its lease (failed)
+// while it may still be queued in Redis (until, its deadline there) is
+// remembered until then, so that a grant handed over later is released
+// (handOver); a lease handed over but not taken is released at once.
+func (s *Store) unregister(tenant, id string, failed bool, until time.Time) {
 	s.mu.Lock()
+	w := s.waiters[id]
 	delete(s.waiters, id)
+	orphan := failed && w != nil && w.lease != ""
+	if failed && !orphan {
+		now := time.Now()
+		for k, t := range s.failedWaits { // few: waits whose give-up failed
+			if now.After(t) {
+				delete(s.failedWaits, k)
+			}
+		}
+		s.failedWaits[id] = until
+	}
 	s.mu.Unlock()
+	if orphan {
+		go s.releaseAbandoned(tenant, id)
+	}
 }
 
 func (s *Store) wake(id string) {

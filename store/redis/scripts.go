@@ -166,7 +166,7 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 	}
 	due, _ := res[len(res)-3].(int64)
 	s.indexDue(ctx, tenant, name, due)
-	s.handOverAll(res[len(res)-1])
+	s.handOverAll(tenant, res[len(res)-1])
 	ev := s.emit(tenant, name, res[len(res)-2])
 	res = res[:len(res)-3]
 	if st, _ := res[0].(string); strings.HasPrefix(st, "SD_") {
@@ -177,13 +177,13 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 
 // handOverAll hands the grants of a reply (lib.lua done: {waiter id,
 // lease JSON} each) to this Store's waiters.
-func (s *Store) handOverAll(v any) {
+func (s *Store) handOverAll(tenant string, v any) {
 	grants, _ := v.([]any)
 	for _, g := range grants {
 		if g, _ := g.([]any); len(g) == 2 {
 			id, _ := g[0].(string)
 			raw, _ := g[1].(string)
-			s.handOver(id, raw)
+			s.handOver(tenant, id, raw)
 		}
 	}
 }

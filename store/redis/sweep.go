@@ -176,7 +176,7 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 			}
 			continue
 		}
-		s.handOverAll(res[5])
+		s.handOverAll(it.tenant, res[5])
 		s.emit(it.tenant, it.name, res[4])
 		expired += int(res[1].(int64))
 		if res[2].(int64) == 1 {
