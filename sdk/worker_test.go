@@ -413,6 +413,12 @@ func TestWorker_FreshSessionAfterGrace(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Do's lease was not reported lost")
 	}
+	// The connect hook runs before the worker subscribes again (see
+	// WithConnectHook): wait for the fresh session's subscription.
+	require.Eventually(t, func() bool {
+		subs, err := srv.st.Subscribers(ctx, store.DefaultTenant, "fresh", store.DefaultChannel)
+		return err == nil && len(subs) == 1 && subs[0].Session == ev.Session
+	}, 5*time.Second, 10*time.Millisecond)
 	ids := enqueueN(t, c, "fresh", 0, 5)
 	log.debug = func() {
 		for _, id := range ids {
