@@ -92,8 +92,8 @@ func buildLibrary() lib {
 
 // LibraryCode is the source of the function library the Store loads
 // (FUNCTION LOAD REPLACE), and FunctionName the FCALL name of one of its
-// functions ("acquire", "release", ...). For benchmarks that call the
-// functions straight from Go.
+// functions ("batch", "state", ...: the script file's name without .lua).
+// For benchmarks that call the functions straight from Go.
 func LibraryCode() string { return library.code }
 
 // FunctionName: see LibraryCode.
