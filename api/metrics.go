@@ -1,11 +1,8 @@
 package api
 
 import (
-	"maps"
 	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -14,47 +11,10 @@ import (
 
 // httpMetrics are the HTTP metrics. route is echo's path template (or
 // "unmatched"), method one of the standard methods (or "OTHER"): bounded.
-//
-// A request finds its series without hashing label values: routes maps a
-// route template to one slot per method, and a slot keeps the histogram and
-// the counters by status it has used. A series is created on first use, as
-// WithLabelValues would, so /metrics lists the same series as before.
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-
-	routes    map[string]*routeMetrics // written only while routes are registered
-	unmatched *routeMetrics
-}
-
-// methodLabels are the method labels; a request's method is looked up here, the
-// last slot is "OTHER".
-var methodLabels = [...]string{
-	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
-	http.MethodPatch, http.MethodDelete, http.MethodOptions, "OTHER",
-}
-
-// methodIndex is the slot of a request method in methodLabels.
-func methodIndex(m string) int {
-	for i, k := range methodLabels[:len(methodLabels)-1] {
-		if m == k {
-			return i
-		}
-	}
-	return len(methodLabels) - 1
-}
-
-// routeMetrics are the series of one route label.
-type routeMetrics struct {
-	route string
-	slots [len(methodLabels)]methodMetrics
-}
-
-// methodMetrics are the series of one (method, route) pair.
-type methodMetrics struct {
-	duration atomic.Pointer[prometheus.Observer]
-	codes    atomic.Pointer[map[int]prometheus.Counter] // copied on write
-	mu       sync.Mutex                                 // serialises writers of codes
+	routes   map[string]bool // registered path templates; written only before serving
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
@@ -70,8 +30,7 @@ func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 			Help:      "Duration of HTTP requests by method and route template.",
 			Buckets:   []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"method", "route"}),
-		routes:    map[string]*routeMetrics{},
-		unmatched: &routeMetrics{route: "unmatched"},
+		routes: map[string]bool{},
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.duration} {
@@ -85,52 +44,23 @@ func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 
 // addRoute makes path a route label. Called while routes are registered,
 // before the server serves.
-func (m *httpMetrics) addRoute(path string) {
-	if m.routes[path] == nil {
-		m.routes[path] = &routeMetrics{route: path}
-	}
+func (m *httpMetrics) addRoute(path string) { m.routes[path] = true }
+
+var knownMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodOptions: true,
 }
 
 // observe records a finished request.
 func (m *httpMetrics) observe(method, route string, status int, d time.Duration) {
-	r := m.routes[route]
-	if r == nil {
-		r = m.unmatched
+	if !knownMethods[method] {
+		method = "OTHER"
 	}
-	i := methodIndex(method)
-	s := &r.slots[i]
-	obs := s.duration.Load()
-	if obs == nil {
-		o := m.duration.WithLabelValues(methodLabels[i], r.route)
-		s.duration.Store(&o)
-		obs = &o
+	if !m.routes[route] {
+		route = "unmatched"
 	}
-	(*obs).Observe(d.Seconds())
-	s.counter(m, methodLabels[i], r.route, status).Inc()
-}
-
-// counter is the requests counter of this pair with status code.
-func (s *methodMetrics) counter(m *httpMetrics, method, route string, code int) prometheus.Counter {
-	if p := s.codes.Load(); p != nil {
-		if c, ok := (*p)[code]; ok {
-			return c
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var old map[int]prometheus.Counter
-	if p := s.codes.Load(); p != nil {
-		old = *p
-	}
-	if c, ok := old[code]; ok {
-		return c
-	}
-	c := m.requests.WithLabelValues(method, route, strconv.Itoa(code))
-	next := make(map[int]prometheus.Counter, len(old)+1)
-	maps.Copy(next, old)
-	next[code] = c
-	s.codes.Store(&next)
-	return c
+	m.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(method, route).Observe(d.Seconds())
 }
 
 // observe is the outermost middleware: it renders a returned error itself

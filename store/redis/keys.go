@@ -5,10 +5,11 @@ import "strings"
 // Key layout. Every key is built here, from the configurable prefix P
 // (default "sd"):
 //
-//	P:{<tenant>/<name>}:sem        hash: config, suspended, timestamps, waiter seq
+//	P:{<tenant>/<name>}:sem        hash: config, suspended, timestamps, waiter seq, layout
+//	                               version, ix and the u/wn/jq counters (lib.lua)
 //	P:{<tenant>/<name>}:holders    zset: lease id -> expiry ms (Redis TIME)
 //	P:{<tenant>/<name>}:leases     hash: lease id -> lease JSON
-//	P:{<tenant>/<name>}:used       hash: "t" / "c:<channel>" -> used weight
+//	P:{<tenant>/<name>}:used       hash: "c:<channel>" -> used weight
 //	P:{<tenant>/<name>}:fence      string: fencing counter, never deleted
 //	P:{<tenant>/<name>}:waiters    zset: waiter id -> arrival seq
 //	P:{<tenant>/<name>}:cq         zset (scores 0): per-channel FIFO by lex order

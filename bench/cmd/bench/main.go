@@ -154,7 +154,7 @@ func main() {
 	var cfg config
 	var only string
 	flag.StringVar(&cfg.repo, "repo", "", "semaphored checkout (default: the parent of the bench module)")
-	flag.StringVar(&cfg.rev, "rev", "", "build the server and read the Lua scripts from this git revision of the checkout (git archive) instead of its working tree")
+	flag.StringVar(&cfg.rev, "rev", "", "build the server from this git revision of the checkout (git archive) instead of its working tree (the raw-limit rows use the library compiled into the bench)")
 	flag.IntVar(&cfg.rounds, "rounds", 5, "measured rounds per scenario")
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
