@@ -211,6 +211,12 @@ func (s *Server) deleteKey(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.hub != nil {
+		// Sessions opened with it close now on every instance (SPEC §2.7).
+		if err := s.hub.RevokeKey(c.Request().Context(), k.Tenant, k.ID); err != nil {
+			s.log.Warn("announcing a key revocation failed; instances close its sessions within a heartbeat", "err", err)
+		}
+	}
 	return c.JSON(http.StatusOK, KeyResponse{Key: keyJSON(k)})
 }
 

@@ -121,6 +121,7 @@ func (s *Server) serveWS(c echo.Context) error {
 	w := &wsConn{srv: s, tenant: k.Tenant}
 	err = s.hub.Serve(c.Request().Context(), conn, delivery.ServeParams{
 		Tenant: k.Tenant,
+		KeyID:  k.ID,
 		Open:   w.welcome,
 		Handle: w.handle,
 		End:    s.svc.SessionLost,
@@ -252,30 +253,37 @@ func (w *wsConn) acquire(ctx context.Context, sess *delivery.Session, id string,
 		return
 	}
 	in := AcquireRequest{Channel: req.Channel, Weight: req.Weight, TTL: req.TTL, Wait: req.Wait}.input()
+	in.Session = sess.ID()
 	run := func(ctx context.Context) {
+		reject := func(err error) {
+			code, message := w.classify(err)
+			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
+		}
+		if !semaphore.ValidName(req.Semaphore) {
+			reject(errorf(CodeInvalidRequest, "semaphore %q does not match %s", shorten(req.Semaphore, 140), semaphore.NamePattern))
+			return
+		}
+		// The session's end looks for its leases in the semaphores it
+		// recorded; the lease is bound to it by the acquire itself.
+		if err := sess.UseSemaphore(ctx, req.Semaphore); err != nil {
+			if ctx.Err() == nil {
+				reject(err)
+			}
+			return
+		}
 		l, err := w.srv.svc.Acquire(ctx, w.tenant, req.Semaphore, in)
 		if err != nil {
 			if ctx.Err() != nil {
 				return // the connection ended while waiting
 			}
-			code, message := w.classify(err)
-			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
+			reject(err)
 			return
 		}
-		// Bind even when the connection just ended, so the session's loss
-		// releases the lease.
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := sess.BindLease(bctx, l.ID); err != nil {
-			_, _ = w.srv.svc.Release(bctx, w.tenant, l.ID)
-			code, message := w.classify(err)
-			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
-			return
-		}
+		sess.LeaseAcquired(l.ID)
 		sess.Send(WsFrame{Type: "acquired", ID: id, Lease: new(leaseJSON(l))})
 	}
 	if in.Wait == nil || *in.Wait <= 0 {
-		run(ctx)
+		sess.Run(run)
 		return
 	}
 	if !sess.Go(run) {
@@ -296,12 +304,14 @@ func (w *wsConn) extend(ctx context.Context, sess *delivery.Session, id string, 
 		w.fail(sess, id, errorf(CodeInvalidRequest, "ttl is required"))
 		return
 	}
-	l, err := w.srv.svc.Extend(ctx, w.tenant, req.Lease, time.Duration(*req.TTL))
-	if err != nil {
-		w.fail(sess, id, err)
-		return
-	}
-	sess.Send(WsFrame{Type: "extended", ID: id, Lease: new(leaseJSON(l))})
+	sess.Run(func(ctx context.Context) {
+		l, err := w.srv.svc.Extend(ctx, w.tenant, req.Lease, time.Duration(*req.TTL))
+		if err != nil {
+			w.fail(sess, id, err)
+			return
+		}
+		sess.Send(WsFrame{Type: "extended", ID: id, Lease: new(leaseJSON(l))})
+	})
 }
 
 func (w *wsConn) release(ctx context.Context, sess *delivery.Session, id string, data []byte) {
@@ -313,22 +323,31 @@ func (w *wsConn) release(ctx context.Context, sess *delivery.Session, id string,
 	case req.Lease != "" && req.Job != "":
 		w.fail(sess, id, errorf(CodeInvalidRequest, "give lease or job, not both"))
 	case req.Lease != "":
-		l, err := w.srv.svc.Release(ctx, w.tenant, req.Lease)
-		if err != nil {
-			w.fail(sess, id, err)
-			return
-		}
-		sess.Send(WsFrame{Type: "released", ID: id, Lease: new(leaseJSON(l))})
-		sess.LeaseReleased(ctx, l.ID)
+		sess.Run(func(ctx context.Context) {
+			l, err := w.srv.svc.Release(ctx, w.tenant, req.Lease)
+			if err != nil {
+				w.fail(sess, id, err)
+				return
+			}
+			sess.LeaseReleased(l.ID)
+			sess.Send(WsFrame{Type: "released", ID: id, Lease: new(leaseJSON(l))})
+		})
 	case req.Job != "":
-		j, err := w.srv.svc.ReleaseJob(ctx, w.tenant, req.Job)
-		if err != nil {
-			w.fail(sess, id, err)
-			return
-		}
-		// the reply goes first: the room it frees may push the next job at once
-		sess.Send(WsFrame{Type: "released", ID: id, Job: new(jobJSON(j))})
-		sess.JobReleased(ctx, j.ID)
+		sess.Run(func(ctx context.Context) {
+			// An acked job's delivery is recorded first, so it ends done
+			// with its route.
+			if err := sess.AwaitDelivered(ctx, req.Job); err != nil {
+				return // the connection ended
+			}
+			j, err := w.srv.svc.ReleaseJob(ctx, w.tenant, req.Job)
+			if err != nil {
+				w.fail(sess, id, err)
+				return
+			}
+			// the reply goes first: the room it frees may push the next job at once
+			sess.Send(WsFrame{Type: "released", ID: id, Job: new(jobJSON(j))})
+			sess.JobReleased(j.ID)
+		})
 	default:
 		w.fail(sess, id, errorf(CodeInvalidRequest, "lease or job is required"))
 	}

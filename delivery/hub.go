@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,9 @@ const (
 	CloseGoingAway = 1001 // the server is shutting down: resume on another instance
 	ClosePolicy    = 1008 // no frame for 3 heartbeats, or the client reads too slowly (send queue full)
 	CloseResumed   = 4001 // the session was resumed by another connection
+	// CloseKeyRevoked: the API key the connection opened with was revoked;
+	// the session ends (close reason "key_revoked").
+	CloseKeyRevoked = 4003
 )
 
 // ErrNoSubscriber is the failure of a websocket route with no session to
@@ -260,6 +264,7 @@ func (h *Hub) heartbeatLoop() {
 			h.log.Warn("node heartbeat failed", "node", h.node, "err", err)
 		}
 		cancel()
+		h.checkKeys()
 		if time.Since(lastCheck) >= h.cfg.Heartbeat {
 			lastCheck = time.Now()
 			h.checkHeldJobs()
@@ -285,6 +290,55 @@ func (h *Hub) checkHeldJobs() {
 				continue
 			}
 			h.jobLeft(s, id)
+		}
+	}
+}
+
+// RevokeKey closes every session opened with the API key, on every
+// instance (code 4003, reason key_revoked): at once on this one, through
+// the node bus on the others. Every instance also checks the keys of its
+// sessions every Heartbeat/3 (checkKeys), which covers a lost bus message.
+func (h *Hub) RevokeKey(ctx context.Context, tenant, keyID string) error {
+	h.closeKey(tenant, keyID)
+	body, err := json.Marshal(keyRevokedBody{Tenant: tenant, Key: keyID})
+	if err != nil {
+		return err
+	}
+	return h.store.Publish(ctx, store.NodeMessage{Version: busVersion, From: h.node, Type: msgKeyRevoked, Body: body})
+}
+
+// closeKey closes the local sessions opened with the key.
+func (h *Hub) closeKey(tenant, keyID string) {
+	for _, s := range h.localSessions() {
+		if s.tenant == tenant && s.keyID == keyID && keyID != "" {
+			s.close(reasonRevoked, CloseKeyRevoked, "key_revoked")
+		}
+	}
+}
+
+// checkKeys closes the local sessions whose API key no longer exists.
+func (h *Hub) checkKeys() {
+	byTenant := map[string][]*Session{}
+	for _, s := range h.localSessions() {
+		if s.keyID != "" {
+			byTenant[s.tenant] = append(byTenant[s.tenant], s)
+		}
+	}
+	for tenant, sessions := range byTenant {
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.Heartbeat)
+		keys, err := h.store.ListKeys(ctx, tenant)
+		cancel()
+		if err != nil {
+			continue
+		}
+		live := make(map[string]bool, len(keys))
+		for _, k := range keys {
+			live[k.ID] = true
+		}
+		for _, s := range sessions {
+			if !live[s.keyID] {
+				s.close(reasonRevoked, CloseKeyRevoked, "key_revoked")
+			}
 		}
 	}
 }

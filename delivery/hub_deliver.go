@@ -27,7 +27,15 @@ const (
 	// connection of the sender: another node still holding a connection
 	// for it closes that connection (4001).
 	msgSessionClosed = "session_closed"
+	// msgKeyRevoked tells every node that an API key was revoked: each
+	// closes the sessions opened with it (Hub.RevokeKey).
+	msgKeyRevoked = "key_revoked"
 )
+
+type keyRevokedBody struct {
+	Tenant string `json:"tenant"`
+	Key    string `json:"key"`
+}
 
 type deliverBody struct {
 	Request   string          `json:"request"`
@@ -95,7 +103,9 @@ type jobFrame struct {
 // AckTimeout takes it (nil). A session that does not ack, or has gone, is
 // not offered the job again; when every subscriber with room has been
 // tried, or none is subscribed, the error wraps ErrNoSubscriber and the
-// dispatcher moves the job on. While every subscriber not yet tried holds
+// dispatcher moves the job on. nil means the delivery is recorded too
+// (the job is inflight on the websocket route, bound to the session that
+// took it): the dispatcher records nothing more. While every subscriber not yet tried holds
 // its prefetch, Deliver waits for room until ctx ends (the job's lease
 // ends it), so a job is never pushed beyond a session's prefetch.
 func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error {
@@ -237,17 +247,26 @@ func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
 	if !s.settle(o.job, p) {
 		return fail
 	}
+	// Record the delivery, bound to the session, in the semaphore's own
+	// atomic call; a release of the job over the session waits for it.
 	bctx, cancel := cleanupCtx()
 	defer cancel()
-	if err := h.store.BindJob(bctx, s.params(), sub, o.job); err != nil {
-		h.log.Warn("binding a job to its session failed; the session's loss will not apply onSessionLost to it",
+	_, err = h.store.TransitionJob(bctx, store.TransitionParams{
+		Tenant: o.tenant, JobID: o.job, Action: store.ActDelivered, Route: routing.TypeWebsocket, LeaseID: o.lease,
+		Bind: &store.SessionBinding{Session: s.ID(), Channel: sub.Channel},
+	})
+	switch {
+	case err == nil:
+		s.delivered(o.job, true)
+	case errors.Is(err, store.ErrStaleLease), errors.Is(err, store.ErrInvalidState), errors.Is(err, store.ErrJobNotFound):
+		// It moved on meanwhile (expired and retried, cancelled, released
+		// over HTTP): nothing of it is the session's any more.
+		s.delivered(o.job, false)
+	default:
+		// The client works on it; its lease bounds the loss of the record.
+		h.log.Warn("recording a websocket delivery failed; the job is retried when its lease expires",
 			"session", s.ID(), "job", o.job, "err", err)
-	}
-	if s.bound(o.job) { // released while it was being bound
-		if err := h.store.UnbindJob(bctx, s.params(), o.job); err != nil && !errors.Is(err, store.ErrSessionNotFound) {
-			h.log.Warn("unbinding a job from its session", "session", s.ID(), "job", o.job, "err", err)
-		}
-		h.freed()
+		s.delivered(o.job, true)
 	}
 	return nil
 }
@@ -338,6 +357,12 @@ func (h *Hub) onMessage(m store.NodeMessage) {
 		if s := h.session(b.Session); s != nil && s.tenant == b.Tenant {
 			s.displace()
 		}
+	case msgKeyRevoked:
+		var b keyRevokedBody
+		if m.From == h.node || json.Unmarshal(m.Body, &b) != nil {
+			return
+		}
+		h.closeKey(b.Tenant, b.Key)
 	default:
 		h.log.Debug("node bus message of an unknown type dropped", "type", m.Type, "from", m.From)
 	}

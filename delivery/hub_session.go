@@ -25,9 +25,15 @@ var (
 	ErrNotSubscribed = errors.New("delivery: not subscribed")
 )
 
-// maxRequests bounds the requests of one connection running at once in
-// their own goroutine (acquires that wait).
-const maxRequests = 64
+// maxWaiting bounds the acquires of one connection that wait for a
+// permit at once, each in its own goroutine; maxRequests bounds the other
+// requests of one connection that run at once (acquires without wait,
+// releases, extends): when they are all busy the connection's reads stop
+// until one ends (backpressure).
+const (
+	maxWaiting  = 64
+	maxRequests = 64
+)
 
 // closeReason is why the server ended a connection.
 type closeReason int
@@ -38,28 +44,8 @@ const (
 	reasonHeartbeat                    // no frame for 3 heartbeats
 	reasonSlow                         // send queue full or a write timed out
 	reasonDisplaced                    // the session was resumed by another connection
+	reasonRevoked                      // its API key was revoked: the session ends
 )
-
-// subKey identifies a subscription of a session.
-type subKey struct{ semaphore, channel string }
-
-// heldJob is a job a session acked and has not released.
-type heldJob struct {
-	sub   subKey
-	lease string // the job's lease when pushed ("" unknown: restored by resume)
-	// binding: acked, and the push is still recording it in the store
-	// (BindJob); a release meanwhile leaves the unbinding to the push, so
-	// the store never binds a job after its unbinding.
-	binding bool
-}
-
-// pendingPush is a job pushed and not yet acked.
-type pendingPush struct {
-	sub   subKey
-	lease string
-	acked chan struct{}
-	ack   bool
-}
 
 // Session is one websocket connection of this instance and the session it
 // carries (which may change once, by resume). Its methods are safe for
@@ -72,7 +58,9 @@ type Session struct {
 	ctx    context.Context // ends when the connection ends
 	cancel context.CancelFunc
 
-	slots     chan struct{}  // request goroutines running (Go)
+	keyID     string
+	slots     chan struct{}  // waiting acquires running (Go)
+	workers   chan struct{}  // other requests running (Run)
 	tasks     sync.WaitGroup // request goroutines and the closer
 	closeOnce sync.Once
 
@@ -80,17 +68,19 @@ type Session struct {
 	id      string
 	resumed bool
 	reason  closeReason
-	leases  map[string]bool
+	leases  map[string]bool // sync leases acquired over it, live as far as it knows
+	sems    map[string]bool // semaphores recorded in the store (UseSemaphore)
 	subs    map[subKey]store.Subscription
-	held    map[string]heldJob
-	pending map[string]*pendingPush
-	early   map[string]bool // released while binding: the push unbinds them
+	jobs    ledger
 }
 
 // ServeParams are the callbacks of Serve: the request/reply protocol is
 // the API's, the hub runs the connection and the session.
 type ServeParams struct {
 	Tenant string
+	// KeyID is the API key the connection authenticated with: its
+	// revocation closes the session (Hub.RevokeKey).
+	KeyID string
 	// Open is called once the session exists in the store, before any
 	// frame is read (it sends welcome).
 	Open func(s *Session, resumeToken string)
@@ -130,19 +120,20 @@ func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) er
 	conn.SetReadLimit(h.cfg.MaxMessageBytes)
 	token := randomID(32)
 	s := &Session{
-		hub: h, conn: conn, tenant: p.Tenant, id: randomID(16),
+		hub: h, conn: conn, tenant: p.Tenant, keyID: p.KeyID, id: randomID(16),
 		send:    make(chan []byte, h.cfg.SendQueue),
-		slots:   make(chan struct{}, maxRequests),
+		slots:   make(chan struct{}, maxWaiting),
+		workers: make(chan struct{}, maxRequests),
 		leases:  make(map[string]bool),
+		sems:    make(map[string]bool),
 		subs:    make(map[subKey]store.Subscription),
-		held:    make(map[string]heldJob),
-		pending: make(map[string]*pendingPush),
-		early:   make(map[string]bool),
+		jobs:    newLedger(),
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	defer s.cancel()
 	err := h.store.PutSession(ctx, store.Session{
 		Tenant: p.Tenant, ID: s.id, Node: h.node, ResumeTokenHash: HashToken(token), Grace: h.cfg.Grace,
+		KeyID: p.KeyID,
 	})
 	if err != nil {
 		_ = conn.Close(websocket.StatusInternalError, "session store unavailable")
@@ -182,10 +173,14 @@ func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) er
 			readErr = err
 			break
 		}
-		timer.Reset(silence)
+		// The silence clock stops while a frame is handled: a handler
+		// waiting for room in the send queue (backpressure) is the
+		// server's wait, not the client's silence.
+		timer.Stop()
 		if p.Handle != nil {
 			p.Handle(s.ctx, s, typ, data)
 		}
+		timer.Reset(silence)
 	}
 	timer.Stop()
 	s.cancel()
@@ -203,7 +198,7 @@ func (h *Hub) endSession(s *Session, readErr error, p ServeParams) {
 	defer h.moving.Unlock()
 	s.mu.Lock()
 	id, reason := s.id, s.reason
-	pending := len(s.pending) + len(s.held)
+	pending := s.jobs.size()
 	s.mu.Unlock()
 	h.mu.Lock()
 	owner := h.sessions[id] == s
@@ -220,7 +215,7 @@ func (h *Hub) endSession(s *Session, readErr error, p ServeParams) {
 	ctx, cancel := cleanupCtx()
 	defer cancel()
 	sp := store.SessionParams{Tenant: s.tenant, Session: id}
-	if reason == reasonNone && websocket.CloseStatus(readErr) == websocket.StatusNormalClosure {
+	if reason == reasonRevoked || (reason == reasonNone && websocket.CloseStatus(readErr) == websocket.StatusNormalClosure) {
 		sess, err := h.store.EndSession(ctx, sp)
 		if err != nil {
 			if !errors.Is(err, store.ErrSessionNotFound) {
@@ -276,9 +271,11 @@ func (s *Session) ID() string {
 // Tenant is the session's tenant.
 func (s *Session) Tenant() string { return s.tenant }
 
-// Send queues a frame (marshalled to JSON) without blocking. A client whose
-// queue is full is too slow: its connection is closed (1008). false when
-// the frame was not queued.
+// Send queues a frame (marshalled to JSON). When the connection's send
+// queue is full it waits for room (the caller, often the connection's
+// reader, stops meanwhile: backpressure); a client that lets the queue
+// stay full for WriteTimeout has stopped reading and is closed (1008).
+// false when the frame was not queued.
 func (s *Session) Send(frame any) bool {
 	b, err := json.Marshal(frame)
 	if err != nil {
@@ -296,9 +293,39 @@ func (s *Session) sendRaw(b []byte) bool {
 	case s.send <- b:
 		return true
 	default:
-		s.close(reasonSlow, ClosePolicy, "send queue full: the client reads too slowly")
+	}
+	t := time.NewTimer(s.hub.cfg.WriteTimeout)
+	defer t.Stop()
+	select {
+	case s.send <- b:
+		return true
+	case <-s.ctx.Done():
+		return false
+	case <-t.C:
+		s.close(reasonSlow, ClosePolicy, "send queue full: the client stopped reading")
 		return false
 	}
+}
+
+// Run runs f in a goroutine bounded per connection (maxRequests), so that
+// the requests of one connection run concurrently (and share the store's
+// batched calls); the connection's end waits for it. When maxRequests run
+// already it waits for one to end first: the caller, the connection's
+// reader, stops reading meanwhile (backpressure). false, and f not run,
+// when the connection ended.
+func (s *Session) Run(f func(ctx context.Context)) bool {
+	select {
+	case s.workers <- struct{}{}:
+	case <-s.ctx.Done():
+		return false
+	}
+	s.tasks.Add(1)
+	go func() {
+		defer s.tasks.Done()
+		defer func() { <-s.workers }()
+		f(s.ctx)
+	}()
+	return true
 }
 
 // Go runs f in a goroutine bounded per connection (a request that may
@@ -321,7 +348,7 @@ func (s *Session) Go(f func(ctx context.Context)) bool {
 
 func (s *Session) setReason(r closeReason) {
 	s.mu.Lock()
-	if s.reason == reasonNone || r == reasonDisplaced {
+	if s.reason == reasonNone || r == reasonDisplaced || r == reasonRevoked {
 		s.reason = r
 	}
 	s.mu.Unlock()
@@ -345,28 +372,38 @@ func (s *Session) displace() {
 	s.close(reasonDisplaced, CloseResumed, "session resumed by another connection")
 }
 
-// BindLease records a sync lease acquired over the session.
-func (s *Session) BindLease(ctx context.Context, leaseID string) error {
-	if err := s.hub.store.BindLease(ctx, s.params(), leaseID); err != nil {
+// UseSemaphore records in the store, once per semaphore, that the session
+// may hold leases there: before its first session-bound acquire on it.
+func (s *Session) UseSemaphore(ctx context.Context, semaphore string) error {
+	s.mu.Lock()
+	done := s.sems[semaphore]
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := s.hub.store.UseSemaphore(ctx, s.params(), semaphore); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.leases[leaseID] = true
+	s.sems[semaphore] = true
 	s.mu.Unlock()
 	return nil
 }
 
-// LeaseReleased forgets a lease released over the session.
-func (s *Session) LeaseReleased(ctx context.Context, leaseID string) {
+// LeaseAcquired records a lease acquired over the session (bound to it in
+// the store by the acquire itself).
+func (s *Session) LeaseAcquired(leaseID string) {
 	s.mu.Lock()
-	bound := s.leases[leaseID]
+	s.leases[leaseID] = true
+	s.mu.Unlock()
+}
+
+// LeaseReleased forgets a lease released over the session (its release
+// unbound it in the store).
+func (s *Session) LeaseReleased(leaseID string) {
+	s.mu.Lock()
 	delete(s.leases, leaseID)
 	s.mu.Unlock()
-	if bound {
-		if err := s.hub.store.UnbindLease(ctx, s.params(), leaseID); err != nil && !errors.Is(err, store.ErrSessionNotFound) {
-			s.hub.log.Warn("unbinding a lease from its session", "session", s.ID(), "err", err)
-		}
-	}
 }
 
 // Subscribe adds or replaces a subscription (Prefetch ≥ 1).
@@ -378,6 +415,7 @@ func (s *Session) Subscribe(ctx context.Context, sub store.Subscription) error {
 	}
 	s.mu.Lock()
 	s.subs[subKey{sub.Semaphore, sub.Channel}] = sub
+	s.sems[sub.Semaphore] = true
 	s.mu.Unlock()
 	s.hub.freed()
 	return nil
@@ -403,28 +441,34 @@ func (s *Session) Unsubscribe(ctx context.Context, semaphore, channel string) er
 }
 
 // Ack records the client's ack of a pushed job: from now on the session
-// holds it (a release that follows at once finds it). false for a job that
-// was not pushed to this session (or whose ack came too late).
+// holds it (a release that follows waits until the push has recorded the
+// delivery). false for a job that was not pushed to this session (or
+// whose ack came too late).
 func (s *Session) Ack(jobID string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if p, ok := s.pending[jobID]; ok {
-		if !p.ack {
-			p.ack = true
-			close(p.acked)
-			delete(s.pending, jobID)
-			s.held[jobID] = heldJob{sub: p.sub, lease: p.lease, binding: true}
-		}
-		return true
+	return s.jobs.ack(jobID)
+}
+
+// AwaitDelivered waits until the delivery of a job the session acked is
+// recorded in the store (at once for any other job), so that a release
+// never reaches the store before the delivery it ends. ctx bounds it.
+func (s *Session) AwaitDelivered(ctx context.Context, jobID string) error {
+	s.mu.Lock()
+	ch := s.jobs.binding(jobID)
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
-	_, ok := s.held[jobID]
-	return ok
 }
 
 // JobReleased forgets a job released over the session, freeing room for
-// the next push.
-func (s *Session) JobReleased(ctx context.Context, jobID string) {
-	s.hub.jobLeftCtx(ctx, s, jobID)
+// the next push (its release unbound it in the store).
+func (s *Session) JobReleased(jobID string) {
+	s.hub.jobLeft(s, jobID)
 }
 
 // Resume makes this connection carry the session with the resume token
@@ -436,7 +480,7 @@ func (s *Session) JobReleased(ctx context.Context, jobID string) {
 func (s *Session) Resume(ctx context.Context, token string) (store.Session, error) {
 	h := s.hub
 	s.mu.Lock()
-	busy := s.resumed || len(s.leases)+len(s.subs)+len(s.held)+len(s.pending) > 0
+	busy := s.resumed || len(s.leases)+len(s.subs)+s.jobs.size() > 0
 	fresh := s.id
 	s.mu.Unlock()
 	if busy {
@@ -467,12 +511,16 @@ func (s *Session) Resume(ctx context.Context, token string) (store.Session, erro
 	for _, id := range old.Leases {
 		s.leases[id] = true
 	}
+	keys := make([]subKey, 0, len(old.Subscriptions))
 	for _, sub := range old.Subscriptions {
-		s.subs[subKey{sub.Semaphore, sub.Channel}] = sub
+		k := subKey{sub.Semaphore, sub.Channel}
+		s.subs[k] = sub
+		keys = append(keys, k)
 	}
-	for _, id := range old.Jobs {
-		s.held[id] = heldJob{sub: s.subOfJobLocked(id)}
+	for _, sem := range old.Semaphores {
+		s.sems[sem] = true
 	}
+	s.jobs.restore(old.Jobs, keys, func(id string) string { sem, _ := store.ParseJobID(id); return sem })
 	s.mu.Unlock()
 	if prev != nil && prev != s {
 		prev.displace()
@@ -482,26 +530,13 @@ func (s *Session) Resume(ctx context.Context, token string) (store.Session, erro
 	return old, nil
 }
 
-// subOfJobLocked guesses the subscription a restored job came through: the
-// first of its semaphore.
-func (s *Session) subOfJobLocked(jobID string) subKey {
-	sem, _ := store.ParseJobID(jobID)
-	for k := range s.subs {
-		if k.semaphore == sem {
-			return k
-		}
-	}
-	return subKey{semaphore: sem}
-}
-
 func (s *Session) params() store.SessionParams {
 	return store.SessionParams{Tenant: s.tenant, Session: s.ID()}
 }
 
-// errFull: the session already holds Prefetch unreleased jobs of the
-// subscription. errGone: the session is not (any more) on this node.
+// errGone: the session is not (any more) on this node. errNoAck: it did
+// not ack in time.
 var (
-	errFull  = errors.New("session at its prefetch")
 	errGone  = errors.New("session not connected here")
 	errNoAck = errors.New("no ack in time")
 )
@@ -509,7 +544,7 @@ var (
 // reserve counts a job about to be pushed against the session's prefetch
 // on the subscription that matches (semaphore, channel): the exact one,
 // else the one of every channel.
-func (s *Session) reserve(semaphore, channel, jobID, lease string) (*pendingPush, store.Subscription, error) {
+func (s *Session) reserve(semaphore, channel, jobID, lease string) (*push, store.Subscription, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := subKey{semaphore, channel}
@@ -520,37 +555,15 @@ func (s *Session) reserve(semaphore, channel, jobID, lease string) (*pendingPush
 			return nil, store.Subscription{}, errGone
 		}
 	}
-	if _, ok := s.pending[jobID]; ok {
-		return nil, store.Subscription{}, errFull
-	}
-	delete(s.held, jobID) // pushed again (its earlier lease expired): it counts once
-	n := 0
-	for _, p := range s.pending {
-		if p.sub == k {
-			n++
-		}
-	}
-	for _, hj := range s.held {
-		if hj.sub == k {
-			n++
-		}
-	}
-	if n >= max(sub.Prefetch, 1) {
-		return nil, store.Subscription{}, errFull
-	}
-	p := &pendingPush{sub: k, lease: lease, acked: make(chan struct{})}
-	s.pending[jobID] = p
-	return p, sub, nil
+	p, err := s.jobs.reserve(k, sub.Prefetch, jobID, lease)
+	return p, sub, err
 }
 
 // settle ends a push: true when it was acked (Ack made it held), else
 // the push is dropped (a later ack is refused) and false.
-func (s *Session) settle(jobID string, p *pendingPush) bool {
+func (s *Session) settle(jobID string, p *push) bool {
 	s.mu.Lock()
-	acked := p.ack
-	if !acked && s.pending[jobID] == p {
-		delete(s.pending, jobID)
-	}
+	acked := s.jobs.settle(jobID, p)
 	s.mu.Unlock()
 	if !acked {
 		s.hub.freed()
@@ -558,65 +571,39 @@ func (s *Session) settle(jobID string, p *pendingPush) bool {
 	return acked
 }
 
-// bound records that an acked job is bound in the store; true when it was
-// released meanwhile and must be unbound now.
-func (s *Session) bound(jobID string) bool {
+// delivered ends the binding state of an acked job: its delivery is
+// recorded (ok), or it moved on meanwhile and is forgotten.
+func (s *Session) delivered(jobID string, ok bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.early[jobID] {
-		delete(s.early, jobID)
-		return true
+	if ok {
+		s.jobs.bound(jobID)
+	} else {
+		s.jobs.forget(jobID)
 	}
-	if hj, ok := s.held[jobID]; ok && hj.binding {
-		hj.binding = false
-		s.held[jobID] = hj
+	s.mu.Unlock()
+	if !ok {
+		s.hub.freed()
 	}
-	return false
 }
 
 func (s *Session) heldJobs() map[string]string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]string, len(s.held))
-	for id, hj := range s.held {
-		out[id] = hj.lease
-	}
-	return out
+	return s.jobs.heldLeases()
 }
 
 func (s *Session) setHeldLease(jobID, lease string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if hj, ok := s.held[jobID]; ok {
-		hj.lease = lease
-		s.held[jobID] = hj
-	}
+	s.jobs.setLease(jobID, lease)
 }
 
-// jobLeft forgets a held job and unbinds it in the store.
+// jobLeft forgets a held job (released, or moved on without the session).
 func (h *Hub) jobLeft(s *Session, jobID string) {
-	ctx, cancel := cleanupCtx()
-	defer cancel()
-	h.jobLeftCtx(ctx, s, jobID)
-}
-
-func (h *Hub) jobLeftCtx(ctx context.Context, s *Session, jobID string) {
 	s.mu.Lock()
-	hj, held := s.held[jobID]
-	delete(s.held, jobID)
-	if held && hj.binding {
-		s.early[jobID] = true
-	}
+	held := s.jobs.forget(jobID)
 	s.mu.Unlock()
-	if !held {
-		return
+	if held {
+		h.freed()
 	}
-	if hj.binding {
-		h.freed() // the push unbinds it once bound
-		return
-	}
-	if err := h.store.UnbindJob(ctx, s.params(), jobID); err != nil && !errors.Is(err, store.ErrSessionNotFound) {
-		h.log.Warn("unbinding a job from its session", "session", s.ID(), "job", jobID, "err", err)
-	}
-	h.freed()
 }

@@ -22,8 +22,9 @@ type WebhookSender interface {
 }
 
 // WebsocketRoute delivers a job to a websocket session subscribed to its
-// semaphore. It returns nil when a session acked the job, an error when no
-// session took it (the chain moves on). delivery.Hub implements it; without
+// semaphore. It returns nil when a session acked the job and the delivery
+// is recorded (TransitionJob delivered, bound to the session), an error
+// when no session took it (the chain moves on). delivery.Hub implements it; without
 // one the dispatcher uses noWebsocket, which always fails.
 type WebsocketRoute interface {
 	Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error
@@ -288,10 +289,12 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, payload json.RawMessage) (*store.TransitionParams, error) {
 	switch r.Type {
 	case routing.TypeWebsocket:
+		// The route records the delivery itself, bound to the session
+		// that took it, before the session may release the job.
 		if err := d.ws.Deliver(ctx, r, j, payload); err != nil {
 			return nil, err
 		}
-		return &store.TransitionParams{Action: store.ActDelivered, Route: r.Type}, nil
+		return nil, nil
 	case routing.TypeHTTPS:
 		if d.webhooks == nil {
 			return nil, errors.New("webhook delivery is not configured")

@@ -107,7 +107,8 @@ type JobAction string
 const (
 	// ActDelivered records that Route accepted the inflight job (it stays
 	// inflight). With HoldTTL > 0 the job's lease is set to expire in
-	// HoldTTL (a parent holding its permit for a child job).
+	// HoldTTL (a parent holding its permit for a child job). With Bind the
+	// job's lease is bound to a websocket session (TransitionParams.Bind).
 	ActDelivered JobAction = "delivered"
 	// ActRelease: inflight → done; the permit is freed.
 	ActRelease JobAction = "release"
@@ -144,6 +145,21 @@ type TransitionParams struct {
 	Error   string        // ActFail
 	HoldTTL time.Duration // ActDelivered, ActHandOff with Child.Hold
 	Child   *JobRef       // ActHandOff
+	// Bind, with ActDelivered: the websocket session that took the job.
+	// The job's lease is bound to it in the same atomic operation (it
+	// counts on the session's subscription Bind.Channel of the job's
+	// semaphore in Subscribers, and the session's end finds it), and
+	// unbound by whatever ends the lease (release, expiry, any other
+	// transition). ActDelivered without Bind drops an earlier binding. The
+	// session has recorded the semaphore (Subscribe or UseSemaphore).
+	Bind *SessionBinding
+}
+
+// SessionBinding names the websocket session a job was delivered to and
+// the channel of the subscription it came through ("" = every channel).
+type SessionBinding struct {
+	Session string
+	Channel string
 }
 
 // JobEvents is what one atomic operation did to jobs beyond its own result.

@@ -27,8 +27,10 @@ type Session struct {
 	LostAt          time.Time     // zero while connected
 	GraceUntil      time.Time     // when lost: the session ends at this time (store clock)
 	Grace           time.Duration // the grace period, also applied when its node dies
-	Leases          []string      // sync lease ids bound to the session (acquired over it)
-	Jobs            []string      // job ids pushed to it and not yet released
+	KeyID           string        // the API key that opened it (its revocation closes the session)
+	Leases          []string      // live sync leases bound to it (AcquireParams.Session); read only
+	Jobs            []string      // jobs whose live lease is bound to it (TransitionParams.Bind); read only
+	Semaphores      []string      // semaphores it may hold leases or jobs in (UseSemaphore, Subscribe)
 	Subscriptions   []Subscription
 	CreatedAt       time.Time
 }
@@ -94,6 +96,13 @@ type NodeMessage struct {
 
 // SessionStore is the session half of the storage contract. Every method is
 // atomic. Session ids and node ids are opaque strings made by the caller.
+//
+// What a session holds is bound to it by the operations that grant it, in
+// the semaphore's own atomic operation: a sync lease by Acquire with
+// AcquireParams.Session, a delivered job by TransitionJob ActDelivered with
+// Bind; whatever ends the lease unbinds it. A Session's Leases and Jobs
+// (read by GetSession, ResumeSession, EndSession and ExpiredSessions) are
+// the live bindings in its Semaphores; PutSession ignores them.
 type SessionStore interface {
 	// Heartbeat records that node is alive until now+ttl (store clock).
 	Heartbeat(ctx context.Context, node string, ttl time.Duration) error
@@ -104,16 +113,11 @@ type SessionStore interface {
 	PutSession(ctx context.Context, s Session) error
 	// GetSession returns ErrSessionNotFound for an unknown or ended one.
 	GetSession(ctx context.Context, p SessionParams) (Session, error)
-	// BindLease / UnbindLease record a sync lease acquired over the session.
-	BindLease(ctx context.Context, p SessionParams, leaseID string) error
-	UnbindLease(ctx context.Context, p SessionParams, leaseID string) error
-	// BindJob records a job pushed to the session on one of its
-	// subscriptions (its Inflight grows): the (semaphore, channel)
-	// subscription, else (semaphore, ""), else none (the job is still
-	// recorded). UnbindJob when the job is released or leaves the session
-	// (its Inflight shrinks, never below 0).
-	BindJob(ctx context.Context, p SessionParams, sub Subscription, jobID string) error
-	UnbindJob(ctx context.Context, p SessionParams, jobID string) error
+	// UseSemaphore records that the session may hold leases in the
+	// semaphore, before its first session-bound acquire there (Subscribe
+	// records its semaphore itself). The session's end looks for what it
+	// holds in these semaphores only.
+	UseSemaphore(ctx context.Context, p SessionParams, semaphore string) error
 	// Subscribe adds or replaces the session's subscription to a semaphore
 	// and channel; Unsubscribe removes it.
 	Subscribe(ctx context.Context, p SubscribeParams) error

@@ -122,6 +122,11 @@ type AcquireParams struct {
 	TTL            time.Duration
 	Wait           time.Duration // 0: answer at once
 	IdempotencyKey string        // optional; same key during the lease's life returns the same lease
+	// Session, when set, binds the lease to that websocket session in the
+	// same atomic operation that grants it (also a grant to a waiter): the
+	// session's end releases it (SessionStore). The caller has recorded
+	// the semaphore with SessionStore.UseSemaphore first.
+	Session string
 }
 
 // ReleaseParams identifies a lease to release.

@@ -442,6 +442,14 @@ func (s *Store) apply(sem *semaphore, j *jobEntry, p store.TransitionParams, now
 		}
 		j.job.UpdatedAt = now
 		s.hold(sem, j, p.HoldTTL, now)
+		if e := j.lease; e != nil {
+			if e.session != "" {
+				s.unbindLease(sem.key.tenant, e)
+			}
+			if p.Bind != nil && p.Bind.Session != "" {
+				s.bindLease(sem.key.tenant, e, p.Bind.Session, p.Bind.Channel)
+			}
+		}
 	case store.ActHandOff:
 		if !inflight {
 			return invalidState(p.Action, status)

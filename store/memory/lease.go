@@ -18,6 +18,7 @@ type waiter struct {
 	weight  int64
 	ttl     time.Duration
 	idemKey string
+	session string // AcquireParams.Session
 
 	elem    *list.Element // position in sem.waiters; nil once dequeued
 	done    chan struct{}
@@ -86,14 +87,14 @@ func (s *Store) tryAcquire(r acquireRequest) (*waiter, store.Lease, error) {
 	}
 	ttl := leaseTTL(r.TTL, sem)
 	if !sem.hasWaiters(r.Channel) && sem.fits(r.Channel, r.Weight) {
-		return nil, s.grant(sem, r.Channel, r.Weight, ttl, r.IdempotencyKey, now), nil
+		return nil, s.grantSession(sem, r.Channel, r.Weight, ttl, r.IdempotencyKey, r.Session, now), nil
 	}
 	if r.Wait <= 0 {
 		return nil, store.Lease{}, store.ErrNoPermit
 	}
 	w := &waiter{
 		sem: sem, channel: r.Channel, weight: r.Weight, ttl: ttl,
-		idemKey: r.IdempotencyKey, done: make(chan struct{}),
+		idemKey: r.IdempotencyKey, session: r.Session, done: make(chan struct{}),
 	}
 	sem.enqueue(w)
 	return w, store.Lease{}, nil
@@ -114,6 +115,15 @@ func idempotentLease(sem *semaphore, key string) (store.Lease, bool) {
 // grant creates a lease. The caller has checked that it fits.
 func (s *Store) grant(sem *semaphore, channel string, weight int64, ttl time.Duration, idemKey string, now time.Time) store.Lease {
 	return s.grantEntry(sem, channel, weight, ttl, idemKey, now).lease
+}
+
+// grantSession creates a lease bound to session ("" none).
+func (s *Store) grantSession(sem *semaphore, channel string, weight int64, ttl time.Duration, idemKey, session string, now time.Time) store.Lease {
+	e := s.grantEntry(sem, channel, weight, ttl, idemKey, now)
+	if session != "" {
+		s.bindLease(sem.key.tenant, e, session, "")
+	}
+	return e.lease
 }
 
 // grantEntry creates a lease and returns its entry.
@@ -198,7 +208,7 @@ func (s *Store) grantWaiters(sem *semaphore, now time.Time) {
 		case w.weight > sem.maxValue():
 			settle(w, store.Lease{}, false, store.ErrWeightTooLarge)
 		case sem.fits(w.channel, w.weight):
-			settle(w, s.grant(sem, w.channel, w.weight, w.ttl, w.idemKey, now), true, nil)
+			settle(w, s.grantSession(sem, w.channel, w.weight, w.ttl, w.idemKey, w.session, now), true, nil)
 		default:
 			blocked[d] = true
 			if !sem.channelScoped() {

@@ -153,6 +153,7 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	sem, ok := s.sems[key]
 	if !ok {
 		sem = newSemaphore(key, store.Semaphore{Name: p.Name, CreatedAt: now})
+		sem.unbind = func(e *leaseEntry) { s.unbindLease(key.tenant, e) }
 		s.sems[key] = sem
 	}
 	sem.info.Config = cfg
@@ -215,6 +216,11 @@ func (s *Store) DeleteSemaphore(ctx context.Context, tenant, name string) error 
 		return err
 	}
 	delete(s.sems, sem.key) // with its jobs
+	for _, e := range sem.leases {
+		if e.session != "" {
+			s.unbindLease(tenant, e)
+		}
+	}
 	s.failWaiters(sem, store.ErrSemaphoreNotFound)
 	return nil
 }

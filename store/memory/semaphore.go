@@ -30,6 +30,10 @@ type semaphore struct {
 	waitingByChan map[string]int64 // number of waiters per channel
 
 	jobs jobQueues // async jobs (jobs.go)
+
+	// unbind is called with every removed lease bound to a session
+	// (sessions.go): what ends a lease ends its binding.
+	unbind func(*leaseEntry)
 }
 
 // leaseEntry is a lease held in a semaphore, with its heap position.
@@ -38,6 +42,11 @@ type leaseEntry struct {
 	idemKey string
 	index   int       // position in byExpiry
 	job     *jobEntry // the inflight job holding this lease, if any
+	// session the lease is bound to ("" none): a sync lease acquired over
+	// it, or the lease of a job delivered to it, counted on its
+	// subscription to bindChannel (sessions.go)
+	session     string
+	bindChannel string
 }
 
 func newSemaphore(key semKey, info store.Semaphore) *semaphore {
@@ -114,6 +123,9 @@ func (s *semaphore) removeLease(e *leaseEntry) {
 	}
 	if e.idemKey != "" && s.idem[e.idemKey] == e.lease.ID {
 		delete(s.idem, e.idemKey)
+	}
+	if e.session != "" && s.unbind != nil {
+		s.unbind(e)
 	}
 }
 

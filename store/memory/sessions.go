@@ -27,17 +27,15 @@ import (
 //     since E: ResumeSession accepts them until E+Grace, and
 //     ExpiredSessions marks them lost (LostAt E, GraceUntil E+Grace),
 //     forgets the node, and returns them once E+Grace has come.
-//   - A subscription is identified by (Semaphore, Channel). BindJob counts
-//     the job on the subscription to (sub.Semaphore, sub.Channel), or else
-//     on the session's subscription to (sub.Semaphore, "") — so callers may
-//     pass either the subscription itself or the job's channel; a job that
-//     matches no subscription is still recorded in Jobs. Inflight of a
-//     subscription is the number of the session's jobs counted on it;
-//     UnbindJob uncounts it. Subscribers gives one entry per session: its
-//     subscription to exactly the channel if any, else its "" one — the
-//     same subscription BindJob with the job's channel would count on.
-//   - PutSession replaces the whole session; jobs it lists keep the
-//     subscription they were counted on when the old session had them.
+//   - A subscription is identified by (Semaphore, Channel). A job delivered
+//     with TransitionParams.Bind counts on the subscription (its
+//     Semaphore, Bind.Channel) until its lease ends or it is delivered
+//     again; Inflight of a subscription is the number of jobs counted on
+//     it. Subscribers gives one entry per session: its subscription to
+//     exactly the channel if any, else its "" one.
+//   - Bindings live on the leases (leaseEntry.session) and are mirrored in
+//     the session's Leases and Jobs inside the same critical section.
+//   - PutSession replaces the session but what is bound to it.
 
 // defaultExpiredBatch is ExpiredSessions' max when none is given.
 const defaultExpiredBatch = 100
@@ -123,17 +121,21 @@ func (s *Store) PutSession(ctx context.Context, sess store.Session) error {
 	key := sessKey{sess.Tenant, sess.ID}
 	e := &sessEntry{s: copySession(sess), jobSubs: make(map[string]subKey)}
 	e.s.LostAt, e.s.GraceUntil = time.Time{}, time.Time{}
+	e.s.Leases, e.s.Jobs = nil, nil // bound by the lease and job operations only
 	if e.s.CreatedAt.IsZero() {
 		e.s.CreatedAt = s.now()
 	}
 	for i := range e.s.Subscriptions {
 		e.s.Subscriptions[i].Prefetch = max(e.s.Subscriptions[i].Prefetch, 1)
 	}
+	for _, sub := range e.s.Subscriptions {
+		e.useSemaphore(sub.Semaphore)
+	}
 	if old, ok := st.sessions[key]; ok {
-		for _, j := range e.s.Jobs {
-			if sk, ok := old.jobSubs[j]; ok {
-				e.jobSubs[j] = sk
-			}
+		// what is bound to it stays bound
+		e.s.Leases, e.s.Jobs, e.jobSubs = old.s.Leases, old.s.Jobs, old.jobSubs
+		for _, sem := range old.s.Semaphores {
+			e.useSemaphore(sem)
 		}
 		st.unindex(key, old)
 	}
@@ -246,46 +248,57 @@ func (s *Store) GetSession(ctx context.Context, p store.SessionParams) (store.Se
 	return copySession(e.s), nil
 }
 
-// BindLease implements store.SessionStore; binding twice is harmless.
-func (s *Store) BindLease(ctx context.Context, p store.SessionParams, leaseID string) error {
-	return s.withLive(ctx, p, func(e *sessEntry) {
-		if !slices.Contains(e.s.Leases, leaseID) {
-			e.s.Leases = append(e.s.Leases, leaseID)
-		}
-	})
+// UseSemaphore implements store.SessionStore.
+func (s *Store) UseSemaphore(ctx context.Context, p store.SessionParams, semaphore string) error {
+	return s.withLive(ctx, p, func(e *sessEntry) { e.useSemaphore(semaphore) })
 }
 
-// UnbindLease implements store.SessionStore; an unbound lease is ignored.
-func (s *Store) UnbindLease(ctx context.Context, p store.SessionParams, leaseID string) error {
-	return s.withLive(ctx, p, func(e *sessEntry) {
-		e.s.Leases = slices.DeleteFunc(e.s.Leases, func(id string) bool { return id == leaseID })
-	})
+func (e *sessEntry) useSemaphore(sem string) {
+	if !slices.Contains(e.s.Semaphores, sem) {
+		e.s.Semaphores = append(e.s.Semaphores, sem)
+	}
 }
 
-// BindJob implements store.SessionStore (see the matching rule at the top
-// of this file). Binding a bound job again moves it to the matched
-// subscription without counting it twice.
-func (s *Store) BindJob(ctx context.Context, p store.SessionParams, sub store.Subscription, jobID string) error {
-	return s.withLive(ctx, p, func(e *sessEntry) {
-		if !slices.Contains(e.s.Jobs, jobID) {
-			e.s.Jobs = append(e.s.Jobs, jobID)
+// bindLease binds a lease (a sync lease, or a delivered job's) to a
+// session, counted on its subscription to channel when it is a job's. It
+// runs inside the lease or job operation that grants or delivers it; a
+// session that is gone keeps no binding. s.mu is held.
+func (s *Store) bindLease(tenant string, l *leaseEntry, session, channel string) {
+	l.session, l.bindChannel = session, channel
+	e, ok := s.sess().sessions[sessKey{tenant, session}]
+	if !ok {
+		return
+	}
+	e.useSemaphore(l.lease.Semaphore)
+	if l.job != nil {
+		id := l.job.job.ID
+		if !slices.Contains(e.s.Jobs, id) {
+			e.s.Jobs = append(e.s.Jobs, id)
 		}
-		delete(e.jobSubs, jobID)
-		for _, k := range []subKey{{sub.Semaphore, sub.Channel}, {sub.Semaphore, ""}} {
-			if e.hasSub(k) {
-				e.jobSubs[jobID] = k
-				break
-			}
-		}
-	})
+		e.jobSubs[id] = subKey{l.lease.Semaphore, channel}
+		return
+	}
+	if !slices.Contains(e.s.Leases, l.lease.ID) {
+		e.s.Leases = append(e.s.Leases, l.lease.ID)
+	}
 }
 
-// UnbindJob implements store.SessionStore; an unbound job is ignored.
-func (s *Store) UnbindJob(ctx context.Context, p store.SessionParams, jobID string) error {
-	return s.withLive(ctx, p, func(e *sessEntry) {
-		e.s.Jobs = slices.DeleteFunc(e.s.Jobs, func(id string) bool { return id == jobID })
-		delete(e.jobSubs, jobID)
-	})
+// unbindLease ends a lease's binding (the lease ended, or a job moved to
+// another route). s.mu is held.
+func (s *Store) unbindLease(tenant string, l *leaseEntry) {
+	session := l.session
+	l.session, l.bindChannel = "", ""
+	e, ok := s.sess().sessions[sessKey{tenant, session}]
+	if !ok {
+		return
+	}
+	if l.job != nil {
+		id := l.job.job.ID
+		e.s.Jobs = slices.DeleteFunc(e.s.Jobs, func(x string) bool { return x == id })
+		delete(e.jobSubs, id)
+		return
+	}
+	e.s.Leases = slices.DeleteFunc(e.s.Leases, func(x string) bool { return x == l.lease.ID })
 }
 
 // withLive runs f on the live session p under the store's lock
@@ -324,6 +337,7 @@ func (s *Store) Subscribe(ctx context.Context, p store.SubscribeParams) error {
 	} else {
 		e.s.Subscriptions = append(e.s.Subscriptions, sub)
 	}
+	e.useSemaphore(sub.Semaphore)
 	st.indexSub(sessKey{p.Tenant, p.Session}, sub.Semaphore)
 	return nil
 }
@@ -644,6 +658,7 @@ func (s *Store) SubscribeNode(ctx context.Context, node string, h func(store.Nod
 func copySession(s store.Session) store.Session {
 	s.Leases = slices.Clone(s.Leases)
 	s.Jobs = slices.Clone(s.Jobs)
+	s.Semaphores = slices.Clone(s.Semaphores)
 	s.Subscriptions = slices.Clone(s.Subscriptions)
 	return s
 }

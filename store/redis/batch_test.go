@@ -116,7 +116,7 @@ func TestRedis_GrantAfterFailedWaitIsReleased(t *testing.T) {
 	require.NoError(t, err)
 	id := store.NewLeaseID("h")
 	r, err := s.batched(ctx, testTenant, "h", &batchOp{args: []any{"a", id, store.DefaultChannel, 1,
-		ms(time.Minute), "", ms(time.Minute), s.nodeID, ms(waiterSlack)}})
+		ms(time.Minute), "", ms(time.Minute), s.nodeID, ms(waiterSlack), ""}})
 	require.NoError(t, err)
 	require.Equal(t, "wait", r.status)
 	s.unregister(testTenant, id, true, time.Now().Add(time.Minute)) // as a failed Acquire does

@@ -311,8 +311,12 @@ func (s *Store) TransitionJob(ctx context.Context, p store.TransitionParams) (st
 	if !ok {
 		return store.Job{}, store.ErrJobNotFound
 	}
+	var bindSession, bindChannel string
+	if p.Bind != nil {
+		bindSession, bindChannel = p.Bind.Session, p.Bind.Channel
+	}
 	r, err := s.batched(ctx, p.Tenant, name, &batchOp{args: []any{"t", salt, seq, string(p.Action), p.LeaseID,
-		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child)}})
+		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child), bindSession, bindChannel}})
 	if err != nil {
 		return store.Job{}, err
 	}

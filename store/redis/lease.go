@@ -72,7 +72,7 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (_ store.Lea
 		defer func() { s.unregister(p.Tenant, id, err != nil, until) }()
 	}
 	op := &batchOp{
-		args: []any{"a", id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack)},
+		args: []any{"a", id, p.Channel, p.Weight, ms(p.TTL), p.IdempotencyKey, ms(p.Wait), s.nodeID, ms(waiterSlack), p.Session},
 		abandoned: func(r batchResult) {
 			switch {
 			case r.status == "ok" && p.IdempotencyKey == "":

@@ -68,10 +68,7 @@ const (
 var (
 	scriptSessPut         = sessScript("sess_put.lua")
 	scriptSessGet         = sessScript("sess_get.lua")
-	scriptSessBindLease   = sessScript("sess_bind_lease.lua")
-	scriptSessUnbindLease = sessScript("sess_unbind_lease.lua")
-	scriptSessBindJob     = sessScript("sess_bind_job.lua")
-	scriptSessUnbindJob   = sessScript("sess_unbind_job.lua")
+	scriptSessUse         = sessScript("sess_use.lua")
 	scriptSessSubscribe   = sessScript("sess_subscribe.lua")
 	scriptSessUnsubscribe = sessScript("sess_unsubscribe.lua")
 	scriptSessLose        = sessScript("sess_lose.lua")
@@ -95,20 +92,19 @@ func sessScript(name string) *redis.Script {
 
 // sessRecord is a session record as sesslib.lua stores it.
 type sessRecord struct {
-	Tenant  string               `json:"t"`
-	ID      string               `json:"id"`
-	Node    string               `json:"node"`
-	Tok     string               `json:"tok"`
-	Lost    int64                `json:"lost"`  // ms, 0 while connected
-	Until   int64                `json:"ends"`  // ms, 0 while connected
-	Grace   int64                `json:"grace"` // ms
-	Leases  strList              `json:"leases"`
-	Jobs    strList              `json:"jobs"`
-	JSub    map[string][2]string `json:"jsub,omitempty"` // job -> {semaphore, channel}
-	Subs    subList              `json:"subs"`
-	Created int64                `json:"created"`
-	Rev     int64                `json:"rev"`
-	Cid     int64                `json:"cid"`
+	Tenant  string  `json:"t"`
+	ID      string  `json:"id"`
+	Node    string  `json:"node"`
+	Tok     string  `json:"tok"`
+	KeyID   string  `json:"kid,omitempty"`
+	Lost    int64   `json:"lost"`  // ms, 0 while connected
+	Until   int64   `json:"ends"`  // ms, 0 while connected
+	Grace   int64   `json:"grace"` // ms
+	Sems    strList `json:"sems"`
+	Subs    subList `json:"subs"`
+	Created int64   `json:"created"`
+	Rev     int64   `json:"rev"`
+	Cid     int64   `json:"cid"`
 }
 
 type subRecord struct {
@@ -154,11 +150,11 @@ func (r *sessRecord) session() store.Session {
 		ID:              r.ID,
 		Node:            r.Node,
 		ResumeTokenHash: r.Tok,
+		KeyID:           r.KeyID,
 		LostAt:          sessTime(r.Lost),
 		GraceUntil:      sessTime(r.Until),
 		Grace:           time.Duration(r.Grace) * time.Millisecond,
-		Leases:          []string(r.Leases),
-		Jobs:            []string(r.Jobs),
+		Semaphores:      []string(r.Sems),
 		CreatedAt:       sessTime(r.Created),
 	}
 	for _, sub := range r.Subs {
@@ -245,7 +241,6 @@ type regEntry struct {
 	Channel  string `json:"c"`
 	Node     string `json:"n"`
 	Prefetch int    `json:"p"`
-	Inflight int    `json:"i"`
 }
 
 func regField(session, channel string) string { return session + "\x00" + channel }
@@ -266,11 +261,6 @@ func regFields(r *sessRecord) map[string]map[string]*regEntry {
 		var e *regEntry
 		if r.connected() {
 			e = &regEntry{Session: r.ID, Channel: sub.Channel, Node: r.Node, Prefetch: sub.Prefetch}
-			for _, js := range r.JSub {
-				if js == [2]string{sub.Semaphore, sub.Channel} {
-					e.Inflight++
-				}
-			}
 		}
 		m[regField(r.ID, sub.Channel)] = e
 	}
@@ -399,11 +389,10 @@ func (s *Store) Nodes(ctx context.Context) ([]string, error) {
 // were counted on.
 func (s *Store) PutSession(ctx context.Context, sess store.Session) error {
 	r := sessRecord{
-		Tenant: sess.Tenant, ID: sess.ID, Node: sess.Node, Tok: sess.ResumeTokenHash,
-		Grace:  sess.Grace.Milliseconds(),
-		Leases: append(strList{}, sess.Leases...),
-		Jobs:   append(strList{}, sess.Jobs...),
-		Subs:   subList{},
+		Tenant: sess.Tenant, ID: sess.ID, Node: sess.Node, Tok: sess.ResumeTokenHash, KeyID: sess.KeyID,
+		Grace: sess.Grace.Milliseconds(),
+		Sems:  append(strList{}, sess.Semaphores...),
+		Subs:  subList{},
 	}
 	if !sess.CreatedAt.IsZero() {
 		r.Created = sess.CreatedAt.UnixMilli()
@@ -427,34 +416,43 @@ func (s *Store) GetSession(ctx context.Context, p store.SessionParams) (store.Se
 	if err != nil {
 		return store.Session{}, err
 	}
-	return r.new.session(), nil
+	return s.withBindings(ctx, r.new.session())
 }
 
-// BindLease implements store.SessionStore; binding twice is harmless.
-func (s *Store) BindLease(ctx context.Context, p store.SessionParams, leaseID string) error {
-	_, err := s.runSess(ctx, scriptSessBindLease, p.Tenant, p.Session, leaseID)
+// UseSemaphore implements store.SessionStore.
+func (s *Store) UseSemaphore(ctx context.Context, p store.SessionParams, semaphore string) error {
+	_, err := s.runSess(ctx, scriptSessUse, p.Tenant, p.Session, semaphore)
 	return err
 }
 
-// UnbindLease implements store.SessionStore; an unbound lease is ignored.
-func (s *Store) UnbindLease(ctx context.Context, p store.SessionParams, leaseID string) error {
-	_, err := s.runSess(ctx, scriptSessUnbindLease, p.Tenant, p.Session, leaseID)
-	return err
-}
-
-// BindJob implements store.SessionStore: the job counts on the session's
-// subscription to (sub.Semaphore, sub.Channel), else on its subscription
-// to (sub.Semaphore, ""), else on none (it is still recorded). Binding a
-// bound job again moves it without counting it twice.
-func (s *Store) BindJob(ctx context.Context, p store.SessionParams, sub store.Subscription, jobID string) error {
-	_, err := s.sessOp(ctx, false, scriptSessBindJob, p.Tenant, p.Session, sub.Semaphore, sub.Channel, jobID)
-	return err
-}
-
-// UnbindJob implements store.SessionStore; an unbound job is ignored.
-func (s *Store) UnbindJob(ctx context.Context, p store.SessionParams, jobID string) error {
-	_, err := s.sessOp(ctx, false, scriptSessUnbindJob, p.Tenant, p.Session, jobID)
-	return err
+// withBindings returns the session with its Leases and Jobs: the
+// bindings in each of its semaphores (lib.lua sbind), read in one
+// pipeline (one round trip per master in Cluster).
+func (s *Store) withBindings(ctx context.Context, sess store.Session) (store.Session, error) {
+	if len(sess.Semaphores) == 0 {
+		return sess, nil
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.StringSliceCmd, len(sess.Semaphores))
+	for i, sem := range sess.Semaphores {
+		cmds[i] = pipe.ZRangeByLex(ctx, s.keys.sem(sess.Tenant, sem)[kSBind], &redis.ZRangeBy{
+			Min: "[" + sess.ID + "\x00", Max: "(" + sess.ID + "\x01",
+		})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return sess, translate(err, nil)
+	}
+	for _, c := range cmds {
+		for _, m := range c.Val() {
+			kind, id := m[len(sess.ID)+1], m[len(sess.ID)+2:]
+			if kind == 'L' {
+				sess.Leases = append(sess.Leases, id)
+			} else {
+				sess.Jobs = append(sess.Jobs, id)
+			}
+		}
+	}
+	return sess, nil
 }
 
 // Subscribe implements store.SessionStore. The registry takes the node
@@ -478,7 +476,7 @@ func (s *Store) Unsubscribe(ctx context.Context, p store.SessionParams, sub stor
 // subscription to exactly the channel, else its "" one), only sessions on
 // nodes with a live heartbeat, sorted by session id.
 func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel string) ([]store.Subscriber, error) {
-	res, err := scriptSubscribers.Run(ctx, s.client, []string{s.keys.subs(tenant, semaphore)},
+	res, err := scriptSubscribers.Run(ctx, s.client, []string{s.keys.subs(tenant, semaphore), s.keys.sem(tenant, semaphore)[kSInf]},
 		channel, tombstoneAge.Milliseconds()).StringSlice()
 	if err != nil {
 		return nil, translate(err, nil)
@@ -539,7 +537,7 @@ func (s *Store) ResumeSession(ctx context.Context, tenant, resumeTokenHash, node
 	if err != nil {
 		return store.Session{}, err
 	}
-	return r.new.session(), nil
+	return s.withBindings(ctx, r.new.session())
 }
 
 // EndSession implements store.SessionStore. It ends a session lost past
@@ -550,7 +548,11 @@ func (s *Store) EndSession(ctx context.Context, p store.SessionParams) (store.Se
 	if r.old == nil {
 		return store.Session{}, err
 	}
-	return r.old.session(), err
+	sess, berr := s.withBindings(ctx, r.old.session())
+	if err == nil {
+		err = berr
+	}
+	return sess, err
 }
 
 // ExpiredSessions implements store.SessionStore (see the top of this
@@ -594,7 +596,10 @@ func (s *Store) ExpiredSessions(ctx context.Context, maxN int) ([]store.LostSess
 		if r.skipped {
 			continue // resumed since, or already ended
 		}
-		sess := r.old.session()
+		sess, berr := s.withBindings(ctx, r.old.session())
+		if berr != nil && firstErr == nil {
+			firstErr = berr // what it holds expires with its leases
+		}
 		if sess.LostAt.IsZero() { // on a dead node, not marked lost yet
 			sess.Node, sess.LostAt, sess.GraceUntil = "", sessTime(q.lostAt), sessTime(q.ends)
 		}

@@ -33,24 +33,24 @@ func subscriberCount(t *testing.T, s *Store) int {
 }
 
 // A registry write of an older rev arriving after the session was lost
-// (a BindJob whose second step is late) does not bring the entry back.
+// (a Subscribe whose second step is late) does not bring the entry back.
 func TestRedis_SessionRegistryStaleWrite(t *testing.T) {
 	t.Parallel()
 	s, p := sessSetup(t)
 	ctx := t.Context()
-	bind, err := s.runSess(ctx, scriptSessBindJob, p.Tenant, p.Session, "s", "c", "j1")
+	bind, err := s.runSess(ctx, scriptSessSubscribe, p.Tenant, p.Session, "s", "c", 2)
 	require.NoError(t, err)
 	require.NoError(t, s.LoseSession(ctx, p, time.Minute))
 	require.Zero(t, subscriberCount(t, s))
-	require.NoError(t, s.sync(ctx, bind, true), "the late second step of the bind")
+	require.NoError(t, s.sync(ctx, bind, true), "the late second step of the subscribe")
 	require.Zero(t, subscriberCount(t, s), "a lost session stays out of the registry")
 
 	r, err := s.ResumeSession(ctx, testTenant, "tok", "n1")
 	require.NoError(t, err)
-	require.Equal(t, []string{"j1"}, r.Jobs)
+	require.Len(t, r.Subscriptions, 2)
 	subs, err := s.Subscribers(ctx, testTenant, "s", "c")
 	require.NoError(t, err)
-	require.Equal(t, []store.Subscriber{{Session: "a", Node: "n1", Prefetch: 1, Inflight: 1}}, subs)
+	require.Equal(t, []store.Subscriber{{Session: "a", Node: "n1", Prefetch: 2}}, subs)
 }
 
 // A LoseSession whose second step never ran (the process died) is

@@ -70,6 +70,42 @@ func (f *fixture) newSession(id, node string) store.Session {
 	}
 }
 
+// bindLease acquires a lease on sem (created with maxValue 100 if it does
+// not exist) bound to the session.
+func (f *fixture) bindLease(session, sem string) store.Lease {
+	f.t.Helper()
+	f.ensureSem(sem)
+	require.NoError(f.t, f.st.UseSemaphore(f.ctx, f.sp(session), sem))
+	p := f.params(sem)
+	p.Session = session
+	return f.acquire(p)
+}
+
+// deliverJob enqueues a job on sem (dispatched at once: maxValue 100) and
+// records its delivery to the session on its subscription to subChannel.
+func (f *fixture) deliverJob(session, sem, subChannel string) store.Job {
+	f.t.Helper()
+	f.ensureSem(sem)
+	require.NoError(f.t, f.st.UseSemaphore(f.ctx, f.sp(session), sem))
+	j := f.enqueue(sem, "")
+	require.Equal(f.t, store.JobInflight, j.Status)
+	j, err := f.st.TransitionJob(f.ctx, store.TransitionParams{
+		Tenant: f.tenant, JobID: j.ID, Action: store.ActDelivered, Route: "websocket", LeaseID: j.Lease.ID,
+		Bind: &store.SessionBinding{Session: session, Channel: subChannel},
+	})
+	require.NoError(f.t, err)
+	return j
+}
+
+// ensureSem creates sem with maxValue 100 unless it exists.
+func (f *fixture) ensureSem(sem string) {
+	f.t.Helper()
+	if _, err := f.st.GetSemaphore(f.ctx, f.tenant, sem); err == nil {
+		return
+	}
+	f.putConfig(sem, jobConfig(100))
+}
+
 func (f *fixture) putSession(s store.Session) {
 	f.t.Helper()
 	require.NoError(f.t, f.st.PutSession(f.ctx, s))
@@ -161,7 +197,7 @@ func requireSameStrings(t *testing.T, want, got []string, msg string) {
 		require.Empty(t, got, msg)
 		return
 	}
-	require.Equal(t, want, got, msg)
+	require.ElementsMatch(t, want, got, msg)
 }
 
 func testHeartbeatExpiry(t *testing.T, f *fixture) {
@@ -186,11 +222,16 @@ func testSessionPutGetEnd(t *testing.T, f *fixture) {
 
 	before := time.Now()
 	s := f.newSession("s1", "n1")
-	s.Leases = []string{"l1", "l2"}
-	s.Jobs = []string{"j1"}
+	s.Leases = []string{"ignored"}
+	s.Jobs = []string{"ignored"}
+	s.KeyID = "k1"
 	s.Subscriptions = []store.Subscription{{Semaphore: "s", Channel: "c", Prefetch: 3}}
 	f.putSession(s)
 	after := time.Now()
+	require.Empty(t, f.getSession("s1").Leases, "PutSession binds nothing")
+	require.Empty(t, f.getSession("s1").Jobs, "PutSession binds nothing")
+	l1, l2 := f.bindLease("s1", "s"), f.bindLease("s1", "s2")
+	j1 := f.deliverJob("s1", "s", "c")
 
 	got := f.getSession("s1")
 	require.Equal(t, f.tenant, got.Tenant)
@@ -198,8 +239,10 @@ func testSessionPutGetEnd(t *testing.T, f *fixture) {
 	require.Equal(t, "n1", got.Node)
 	require.Equal(t, "tok-s1", got.ResumeTokenHash)
 	require.Equal(t, longTTL, got.Grace)
-	require.Equal(t, []string{"l1", "l2"}, got.Leases)
-	require.Equal(t, []string{"j1"}, got.Jobs)
+	require.Equal(t, "k1", got.KeyID)
+	requireSameStrings(t, []string{l1.ID, l2.ID}, got.Leases, "bound leases")
+	require.Equal(t, []string{j1.ID}, got.Jobs)
+	requireSameStrings(t, []string{"s", "s2"}, got.Semaphores, "semaphores")
 	require.Equal(t, s.Subscriptions, got.Subscriptions)
 	require.True(t, got.LostAt.IsZero())
 	require.True(t, got.GraceUntil.IsZero())
@@ -208,18 +251,21 @@ func testSessionPutGetEnd(t *testing.T, f *fixture) {
 	_, err = f.withTenant("t2").st.GetSession(f.ctx, store.SessionParams{Tenant: "t2", Session: "s1"})
 	require.ErrorIs(t, err, store.ErrSessionNotFound, "tenant isolation")
 
-	// Put replaces.
-	s.Leases = []string{"l3"}
+	// Put replaces, but what is bound stays bound.
 	s.Node = "n2"
 	f.putSession(s)
 	got = f.getSession("s1")
-	require.Equal(t, []string{"l3"}, got.Leases)
+	requireSameStrings(t, []string{l1.ID, l2.ID}, got.Leases, "bound leases after a put")
 	require.Equal(t, "n2", got.Node)
+
+	// Whatever ends a lease ends its binding.
+	f.release(l2)
+	require.Equal(t, []string{l1.ID}, f.getSession("s1").Leases)
 
 	ended, err := f.st.EndSession(f.ctx, f.sp("s1"))
 	require.NoError(t, err)
-	require.Equal(t, []string{"l3"}, ended.Leases)
-	require.Equal(t, []string{"j1"}, ended.Jobs)
+	require.Equal(t, []string{l1.ID}, ended.Leases)
+	require.Equal(t, []string{j1.ID}, ended.Jobs)
 	_, err = f.st.GetSession(f.ctx, f.sp("s1"))
 	require.ErrorIs(t, err, store.ErrSessionNotFound)
 	_, err = f.st.EndSession(f.ctx, f.sp("s1"))
@@ -230,29 +276,61 @@ func testSessionPutGetEnd(t *testing.T, f *fixture) {
 
 func testSessionBind(t *testing.T, f *fixture) {
 	f.putSession(f.newSession("s1", "n1"))
-	p := f.sp("s1")
-	require.NoError(t, f.st.BindLease(f.ctx, p, "l1"))
-	require.NoError(t, f.st.BindLease(f.ctx, p, "l2"))
-	require.NoError(t, f.st.BindLease(f.ctx, p, "l1"), "binding twice")
-	require.Equal(t, []string{"l1", "l2"}, f.getSession("s1").Leases)
-	require.NoError(t, f.st.UnbindLease(f.ctx, p, "l1"))
-	require.NoError(t, f.st.UnbindLease(f.ctx, p, "l9"), "unbinding an unbound lease")
-	require.Equal(t, []string{"l2"}, f.getSession("s1").Leases)
+	f.putSession(f.newSession("s2", "n1"))
+	l1 := f.bindLease("s1", "s")
+	l2 := f.bindLease("s1", "s")
+	requireSameStrings(t, []string{l1.ID, l2.ID}, f.getSession("s1").Leases, "bound at grant")
+	f.release(l1)
+	require.Equal(t, []string{l2.ID}, f.getSession("s1").Leases, "unbound by its release")
 
-	sub := store.Subscription{Semaphore: "s", Prefetch: 1}
-	require.NoError(t, f.st.BindJob(f.ctx, p, sub, "j1"), "a job outside any subscription is still recorded")
-	require.NoError(t, f.st.BindJob(f.ctx, p, sub, "j2"))
-	require.NoError(t, f.st.BindJob(f.ctx, p, sub, "j1"))
-	require.Equal(t, []string{"j1", "j2"}, f.getSession("s1").Jobs)
-	require.NoError(t, f.st.UnbindJob(f.ctx, p, "j1"))
-	require.NoError(t, f.st.UnbindJob(f.ctx, p, "j1"))
-	require.Equal(t, []string{"j2"}, f.getSession("s1").Jobs)
+	// A waiter's lease is bound when it is granted.
+	f.putConfig("w", jobConfig(1))
+	require.NoError(t, f.st.UseSemaphore(f.ctx, f.sp("s1"), "w"))
+	holder := f.acquire(f.params("w"))
+	p := f.params("w")
+	p.Session, p.Wait = "s1", longTTL
+	ch := f.goAcquire(p)
+	f.awaitWaiting("w", 1)
+	f.release(holder)
+	r := <-ch
+	require.NoError(t, r.err)
+	requireSameStrings(t, []string{l2.ID, r.lease.ID}, f.getSession("s1").Leases, "a granted waiter's lease is bound")
+
+	// A job's binding moves with its delivery and ends with its lease.
+	j1 := f.deliverJob("s1", "s", "")
+	require.Equal(t, []string{j1.ID}, f.getSession("s1").Jobs)
+	require.NoError(t, f.st.UseSemaphore(f.ctx, f.sp("s2"), "s"))
+	_, err := f.st.TransitionJob(f.ctx, store.TransitionParams{
+		Tenant: f.tenant, JobID: j1.ID, Action: store.ActDelivered, Route: "websocket", LeaseID: j1.Lease.ID,
+		Bind: &store.SessionBinding{Session: "s2"},
+	})
+	require.NoError(t, err)
+	require.Empty(t, f.getSession("s1").Jobs, "delivered again elsewhere")
+	require.Equal(t, []string{j1.ID}, f.getSession("s2").Jobs)
+	_, err = f.st.TransitionJob(f.ctx, store.TransitionParams{
+		Tenant: f.tenant, JobID: j1.ID, Action: store.ActDelivered, Route: "https", LeaseID: j1.Lease.ID,
+	})
+	require.NoError(t, err)
+	require.Empty(t, f.getSession("s2").Jobs, "delivered on another route")
+	j2 := f.deliverJob("s1", "s", "")
+	f.act(j2.ID, store.ActRelease)
+	require.Empty(t, f.getSession("s1").Jobs, "released")
+	j3 := f.deliverJob("s1", "s", "")
+	_, err = f.st.Release(f.ctx, store.ReleaseParams{Tenant: f.tenant, LeaseID: j3.Lease.ID})
+	require.NoError(t, err)
+	require.Empty(t, f.getSession("s1").Jobs, "its lease released")
+	require.Equal(t, store.JobDone, f.getJob(j3.ID).Status)
+	j4 := f.deliverJob("s1", "s", "")
+	f.act(j4.ID, store.ActCancel)
+	require.Empty(t, f.getSession("s1").Jobs, "cancelled")
+
+	// Deleting the semaphore ends what was bound there.
+	require.NoError(t, f.st.DeleteSemaphore(f.ctx, f.tenant, "s"))
+	requireSameStrings(t, []string{r.lease.ID}, f.getSession("s1").Leases, "leases of a deleted semaphore")
 
 	unknown := f.sp("nope")
-	require.ErrorIs(t, f.st.BindLease(f.ctx, unknown, "l"), store.ErrSessionNotFound)
-	require.ErrorIs(t, f.st.UnbindLease(f.ctx, unknown, "l"), store.ErrSessionNotFound)
-	require.ErrorIs(t, f.st.BindJob(f.ctx, unknown, sub, "j"), store.ErrSessionNotFound)
-	require.ErrorIs(t, f.st.UnbindJob(f.ctx, unknown, "j"), store.ErrSessionNotFound)
+	sub := store.Subscription{Semaphore: "s", Prefetch: 1}
+	require.ErrorIs(t, f.st.UseSemaphore(f.ctx, unknown, "s"), store.ErrSessionNotFound)
 	require.ErrorIs(t, f.st.Subscribe(f.ctx, store.SubscribeParams{Tenant: f.tenant, Session: "nope", Node: "n1", Subscription: sub}), store.ErrSessionNotFound)
 	require.ErrorIs(t, f.st.Unsubscribe(f.ctx, unknown, sub), store.ErrSessionNotFound)
 	require.ErrorIs(t, f.st.LoseSession(f.ctx, unknown, grace), store.ErrSessionNotFound)
@@ -281,19 +359,18 @@ func testSubscribers(t *testing.T, f *fixture) {
 		{Session: "b", Node: "n2", Prefetch: 1},
 	}, f.subscribers("s", "c1"))
 
-	// Inflight follows BindJob / UnbindJob, never below 0.
+	// Inflight counts the jobs delivered on the subscription until their
+	// leases end.
 	pa, pb := f.sp("a"), f.sp("b")
-	require.NoError(t, f.st.BindJob(f.ctx, pa, store.Subscription{Semaphore: "s", Channel: ""}, "j1"))
-	require.NoError(t, f.st.BindJob(f.ctx, pa, store.Subscription{Semaphore: "s", Channel: "c1"}, "j2"), "the job's channel matches the \"\" subscription")
-	require.NoError(t, f.st.BindJob(f.ctx, pb, store.Subscription{Semaphore: "s", Channel: "c1"}, "j3"))
-	require.NoError(t, f.st.BindJob(f.ctx, pb, store.Subscription{Semaphore: "s", Channel: "c1"}, "j3"), "bound twice counts once")
+	j1 := f.deliverJob("a", "s", "")
+	f.deliverJob("a", "s", "")
+	j3 := f.deliverJob("b", "s", "c1")
 	require.Equal(t, []store.Subscriber{
 		{Session: "a", Node: "n1", Prefetch: 2, Inflight: 2},
 		{Session: "b", Node: "n2", Prefetch: 1, Inflight: 1},
 	}, f.subscribers("s", "c1"))
-	require.NoError(t, f.st.UnbindJob(f.ctx, pa, "j1"))
-	require.NoError(t, f.st.UnbindJob(f.ctx, pb, "j3"))
-	require.NoError(t, f.st.UnbindJob(f.ctx, pb, "j3"))
+	f.act(j1.ID, store.ActRelease)
+	f.act(j3.ID, store.ActFail)
 	require.Equal(t, []store.Subscriber{
 		{Session: "a", Node: "n1", Prefetch: 2, Inflight: 1},
 		{Session: "b", Node: "n2", Prefetch: 1, Inflight: 0},
@@ -306,7 +383,7 @@ func testSubscribers(t *testing.T, f *fixture) {
 
 	// One entry per session: the exact channel before "".
 	f.subscribe("a", "n1", "s", "c1", 1)
-	require.NoError(t, f.st.BindJob(f.ctx, pa, store.Subscription{Semaphore: "s", Channel: "c1"}, "j4"))
+	f.deliverJob("a", "s", "c1")
 	require.Equal(t, store.Subscriber{Session: "a", Node: "n1", Prefetch: 1, Inflight: 1}, f.subscribers("s", "c1")[0])
 	require.Equal(t, store.Subscriber{Session: "a", Node: "n1", Prefetch: 5, Inflight: 1}, f.subscribers("s", "c2")[0])
 	require.Len(t, f.subscribers("s", "c1"), 2)
@@ -347,9 +424,9 @@ func testLoseResume(t *testing.T, f *fixture) {
 	s.Grace = grace
 	f.putSession(s)
 	p := f.sp("a")
-	require.NoError(t, f.st.BindLease(f.ctx, p, "l1"))
+	l1 := f.bindLease("a", "s")
 	f.subscribe("a", "n1", "s", "c", 2)
-	require.NoError(t, f.st.BindJob(f.ctx, p, store.Subscription{Semaphore: "s", Channel: "c"}, "j1"))
+	j1 := f.deliverJob("a", "s", "c")
 	require.Equal(t, []string{"a"}, f.subscriberIDs("s", "c"))
 
 	// Lost by a node it is not connected on: nothing changes.
@@ -368,8 +445,9 @@ func testLoseResume(t *testing.T, f *fixture) {
 	require.NoError(t, f.st.LoseSession(f.ctx, p, grace), "losing twice")
 	require.Equal(t, lost.GraceUntil, f.getSession("a").GraceUntil, "the grace is not renewed")
 
-	// A lost session may still be changed (a job released meanwhile).
-	require.NoError(t, f.st.BindLease(f.ctx, p, "l2"))
+	// A lost session may still be changed (a lease granted to a waiter
+	// meanwhile).
+	l2 := f.bindLease("a", "s")
 
 	_, err := f.st.ResumeSession(f.ctx, f.tenant, "wrong", "n2")
 	require.ErrorIs(t, err, store.ErrSessionNotFound)
@@ -381,8 +459,8 @@ func testLoseResume(t *testing.T, f *fixture) {
 	require.Equal(t, "n2", r.Node)
 	require.True(t, r.LostAt.IsZero())
 	require.True(t, r.GraceUntil.IsZero())
-	require.Equal(t, []string{"l1", "l2"}, r.Leases)
-	require.Equal(t, []string{"j1"}, r.Jobs)
+	requireSameStrings(t, []string{l1.ID, l2.ID}, r.Leases, "leases after resume")
+	require.Equal(t, []string{j1.ID}, r.Jobs)
 	require.Equal(t, []store.Subscription{{Semaphore: "s", Channel: "c", Prefetch: 2}}, r.Subscriptions)
 	require.Equal(t, grace, r.Grace)
 	require.Equal(t, []store.Subscriber{{Session: "a", Node: "n2", Prefetch: 2, Inflight: 1}}, f.subscribers("s", "c"))
@@ -401,12 +479,11 @@ func testLoseResume(t *testing.T, f *fixture) {
 
 func testExpireAfterGrace(t *testing.T, f *fixture) {
 	f.heartbeat("n1", longTTL)
-	s := f.newSession("a", "n1")
-	s.Leases = []string{"l1"}
-	s.Jobs = []string{"j1"}
-	f.putSession(s)
+	f.putSession(f.newSession("a", "n1"))
 	f.putSession(f.newSession("b", "n1")) // stays connected
 	f.subscribe("a", "n1", "s", "", 1)
+	l1 := f.bindLease("a", "s")
+	j1 := f.deliverJob("a", "s", "")
 	start := time.Now()
 	require.NoError(t, f.st.LoseSession(f.ctx, f.sp("a"), grace))
 	l, err := f.st.ExpiredSessions(f.ctx, 0)
@@ -420,8 +497,8 @@ func testExpireAfterGrace(t *testing.T, f *fixture) {
 	got := l[0].Session
 	require.Equal(t, "a", got.ID)
 	require.Equal(t, f.tenant, got.Tenant)
-	require.Equal(t, []string{"l1"}, got.Leases)
-	require.Equal(t, []string{"j1"}, got.Jobs)
+	require.Equal(t, []string{l1.ID}, got.Leases)
+	require.Equal(t, []string{j1.ID}, got.Jobs)
 	require.Len(t, got.Subscriptions, 1)
 	require.False(t, got.LostAt.IsZero())
 	require.WithinDuration(t, got.LostAt.Add(grace), got.GraceUntil, 5*time.Millisecond)
@@ -488,8 +565,8 @@ func testDeadNode(t *testing.T, f *fixture) {
 	f.heartbeat("n2", longTTL)
 	short := f.newSession("short", "n1")
 	short.Grace = grace
-	short.Jobs = []string{"j1"}
 	f.putSession(short)
+	j1 := f.deliverJob("short", "s", "")
 	f.putSession(f.newSession("long", "n1")) // grace longTTL
 	f.putSession(f.newSession("other", "n2"))
 	f.subscribe("long", "n1", "s", "", 1)
@@ -513,7 +590,7 @@ func testDeadNode(t *testing.T, f *fixture) {
 	// The other ends after n1's expiry + its grace.
 	got := f.collectExpired(1)[0].Session
 	require.Equal(t, "short", got.ID)
-	require.Equal(t, []string{"j1"}, got.Jobs)
+	require.Equal(t, []string{j1.ID}, got.Jobs)
 	require.False(t, got.LostAt.IsZero(), "lost since its node's expiry")
 	require.WithinDuration(t, got.LostAt.Add(grace), got.GraceUntil, 5*time.Millisecond)
 	_, err = f.st.ResumeSession(f.ctx, f.tenant, "tok-short", "n2")
@@ -674,21 +751,20 @@ func testBusBetween(t *testing.T, a, b *fixture) {
 func testSharedResume(t *testing.T, a, b *fixture) {
 	a.heartbeat("n1", longTTL)
 	b.heartbeat("n2", longTTL)
-	s := a.newSession("x", "n1")
-	s.Leases = []string{"l1"}
-	a.putSession(s)
+	a.putSession(a.newSession("x", "n1"))
 	a.subscribe("x", "n1", "s", "", 3)
-	require.NoError(t, a.st.BindJob(a.ctx, a.sp("x"), store.Subscription{Semaphore: "s"}, "j1"))
+	l1 := a.bindLease("x", "s")
+	j1 := a.deliverJob("x", "s", "")
 	require.Equal(t, []store.Subscriber{{Session: "x", Node: "n1", Prefetch: 3, Inflight: 1}}, b.subscribers("s", "c"))
 
 	require.NoError(t, a.st.LoseSession(a.ctx, a.sp("x"), longTTL))
 	require.Empty(t, b.subscribers("s", "c"))
 	r, err := b.st.ResumeSession(b.ctx, b.tenant, "tok-x", "n2")
 	require.NoError(t, err)
-	require.Equal(t, []string{"l1"}, r.Leases)
-	require.Equal(t, []string{"j1"}, r.Jobs)
+	require.Equal(t, []string{l1.ID}, r.Leases)
+	require.Equal(t, []string{j1.ID}, r.Jobs)
 	require.Equal(t, []store.Subscriber{{Session: "x", Node: "n2", Prefetch: 3, Inflight: 1}}, a.subscribers("s", "c"))
-	require.NoError(t, b.st.UnbindJob(b.ctx, b.sp("x"), "j1"))
+	b.act(j1.ID, store.ActRelease)
 	require.Equal(t, []store.Subscriber{{Session: "x", Node: "n2", Prefetch: 3, Inflight: 0}}, a.subscribers("s", "c"))
 	ended, err := a.st.EndSession(a.ctx, a.sp("x"))
 	require.NoError(t, err)

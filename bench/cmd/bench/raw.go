@@ -26,7 +26,7 @@ import (
 var semKeySuffixes = []string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
-	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem",
+	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind", ":sinf",
 }
 
 func semKeys(prefix, tenant, name string) []string {
@@ -78,9 +78,9 @@ func (r *rawSem) args(extra ...any) []any {
 }
 
 // acquireOp is one acquire of batch.lua: id, channel, weight, ttl ms,
-// idempotency key, wait ms, node, slack ms.
+// idempotency key, wait ms, node, slack ms, session ('' none).
 func (r *rawSem) acquireOp(id string) []any {
-	return []any{"a", id, "default", 1, 60000, "", 0, r.node, 2000}
+	return []any{"a", id, "default", 1, 60000, "", 0, r.node, 2000, ""}
 }
 
 // call sends ops (batch.lua operations) in one FCALL and checks that each

@@ -5,21 +5,23 @@
 -- queued jobs (after every caller is served) for all of them. A lone call
 -- is a batch of one.
 --
--- KEYS: the 18 semaphore keys listed in lib.lua.
+-- KEYS: the 20 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5..] the operations, in order, each a letter and its arguments:
 --   'a' acquire: lease id (also the waiter id when it waits), channel,
 --       weight (>= 1), ttl ms (0: the semaphore's leaseTimeout, else 60 s),
 --       idempotency key ('' for none), wait ms (0: answer at once), owning
 --       node id (where a later grant is published), slack ms added to the
---       waiter's deadline (now + wait + slack)
+--       waiter's deadline (now + wait + slack), session the lease is bound
+--       to ('' none)
 --   'r' release: lease id
 --   'p' poll of a waiting acquire: waiter id
 --   'e' enqueue: job-id salt, channel, payload, idempotency key, max
 --       scheduled jobs, parent JobRef JSON (see op_enqueue), job retention
 --       ms, max terminal jobs forgotten
 --   't' transition: job-id salt, job seq, action, lease id, route, error,
---       hold ttl ms, child JobRef JSON (see op_transition)
+--       hold ttl ms, child JobRef JSON, bound session, its subscription's
+--       channel (see op_transition)
 --
 -- Returns {'ok', results, due, events, grants} (lib.lua done), results
 -- holding one {status, ...} per operation: {status, lease JSON or ''} for
@@ -40,7 +42,7 @@ while i <= #ARGV do
   local op, r = ARGV[i], nil
   if op == 'a' then
     r = conf and op_acquire(conf, now, ARGV, i + 1) or {'SD_SEMAPHORE_NOT_FOUND', ''}
-    i = i + 9
+    i = i + 10
   elseif op == 'r' then
     r = conf and op_release(conf, now, ARGV[i + 1]) or {'SD_LEASE_NOT_FOUND', ''}
     i = i + 2
@@ -59,7 +61,7 @@ while i <= #ARGV do
     i = i + 9
   elseif op == 't' then
     r = conf and op_transition(conf, now, ARGV, i + 1) or {'SD_JOB_NOT_FOUND', ''}
-    i = i + 9
+    i = i + 11
   else
     return redis.error_reply('batch: unknown operation ' .. tostring(op))
   end

@@ -31,7 +31,15 @@
 --   KEYS[16] jcnt       hash: "q:<c>" scheduled jobs (total: sem "jq"), "i" / "i:<c>" inflight jobs
 --   KEYS[17] jfin       zset: job seq -> finish time (ms), terminal jobs (retention)
 --   KEYS[18] jidem      hash: job idempotency key -> job seq
+--   KEYS[19] sbind      zset, all scores 0: what websocket sessions hold here,
+--                       "<session>\0L<lease id>" (a sync lease) and
+--                       "<session>\0J<job id>" (a delivered job's lease)
+--   KEYS[20] sinf       hash: "<session>\0<channel>" -> jobs bound to the session's
+--                       subscription (Subscribers' Inflight)
 --
+-- A lease bound to a session carries s (session) and, for a job's lease,
+-- sc (the subscription's channel) in its JSON; drop_lease unbinds it, so
+-- whatever ends a lease ends its binding in the same call.
 -- ARGV[1] = prefix of the node pub/sub channels ("sd:node:"): a grant to
 -- a waiter is pushed by PUBLISH ARGV[1]..<node id> <waiter id>.
 -- ARGV[2] = 16 random hex characters and ARGV[3] = "." .. base64url(name):
@@ -59,6 +67,7 @@ local K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE
 local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT
 local K_GRANTED, K_IDEM
 local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
+local K_SBIND, K_SINF
 local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
@@ -103,6 +112,7 @@ local function begin(keys, args)
   K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
   K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+  K_SBIND, K_SINF = KEYS[19], KEYS[20]
   NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
   LOCAL_GRANTS = {}
   EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
@@ -198,11 +208,16 @@ end
 
 -- creates a live lease and returns its JSON and the lease; id nil makes a
 -- job lease id (lib header), j is the job seq of a job lease (nil for
--- sync), g 1 marks the lease granted to a waiter (it may sit in granted)
-local function new_lease(id, c, w, ttl, k, now, j, g)
+-- sync), g 1 marks the lease granted to a waiter (it may sit in granted),
+-- ss the session a sync lease is bound to (nil or '': none)
+local function new_lease(id, c, w, ttl, k, now, j, g, ss)
   local f = redis.call('INCR', K_FENCE)
   if not id then id = LID_RAND .. string.format('%016x', f) .. ID_SUFFIX end
   local l = {id = id, c = c, w = w, f = f, ttl = ttl, a = now, e = now + ttl, k = k, j = j, g = g}
+  if ss and ss ~= '' then
+    l.s = ss
+    redis.call('ZADD', K_SBIND, 0, ss .. '\0L' .. id)
+  end
   local raw = cjson.encode(l)
   redis.call('HSET', K_LEASES, id, raw)
   redis.call('ZADD', K_HOLDERS, l.e, id)
@@ -210,6 +225,30 @@ local function new_lease(id, c, w, ttl, k, now, j, g)
   add_used(c, w)
   if k ~= '' then redis.call('HSET', K_IDEM, k, id) end
   return raw, l
+end
+
+-- the job id of a job seq (defined with the jobs below)
+local job_id
+
+-- ends the binding of lease l to its session (l.s): the lease ended, or
+-- its job is delivered again
+local function unbind(l)
+  if l.j then
+    redis.call('ZREM', K_SBIND, l.s .. '\0J' .. job_id(l.j) .. ID_SUFFIX)
+    local f = l.s .. '\0' .. (l.sc or '')
+    if redis.call('HINCRBY', K_SINF, f, -1) <= 0 then redis.call('HDEL', K_SINF, f) end
+  else
+    redis.call('ZREM', K_SBIND, l.s .. '\0L' .. l.id)
+  end
+  l.s, l.sc = nil, nil
+end
+
+-- binds the lease l of an inflight job to session ss, counted on its
+-- subscription to channel sc (the caller saves l)
+local function bind_job(l, ss, sc)
+  l.s, l.sc = ss, sc
+  redis.call('ZADD', K_SBIND, 0, ss .. '\0J' .. job_id(l.j) .. ID_SUFFIX)
+  redis.call('HINCRBY', K_SINF, ss .. '\0' .. sc, 1)
 end
 
 -- ends a lease (release or expiry); returns the decoded lease or nil. raw:
@@ -223,6 +262,7 @@ local function drop_lease(id, raw)
   add_used(l.c, -l.w)
   if l.k ~= '' and redis.call('HGET', K_IDEM, l.k) == id then redis.call('HDEL', K_IDEM, l.k) end
   if l.g and redis.call('HDEL', K_GRANTED, id) == 1 then redis.call('ZREM', K_WDL, id) end
+  if l.s then unbind(l) end
   return l
 end
 
@@ -279,10 +319,10 @@ local function grant_domain(conf, c, now)
     if not w or not fits(conf, w.c, w.w) then return n end
     if w.n == CALLER then
       unqueue(w, false)
-      LOCAL_GRANTS[#LOCAL_GRANTS + 1] = {w.id, (new_lease(w.id, w.c, w.w, w.ttl, w.k, now))}
+      LOCAL_GRANTS[#LOCAL_GRANTS + 1] = {w.id, (new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, nil, w.ss))}
     else
       unqueue(w, true)
-      new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, 1)
+      new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, 1, w.ss)
       redis.call('HSET', K_GRANTED, w.id, w.n)
       redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
     end
@@ -312,7 +352,7 @@ end
 -- scheduled), l lease id (while inflight), r route, e error, k idempotency
 -- key, p parent / h child {s, i, h}, ca / ua / fa times.
 
-local function job_id(seq)
+function job_id(seq)
   if not JOB_SALT then JOB_SALT = redis.call('HGET', K_SEM, 'js') or '' end
   return JOB_SALT .. string.format('%016x', seq)
 end
@@ -673,8 +713,8 @@ end
 -- and return {status, lease JSON or ''} without done(): batch.lua runs
 -- several of them in one call and then done() once, cancel_wait.lua one.
 
--- acquire (args a[i..i+7]: lease id, channel, weight, ttl ms, idempotency
--- key, wait ms, node, slack ms; see batch.lua): 'ok' (granted, or the live
+-- acquire (args a[i..i+8]: lease id, channel, weight, ttl ms, idempotency
+-- key, wait ms, node, slack ms, session; see batch.lua): 'ok' (granted, or the live
 -- lease of the same idempotency key), 'wait' (enqueued), 'no_permit',
 -- SD_WEIGHT_TOO_LARGE
 local function op_acquire(conf, now, a, i)
@@ -690,11 +730,12 @@ local function op_acquire(conf, now, a, i)
   end
   -- no barging: a live waiter ahead in the same domain blocks the grant
   if not head(conf, c, now) and fits(conf, c, w) then
-    return {'ok', (new_lease(id, c, w, ttl, k, now))}
+    return {'ok', (new_lease(id, c, w, ttl, k, now, nil, nil, a[i + 8]))}
   end
   if wait <= 0 then return {'no_permit', ''} end
   local seq = redis.call('HINCRBY', K_SEM, 'wseq', 1)
   local wt = {id = id, c = c, w = w, ttl = ttl, k = k, n = a[i + 6], d = now + wait + tonumber(a[i + 7]), s = seq}
+  if a[i + 8] ~= '' then wt.ss = a[i + 8] end
   redis.call('HSET', K_WDATA, id, cjson.encode(wt))
   redis.call('ZADD', K_WAITERS, seq, id)
   redis.call('ZADD', K_CQ, 0, cq_member(wt))
@@ -800,10 +841,12 @@ end
 
 local JOB_STATUS_NAMES = {S = 'scheduled', I = 'inflight', D = 'done', E = 'error', T = 'timeout', C = 'cancelled'}
 
--- transition: one action on a job (args a[i..i+7]: job-id salt, job seq,
+-- transition: one action on a job (args a[i..i+9]: job-id salt, job seq,
 -- action (delivered release fail retry suspend cancel requeue handoff),
 -- lease id the job must still hold ('' = no check), route, error, hold ttl
--- ms (0: none), child JobRef JSON {s,i[,h]} ('')): {'ok'} + v, or
+-- ms (0: none), child JobRef JSON {s,i[,h]} (''), and for delivered the
+-- session the job's lease is bound to ('' none: an earlier binding ends)
+-- and the channel of its subscription): {'ok'} + v, or
 -- SD_JOB_NOT_FOUND, SD_STALE_LEASE, {'SD_INVALID_STATE', message}
 local function op_transition(conf, now, a, i)
   local seq = tonumber(a[i + 1])
@@ -855,6 +898,15 @@ local function op_transition(conf, now, a, i)
     if act == 'delivered' then
       m.r, m.ua = a[i + 4], now
       hold(tonumber(a[i + 6]))
+      local raw = redis.call('HGET', K_LEASES, m.l)
+      if raw then
+        local l = cjson.decode(raw)
+        if l.s or a[i + 8] ~= '' then
+          if l.s then unbind(l) end
+          if a[i + 8] ~= '' then bind_job(l, a[i + 8], a[i + 9]) end
+          redis.call('HSET', K_LEASES, m.l, cjson.encode(l))
+        end
+      end
       job_save(seq, m, pay)
     elseif act == 'handoff' then
       m.r, m.ua = a[i + 4], now

@@ -5,9 +5,10 @@
 local r, raw = live()
 if not r then return NOT_FOUND end
 local sub = {s = ARGV[1], c = ARGV[2], p = tonumber(ARGV[3])}
+local added = use(r, sub.s)
 local i = sub_index(r, sub.s, sub.c)
 if i then
-  if r.subs[i].p == sub.p then return unchanged(raw) end
+  if r.subs[i].p == sub.p and not added then return unchanged(raw) end
   r.subs[i] = sub
 else
   table.insert(r.subs, sub)

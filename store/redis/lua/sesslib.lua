@@ -4,11 +4,13 @@
 -- session script touches one key, in the session's own hash slot:
 --
 --   KEYS[1]  the session record: string, JSON
---            {t, id, node, tok, lost, ends, grace, leases, jobs, jsub,
---             subs, created, rev, cid}
+--            {t, id, node, tok, kid, lost, ends, grace, sems, subs,
+--             created, rev, cid}
 --            node "" while lost; lost/ends: ms of Redis TIME (0 while
---            connected); grace ms; jsub: job id -> {semaphore, channel}
---            of the subscription the job counts on; subs: [{s, c, p}];
+--            connected); grace ms; kid: the API key id that opened it;
+--            sems: the semaphores it may hold leases or jobs in (what it
+--            holds is bound in each semaphore's own slot, lib.lua
+--            sbind); subs: [{s, c, p}];
 --            rev: bumped by every change, max(rev+1, now ms), so it also
 --            grows across a delete and re-create; cid: the rev at which
 --            the session last connected (put or resume), naming one
@@ -31,10 +33,9 @@ local function load()
   local raw = redis.call('GET', KEYS[1])
   if not raw then return nil, false end
   local r = cjson.decode(raw)
-  if type(r.jsub) ~= 'table' then r.jsub = {} end
-  if type(r.leases) ~= 'table' then r.leases = {} end
-  if type(r.jobs) ~= 'table' then r.jobs = {} end
+  if type(r.sems) ~= 'table' then r.sems = {} end
   if type(r.subs) ~= 'table' then r.subs = {} end
+  r.jsub, r.leases, r.jobs = nil, nil, nil -- an earlier layout kept bindings here
   return r, raw
 end
 
@@ -79,6 +80,13 @@ local function index_of(list, v)
     if x == v then return i end
   end
   return nil
+end
+
+-- use adds sem to the record's semaphores; true when it was not there
+local function use(r, sem)
+  if index_of(r.sems, sem) then return false end
+  table.insert(r.sems, sem)
+  return true
 end
 
 local function sub_index(r, sem, ch)

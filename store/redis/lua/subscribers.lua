@@ -3,7 +3,8 @@
 -- any, else its "" entry (Subscribers). Tombstones older than ARGV[2] ms
 -- are pruned on the way. (Standalone.)
 --
--- KEYS[1] subs (see registry_sync.lua)
+-- KEYS[1] subs (see registry_sync.lua), KEYS[2] the semaphore's sinf
+-- (lib.lua: jobs bound per subscription, its Inflight)
 -- ARGV[1] channel, ARGV[2] tombstone age ms
 --
 -- Returns a flat list of (session, node, prefetch, inflight).
@@ -27,6 +28,6 @@ for _, s in ipairs(order) do
   table.insert(out, e.s)
   table.insert(out, e.n)
   table.insert(out, tostring(e.p))
-  table.insert(out, tostring(e.i))
+  table.insert(out, redis.call('HGET', KEYS[2], e.s .. '\0' .. e.c) or '0')
 end
 return out
