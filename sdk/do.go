@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -24,6 +25,14 @@ type DoOption func(*doConfig)
 
 type doConfig struct {
 	acquire AcquireOptions
+}
+
+func newDoConfig(opts []DoOption) doConfig {
+	cfg := doConfig{acquire: AcquireOptions{Wait: DefaultDoWait}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
 }
 
 // WithChannel acquires on a channel of the semaphore (default "default").
@@ -69,87 +78,216 @@ func WithIdempotencyKey(key string) DoOption {
 //     permit comes back by expiry.
 //
 // Do returns fn's error, joined with ErrLeaseLost when the lease was lost.
-func (c *Client) Do(ctx context.Context, semaphore string, fn func(ctx context.Context, lease Lease) error, opts ...DoOption) (err error) {
-	cfg := doConfig{acquire: AcquireOptions{Wait: DefaultDoWait}}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	sent := time.Now()
+func (c *Client) Do(ctx context.Context, semaphore string, fn func(ctx context.Context, lease Lease) error, opts ...DoOption) error {
+	cfg := newDoConfig(opts)
+	sent := time.Now() // before the request: see keepAlive
 	lease, err := c.Acquire(ctx, semaphore, cfg.acquire)
 	if err != nil {
 		return err
 	}
-	ttl := cfg.acquire.TTL
+	l := newHeldLease(ctx, lease.ID, sent, leaseTTL(cfg.acquire.TTL, lease))
+	go l.keepAlive(c, nil)
+	return holdWhile(ctx, c, lease, l, nil, fn)
+}
+
+// The rest of this file is shared by Client.Do and Worker.Do (and the
+// worker's session-bound leases and job runs): one keep-alive, one way to
+// end Do, behind leaseOps.
+
+// leaseOps is what keeping a lease needs of a transport: the Client
+// extends and releases over HTTP, the Worker over its websocket.
+type leaseOps interface {
+	extendLease(ctx context.Context, leaseID string, ttl time.Duration) error
+	releaseLease(ctx context.Context, leaseID string) error
+}
+
+func (c *Client) extendLease(ctx context.Context, leaseID string, ttl time.Duration) error {
+	_, err := c.Extend(ctx, leaseID, ttl)
+	return err
+}
+
+func (c *Client) releaseLease(ctx context.Context, leaseID string) error {
+	_, err := c.Release(ctx, leaseID)
+	return err
+}
+
+// leaseTTL is the ttl to keep a lease alive with: the one asked for, else
+// the one granted, at least the server's minimum of 1s.
+func leaseTTL(asked time.Duration, l Lease) time.Duration {
+	ttl := asked
 	if ttl <= 0 {
-		ttl = lease.TTL()
+		ttl = l.TTL()
 	}
-	if ttl < time.Second {
-		ttl = time.Second // the server's minimum
-	}
+	return max(ttl, time.Second)
+}
 
+// heldLease is a lease kept alive by keepAlive until it is stopped (at
+// release) or lost.
+type heldLease struct {
+	id   string
+	ctx  context.Context    // ends when the keep-alive is to stop
+	stop context.CancelFunc // markStopped
+	lost chan struct{}      // closed when the lease is gone, or may have expired
+	done chan struct{}      // closed when keepAlive returned
+	wake chan struct{}      // extended: keepAlive schedules its next extend again
+
+	lostOnce sync.Once
+
+	mu   sync.Mutex
+	ttl  time.Duration // what each extend asks for
+	sent time.Time     // when the last grant or extend that succeeded was sent
+}
+
+// newHeldLease returns the state of lease id, granted (or last extended)
+// with ttl by a request sent at sent. Its keep-alive stops when parent
+// ends or at markStopped; start it with go l.keepAlive(...).
+func newHeldLease(parent context.Context, id string, sent time.Time, ttl time.Duration) *heldLease {
+	l := &heldLease{id: id, lost: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1), ttl: ttl, sent: sent}
+	l.ctx, l.stop = context.WithCancel(parent)
+	return l
+}
+
+func (l *heldLease) markLost()    { l.lostOnce.Do(func() { close(l.lost) }) }
+func (l *heldLease) markStopped() { l.stop() }
+
+func (l *heldLease) isLost() bool {
+	select {
+	case <-l.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// extended records an extend of the lease to ttl that succeeded, sent at
+// sent (by keepAlive, or by the holder, e.g. Worker.Extend: a shorter ttl
+// brings the next extend forward). Of two extends in flight at once the
+// one sent last is taken as the one the server applied last.
+func (l *heldLease) extended(sent time.Time, ttl time.Duration) {
+	l.mu.Lock()
+	l.ttl = ttl
+	if sent.After(l.sent) {
+		l.sent = sent
+	}
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// state returns the ttl to extend with and when the last grant or extend
+// that succeeded was sent.
+func (l *heldLease) state() (ttl time.Duration, sent time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ttl, l.sent
+}
+
+// deadline is when the lease may expire, as far as this process knows:
+// see keepAlive.
+func (l *heldLease) deadline() time.Time {
+	ttl, sent := l.state()
+	return sent.Add(ttl)
+}
+
+// keepAlive extends the lease a third of its ttl after the last grant or
+// extend that succeeded was sent, until the lease is stopped. It marks the
+// lease lost, calls onLost (when not nil) and returns when the server says
+// the lease is gone, or when an extend fails after the lease's deadline.
+//
+// The deadline is the send time of the last request that succeeded (the
+// acquire, then each extend) plus its ttl: the server starts the ttl when
+// it handles the request, after it was sent, so the lease lives at least
+// until then, whatever the server's clock says (expiresAt is judged by the
+// store's clock, which may disagree with this one) and however long the
+// reply took. Counting from the reply instead would be too late by the
+// round trip, and by the whole wait of an acquire that waited. A failed
+// extend is retried a third of the ttl later, at the latest at the
+// deadline, so a lease that may have expired is given up close to its
+// deadline rather than a whole interval after it.
+func (l *heldLease) keepAlive(ops leaseOps, onLost func()) {
+	defer close(l.done)
+	var retry time.Time // after a failed extend: when to try again
+	for {
+		ttl, sent := l.state()
+		interval := ttl / 3
+		at := sent.Add(interval)
+		if !retry.IsZero() {
+			at = retry
+		}
+		if d := time.Until(at); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-l.ctx.Done():
+				t.Stop()
+				return
+			case <-l.wake:
+				t.Stop()
+				continue
+			case <-t.C:
+			}
+		} else if l.ctx.Err() != nil {
+			return
+		}
+		sent = time.Now()
+		ectx, cancel := context.WithTimeout(l.ctx, interval)
+		err := ops.extendLease(ectx, l.id, ttl)
+		cancel()
+		switch {
+		case err == nil:
+			l.extended(sent, ttl)
+			retry = time.Time{}
+		case l.ctx.Err() != nil:
+			return // stopped (released) meanwhile: not lost
+		case IsLeaseNotFound(err), time.Now().After(l.deadline()):
+			l.markLost()
+			if onLost != nil {
+				onLost()
+			}
+			return
+		default:
+			retry = time.Now().Add(interval)
+			if d := l.deadline(); d.After(time.Now()) && d.Before(retry) {
+				retry = d
+			}
+		}
+	}
+}
+
+// holdWhile runs fn while l keeps lease alive, then stops the keep-alive
+// and releases the lease; the end of Client.Do and Worker.Do. fn's context
+// ends with cause ErrLeaseLost when the lease is lost, and with cause
+// ErrWorkerClosed when closing (nil for none) ends.
+func holdWhile(ctx context.Context, ops leaseOps, lease Lease, l *heldLease, closing context.Context, fn func(ctx context.Context, lease Lease) error) (err error) {
 	fnCtx, cancel := context.WithCancelCause(ctx)
-	keeperDone := make(chan struct{})
-	stop := make(chan struct{})
-	lost := make(chan struct{}) // closed by the keeper when the lease is lost
+	lostErr := fmt.Errorf("%w: %s", ErrLeaseLost, lease.ID)
+	watched := make(chan struct{})
 	go func() {
-		defer close(keeperDone)
-		c.keepAlive(ctx, lease.ID, sent, ttl, stop, func() {
-			close(lost)
-			cancel(fmt.Errorf("%w: %s", ErrLeaseLost, lease.ID))
-		})
+		select {
+		case <-l.lost:
+			cancel(lostErr)
+		case <-watched:
+		}
 	}()
-
+	if closing != nil {
+		stop := context.AfterFunc(closing, func() { cancel(ErrWorkerClosed) })
+		defer stop()
+	}
 	defer func() {
-		close(stop)
-		<-keeperDone
+		close(watched)
+		l.markStopped()
+		<-l.done
 		cancel(context.Canceled)
-		// Release even when the keeper gave up on the lease: after a
+		// Release even when the keep-alive gave up on the lease: after a
 		// partition it may still be live, and releasing it frees the permit
 		// now instead of at expiry.
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-		_, rerr := c.Release(rctx, lease.ID)
+		rerr := ops.releaseLease(rctx, lease.ID)
 		rcancel()
-		isLost := IsLeaseNotFound(rerr)
-		select {
-		case <-lost:
-			isLost = true
-		default:
-		}
-		if isLost {
-			err = errors.Join(fmt.Errorf("%w: %s", ErrLeaseLost, lease.ID), err)
+		if IsLeaseNotFound(rerr) || l.isLost() {
+			err = errors.Join(lostErr, err)
 		}
 	}()
 	return fn(fnCtx, lease)
-}
-
-// keepAlive extends the lease every ttl/3 until stop is closed. It calls
-// onLost (once, then returns) when the server says the lease is gone, or when
-// no extend succeeded for a whole ttl (the lease has surely expired). since
-// is a local time no later than the grant, so since+ttl is no later than the
-// lease's expiry whatever the server's clock says.
-func (c *Client) keepAlive(ctx context.Context, leaseID string, since time.Time, ttl time.Duration, stop <-chan struct{}, onLost func()) {
-	interval := ttl / 3
-	deadline := since.Add(ttl)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return // fn sees ctx's own cancellation
-		case <-t.C:
-		}
-		sent := time.Now()
-		ectx, ecancel := context.WithTimeout(ctx, interval)
-		_, err := c.Extend(ectx, leaseID, ttl)
-		ecancel()
-		switch {
-		case err == nil:
-			deadline = sent.Add(ttl)
-		case IsLeaseNotFound(err), time.Now().After(deadline):
-			onLost()
-			return
-		}
-	}
 }

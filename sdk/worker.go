@@ -150,7 +150,10 @@ func WithCloseTimeout(d time.Duration) WorkerOption {
 // Worker is a websocket connection to semaphored that survives
 // reconnections. Create it with NewWorker; it connects in the background,
 // and every call waits (bounded by its context) for a connection. Its
-// methods are safe for concurrent use. Close it when done.
+// methods are safe for concurrent use: the calls of any number of
+// goroutines share the one connection, each request carrying an id that
+// its reply echoes, so they are in flight together and none waits for
+// another's reply. Close it when done.
 type Worker struct {
 	cfg     workerConfig
 	targets []target // the main instance first

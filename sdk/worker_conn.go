@@ -340,6 +340,7 @@ func (w *Worker) diffLocked(r inFrame) (subs []*subscription, orphans []string) 
 	for id, l := range w.leases {
 		if !held[id] {
 			l.markLost()
+			l.markStopped()
 			delete(w.leases, id)
 		}
 	}
@@ -410,12 +411,17 @@ func (w *Worker) callCtx(ctx context.Context, c *wsConn, req any) (inFrame, erro
 	}
 	c.pending[id] = ch
 	c.mu.Unlock()
-	forget := func() {
+	// forget withdraws the request; false when the read loop has taken
+	// its reply (or the connection ended) already: ch is about to get the
+	// reply (or be closed).
+	forget := func() bool {
 		c.mu.Lock()
-		if c.pending != nil {
-			delete(c.pending, id)
+		defer c.mu.Unlock()
+		if _, ok := c.pending[id]; !ok {
+			return false
 		}
-		c.mu.Unlock()
+		delete(c.pending, id)
+		return true
 	}
 	wctx, cancel := context.WithTimeout(c.ctx, writeTimeout)
 	err = c.conn.Write(wctx, websocket.MessageText, b)
@@ -426,23 +432,36 @@ func (w *Worker) callCtx(ctx context.Context, c *wsConn, req any) (inFrame, erro
 	}
 	select {
 	case f, ok := <-ch:
-		if !ok {
-			return inFrame{}, ErrConnectionLost
-		}
-		switch {
-		case f.Type == "error":
-			return f, &APIError{Code: f.Code, Message: f.Message}
-		case f.Type == "rejected" && f.Error != nil:
-			return f, &APIError{Code: f.Error.Code, Message: f.Error.Message}
-		}
-		return f, nil
+		return reply(f, ok)
 	case <-ctx.Done():
-		forget()
+		if !forget() {
+			// The reply came as ctx ended: return it rather than drop it
+			// (a lease it carries would be held until it expires).
+			if f, ok := <-ch; ok {
+				return reply(f, ok)
+			}
+		}
 		return inFrame{}, ctx.Err()
 	case <-w.ctx.Done():
 		forget()
 		return inFrame{}, ErrWorkerClosed
 	}
+}
+
+// reply turns a reply frame into callCtx's result: an error or rejected
+// frame as an *APIError; ok false (the connection ended) as
+// ErrConnectionLost.
+func reply(f inFrame, ok bool) (inFrame, error) {
+	if !ok {
+		return inFrame{}, ErrConnectionLost
+	}
+	switch {
+	case f.Type == "error":
+		return f, &APIError{Code: f.Code, Message: f.Message}
+	case f.Type == "rejected" && f.Error != nil:
+		return f, &APIError{Code: f.Error.Code, Message: f.Error.Message}
+	}
+	return f, nil
 }
 
 // retry runs call again after ErrConnectionLost, for idempotent requests.

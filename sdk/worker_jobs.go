@@ -115,6 +115,7 @@ type jobRun struct {
 	job     Job
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
+	lease   *heldLease  // the keep-alive of the job's lease
 	refused atomic.Bool // the server refused the ack
 }
 
@@ -128,6 +129,10 @@ func (w *Worker) onJob(c *wsConn, f inFrame) {
 		return
 	}
 	j := f.Job.toSDK()
+	// The lease was granted before the server pushed the job, at a time
+	// this process cannot know: the frame's arrival is the earliest time
+	// it has to count the lease's deadline from (see keepAlive).
+	received := time.Now()
 	w.mu.Lock()
 	s := w.subs[subKey{j.Semaphore, j.Channel}]
 	if s == nil {
@@ -141,6 +146,7 @@ func (w *Worker) onJob(c *wsConn, f inFrame) {
 	if prev := w.running[j.ID]; prev == nil || prev.job.Lease.ID != j.Lease.ID {
 		run = &jobRun{job: j}
 		run.ctx, run.cancel = context.WithCancelCause(w.jobCtx)
+		run.lease = newHeldLease(w.ctx, j.Lease.ID, received, leaseTTL(0, *j.Lease))
 		w.running[j.ID] = run
 		w.jobs.Add(1)
 	}
@@ -153,6 +159,7 @@ func (w *Worker) onJob(c *wsConn, f inFrame) {
 		// not acked: the server offers it elsewhere
 		w.forget(run)
 		run.cancel(context.Canceled)
+		run.lease.markStopped()
 		w.jobs.Done()
 		return
 	}
@@ -187,44 +194,29 @@ func (w *Worker) forget(run *jobRun) {
 func (w *Worker) runJob(h Handler, run *jobRun) {
 	defer w.jobs.Done()
 	defer w.forget(run)
-	j := run.job
-	ttl := max(j.Lease.TTL(), time.Second)
+	j, kl := run.job, run.lease
 	defer run.cancel(context.Canceled)
-	stop := make(chan struct{})
-	lost := make(chan struct{})
-	keeper := make(chan struct{})
-	go func() {
-		defer close(keeper)
-		w.keepAlive(w.ctx, j.Lease.ID, ttl, stop, func() {
-			close(lost)
-			run.cancel(fmt.Errorf("%w: %s", ErrLeaseLost, j.Lease.ID))
-		})
-	}()
-	err := runHandler(run.ctx, h, j)
-	isLost := func() bool {
-		select {
-		case <-lost:
-			return true
-		default:
-			return false
-		}
+	go kl.keepAlive(w, func() { run.cancel(fmt.Errorf("%w: %s", ErrLeaseLost, j.Lease.ID)) })
+	stop := func() {
+		kl.markStopped()
+		<-kl.done
 	}
-	if err == nil && !isLost() && !run.refused.Load() {
+	err := runHandler(run.ctx, h, j)
+	if err == nil && !kl.isLost() && !run.refused.Load() {
 		// keep the lease alive until the release went through
+		ttl, _ := kl.state()
 		err = w.releaseJob(j, ttl)
-		close(stop)
-		<-keeper
+		stop()
 		if err != nil {
 			w.cfg.log.Warn("semaphored worker: releasing a job failed; its lease expires", "job", j.ID, "err", err)
 		}
 		return
 	}
-	close(stop)
-	<-keeper
+	stop()
 	switch {
 	case run.refused.Load():
 		w.cfg.log.Warn("semaphored worker: the server refused the ack of a job; not released", "job", j.ID)
-	case isLost():
+	case kl.isLost():
 		w.cfg.log.Warn("semaphored worker: job lease lost while its handler ran", "job", j.ID, "err", err)
 	default:
 		w.cfg.log.Warn("semaphored worker: handler failed; the job is retried after its lease expires", "job", j.ID, "err", err)
