@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,6 +68,23 @@ func (b *bench) add(r row) *row {
 	return &b.rows[len(b.rows)-1]
 }
 
+// addNear adds rows right after the rows of the peer scenario named peer
+// (its own and those added near it before), so that the table shows them
+// side by side whatever the order they ran in; at the end when that peer
+// did not run.
+func (b *bench) addNear(peer string, rs ...row) {
+	at := len(b.rows)
+	for i, r := range b.rows {
+		if (r.group == "peer" && strings.HasPrefix(r.name, peer)) || r.near == peer {
+			at = i + 1
+		}
+	}
+	for i := range rs {
+		rs[i].near = peer
+	}
+	b.rows = slices.Insert(b.rows, at, rs...)
+}
+
 // find returns the median of a row by group and name (NaN when absent).
 func (b *bench) find(group, name string) float64 {
 	for _, r := range b.rows {
@@ -83,14 +101,21 @@ func (b *bench) want(name string) bool { return b.cfg.only == nil || b.cfg.only.
 // measured rounds. With cmds, it also records INFO commandstats deltas
 // per op of each round (every command Redis ran, in-script ones included).
 func (b *bench) throughput(group, name, unit, note string, cmds bool, op func(w int) (int, error)) {
+	for _, r := range b.measure(group, name, unit, note, cmds, op) {
+		b.add(r)
+	}
+}
+
+// measure is throughput returning its rows (the scenario's, then with
+// cmds its commands and CPU per pair) instead of adding them.
+func (b *bench) measure(group, name, unit, note string, cmds bool, op func(w int) (int, error)) []row {
 	logf("%s: %s (warm-up %v, %d×%v)", group, name, b.cfg.warmup, b.cfg.rounds, b.cfg.round)
 	r := row{group: group, name: name, unit: unit, note: note}
 	cr := row{group: group, name: name + ": Redis commands per pair, in-script included", unit: "cmds/pair", note: "INFO commandstats delta / pairs"}
 	ur := row{group: group, name: name + ": Redis main-thread CPU per pair", unit: "µs/pair", note: "INFO cpu *_main_thread delta / pairs"}
 	if _, _, err := runFor(b.cfg.warmup, b.cfg.clients, op); err != nil {
 		r.note = label(err)
-		b.add(r)
-		return
+		return []row{r}
 	}
 	for range b.cfg.rounds {
 		var before int64
@@ -113,11 +138,10 @@ func (b *bench) throughput(group, name, unit, note string, cmds bool, op func(w 
 			ur.vals = append(ur.vals, (cpu1-cpu0)*1e6/float64(n))
 		}
 	}
-	b.add(r)
 	if cmds {
-		b.add(cr)
-		b.add(ur)
+		return []row{r, cr, ur}
 	}
+	return []row{r}
 }
 
 // monitored runs op for cfg.rounds rounds of 1 s under MONITOR and records
@@ -159,7 +183,7 @@ func main() {
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
 	flag.IntVar(&cfg.clients, "clients", 64, "concurrent clients")
-	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|memory per queued job>"`)
+	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|sync websocket|websocket|memory per queued job>"`)
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (logs, binary, redis data)")
 	flag.IntVar(&cfg.handoffN, "handoff-samples", 100, "hand-off samples per round")
 	flag.BoolVar(&cfg.cmdstats, "cmdstats", false, "log Redis INFO commandstats (reset per section) to stderr after each section")
@@ -308,12 +332,14 @@ func (b *bench) direct() error {
 		_ = sd.st.Close()
 	}
 
-	if b.want(g1) {
+	// The websocket sync scenarios are compared with this peer: it runs for
+	// them too.
+	if b.want(g1) || b.wantWSSync() {
 		z, err := newZsetSem(ctx, b.rc, "peerbench:sema:unc", 10_000)
 		if err != nil {
 			return err
 		}
-		b.throughput(g1, "sorted-set semaphore (asynq x/rate algorithm), uncontended", "pairs/s", "maxTokens 10,000", true,
+		b.throughput(g1, nPeerUnc, "pairs/s", "maxTokens 10,000", true,
 			func(int) (int, error) {
 				m, err := z.tryAcquire(ctx)
 				if err == nil && m == "" {
@@ -324,6 +350,8 @@ func (b *bench) direct() error {
 				}
 				return 1, z.release(ctx, m)
 			})
+	}
+	if b.want(g1) {
 		zc, err := newZsetSem(ctx, b.rc, "peerbench:sema:cont", 8)
 		if err != nil {
 			return err
@@ -450,6 +478,11 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 	if b.want(g + " funnel") {
 		if err := b.funnel(g, e, onRedis); err != nil {
 			b.add(row{group: g, name: "async funnel over webhook", unit: "jobs/s", note: label(err)})
+		}
+	}
+	if b.hasHub() && b.want(g+" "+kWSSync) {
+		if err := b.wsSync(g, e); err != nil {
+			b.addNear(nPeerUnc, row{group: g, name: nWSSync, unit: "pairs/s", note: label(err)})
 		}
 	}
 	if b.hasHub() && b.want(g+" websocket") {

@@ -78,7 +78,7 @@ func (r *rawSem) args(extra ...any) []any {
 }
 
 // acquireOp is one acquire of batch.lua: id, channel, weight, ttl ms,
-// idempotency key, wait ms, node, slack ms, session ('' none).
+// idempotency key, wait ms, node, slack ms, session ("" none).
 func (r *rawSem) acquireOp(id string) []any {
 	return []any{"a", id, "default", 1, 60000, "", 0, r.node, 2000, ""}
 }

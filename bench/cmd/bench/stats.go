@@ -18,6 +18,7 @@ type row struct {
 	unit  string    // "pairs/s", "jobs/s", "ms", "cmds/grant", "B/job"
 	vals  []float64 // one value per measured round
 	note  string
+	near  string // printed next to the peer scenario of that name (addNear)
 }
 
 func (r row) median() float64 { return median(r.vals) }

@@ -19,6 +19,7 @@ const (
 	nFunnel   = "async funnel: enqueue → webhook delivered → released via API"
 	nWSFunnel = "async funnel over websocket: enqueue (HTTP) → pushed to a session → ack + release (ws)"
 	nMem      = "Redis memory per queued job beyond its 100-byte payload"
+	nWSSync   = "sync acquire + release over one websocket (SDK Worker), uncontended"
 
 	nPeerUnc  = "sorted-set semaphore (asynq x/rate algorithm), uncontended"
 	nPeerPoll = "sorted-set semaphore, contended, polling 10–50 ms"
