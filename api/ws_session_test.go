@@ -141,3 +141,27 @@ func TestWS_KeyRevokedClosesSessions(t *testing.T) {
 		require.Equal(t, http.StatusUnauthorized, status)
 	})
 }
+
+// Jobs reach a websocket worker in their queue's order (FIFO per channel)
+// also when they hold permits while the worker is at its prefetch: jobs
+// dispatched later never overtake ones already waiting for room, on one
+// node and across two.
+func TestWS_FIFOAtPrefetch(t *testing.T) {
+	forStores(t, func(t *testing.T, redis bool) {
+		e := setupWS(t, 2, wsOptions{redis: redis})
+		e.put("work", map[string]any{"maxValue": 3})
+		c := e.dial(0)
+		c.request("subscribed", map[string]any{"type": "subscribe", "semaphore": "work", "prefetch": 1})
+		const n = 12
+		ids := make([]string, 0, n)
+		for i := range n {
+			ids = append(ids, e.enqueue("work", i).ID)
+		}
+		for i := range n {
+			f := c.expect("job")
+			require.Equal(t, ids[i], f.Job.ID, "job %d out of order", i)
+			c.send(map[string]any{"type": "ack", "job": f.Job.ID})
+			c.request("released", map[string]any{"type": "release", "job": f.Job.ID})
+		}
+	})
+}

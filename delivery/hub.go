@@ -141,6 +141,7 @@ type Hub struct {
 	sessions map[string]*Session       // by session id
 	waiters  map[string]chan nodeReply // remote deliveries waiting for ack/nack, by request id
 	capacity chan struct{}             // closed (and replaced) when a local session frees room
+	order    map[orderKey][]int64      // deliveries not yet placed, by key, their tokens sorted (hub_deliver.go)
 }
 
 // NewHub returns a hub; it does nothing until Start.
@@ -155,6 +156,7 @@ func NewHub(cfg HubConfig) (*Hub, error) {
 		sessions: make(map[string]*Session),
 		waiters:  make(map[string]chan nodeReply),
 		capacity: make(chan struct{}),
+		order:    make(map[orderKey][]int64),
 	}, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/semaphored/semaphored/routing"
@@ -23,6 +24,9 @@ const (
 	msgDeliver = "deliver"
 	msgAck     = "ack"
 	msgNack    = "nack"
+	// msgReserved tells the dispatching node, before the ack, that the
+	// session had room for the job: the next job of its order may go.
+	msgReserved = "reserved"
 	// msgSessionClosed tells every node that a session was resumed by a
 	// connection of the sender: another node still holding a connection
 	// for it closes that connection (4001).
@@ -60,8 +64,12 @@ type sessionClosedBody struct {
 	Session string `json:"session"`
 }
 
-// nodeReply is an ack (err nil) or a nack.
-type nodeReply struct{ err error }
+// nodeReply is an ack (err nil) or a nack, or (reserved) the news that
+// the session had room.
+type nodeReply struct {
+	err      error
+	reserved bool
+}
 
 // JobFrameJSON is the job of a "job" frame, in the shape of the API's Job
 // (api/openapi.yaml): the job with its lease and the payload to work on
@@ -131,14 +139,29 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 	if err != nil {
 		return fmt.Errorf("websocket: job frame: %w", err)
 	}
+	// Jobs of one (semaphore, channel) take the room of its sessions in
+	// the order they were dispatched (their lease's fencing token): only
+	// the first of them not yet placed with a session offers; the others
+	// wait behind it (FIFO on the websocket route, also when its sessions
+	// are at their prefetch and jobs hold permits meanwhile).
+	turn := h.queueUp(orderKey{job.Tenant, job.Semaphore, channel}, job.Lease.FencingToken)
+	defer turn.leave()
 	o := offer{
 		tenant: job.Tenant, semaphore: job.Semaphore, channel: channel,
-		job: job.ID, lease: job.Lease.ID, frame: frame,
+		job: job.ID, lease: job.Lease.ID, frame: frame, placed: turn.leave,
 	}
 	tried := make(map[string]bool) // sessions that refused, did not ack or were gone
 	wait := 20 * time.Millisecond
 	for {
 		wake := h.capacityChanged() // before reading loads: a free after it wakes us
+		if !turn.first() {
+			select {
+			case <-wake:
+				continue
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
 		subs, err := h.store.Subscribers(ctx, job.Tenant, job.Semaphore, channel)
 		if err != nil {
 			return fmt.Errorf("websocket: listing subscribers: %w", err)
@@ -213,7 +236,10 @@ func candidates(subs []store.Subscriber, tried map[string]bool) []store.Subscrib
 type offer struct {
 	tenant, semaphore, channel string
 	job, lease                 string
-	frame                      []byte
+	// placed, if set, is called once the session has room for the job
+	// (reserved, before the push): the next job of its order may go.
+	placed func()
+	frame  []byte
 }
 
 // offerLocal pushes the job to a session of this node and waits for its
@@ -226,6 +252,9 @@ func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
 	p, sub, err := s.reserve(o.semaphore, o.channel, o.job, o.lease)
 	if err != nil {
 		return err
+	}
+	if o.placed != nil {
+		o.placed()
 	}
 	var fail error
 	if !s.sendRaw(o.frame) {
@@ -279,7 +308,7 @@ func (h *Hub) ackMargin() time.Duration { return max(h.cfg.AckTimeout/2, 250*tim
 // waits for its ack or nack.
 func (h *Hub) offerRemote(ctx context.Context, node, sessionID string, o offer) error {
 	req := randomID(16)
-	ch := make(chan nodeReply, 1)
+	ch := make(chan nodeReply, 2)
 	h.mu.Lock()
 	h.waiters[req] = ch
 	h.mu.Unlock()
@@ -300,13 +329,21 @@ func (h *Hub) offerRemote(ctx context.Context, node, sessionID string, o offer) 
 	}
 	t := time.NewTimer(h.cfg.AckTimeout + h.ackMargin())
 	defer t.Stop()
-	select {
-	case r := <-ch:
-		return r.err
-	case <-t.C:
-		return fmt.Errorf("node %s did not answer: %w", node, errNoAck)
-	case <-ctx.Done():
-		return context.Cause(ctx)
+	for {
+		select {
+		case r := <-ch:
+			if r.reserved {
+				if o.placed != nil {
+					o.placed()
+				}
+				continue
+			}
+			return r.err
+		case <-t.C:
+			return fmt.Errorf("node %s did not answer: %w", node, errNoAck)
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
 	}
 }
 
@@ -324,12 +361,12 @@ func (h *Hub) onMessage(m store.NodeMessage) {
 			return
 		}
 		h.goTracked(func() { h.answerDeliver(m.From, b) })
-	case msgAck, msgNack:
+	case msgAck, msgNack, msgReserved:
 		var b replyBody
 		if err := json.Unmarshal(m.Body, &b); err != nil {
 			return
 		}
-		r := nodeReply{}
+		r := nodeReply{reserved: m.Type == msgReserved}
 		if m.Type == msgNack {
 			switch b.Reason {
 			case "full":
@@ -373,8 +410,17 @@ func (h *Hub) onMessage(m store.NodeMessage) {
 func (h *Hub) answerDeliver(from string, b deliverBody) {
 	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.AckTimeout+h.ackMargin())
 	defer cancel()
+	reserved := func() {
+		body, _ := json.Marshal(replyBody{Request: b.Request})
+		pctx, pcancel := cleanupCtx()
+		defer pcancel()
+		if err := h.store.Publish(pctx, store.NodeMessage{Version: busVersion, From: h.node, To: from, Type: msgReserved, Body: body}); err != nil {
+			h.log.Debug("announcing a reserved push failed", "to", from, "err", err)
+		}
+	}
 	err := h.offerLocal(ctx, b.Session, offer{
 		tenant: b.Tenant, semaphore: b.Semaphore, channel: b.Channel, job: b.Job, lease: b.Lease, frame: b.Frame,
+		placed: reserved,
 	})
 	typ, reply := msgAck, replyBody{Request: b.Request}
 	switch {
@@ -400,4 +446,56 @@ func (h *Hub) publishSessionClosed(ctx context.Context, tenant, session string) 
 	if err := h.store.Publish(ctx, store.NodeMessage{Version: busVersion, From: h.node, Type: msgSessionClosed, Body: body}); err != nil {
 		h.log.Warn("announcing a resumed session failed", "session", session, "err", err)
 	}
+}
+
+// orderKey names the jobs that compete for the same sessions' room: one
+// semaphore and channel of one tenant.
+type orderKey struct{ tenant, semaphore, channel string }
+
+// queueUp puts a delivery in its key's order by fencing token (the order
+// its semaphore dispatched it in).
+func (h *Hub) queueUp(k orderKey, token int64) *turn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	q := h.order[k]
+	i, _ := slices.BinarySearch(q, token)
+	h.order[k] = slices.Insert(q, i, token)
+	return &turn{h: h, k: k, token: token}
+}
+
+// turn is one delivery's place in its key's order.
+type turn struct {
+	h     *Hub
+	k     orderKey
+	token int64
+	once  sync.Once
+}
+
+// first reports whether no earlier delivery of the key waits for room.
+func (t *turn) first() bool {
+	t.h.mu.Lock()
+	defer t.h.mu.Unlock()
+	q := t.h.order[t.k]
+	return len(q) == 0 || q[0] >= t.token
+}
+
+// leave takes the delivery out of the order (it found room, or gave up)
+// and wakes the ones behind it. Safe to call more than once.
+func (t *turn) leave() {
+	t.once.Do(func() {
+		h := t.h
+		h.mu.Lock()
+		q := h.order[t.k]
+		if i, ok := slices.BinarySearch(q, t.token); ok {
+			q = slices.Delete(q, i, i+1)
+		}
+		if len(q) == 0 {
+			delete(h.order, t.k)
+		} else {
+			h.order[t.k] = q
+		}
+		close(h.capacity)
+		h.capacity = make(chan struct{})
+		h.mu.Unlock()
+	})
 }
