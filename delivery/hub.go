@@ -135,13 +135,14 @@ type Hub struct {
 	// of a connection never hits the session a newer connection resumed.
 	moving sync.Mutex
 
-	mu       sync.Mutex
-	started  bool
-	stopped  bool
-	sessions map[string]*Session       // by session id
-	waiters  map[string]chan nodeReply // remote deliveries waiting for ack/nack, by request id
-	capacity chan struct{}             // closed (and replaced) when a local session frees room
-	order    map[orderKey][]int64      // deliveries not yet placed, by key, their tokens sorted (hub_deliver.go)
+	mu        sync.Mutex
+	started   bool
+	stopped   bool
+	sessions  map[string]*Session       // by session id
+	waiters   map[string]chan nodeReply // remote deliveries waiting for ack/nack, by request id
+	capacity  chan struct{}             // closed (and replaced) when a local session frees room
+	order     map[orderKey][]int64      // deliveries not yet placed, by key, their tokens sorted (hub_deliver.go)
+	subsCache map[orderKey]cachedSubs   // subscribers by semaphore channel (hub_deliver.go)
 }
 
 // NewHub returns a hub; it does nothing until Start.
@@ -153,10 +154,11 @@ func NewHub(cfg HubConfig) (*Hub, error) {
 	return &Hub{
 		cfg: cfg, store: cfg.Store, log: cfg.Logger, node: cfg.Node,
 		ctx: ctx, cancel: cancel,
-		sessions: make(map[string]*Session),
-		waiters:  make(map[string]chan nodeReply),
-		capacity: make(chan struct{}),
-		order:    make(map[orderKey][]int64),
+		sessions:  make(map[string]*Session),
+		waiters:   make(map[string]chan nodeReply),
+		capacity:  make(chan struct{}),
+		order:     make(map[orderKey][]int64),
+		subsCache: make(map[orderKey]cachedSubs),
 	}, nil
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/semaphored/semaphored/routing"
@@ -144,14 +143,16 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 	// the first of them not yet placed with a session offers; the others
 	// wait behind it (FIFO on the websocket route, also when its sessions
 	// are at their prefetch and jobs hold permits meanwhile).
-	turn := h.queueUp(orderKey{job.Tenant, job.Semaphore, channel}, job.Lease.FencingToken)
+	key := orderKey{job.Tenant, job.Semaphore, channel}
+	turn := h.queueUp(key, job.Lease.FencingToken)
 	defer turn.leave()
 	o := offer{
 		tenant: job.Tenant, semaphore: job.Semaphore, channel: channel,
-		job: job.ID, lease: job.Lease.ID, frame: frame, placed: turn.leave,
+		job: job.ID, lease: job.Lease.ID, frame: frame, placed: turn.leave, stalled: turn.pause,
 	}
 	tried := make(map[string]bool) // sessions that refused, did not ack or were gone
 	wait := 20 * time.Millisecond
+	refresh := false
 	for {
 		wake := h.capacityChanged() // before reading loads: a free after it wakes us
 		if !turn.first() {
@@ -162,12 +163,13 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 				return context.Cause(ctx)
 			}
 		}
-		subs, err := h.store.Subscribers(ctx, job.Tenant, job.Semaphore, channel)
+		subs, fresh, err := h.subscribers(ctx, key, refresh)
 		if err != nil {
 			return fmt.Errorf("websocket: listing subscribers: %w", err)
 		}
+		refresh = false
 		full := false
-		for _, c := range candidates(subs, tried) {
+		for _, c := range candidates(h.withLocalLoads(subs, key), tried) {
 			if c.Inflight >= c.Prefetch {
 				full = true
 				continue
@@ -175,7 +177,16 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 			if c.Node == h.node {
 				err = h.offerLocal(ctx, c.Session, o)
 			} else {
+				// The turn is held while the other instance answers
+				// "reserved" (a bus round trip), but not longer than
+				// reserveWait (that instance may be gone: its answer
+				// then waits for AckTimeout): the jobs behind it go
+				// meanwhile, and it queues up again, at its place, if it
+				// must wait.
 				err = h.offerRemote(ctx, c.Node, c.Session, o)
+				if err != nil {
+					turn.rejoin()
+				}
 			}
 			if err == nil {
 				return nil
@@ -189,6 +200,12 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 			}
 			tried[c.Session] = true
 			h.log.Debug("websocket session did not take the job", "job", job.ID, "session", c.Session, "node", c.Node, "err", err)
+		}
+		if !full && !fresh {
+			// The list may predate a session that subscribed since: look
+			// again before the route fails.
+			refresh = true
+			continue
 		}
 		if !full {
 			if h.stopping() {
@@ -205,10 +222,13 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 		}
 		// Every subscriber left holds its prefetch: wait for a release here
 		// (pushed) or elsewhere (polled, backing off to 1s).
+		// A local release is known here at once; room on another
+		// instance is found by reading the list again when the timer fires.
 		t := time.NewTimer(wait)
 		select {
 		case <-wake:
 		case <-t.C:
+			refresh = true
 		case <-ctx.Done():
 			t.Stop()
 			return context.Cause(ctx)
@@ -216,6 +236,72 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 		t.Stop()
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// subsTTL is how long the hub uses a semaphore channel's list of
+// subscribers before it reads it again from the store (subscribers): the
+// sessions of this instance are known better locally, and a list that
+// turns out too old (no session left to try, every one full) is read
+// again at once.
+const subsTTL = 250 * time.Millisecond
+
+type cachedSubs struct {
+	subs    []store.Subscriber
+	fetched time.Time
+}
+
+// subscribers returns the subscribers of key from the cache, or from the
+// store when refresh is set, the cached list is older than subsTTL, or a
+// local subscription changed since; fresh reports a list read now.
+func (h *Hub) subscribers(ctx context.Context, key orderKey, refresh bool) (subs []store.Subscriber, fresh bool, err error) {
+	h.mu.Lock()
+	c, ok := h.subsCache[key]
+	h.mu.Unlock()
+	if ok && !refresh && time.Since(c.fetched) < subsTTL {
+		return c.subs, false, nil
+	}
+	subs, err = h.store.Subscribers(ctx, key.tenant, key.semaphore, key.channel)
+	if err != nil {
+		return nil, false, err
+	}
+	h.mu.Lock()
+	if len(h.subsCache) > 10_000 {
+		clear(h.subsCache)
+	}
+	h.subsCache[key] = cachedSubs{subs: subs, fetched: time.Now()}
+	h.mu.Unlock()
+	return subs, true, nil
+}
+
+// forgetSubscribers drops the cached lists of a semaphore (a local
+// session subscribed or unsubscribed).
+func (h *Hub) forgetSubscribers(tenant, semaphore string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k := range h.subsCache {
+		if k.tenant == tenant && k.semaphore == semaphore {
+			delete(h.subsCache, k)
+		}
+	}
+}
+
+// withLocalLoads returns subs with the load of each session of this
+// instance taken from its ledger (exact, pushes not yet acked included)
+// instead of the store's count.
+func (h *Hub) withLocalLoads(subs []store.Subscriber, key orderKey) []store.Subscriber {
+	out := make([]store.Subscriber, len(subs))
+	copy(out, subs)
+	for i, c := range out {
+		if c.Node != h.node {
+			continue
+		}
+		if s := h.session(c.Session); s != nil && s.tenant == key.tenant {
+			if load, prefetch, ok := s.loadFor(key.semaphore, key.channel); ok {
+				out[i].Inflight, out[i].Prefetch = load, prefetch
+			}
+		}
+	}
+	return out
 }
 
 // candidates returns the subscribers not yet tried, least loaded first,
@@ -239,7 +325,10 @@ type offer struct {
 	// placed, if set, is called once the session has room for the job
 	// (reserved, before the push): the next job of its order may go.
 	placed func()
-	frame  []byte
+	// stalled, if set, is called when another instance has not answered
+	// whether its session has room within reserveWait.
+	stalled func()
+	frame   []byte
 }
 
 // offerLocal pushes the job to a session of this node and waits for its
@@ -300,6 +389,11 @@ func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
 	return nil
 }
 
+// reserveWait is how long a delivery keeps its turn while another
+// instance answers whether its session has room (a bus round trip takes a
+// millisecond or so).
+const reserveWait = 100 * time.Millisecond
+
 // ackMargin is how much longer than AckTimeout a remote delivery waits for
 // the holding node's answer.
 func (h *Hub) ackMargin() time.Duration { return max(h.cfg.AckTimeout/2, 250*time.Millisecond) }
@@ -329,8 +423,14 @@ func (h *Hub) offerRemote(ctx context.Context, node, sessionID string, o offer) 
 	}
 	t := time.NewTimer(h.cfg.AckTimeout + h.ackMargin())
 	defer t.Stop()
+	stall := time.NewTimer(reserveWait)
+	defer stall.Stop()
 	for {
 		select {
+		case <-stall.C:
+			if o.stalled != nil {
+				o.stalled()
+			}
 		case r := <-ch:
 			if r.reserved {
 				if o.placed != nil {
@@ -463,12 +563,41 @@ func (h *Hub) queueUp(k orderKey, token int64) *turn {
 	return &turn{h: h, k: k, token: token}
 }
 
-// turn is one delivery's place in its key's order.
+// turn is one delivery's place in its key's order. Its flags are guarded
+// by the hub's mutex.
 type turn struct {
-	h     *Hub
-	k     orderKey
-	token int64
-	once  sync.Once
+	h      *Hub
+	k      orderKey
+	token  int64
+	left   bool // placed or given up: out of the order for good
+	paused bool // out of the order until rejoin
+}
+
+// pause takes the delivery out of the order for a while (rejoin puts it
+// back at its place); the ones behind it are woken.
+func (t *turn) pause() {
+	h := t.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t.left || t.paused {
+		return
+	}
+	t.paused = true
+	h.dropTokenLocked(t.k, t.token)
+}
+
+// rejoin puts a paused delivery back at its place in the order.
+func (t *turn) rejoin() {
+	h := t.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t.left || !t.paused {
+		return
+	}
+	t.paused = false
+	q := h.order[t.k]
+	i, _ := slices.BinarySearch(q, t.token)
+	h.order[t.k] = slices.Insert(q, i, t.token)
 }
 
 // first reports whether no earlier delivery of the key waits for room.
@@ -482,20 +611,30 @@ func (t *turn) first() bool {
 // leave takes the delivery out of the order (it found room, or gave up)
 // and wakes the ones behind it. Safe to call more than once.
 func (t *turn) leave() {
-	t.once.Do(func() {
-		h := t.h
-		h.mu.Lock()
-		q := h.order[t.k]
-		if i, ok := slices.BinarySearch(q, t.token); ok {
-			q = slices.Delete(q, i, i+1)
-		}
-		if len(q) == 0 {
-			delete(h.order, t.k)
-		} else {
-			h.order[t.k] = q
-		}
-		close(h.capacity)
-		h.capacity = make(chan struct{})
-		h.mu.Unlock()
-	})
+	h := t.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t.left {
+		return
+	}
+	t.left = true
+	if !t.paused {
+		h.dropTokenLocked(t.k, t.token)
+	}
+}
+
+// dropTokenLocked removes a token from its key's order and wakes the
+// deliveries waiting for their turn. h.mu is held.
+func (h *Hub) dropTokenLocked(k orderKey, token int64) {
+	q := h.order[k]
+	if i, ok := slices.BinarySearch(q, token); ok {
+		q = slices.Delete(q, i, i+1)
+	}
+	if len(q) == 0 {
+		delete(h.order, k)
+	} else {
+		h.order[k] = q
+	}
+	close(h.capacity)
+	h.capacity = make(chan struct{})
 }

@@ -417,6 +417,7 @@ func (s *Session) Subscribe(ctx context.Context, sub store.Subscription) error {
 	s.subs[subKey{sub.Semaphore, sub.Channel}] = sub
 	s.sems[sub.Semaphore] = true
 	s.mu.Unlock()
+	s.hub.forgetSubscribers(s.tenant, sub.Semaphore)
 	s.hub.freed()
 	return nil
 }
@@ -437,6 +438,7 @@ func (s *Session) Unsubscribe(ctx context.Context, semaphore, channel string) er
 	s.mu.Lock()
 	delete(s.subs, k)
 	s.mu.Unlock()
+	s.hub.forgetSubscribers(s.tenant, semaphore)
 	return nil
 }
 
@@ -540,6 +542,22 @@ var (
 	errGone  = errors.New("session not connected here")
 	errNoAck = errors.New("no ack in time")
 )
+
+// loadFor returns the load and prefetch of the subscription a job of
+// (semaphore, channel) would be counted on; false when none matches.
+func (s *Session) loadFor(semaphore, channel string) (load, prefetch int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := subKey{semaphore, channel}
+	sub, ok := s.subs[k]
+	if !ok {
+		k = subKey{semaphore, ""}
+		if sub, ok = s.subs[k]; !ok {
+			return 0, 0, false
+		}
+	}
+	return s.jobs.load(k), max(sub.Prefetch, 1), true
+}
 
 // reserve counts a job about to be pushed against the session's prefetch
 // on the subscription that matches (semaphore, channel): the exact one,
