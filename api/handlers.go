@@ -9,9 +9,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/semaphored/semaphored/delivery"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
+	"github.com/semaphored/semaphored/wire"
 )
 
 // OpenAPI is api/openapi.yaml, the OpenAPI 3.1 description of this API.
@@ -278,7 +278,7 @@ func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON 
 	return out
 }
 
-func leaseJSON(l store.Lease) LeaseJSON { return delivery.LeaseFromStore(l) }
+func leaseJSON(l store.Lease) LeaseJSON { return wire.LeaseFromStore(l) }
 
 func tenantJSON(t store.Tenant) TenantJSON {
 	return TenantJSON{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt.UTC()}

@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
@@ -37,7 +37,7 @@ type Config struct {
 	MaxBodyBytes int64 // default 1 MiB
 	// Hub serves the websocket (GET /v1/ws, POST /v1/ws/tickets); nil:
 	// those routes are not served.
-	Hub *delivery.Hub
+	Hub *hub.Hub
 	// AllowedOrigins are the browser origins allowed on the websocket
 	// besides the server's own (--allowed-origins): "*",
 	// "scheme://host[:port]", or a path.Match pattern of one.
@@ -55,8 +55,8 @@ type Server struct {
 	maxBody int64
 	limiter *keyLimiter // nil when rate limiting is off
 	metrics *httpMetrics
-	hub     *delivery.Hub // nil: no websocket
-	origins []string      // lower case
+	hub     *hub.Hub // nil: no websocket
+	origins []string // lower case
 }
 
 // New returns a Server.

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/wire"
 )
 
 // This file fixes the JSON wire format of the HTTP API (SPEC §3). It is the
@@ -188,8 +188,8 @@ type ExtendRequest struct {
 
 // LeaseJSON is a returned lease: {id, semaphore, channel, weight,
 // fencingToken, acquiredAt, expiresAt}. It is the webhook body's lease too,
-// so the type is defined once, in delivery.
-type LeaseJSON = delivery.LeaseJSON
+// so the type is defined once, in wire.
+type LeaseJSON = wire.Lease
 
 // LeaseResponse is {"lease": ...}: acquire, extend and release (the lease as
 // it was when released).

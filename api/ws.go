@@ -14,7 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/labstack/echo/v4"
 
-	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
@@ -22,7 +22,7 @@ import (
 // This file serves the websocket protocol of SPEC §6: GET /v1/ws (the
 // upgrade, its auth and origin check, and every client frame) and POST
 // /v1/ws/tickets. The connection, its session, job pushes and acks are
-// delivery.Hub's; here is the request/reply protocol on top.
+// hub.Hub's; here is the request/reply protocol on top.
 
 // WsProtocol is the protocol version announced in welcome.
 const WsProtocol = 1
@@ -119,14 +119,14 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	k := callerKey(c)
 	w := &wsConn{srv: s, tenant: k.Tenant}
-	err = s.hub.Serve(c.Request().Context(), conn, delivery.ServeParams{
+	err = s.hub.Serve(c.Request().Context(), conn, hub.ServeParams{
 		Tenant: k.Tenant,
 		KeyID:  k.ID,
 		Open:   w.welcome,
 		Handle: w.handle,
 		End:    s.svc.SessionLost,
 	})
-	if err != nil && !errors.Is(err, delivery.ErrHubStopped) {
+	if err != nil && !errors.Is(err, hub.ErrStopped) {
 		s.log.Warn("websocket session failed", "err", err)
 	}
 	return nil
@@ -138,7 +138,7 @@ type wsConn struct {
 	tenant string
 }
 
-func (w *wsConn) welcome(sess *delivery.Session, resumeToken string) {
+func (w *wsConn) welcome(sess *hub.Session, resumeToken string) {
 	sess.Send(WsFrame{
 		Type: "welcome", Session: sess.ID(), ResumeToken: resumeToken,
 		Heartbeat: new(Duration(w.srv.hub.Heartbeat())), Protocol: WsProtocol,
@@ -146,7 +146,7 @@ func (w *wsConn) welcome(sess *delivery.Session, resumeToken string) {
 }
 
 // wsHandlers are the client frame types.
-var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *delivery.Session, id string, data []byte){
+var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *hub.Session, id string, data []byte){
 	"resume":      (*wsConn).resume,
 	"ping":        (*wsConn).ping,
 	"acquire":     (*wsConn).acquire,
@@ -160,7 +160,7 @@ var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *delivery.
 
 // handle answers one client frame. A bad frame gets an error frame; the
 // session stays up.
-func (w *wsConn) handle(ctx context.Context, sess *delivery.Session, typ websocket.MessageType, data []byte) {
+func (w *wsConn) handle(ctx context.Context, sess *hub.Session, typ websocket.MessageType, data []byte) {
 	if typ != websocket.MessageText {
 		w.fail(sess, "", errorf(CodeInvalidJSON, "frames must be JSON text, got a binary frame"))
 		return
@@ -187,7 +187,7 @@ func (w *wsConn) handle(ctx context.Context, sess *delivery.Session, typ websock
 
 // decode decodes a frame strictly (unknown fields, wrong types): on error
 // it answers with an error frame and returns false.
-func (w *wsConn) decode(sess *delivery.Session, id string, data []byte, v any) bool {
+func (w *wsConn) decode(sess *hub.Session, id string, data []byte, v any) bool {
 	if err := decodeJSON(data, v); err != nil {
 		w.fail(sess, id, err)
 		return false
@@ -196,7 +196,7 @@ func (w *wsConn) decode(sess *delivery.Session, id string, data []byte, v any) b
 }
 
 // fail answers an error frame {code, message}.
-func (w *wsConn) fail(sess *delivery.Session, id string, err error) {
+func (w *wsConn) fail(sess *hub.Session, id string, err error) {
 	code, message := w.classify(err)
 	sess.Send(WsFrame{Type: "error", ID: id, Code: code, Message: message})
 }
@@ -206,9 +206,9 @@ func (w *wsConn) classify(err error) (code, message string) {
 	switch {
 	case errors.Is(err, store.ErrSessionNotFound):
 		return CodeSessionNotFound, "session not found: unknown resume token, or its grace period ran out"
-	case errors.Is(err, delivery.ErrSessionBusy):
+	case errors.Is(err, hub.ErrSessionBusy):
 		return CodeInvalidState, "resume must be the first request of a connection, before it acquires, subscribes or takes jobs"
-	case errors.Is(err, delivery.ErrNotSubscribed):
+	case errors.Is(err, hub.ErrNotSubscribed):
 		return CodeNotSubscribed, "this session is not subscribed to that semaphore and channel"
 	}
 	status, code, message := classify(err)
@@ -219,7 +219,7 @@ func (w *wsConn) classify(err error) (code, message string) {
 	return code, message
 }
 
-func (w *wsConn) resume(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) resume(ctx context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsResumeFrame
 	if !w.decode(sess, id, data, &req) {
 		return
@@ -240,14 +240,14 @@ func (w *wsConn) resume(ctx context.Context, sess *delivery.Session, id string, 
 	sess.Send(f)
 }
 
-func (w *wsConn) ping(_ context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) ping(_ context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsPingFrame
 	if w.decode(sess, id, data, &req) {
 		sess.Send(WsFrame{Type: "pong", ID: id})
 	}
 }
 
-func (w *wsConn) acquire(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) acquire(ctx context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsAcquireFrame
 	if !w.decode(sess, id, data, &req) {
 		return
@@ -291,7 +291,7 @@ func (w *wsConn) acquire(ctx context.Context, sess *delivery.Session, id string,
 	}
 }
 
-func (w *wsConn) extend(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) extend(ctx context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsExtendFrame
 	if !w.decode(sess, id, data, &req) {
 		return
@@ -314,7 +314,7 @@ func (w *wsConn) extend(ctx context.Context, sess *delivery.Session, id string, 
 	})
 }
 
-func (w *wsConn) release(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) release(ctx context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsReleaseFrame
 	if !w.decode(sess, id, data, &req) {
 		return
@@ -353,7 +353,7 @@ func (w *wsConn) release(ctx context.Context, sess *delivery.Session, id string,
 	}
 }
 
-func (w *wsConn) subscribe(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) subscribe(ctx context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsSubscribeFrame
 	if !w.decode(sess, id, data, &req) {
 		return
@@ -385,7 +385,7 @@ func (w *wsConn) subscribe(ctx context.Context, sess *delivery.Session, id strin
 	sess.Send(WsFrame{Type: "subscribed", ID: id, Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
 }
 
-func (w *wsConn) unsubscribe(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) unsubscribe(ctx context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsUnsubscribeFrame
 	if !w.decode(sess, id, data, &req) {
 		return
@@ -402,7 +402,7 @@ func (w *wsConn) unsubscribe(ctx context.Context, sess *delivery.Session, id str
 }
 
 // ack has no reply on success (the push waits for it, not the client).
-func (w *wsConn) ack(_ context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) ack(_ context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsAckFrame
 	if !w.decode(sess, id, data, &req) {
 		return
@@ -416,7 +416,7 @@ func (w *wsConn) ack(_ context.Context, sess *delivery.Session, id string, data 
 	}
 }
 
-func (w *wsConn) enqueue(ctx context.Context, sess *delivery.Session, id string, data []byte) {
+func (w *wsConn) enqueue(ctx context.Context, sess *hub.Session, id string, data []byte) {
 	var req WsEnqueueFrame
 	if !w.decode(sess, id, data, &req) {
 		return

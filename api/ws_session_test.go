@@ -9,7 +9,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
-	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/hub"
 )
 
 // A worker that releases each job right after its ack (without waiting
@@ -133,7 +133,7 @@ func TestWS_KeyRevokedClosesSessions(t *testing.T) {
 		// The heartbeat is a minute: the bus closes them, not the
 		// periodic key check.
 		for _, c := range []*wsClient{a, b} {
-			require.Equal(t, websocket.StatusCode(delivery.CloseKeyRevoked), c.closeStatus())
+			require.Equal(t, websocket.StatusCode(hub.CloseKeyRevoked), c.closeStatus())
 		}
 		e.eventually(func() bool { return e.inUse("pool") == 0 }, "the revoked session ended and released its lease")
 		_, status, err := e.dialRaw(0, "", http.Header{"Authorization": {"Bearer " + e.worker}})

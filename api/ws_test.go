@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/internal/testredis"
 	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
@@ -41,7 +42,7 @@ type wsOptions struct {
 type wsNode struct {
 	url string // http://…
 	svc *semaphore.Service
-	hub *delivery.Hub
+	hub *hub.Hub
 }
 
 type wsEnv struct {
@@ -120,30 +121,30 @@ func setupWS(t *testing.T, n int, o wsOptions) *wsEnv {
 		}
 	})
 	for i, st := range stores {
-		hub, err := delivery.NewHub(delivery.HubConfig{
+		wsHub, err := hub.New(hub.Config{
 			Store: st, Node: "node" + string(rune('A'+i)), Logger: testLogger(t),
 			Heartbeat: o.heartbeat, Grace: o.grace, AckTimeout: o.ackTimeout, MaxMessageBytes: o.maxMessage,
 		})
 		require.NoError(t, err)
 		svc, err := semaphore.New(semaphore.Config{
 			Store: st, SweepInterval: 20 * time.Millisecond, SessionInterval: 20 * time.Millisecond,
-			Webhooks: webhooks, Websocket: hub, Routing: routing.Options{AllowPrivate: true},
+			Webhooks: webhooks, Websocket: wsHub, Routing: routing.Options{AllowPrivate: true},
 		})
 		require.NoError(t, err)
 		require.NoError(t, svc.Start(ctx))
-		require.NoError(t, hub.Start(ctx))
-		srv, err := New(Config{Service: svc, Hub: hub, AllowedOrigins: o.origins})
+		require.NoError(t, wsHub.Start(ctx))
+		srv, err := New(Config{Service: svc, Hub: wsHub, AllowedOrigins: o.origins})
 		require.NoError(t, err)
 		hs := httptest.NewUnstartedServer(srv.Handler())
 		// as cmd/semaphored does: websockets must outlive these
 		hs.Config.ReadTimeout, hs.Config.WriteTimeout = 300*time.Millisecond, 300*time.Millisecond
 		hs.Start()
 		t.Cleanup(func() {
-			hub.Stop() // closes the hijacked connections httptest does not track
+			wsHub.Stop() // closes the hijacked connections httptest does not track
 			hs.Close()
 			svc.Stop()
 		})
-		e.nodes = append(e.nodes, &wsNode{url: hs.URL, svc: svc, hub: hub})
+		e.nodes = append(e.nodes, &wsNode{url: hs.URL, svc: svc, hub: wsHub})
 	}
 
 	svc := e.nodes[0].svc
@@ -718,7 +719,7 @@ func TestWS_Resume(t *testing.T) {
 		c := e.dial(0)
 		c2 := e.dial(0)
 		c2.request("resumed", map[string]any{"type": "resume", "token": c.welcome.ResumeToken})
-		require.Equal(t, websocket.StatusCode(delivery.CloseResumed), c.closeStatus())
+		require.Equal(t, websocket.StatusCode(hub.CloseResumed), c.closeStatus())
 		c2.request("pong", map[string]any{"type": "ping"})
 	})
 	t.Run("after grace the lease is released", func(t *testing.T) {

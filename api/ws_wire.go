@@ -100,7 +100,7 @@ type WsSubscriptionJSON struct {
 	Prefetch  int    `json:"prefetch"`
 }
 
-// WsFrame is every frame the server sends but "job" (delivery.JobFrameJSON):
+// WsFrame is every frame the server sends but "job" (wire.JobFrame):
 // welcome, resumed, pong, acquired, rejected, extended, released,
 // subscribed, unsubscribed, enqueued, error. A reply carries the request's
 // id.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/store"
+	"github.com/semaphored/semaphored/wire"
 )
 
 // Defaults of WebhookConfig.
@@ -160,23 +161,16 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// LeaseJSON is a lease as the API returns it.
-type LeaseJSON struct {
-	ID           string    `json:"id"`
-	Semaphore    string    `json:"semaphore"`
-	Channel      string    `json:"channel"`
-	Weight       int64     `json:"weight"`
-	FencingToken int64     `json:"fencingToken"`
-	AcquiredAt   time.Time `json:"acquiredAt"`
-	ExpiresAt    time.Time `json:"expiresAt"`
-}
-
-// LeaseFromStore returns the wire form of a stored lease, times in UTC.
-func LeaseFromStore(l store.Lease) LeaseJSON {
-	return LeaseJSON{
-		ID: l.ID, Semaphore: l.Semaphore, Channel: l.Channel, Weight: l.Weight,
-		FencingToken: l.FencingToken, AcquiredAt: l.AcquiredAt.UTC(), ExpiresAt: l.ExpiresAt.UTC(),
+// Deliver sends a dispatched job to an https route (Send with the job's
+// message): it implements the dispatcher's semaphore.WebhookRoute.
+func (s *WebhookSender) Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error {
+	if job.Lease == nil {
+		return errors.New("webhook: job without lease")
 	}
+	return s.Send(ctx, route, WebhookMessage{
+		ID: job.ID, Semaphore: job.Semaphore, Channel: job.Channel, Attempt: job.Attempts,
+		Lease: wire.LeaseFromStore(*job.Lease), Payload: payload,
+	})
 }
 
 // WebhookMessage is one delivery of a job.
@@ -185,7 +179,7 @@ type WebhookMessage struct {
 	Semaphore string
 	Channel   string
 	Attempt   int // the job's attempt (SPEC §1), not the HTTP retry
-	Lease     LeaseJSON
+	Lease     wire.Lease
 	Payload   json.RawMessage // nil: null
 }
 
@@ -195,7 +189,7 @@ type webhookBody struct {
 	Semaphore string          `json:"semaphore"`
 	Channel   string          `json:"channel"`
 	Attempt   int             `json:"attempt"`
-	Lease     LeaseJSON       `json:"lease"`
+	Lease     wire.Lease      `json:"lease"`
 	Payload   json.RawMessage `json:"payload"`
 }
 

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/semaphored/semaphored/routing"
+	"github.com/semaphored/semaphored/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -104,7 +105,7 @@ func route(url string) routing.Route {
 
 var msg = WebhookMessage{
 	ID: "job_123", Semaphore: "orders", Channel: "eu", Attempt: 2,
-	Lease: LeaseJSON{ID: "lease_1", Semaphore: "orders", Channel: "eu", Weight: 1, FencingToken: 42,
+	Lease: wire.Lease{ID: "lease_1", Semaphore: "orders", Channel: "eu", Weight: 1, FencingToken: 42,
 		AcquiredAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), ExpiresAt: time.Date(2026, 1, 2, 3, 5, 5, 0, time.UTC)},
 	Payload: json.RawMessage(`{"order":7}`),
 }

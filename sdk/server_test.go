@@ -17,6 +17,7 @@ import (
 
 	"github.com/semaphored/semaphored/api"
 	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store/memory"
@@ -65,7 +66,7 @@ type serverOptions struct {
 // node is the part of a server that restarts: service, hub, HTTP server.
 type node struct {
 	hs     *httptest.Server
-	hub    *delivery.Hub
+	hub    *hub.Hub
 	svc    *semaphore.Service
 	sender *delivery.WebhookSender
 }
@@ -104,14 +105,14 @@ func (s *server) startNode(addr string) (*node, error) {
 	if heartbeat == 0 {
 		heartbeat = time.Second // the hub notices expired jobs of its sessions within one
 	}
-	hub, err := delivery.NewHub(delivery.HubConfig{
+	wsHub, err := hub.New(hub.Config{
 		Store: s.st, Heartbeat: heartbeat, Logger: log, Node: fmt.Sprintf("sdk-node-%d", nodeSeq.Add(1)), Grace: s.opts.grace,
 	})
 	if err != nil {
 		return nil, err
 	}
-	n.hub = hub
-	cfg.Websocket = hub
+	n.hub = wsHub
+	cfg.Websocket = wsHub
 	svc, err := semaphore.New(cfg)
 	if err != nil {
 		return nil, err
@@ -123,13 +124,13 @@ func (s *server) startNode(addr string) (*node, error) {
 	if err := svc.Start(ctx); err != nil {
 		return nil, err
 	}
-	if err := hub.Start(ctx); err != nil {
+	if err := wsHub.Start(ctx); err != nil {
 		svc.Stop()
 		return nil, err
 	}
-	a, err := api.New(api.Config{Service: svc, Hub: hub, KeyRateLimit: s.opts.keyRateLimit, KeyRateBurst: s.opts.keyRateBurst})
+	a, err := api.New(api.Config{Service: svc, Hub: wsHub, KeyRateLimit: s.opts.keyRateLimit, KeyRateBurst: s.opts.keyRateBurst})
 	if err != nil {
-		hub.Stop()
+		wsHub.Stop()
 		svc.Stop()
 		return nil, err
 	}
@@ -141,7 +142,7 @@ func (s *server) startNode(addr string) (*node, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		hub.Stop()
+		wsHub.Stop()
 		svc.Stop()
 		return nil, err
 	}

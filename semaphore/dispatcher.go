@@ -11,28 +11,33 @@ import (
 	"sync"
 	"time"
 
-	"github.com/semaphored/semaphored/delivery"
 	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/store"
 )
 
-// WebhookSender delivers a job to an https route (delivery.WebhookSender).
-type WebhookSender interface {
-	Send(ctx context.Context, route routing.Route, msg delivery.WebhookMessage) error
+// The dispatcher hands a job to a route through these interfaces; the
+// transports implement them (delivery.WebhookSender, hub.Hub) and the
+// domain imports none of them.
+
+// WebhookRoute delivers a job to an https route: nil when the target
+// accepted it (2xx), an error when the route failed (the chain moves on).
+// The dispatcher records the outcome.
+type WebhookRoute interface {
+	Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error
 }
 
 // WebsocketRoute delivers a job to a websocket session subscribed to its
 // semaphore. It returns nil when a session acked the job and the delivery
 // is recorded (TransitionJob delivered, bound to the session), an error
-// when no session took it (the chain moves on). delivery.Hub implements it; without
-// one the dispatcher uses noWebsocket, which always fails.
+// when no session took it (the chain moves on). Without one the
+// dispatcher uses noWebsocket, which always fails.
 type WebsocketRoute interface {
 	Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error
 }
 
 // ErrNoSubscriber is the failure of a websocket route with no session to
-// take the job (defined by the hub, delivery.ErrNoSubscriber).
-var ErrNoSubscriber = delivery.ErrNoSubscriber
+// take the job.
+var ErrNoSubscriber = errors.New("no websocket session subscribed")
 
 type noWebsocket struct{}
 
@@ -62,7 +67,7 @@ type dispatcher struct {
 	store    store.Store
 	log      *slog.Logger
 	metrics  *metrics
-	webhooks WebhookSender
+	webhooks WebhookRoute
 	ws       WebsocketRoute
 	routing  routing.Options
 	// maxQueued bounds the queue of a semaphore that child jobs go into.
@@ -84,7 +89,7 @@ type cachedConfig struct {
 	fetched time.Time
 }
 
-func newDispatcher(st store.Store, log *slog.Logger, m *metrics, webhooks WebhookSender, ws WebsocketRoute, ropts routing.Options) *dispatcher {
+func newDispatcher(st store.Store, log *slog.Logger, m *metrics, webhooks WebhookRoute, ws WebsocketRoute, ropts routing.Options) *dispatcher {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	if ws == nil {
 		ws = noWebsocket{}
@@ -299,12 +304,7 @@ func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, pa
 		if d.webhooks == nil {
 			return nil, errors.New("webhook delivery is not configured")
 		}
-		msg := delivery.WebhookMessage{
-			ID: j.ID, Semaphore: j.Semaphore, Channel: j.Channel, Attempt: j.Attempts,
-			Lease:   delivery.LeaseFromStore(*j.Lease),
-			Payload: payload,
-		}
-		if err := d.webhooks.Send(ctx, r, msg); err != nil {
+		if err := d.webhooks.Deliver(ctx, r, j, payload); err != nil {
 			return nil, err
 		}
 		if r.ReleaseOnSuccess {

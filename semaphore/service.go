@@ -35,8 +35,8 @@ type Config struct {
 
 	// Webhooks delivers jobs to https routes (delivery.NewWebhookSender);
 	// nil: https routes fail.
-	Webhooks WebhookSender
-	// Websocket delivers jobs to websocket routes (delivery.Hub); nil:
+	Webhooks WebhookRoute
+	// Websocket delivers jobs to websocket routes (hub.Hub); nil:
 	// they fail (no subscriber), and the chain moves on.
 	Websocket WebsocketRoute
 	// Routing are the routing knobs: AllowPrivate (--webhook-allow-private),

@@ -16,7 +16,7 @@ import (
 // This file is the service side of websocket sessions (SPEC §4
 // onSessionLost, §6): what happens to the leases and jobs of a session that
 // ended, and the tickets browsers open a websocket with. The connections
-// themselves live in delivery.Hub.
+// themselves live in hub.Hub.
 
 // DefaultSessionInterval is how often the service collects sessions whose
 // grace period ran out.

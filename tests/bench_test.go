@@ -33,7 +33,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/semaphored/semaphored/api"
-	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/internal/testredis"
 	"github.com/semaphored/semaphored/sdk"
 	"github.com/semaphored/semaphored/semaphore"
@@ -87,20 +87,20 @@ func inProcessNode(b *testing.B, st store.Store, node string) string {
 	b.Helper()
 	ctx := context.Background()
 	discard := slog.New(slog.DiscardHandler)
-	hub, err := delivery.NewHub(delivery.HubConfig{Store: st, Node: node, Logger: discard})
+	wsHub, err := hub.New(hub.Config{Store: st, Node: node, Logger: discard})
 	require.NoError(b, err)
 	reg := prometheus.NewRegistry()
-	svc, err := semaphore.New(semaphore.Config{Store: st, Logger: discard, Registerer: reg, Websocket: hub})
+	svc, err := semaphore.New(semaphore.Config{Store: st, Logger: discard, Registerer: reg, Websocket: wsHub})
 	require.NoError(b, err)
 	_, err = svc.Bootstrap(ctx, adminKey)
 	require.NoError(b, err)
 	require.NoError(b, svc.Start(ctx))
-	require.NoError(b, hub.Start(ctx))
-	srv, err := api.New(api.Config{Service: svc, Hub: hub, Logger: discard, Registerer: reg, Gatherer: reg})
+	require.NoError(b, wsHub.Start(ctx))
+	srv, err := api.New(api.Config{Service: svc, Hub: wsHub, Logger: discard, Registerer: reg, Gatherer: reg})
 	require.NoError(b, err)
 	hs := httptest.NewServer(srv.Handler())
 	b.Cleanup(func() { // before the store's cleanup (LIFO)
-		hub.Stop()
+		wsHub.Stop()
 		hs.Close()
 		svc.Stop()
 	})

@@ -26,6 +26,7 @@ import (
 
 	"github.com/semaphored/semaphored/api"
 	"github.com/semaphored/semaphored/delivery"
+	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
@@ -84,7 +85,7 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	// The websocket hub of this instance (node); sessions of every
 	// instance sharing the store get jobs through it.
-	hub, err := delivery.NewHub(delivery.HubConfig{
+	wsHub, err := hub.New(hub.Config{
 		Store:  st,
 		Node:   node,
 		Logger: log.With("component", "websocket"),
@@ -98,7 +99,7 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		Logger:          log.With("component", "semaphore"),
 		Registerer:      reg,
 		Webhooks:        webhooks,
-		Websocket:       hub,
+		Websocket:       wsHub,
 		Routing:         routing.Options{AllowPrivate: cfg.WebhookAllowPrivate, MaxPayloadBytes: cfg.MaxPayload},
 		MaxQueued:       cfg.MaxQueue,
 		MaxPayloadBytes: cfg.MaxPayload,
@@ -119,10 +120,10 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		return fmt.Errorf("service: %w", err)
 	}
 	defer svc.Stop()
-	if err := hub.Start(context.WithoutCancel(ctx)); err != nil {
+	if err := wsHub.Start(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("websocket: %w", err)
 	}
-	defer hub.Stop()
+	defer wsHub.Stop()
 
 	srvAPI, err := api.New(api.Config{
 		Service:        svc,
@@ -132,7 +133,7 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		KeyRateLimit:   cfg.KeyRateLimit,
 		KeyRateBurst:   cfg.keyRateBurst(),
 		MaxBodyBytes:   cfg.MaxBody,
-		Hub:            hub,
+		Hub:            wsHub,
 		AllowedOrigins: cfg.AllowedOrigins,
 	})
 	if err != nil {
@@ -171,7 +172,7 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 	// Websocket connections were hijacked, so Shutdown left them: close
 	// them (1001) and hand their sessions the grace period, to resume on
 	// another instance.
-	hub.Stop()
+	wsHub.Stop()
 	svc.Stop()
 	log.Info("stopped")
 	return nil

@@ -293,7 +293,7 @@ func run(cfg config) error {
 	}
 	if !b.hasHub() {
 		b.add(row{group: "semaphored", name: "async funnel over websocket; server RSS per idle websocket session", unit: "—",
-			note: "not measured yet: websocket workers not implemented (no delivery/hub.go)"})
+			note: "not measured yet: websocket workers not implemented (no hub/hub.go)"})
 	}
 
 	out := os.Stdout
@@ -587,8 +587,12 @@ func (b *bench) memPerJob(g string, e *sdEnv) error {
 // hasHub reports whether the checkout has the websocket hub (websocket
 // workers implemented).
 func (b *bench) hasHub() bool {
-	_, err := os.Stat(filepath.Join(b.cfg.repo, "delivery", "hub.go"))
-	return err == nil
+	for _, p := range []string{"hub/hub.go", "delivery/hub.go"} { // its home, and its home before
+		if _, err := os.Stat(filepath.Join(b.cfg.repo, p)); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *bench) resetStats() {

@@ -1,4 +1,4 @@
-package delivery
+package hub
 
 import (
 	"context"
@@ -19,10 +19,10 @@ import (
 var (
 	// ErrSessionBusy: resume on a connection whose session already holds
 	// leases, subscriptions or jobs.
-	ErrSessionBusy = errors.New("delivery: resume must come before the session holds anything")
+	ErrSessionBusy = errors.New("hub: resume must come before the session holds anything")
 	// ErrNotSubscribed: unsubscribe from something the session is not
 	// subscribed to.
-	ErrNotSubscribed = errors.New("delivery: not subscribed")
+	ErrNotSubscribed = errors.New("hub: not subscribed")
 )
 
 // maxWaiting bounds the acquires of one connection that wait for a
@@ -111,7 +111,7 @@ func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) er
 	if h.stopped {
 		h.mu.Unlock()
 		_ = conn.Close(CloseGoingAway, "server shutting down")
-		return ErrHubStopped
+		return ErrStopped
 	}
 	h.serves.Add(1)
 	h.mu.Unlock()
@@ -137,7 +137,7 @@ func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) er
 	})
 	if err != nil {
 		_ = conn.Close(websocket.StatusInternalError, "session store unavailable")
-		return fmt.Errorf("delivery: creating the session: %w", err)
+		return fmt.Errorf("hub: creating the session: %w", err)
 	}
 	h.mu.Lock()
 	stopped := h.stopped
@@ -150,7 +150,7 @@ func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) er
 		cctx, cancel := cleanupCtx()
 		_, _ = h.store.EndSession(cctx, store.SessionParams{Tenant: p.Tenant, Session: s.id})
 		cancel()
-		return ErrHubStopped
+		return ErrStopped
 	}
 
 	writerDone := make(chan struct{})

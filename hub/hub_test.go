@@ -1,4 +1,4 @@
-package delivery
+package hub
 
 import (
 	"context"
@@ -18,16 +18,16 @@ import (
 func TestNewHub_Config(t *testing.T) {
 	st := memory.New(memory.Options{})
 	defer st.Close()
-	for name, cfg := range map[string]HubConfig{
+	for name, cfg := range map[string]Config{
 		"no store":          {Node: "n"},
 		"no node":           {Store: st},
 		"negative duration": {Store: st, Node: "n", Grace: -time.Second},
 		"negative queue":    {Store: st, Node: "n", SendQueue: -1},
 	} {
-		_, err := NewHub(cfg)
+		_, err := New(cfg)
 		require.Error(t, err, name)
 	}
-	h, err := NewHub(HubConfig{Store: st, Node: "n"})
+	h, err := New(Config{Store: st, Node: "n"})
 	require.NoError(t, err)
 	require.Equal(t, DefaultHeartbeat, h.Heartbeat())
 	require.Equal(t, DefaultGrace, h.Grace())
@@ -38,7 +38,7 @@ func TestNewHub_Config(t *testing.T) {
 func TestHub_StartStop(t *testing.T) {
 	st := memory.New(memory.Options{})
 	defer st.Close()
-	h, err := NewHub(HubConfig{Store: st, Node: "n1", Heartbeat: 30 * time.Millisecond})
+	h, err := New(Config{Store: st, Node: "n1", Heartbeat: 30 * time.Millisecond})
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, h.Start(ctx))
@@ -57,7 +57,7 @@ func TestHub_StartStop(t *testing.T) {
 func TestHub_DeliverWithoutSubscriber(t *testing.T) {
 	st := memory.New(memory.Options{})
 	defer st.Close()
-	h, err := NewHub(HubConfig{Store: st, Node: "n1"})
+	h, err := New(Config{Store: st, Node: "n1"})
 	require.NoError(t, err)
 	require.NoError(t, h.Start(context.Background()))
 	defer h.Stop()

@@ -1,4 +1,4 @@
-package delivery
+package hub
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/store"
+	"github.com/semaphored/semaphored/wire"
 )
 
 // Node bus (STYLE 12): one versioned envelope, store.NodeMessage, whose
@@ -70,36 +71,9 @@ type nodeReply struct {
 	reserved bool
 }
 
-// JobFrameJSON is the job of a "job" frame, in the shape of the API's Job
-// (api/openapi.yaml): the job with its lease and the payload to work on
-// (the mapping's, when one replaced it).
-type JobFrameJSON struct {
-	ID         string          `json:"id"`
-	Semaphore  string          `json:"semaphore"`
-	Channel    string          `json:"channel"`
-	Payload    json.RawMessage `json:"payload"`
-	Status     string          `json:"status"`
-	Attempts   int             `json:"attempts"`
-	Lease      LeaseJSON       `json:"lease"`
-	Route      string          `json:"route"`
-	Error      *string         `json:"error"`  // null
-	Parent     *JobRefJSON     `json:"parent"` // set on a child job of a semaphore route
-	Child      *JobRefJSON     `json:"child"`  // null
-	CreatedAt  time.Time       `json:"createdAt"`
-	UpdatedAt  time.Time       `json:"updatedAt"`
-	FinishedAt *time.Time      `json:"finishedAt"` // null
-}
-
-// JobRefJSON points at a related job.
-type JobRefJSON struct {
-	ID        string `json:"id"`
-	Semaphore string `json:"semaphore"`
-	Hold      bool   `json:"hold"`
-}
-
 type jobFrame struct {
-	Type string       `json:"type"`
-	Job  JobFrameJSON `json:"job"`
+	Type string        `json:"type"`
+	Job  wire.JobFrame `json:"job"`
 }
 
 // Deliver offers a dispatched job to the sessions subscribed to its
@@ -126,13 +100,13 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 	if len(payload) == 0 {
 		payload = json.RawMessage("null")
 	}
-	jf := JobFrameJSON{
+	jf := wire.JobFrame{
 		ID: job.ID, Semaphore: job.Semaphore, Channel: job.Channel, Payload: payload,
-		Status: string(store.JobInflight), Attempts: job.Attempts, Lease: LeaseFromStore(*job.Lease),
+		Status: string(store.JobInflight), Attempts: job.Attempts, Lease: wire.LeaseFromStore(*job.Lease),
 		Route: routing.TypeWebsocket, CreatedAt: job.CreatedAt.UTC(), UpdatedAt: job.UpdatedAt.UTC(),
 	}
 	if job.Parent != nil {
-		jf.Parent = &JobRefJSON{ID: job.Parent.ID, Semaphore: job.Parent.Semaphore, Hold: job.Parent.Hold}
+		jf.Parent = &wire.JobRef{ID: job.Parent.ID, Semaphore: job.Parent.Semaphore, Hold: job.Parent.Hold}
 	}
 	frame, err := json.Marshal(jobFrame{Type: "job", Job: jf})
 	if err != nil {

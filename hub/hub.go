@@ -1,4 +1,12 @@
-package delivery
+// Package hub is the websocket hub of one semaphored instance (a node):
+// the sessions whose connections it holds, the node's heartbeat in the
+// store, the websocket route of the dispatcher (semaphore.WebsocketRoute),
+// and the node bus over which other instances hand it jobs for its
+// sessions (deliver.go). The connection of one session is session.go;
+// what a session was pushed and holds is its ledger (ledger.go), a plain
+// type tested without a socket. The request/reply protocol on top is the
+// API's (api/ws.go).
+package hub
 
 import (
 	"context"
@@ -12,15 +20,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
 
-// This file is the websocket hub of one instance (a node): the sessions
-// whose connections it holds, the node's heartbeat in the store, and the
-// node bus over which other instances hand it jobs for its sessions
-// (hub_deliver.go). The connection of one session is hub_session.go.
-
-// Defaults of HubConfig (SPEC §6).
+// Defaults of Config (SPEC §6).
 const (
 	DefaultHeartbeat       = 10 * time.Second
 	DefaultGrace           = 30 * time.Second
@@ -44,17 +48,18 @@ const (
 
 // ErrNoSubscriber is the failure of a websocket route with no session to
 // take the job: none subscribed, or none acked it within AckTimeout. The
-// dispatcher moves the job on to its next route.
-var ErrNoSubscriber = errors.New("no websocket session subscribed")
+// dispatcher moves the job on to its next route. It is the domain's
+// (semaphore.ErrNoSubscriber), which the hub implements the route for.
+var ErrNoSubscriber = semaphore.ErrNoSubscriber
 
-// ErrHubStopped is returned by Serve after Stop.
-var ErrHubStopped = errors.New("delivery: websocket hub stopped")
+// ErrStopped is returned by Serve after Stop.
+var ErrStopped = errors.New("hub: websocket hub stopped")
 
 // errStopped is the cause of the hub's context after Stop.
-var errStopped = errors.New("delivery: hub stopped")
+var errStopped = errors.New("hub: hub stopped")
 
-// HubConfig configures a Hub. Zero values take the defaults above.
-type HubConfig struct {
+// Config configures a Hub. Zero values take the defaults above.
+type Config struct {
 	Store  store.Store  // required
 	Node   string       // required: this instance's id, unique among those sharing the store
 	Logger *slog.Logger // nil: discard
@@ -76,12 +81,12 @@ type HubConfig struct {
 	MaxMessageBytes int64
 }
 
-func (c *HubConfig) validate() error {
+func (c *Config) validate() error {
 	if c.Store == nil {
-		return errors.New("delivery: HubConfig.Store is required")
+		return errors.New("hub: Config.Store is required")
 	}
 	if c.Node == "" {
-		return errors.New("delivery: HubConfig.Node is required")
+		return errors.New("hub: Config.Node is required")
 	}
 	for _, d := range []struct {
 		name string
@@ -94,14 +99,14 @@ func (c *HubConfig) validate() error {
 		{"WriteTimeout", &c.WriteTimeout, DefaultWriteTimeout},
 	} {
 		if *d.v < 0 {
-			return fmt.Errorf("delivery: HubConfig.%s must not be negative, got %s", d.name, *d.v)
+			return fmt.Errorf("hub: Config.%s must not be negative, got %s", d.name, *d.v)
 		}
 		if *d.v == 0 {
 			*d.v = d.def
 		}
 	}
 	if c.SendQueue < 0 || c.MaxMessageBytes < 0 {
-		return fmt.Errorf("delivery: HubConfig.SendQueue and MaxMessageBytes must not be negative")
+		return fmt.Errorf("hub: Config.SendQueue and MaxMessageBytes must not be negative")
 	}
 	if c.SendQueue == 0 {
 		c.SendQueue = DefaultSendQueue
@@ -117,10 +122,10 @@ func (c *HubConfig) validate() error {
 
 // Hub holds the websocket sessions of one instance and delivers jobs to
 // the sessions of every instance (it implements the dispatcher's
-// WebsocketRoute). Create it with NewHub, run it with Start, end it with
+// WebsocketRoute). Create it with New, run it with Start, end it with
 // Stop.
 type Hub struct {
-	cfg   HubConfig
+	cfg   Config
 	store store.Store
 	log   *slog.Logger
 	node  string
@@ -141,12 +146,12 @@ type Hub struct {
 	sessions  map[string]*Session       // by session id
 	waiters   map[string]chan nodeReply // remote deliveries waiting for ack/nack, by request id
 	capacity  chan struct{}             // closed (and replaced) when a local session frees room
-	order     map[orderKey][]int64      // deliveries not yet placed, by key, their tokens sorted (hub_deliver.go)
-	subsCache map[orderKey]cachedSubs   // subscribers by semaphore channel (hub_deliver.go)
+	order     map[orderKey][]int64      // deliveries not yet placed, by key, their tokens sorted (deliver.go)
+	subsCache map[orderKey]cachedSubs   // subscribers by semaphore channel (deliver.go)
 }
 
-// NewHub returns a hub; it does nothing until Start.
-func NewHub(cfg HubConfig) (*Hub, error) {
+// New returns a hub; it does nothing until Start.
+func New(cfg Config) (*Hub, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -184,15 +189,15 @@ func (h *Hub) Start(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.started || h.stopped {
-		return errors.New("delivery: hub already started or stopped")
+		return errors.New("hub: hub already started or stopped")
 	}
 	h.started = true
 	if err := h.store.Heartbeat(ctx, h.node, h.nodeTTL()); err != nil {
-		return fmt.Errorf("delivery: node heartbeat: %w", err)
+		return fmt.Errorf("hub: node heartbeat: %w", err)
 	}
 	// The store delivers the bus from its own goroutine until h.ctx ends.
 	if err := h.store.SubscribeNode(h.ctx, h.node, h.onMessage); err != nil {
-		return fmt.Errorf("delivery: node bus: %w", err)
+		return fmt.Errorf("hub: node bus: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { h.cancel(context.Cause(ctx)) })
 	h.wg.Add(1)
