@@ -27,9 +27,6 @@ import (
 // WsProtocol is the protocol version announced in welcome.
 const WsProtocol = 1
 
-// MaxPrefetch bounds a subscription's prefetch.
-const MaxPrefetch = 1000
-
 // createTicket serves POST /v1/ws/tickets.
 func (s *Server) createTicket(c echo.Context) error {
 	if err := decodeBody(c, s.maxBody, &struct{}{}, true); err != nil {
@@ -253,30 +250,14 @@ func (w *wsConn) acquire(ctx context.Context, sess *hub.Session, id string, data
 		return
 	}
 	in := AcquireRequest{Channel: req.Channel, Weight: req.Weight, TTL: req.TTL, Wait: req.Wait}.input()
-	in.Session = sess.ID()
 	run := func(ctx context.Context) {
-		reject := func(err error) {
-			code, message := w.classify(err)
-			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
-		}
-		if !semaphore.ValidName(req.Semaphore) {
-			reject(errorf(CodeInvalidRequest, "semaphore %q does not match %s", shorten(req.Semaphore, 140), semaphore.NamePattern))
-			return
-		}
-		// The session's end looks for its leases in the semaphores it
-		// recorded; the lease is bound to it by the acquire itself.
-		if err := sess.UseSemaphore(ctx, req.Semaphore); err != nil {
-			if ctx.Err() == nil {
-				reject(err)
-			}
-			return
-		}
-		l, err := w.srv.svc.Acquire(ctx, w.tenant, req.Semaphore, in)
+		l, err := w.srv.svc.AcquireOverSession(ctx, w.tenant, req.Semaphore, in, sess)
 		if err != nil {
 			if ctx.Err() != nil {
 				return // the connection ended while waiting
 			}
-			reject(err)
+			code, message := w.classify(err)
+			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
 			return
 		}
 		sess.LeaseAcquired(l.ID)
@@ -358,26 +339,11 @@ func (w *wsConn) subscribe(ctx context.Context, sess *hub.Session, id string, da
 	if !w.decode(sess, id, data, &req) {
 		return
 	}
-	prefetch := 1
-	if req.Prefetch != nil {
-		prefetch = *req.Prefetch
-	}
-	switch {
-	case req.Semaphore == "":
-		w.fail(sess, id, errorf(CodeInvalidRequest, "semaphore is required"))
-		return
-	case req.Channel != "" && !semaphore.ValidName(req.Channel):
-		w.fail(sess, id, errorf(CodeInvalidRequest, "channel %q does not match %s", shorten(req.Channel, 140), semaphore.NamePattern))
-		return
-	case prefetch < 1 || prefetch > MaxPrefetch:
-		w.fail(sess, id, errorf(CodeInvalidRequest, "prefetch must be between 1 and %d, got %d", MaxPrefetch, prefetch))
-		return
-	}
-	if _, _, err := w.srv.svc.GetSemaphore(ctx, w.tenant, req.Semaphore); err != nil {
+	sub, err := w.srv.svc.CheckSubscription(ctx, w.tenant, req.Semaphore, req.Channel, req.Prefetch)
+	if err != nil {
 		w.fail(sess, id, err)
 		return
 	}
-	sub := store.Subscription{Semaphore: req.Semaphore, Channel: req.Channel, Prefetch: prefetch}
 	if err := sess.Subscribe(ctx, sub); err != nil {
 		w.fail(sess, id, err)
 		return

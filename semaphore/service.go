@@ -271,6 +271,64 @@ func (s *Service) Acquire(ctx context.Context, tenant, name string, in AcquireIn
 	return l, err
 }
 
+// SessionHolder is a websocket session that leases can be bound to
+// (hub.Session).
+type SessionHolder interface {
+	ID() string
+	// UseSemaphore records in the store that the session may hold leases
+	// in the semaphore (store.SessionStore.UseSemaphore), once.
+	UseSemaphore(ctx context.Context, semaphore string) error
+}
+
+// AcquireOverSession is Acquire for a request that came over a websocket
+// session: the lease is bound to the session in the same atomic operation
+// that grants it, so the session's end releases it.
+func (s *Service) AcquireOverSession(ctx context.Context, tenant, name string, in AcquireInput, sess SessionHolder) (store.Lease, error) {
+	p, err := ValidateAcquire(tenant, name, in)
+	if err != nil {
+		return store.Lease{}, err
+	}
+	// The session's end looks for its leases in the semaphores it
+	// recorded: record this one before the lease can exist.
+	if err := sess.UseSemaphore(ctx, name); err != nil {
+		return store.Lease{}, err
+	}
+	p.Session = sess.ID()
+	start := time.Now()
+	l, err := s.store.Acquire(ctx, p)
+	s.metrics.observeAcquire(start, err)
+	return l, err
+}
+
+// MaxPrefetch bounds a websocket subscription's prefetch; DefaultPrefetch
+// is the prefetch of a subscription that names none.
+const (
+	MaxPrefetch     = 1000
+	DefaultPrefetch = 1
+)
+
+// CheckSubscription validates a websocket subscription (SPEC §6) and
+// checks that its semaphore exists; it returns the subscription with its
+// defaults.
+func (s *Service) CheckSubscription(ctx context.Context, tenant, name, channel string, prefetch *int) (store.Subscription, error) {
+	sub := store.Subscription{Semaphore: name, Channel: channel, Prefetch: DefaultPrefetch}
+	if prefetch != nil {
+		sub.Prefetch = *prefetch
+	}
+	switch {
+	case name == "":
+		return sub, invalid(CodeInvalidRequest, "semaphore", "semaphore is required")
+	case channel != "" && !ValidName(channel):
+		return sub, invalid(CodeInvalidRequest, "channel", "channel %q does not match %s", truncate(channel, 140), NamePattern)
+	case sub.Prefetch < 1 || sub.Prefetch > MaxPrefetch:
+		return sub, invalid(CodeInvalidRequest, "prefetch", "prefetch must be between 1 and %d, got %d", MaxPrefetch, sub.Prefetch)
+	}
+	if _, _, err := s.GetSemaphore(ctx, tenant, name); err != nil {
+		return sub, err
+	}
+	return sub, nil
+}
+
 // Extend moves a live lease's expiry to now+ttl.
 func (s *Service) Extend(ctx context.Context, tenant, leaseID string, ttl time.Duration) (store.Lease, error) {
 	if err := checkTTL(ttl); err != nil {

@@ -197,10 +197,6 @@ type AcquireInput struct {
 	TTL            *time.Duration // nil: the semaphore's leaseTimeout
 	Wait           *time.Duration // nil: 0
 	IdempotencyKey string
-	// Session binds the lease to a websocket session (an acquire over the
-	// websocket): the session's end releases it. The session has recorded
-	// the semaphore first (store.SessionStore.UseSemaphore).
-	Session string
 }
 
 // ValidateAcquire checks an acquire request without the store and fills the
@@ -237,7 +233,6 @@ func ValidateAcquire(tenant, name string, in AcquireInput) (store.AcquireParams,
 		return p, err
 	}
 	p.IdempotencyKey = in.IdempotencyKey
-	p.Session = in.Session
 	return p, nil
 }
 
