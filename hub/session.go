@@ -53,6 +53,7 @@ const (
 type Session struct {
 	hub    *Hub
 	conn   *websocket.Conn
+	cork   *corkConn // coalesces the writes of a burst (nil: none)
 	tenant string
 	send   chan []byte
 	ctx    context.Context // ends when the connection ends
@@ -106,7 +107,8 @@ func HashToken(token string) string {
 // is lost (resumable within the grace period) unless the client closed it
 // normally (then it is ended and p.End called) or it was resumed by another
 // connection.
-func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) error {
+func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
+	conn := c.ws
 	h.mu.Lock()
 	if h.stopped {
 		h.mu.Unlock()
@@ -120,7 +122,7 @@ func (h *Hub) Serve(ctx context.Context, conn *websocket.Conn, p ServeParams) er
 	conn.SetReadLimit(h.cfg.MaxMessageBytes)
 	token := randomID(32)
 	s := &Session{
-		hub: h, conn: conn, tenant: p.Tenant, keyID: p.KeyID, id: randomID(16),
+		hub: h, conn: conn, cork: c.cork, tenant: p.Tenant, keyID: p.KeyID, id: randomID(16),
 		send:    make(chan []byte, h.cfg.SendQueue),
 		slots:   make(chan struct{}, maxWaiting),
 		workers: make(chan struct{}, maxRequests),
@@ -248,9 +250,22 @@ func (s *Session) writeLoop() {
 		case <-s.ctx.Done():
 			return
 		case msg := <-s.send:
-			ctx, cancel := context.WithTimeout(s.ctx, s.hub.cfg.WriteTimeout)
-			err := s.conn.Write(ctx, websocket.MessageText, msg)
-			cancel()
+			// Frames queued behind this one leave with it, in one write
+			// to the connection (corked), however many there are now.
+			more := len(s.send)
+			corked := more > 0 && s.cork != nil
+			if corked {
+				s.cork.cork()
+			}
+			err := s.write(msg)
+			for ; err == nil && more > 0; more-- {
+				err = s.write(<-s.send)
+			}
+			if corked {
+				if uerr := s.cork.uncork(s.hub.cfg.WriteTimeout); err == nil {
+					err = uerr
+				}
+			}
 			if err != nil {
 				s.setReason(reasonSlow)
 				_ = s.conn.CloseNow()
@@ -258,6 +273,13 @@ func (s *Session) writeLoop() {
 			}
 		}
 	}
+}
+
+// write writes one frame under WriteTimeout.
+func (s *Session) write(msg []byte) error {
+	ctx, cancel := context.WithTimeout(s.ctx, s.hub.cfg.WriteTimeout)
+	defer cancel()
+	return s.conn.Write(ctx, websocket.MessageText, msg)
 }
 
 // ID is the session id (it changes once when the connection resumes
