@@ -345,7 +345,7 @@ func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
 	defer cancel()
 	_, err = h.store.TransitionJob(bctx, store.TransitionParams{
 		Tenant: o.tenant, JobID: o.job, Action: store.ActDelivered, Route: routing.TypeWebsocket, LeaseID: o.lease,
-		Bind: &store.SessionBinding{Session: s.ID(), Channel: sub.Channel},
+		Bind: &store.SessionBinding{Session: s.ID(), Channel: sub.Channel}, Quiet: true,
 	})
 	switch {
 	case err == nil:

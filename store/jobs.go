@@ -153,6 +153,9 @@ type TransitionParams struct {
 	// transition). ActDelivered without Bind drops an earlier binding. The
 	// session has recorded the semaphore (Subscribe or UseSemaphore).
 	Bind *SessionBinding
+	// Quiet: the caller does not use the returned job, only the error; a
+	// store may return a zero Job (and spare reading it back).
+	Quiet bool
 }
 
 // SessionBinding names the websocket session a job was delivered to and

@@ -316,14 +316,25 @@ func (s *Store) TransitionJob(ctx context.Context, p store.TransitionParams) (st
 		bindSession, bindChannel = p.Bind.Session, p.Bind.Channel
 	}
 	r, err := s.batched(ctx, p.Tenant, name, &batchOp{args: []any{"t", salt, seq, string(p.Action), p.LeaseID,
-		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child), bindSession, bindChannel}})
+		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child), bindSession, bindChannel, quiet(p.Quiet)}})
 	if err != nil {
 		return store.Job{}, err
+	}
+	if p.Quiet {
+		return store.Job{}, nil
 	}
 	if len(r.vals) != 2 {
 		return store.Job{}, fmt.Errorf("redisstore: bad transition result %v", r.vals)
 	}
 	return decodeJob(p.Tenant, name, r.vals[1])
+}
+
+// quiet is the batch.lua flag of a transition whose job is not read back.
+func quiet(q bool) string {
+	if q {
+		return "1"
+	}
+	return "0"
 }
 
 // PurgeJobs deletes the semaphore's jobs in status (scheduled or terminal;

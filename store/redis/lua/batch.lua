@@ -21,7 +21,7 @@
 --       ms, max terminal jobs forgotten
 --   't' transition: job-id salt, job seq, action, lease id, route, error,
 --       hold ttl ms, child JobRef JSON, bound session, its subscription's
---       channel (see op_transition)
+--       channel (see op_transition), quiet ('1': no job view in the result)
 --
 -- Returns {'ok', results, due, events, grants} (lib.lua done), results
 -- holding one {status, ...} per operation: {status, lease JSON or ''} for
@@ -61,7 +61,8 @@ while i <= #ARGV do
     i = i + 9
   elseif op == 't' then
     r = conf and op_transition(conf, now, ARGV, i + 1) or {'SD_JOB_NOT_FOUND', ''}
-    i = i + 11
+    if ARGV[i + 11] == '1' and r.v then r.v, r[2] = nil, '' end
+    i = i + 12
   else
     return redis.error_reply('batch: unknown operation ' .. tostring(op))
   end
