@@ -37,11 +37,10 @@ import "strings"
 //
 // Sessions (sessions.go):
 //
-//	P:{<tenant>/<name>}:subs       hash: subscriber registry of the semaphore,
-//	                               "<session>\0<channel>" -> entry JSON (registry_sync.lua)
-//	P:{sess:<tenant>/<id>}         string: session record JSON (sesslib.lua)
+//	P:{<tenant>/<name>}:subs       hash: subscriber registry of the semaphore, a hint:
+//	                               "<session>\0<channel>" -> "1"
 //	P:{nodes}                      zset: node id -> heartbeat expiry ms
-//	P:{nodes}:idx                  hash: "<tenant>/<id>" -> session index entry JSON
+//	P:{nodes}:sess                 hash: "<tenant>/<id>" -> session record JSON (sesslib.lua)
 //	P:{nodes}:bynode               zset (scores 0): "<node>\0<tenant>/<id>", sessions per node
 //	P:{nodes}:lost                 zset: "<tenant>/<id>" -> end of grace ms
 //	P:{nodes}:tokens               hash: "<tenant>\0<resume token hash>" -> session id
@@ -56,12 +55,11 @@ import "strings"
 // delete_key.lua touch both. Semaphore names cannot contain "/", so a
 // sweep index member splits at its last "/".
 //
-// A session's record has a slot of its own; the global session index
-// shares the tag {nodes} (presence, sessions per node, lost sessions and
-// resume tokens change together in one script); a semaphore's subscriber
-// registry lives in the semaphore's slot. No script spans two of these
-// (sessions.go says how an operation keeps them in line). Tenant names
-// contain no "/", so a session member splits at its first "/".
+// Session records share the tag {nodes} with node presence and the
+// session indexes, so each session operation is one script; a semaphore's
+// subscriber registry lives in the semaphore's slot (sessions.go says why
+// it need not agree with the records). Tenant names contain no "/", so a
+// session member splits at its first "/".
 type keys struct {
 	p string // prefix without a trailing ':'
 }
@@ -140,27 +138,17 @@ func (k keys) subs(tenant, name string) string {
 	return k.p + ":{" + semMember(tenant, name) + "}:subs"
 }
 
-// session is a session's record, in a slot of its own.
-func (k keys) session(tenant, id string) string {
-	return k.p + ":{sess:" + sessMember(tenant, id) + "}"
-}
-
 // sessMember is a session's member in the global session index.
 func sessMember(tenant, id string) string { return tenant + "/" + id }
-
-// splitSessMember reverses sessMember.
-func splitSessMember(m string) (tenant, id string, ok bool) {
-	return strings.Cut(m, "/")
-}
 
 // sessIndex returns the keys of the global session index, all with the
 // tag {nodes}: nodes, idx, bynode, lost, tokens.
 func (k keys) sessIndex() sessIndexKeys {
 	b := k.p + ":{nodes}"
-	return sessIndexKeys{nodes: b, idx: b + ":idx", bynode: b + ":bynode", lost: b + ":lost", tokens: b + ":tokens"}
+	return sessIndexKeys{nodes: b, sess: b + ":sess", bynode: b + ":bynode", lost: b + ":lost", tokens: b + ":tokens"}
 }
 
-type sessIndexKeys struct{ nodes, idx, bynode, lost, tokens string }
+type sessIndexKeys struct{ nodes, sess, bynode, lost, tokens string }
 
 // tokenField is a resume token's field in the tokens hash.
 func tokenField(tenant, hash string) string { return tenant + "\x00" + hash }

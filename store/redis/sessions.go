@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -17,40 +16,33 @@ import (
 
 // This file implements store.SessionStore on Redis (keys in keys.go).
 //
-// Three places hold a session's state, in three kinds of hash slot:
+// A session's record and the indexes of every session (node heartbeats,
+// the sessions of each node, the lost ones by end of grace, the resume
+// tokens) share one hash tag, {nodes}: each session operation is one
+// atomic sess_*.lua script there, on Redis Cluster too (sesslib.lua). A
+// session's liveness is its node's presence, so the two live together;
+// the price is that every session record sits in one Cluster slot, which
+// session operations (connects, subscriptions, losses) touch, never the
+// per-job path.
 //
-//   - its record, P:{sess:<tenant>/<id>}: the source of truth (leases,
-//     jobs, subscriptions, node or lost state, token), changed by one
-//     sess_*.lua script per operation;
-//   - the global session index, tag {nodes}: node heartbeats, the sessions
-//     of each node, the lost sessions by end of grace, resume tokens;
-//   - the subscriber registry of each semaphore it subscribes to, in the
-//     semaphore's slot, next to the semaphore's keys.
+// What a session holds is not in its record: the operation that grants a
+// lease or records a job's delivery binds it in the semaphore's own slot
+// (lib.lua sbind, sinf), and whatever ends the lease unbinds it. The
+// record lists the semaphores to look in (sems); GetSession, ResumeSession,
+// EndSession and ExpiredSessions read the bindings there in one pipeline.
 //
-// No Redis Cluster script can span those slots, so an operation is not
-// atomic across them: it runs the record's script first and then brings
-// the index and the registries in line with the record (index_sync.lua,
-// registry_sync.lua) from the old and new records the script returned.
-// Every derived write carries the record's rev and is applied only when
-// newer than what it replaces (removed registry entries leave tombstones),
-// so concurrent operations on one session converge to its latest record
-// whatever order their second steps land in. A process dying between the
-// steps leaves the derived state stale until the next operation on the
-// session; the record-side guards keep that harmless: a lost or ended
-// session is found by its record (resume, expiry check the record and its
-// connection id, cid), a stale registry entry on a dead node is filtered
-// out by Subscribers (live nodes only), and ExpiredSessions, EndSession,
-// LoseSession and ResumeSession always rewrite every registry entry of the
-// session (idempotent). If the second step fails, the operation returns
-// its error although the record changed; a retry of the same operation
-// repairs the derived state (except after EndSession, whose record is
-// gone).
+// Two things stay outside the {nodes} slot, written after the record's
+// script, and neither needs to agree with the record at every instant:
 //
-// ExpiredSessions claims lost sessions in the global index (ZREM: one
-// caller wins each) and then deletes each record only if it still holds
-// the connection that was lost (cid): a session resumed in between is
-// left alone, and a record is deleted by one caller only (also against
-// EndSession), so each session is returned exactly once.
+//   - each semaphore's subscriber registry (its slot): only a hint of
+//     which sessions subscribed. Subscribers looks every entry up in the
+//     records (sess_live.lua) and keeps only connected sessions on live
+//     nodes whose record holds that subscription, with its prefetch. An
+//     entry left behind (a process died between the two writes, a late
+//     write of a displaced connection) is filtered out there, and removed
+//     when its session no longer exists; a subscription whose entry is
+//     missing is written again when the session resumes.
+//   - the node bus (pub/sub), best effort by nature (Publish).
 
 // Tunables of the session store.
 const (
@@ -58,9 +50,6 @@ const (
 	expiredDefault = 100
 	// expiredNodes bounds the dead nodes one ExpiredSessions call handles.
 	expiredNodes = 16
-	// tombstoneAge: registry tombstones older than this are pruned (a
-	// delayed write older than this is impossible in practice).
-	tombstoneAge = time.Minute
 	// busBuffer is the pub/sub buffer of one SubscribeNode subscription.
 	busBuffer = 10000
 )
@@ -74,16 +63,12 @@ var (
 	scriptSessLose        = sessScript("sess_lose.lua")
 	scriptSessResume      = sessScript("sess_resume.lua")
 	scriptSessEnd         = sessScript("sess_end.lua")
-	scriptSessMarkLost    = sessScript("sess_mark_lost.lua")
-	scriptSessExpire      = sessScript("sess_expire.lua")
+	scriptSessExpired     = sessScript("sess_expired.lua")
+	scriptSessLive        = sessScript("sess_live.lua")
 
-	scriptHeartbeat    = plainScript("heartbeat.lua")
-	scriptNodes        = plainScript("nodes.lua")
-	scriptIndexSync    = plainScript("index_sync.lua")
-	scriptResumeLookup = plainScript("resume_lookup.lua")
-	scriptExpiredClaim = plainScript("expired_claim.lua")
-	scriptRegistrySync = plainScript("registry_sync.lua")
-	scriptSubscribers  = plainScript("subscribers.lua")
+	scriptHeartbeat   = plainScript("heartbeat.lua")
+	scriptNodes       = plainScript("nodes.lua")
+	scriptSubscribers = plainScript("subscribers.lua")
 )
 
 func sessScript(name string) *redis.Script {
@@ -96,15 +81,13 @@ type sessRecord struct {
 	ID      string  `json:"id"`
 	Node    string  `json:"node"`
 	Tok     string  `json:"tok"`
-	KeyID   string  `json:"kid,omitempty"`
+	KeyID   string  `json:"kid"`
 	Lost    int64   `json:"lost"`  // ms, 0 while connected
 	Until   int64   `json:"ends"`  // ms, 0 while connected
 	Grace   int64   `json:"grace"` // ms
 	Sems    strList `json:"sems"`
 	Subs    subList `json:"subs"`
 	Created int64   `json:"created"`
-	Rev     int64   `json:"rev"`
-	Cid     int64   `json:"cid"`
 }
 
 type subRecord struct {
@@ -135,8 +118,6 @@ func (l *subList) UnmarshalJSON(b []byte) error {
 	return json.Unmarshal(b, (*[]subRecord)(l))
 }
 
-func (r *sessRecord) connected() bool { return r.Lost == 0 && r.Node != "" }
-
 func sessTime(ms int64) time.Time {
 	if ms <= 0 {
 		return time.Time{}
@@ -163,11 +144,7 @@ func (r *sessRecord) session() store.Session {
 	return s
 }
 
-func decodeRecord(v any) (*sessRecord, error) {
-	raw, ok := v.(string)
-	if !ok {
-		return nil, nil
-	}
+func decodeRecord(raw string) (*sessRecord, error) {
 	var r sessRecord
 	if err := json.Unmarshal([]byte(raw), &r); err != nil {
 		return nil, fmt.Errorf("redisstore: bad session record: %w", err)
@@ -175,196 +152,28 @@ func decodeRecord(v any) (*sessRecord, error) {
 	return &r, nil
 }
 
-// sessResult is the reply of a session-record script.
-type sessResult struct {
-	skipped  bool
-	old, new *sessRecord
-	delRev   int64 // the rev of a deletion
+// sessKeys are the KEYS of every session script (sesslib.lua).
+func (s *Store) sessKeys() []string {
+	k := s.keys.sessIndex()
+	return []string{k.nodes, k.sess, k.bynode, k.lost, k.tokens}
 }
 
-// runSess runs a session-record script on the session's key.
-func (s *Store) runSess(ctx context.Context, sc *redis.Script, tenant, id string, args ...any) (sessResult, error) {
-	res, err := sc.Run(ctx, s.client, []string{s.keys.session(tenant, id)}, args...).Slice()
+// runSess runs a session script that replies {'OK', record JSON} and
+// returns the record.
+func (s *Store) runSess(ctx context.Context, sc *redis.Script, args ...any) (*sessRecord, error) {
+	res, err := sc.Run(ctx, s.client, s.sessKeys(), args...).Slice()
 	if err != nil {
-		return sessResult{}, translate(err, nil)
+		return nil, translate(err, nil)
 	}
 	switch st, _ := res[0].(string); st {
 	case "OK":
-	case "SKIP":
-		return sessResult{skipped: true}, nil
 	case "SD_SESSION_NOT_FOUND":
-		return sessResult{}, store.ErrSessionNotFound
+		return nil, store.ErrSessionNotFound
 	default:
-		return sessResult{}, fmt.Errorf("redisstore: unexpected session script reply %q", st)
+		return nil, fmt.Errorf("redisstore: unexpected session script reply %q", st)
 	}
-	var r sessResult
-	if r.old, err = decodeRecord(res[1]); err != nil {
-		return sessResult{}, err
-	}
-	if r.new, err = decodeRecord(res[2]); err != nil {
-		return sessResult{}, err
-	}
-	if len(res) > 3 {
-		r.delRev, _ = res[3].(int64)
-	}
-	return r, nil
-}
-
-// idxEntry is a session's entry in the global index (index_sync.lua).
-type idxEntry struct {
-	Rev    int64  `json:"r"`
-	ID     string `json:"i"`
-	Node   string `json:"n"`
-	Cid    int64  `json:"c"`
-	Grace  int64  `json:"g"`
-	Token  string `json:"t"`
-	LostAt int64  `json:"la"`
-	Ends   int64  `json:"e"`
-}
-
-func indexEntry(r *sessRecord) idxEntry {
-	e := idxEntry{Rev: r.Rev, ID: r.ID, Node: r.Node, Cid: r.Cid, Grace: r.Grace, LostAt: r.Lost}
-	if r.Lost > 0 {
-		e.Node, e.Ends = "", r.Until
-	}
-	if r.Tok != "" {
-		e.Token = tokenField(r.Tenant, r.Tok)
-	}
-	return e
-}
-
-// regEntry is a subscription's entry in a semaphore's registry
-// (registry_sync.lua).
-type regEntry struct {
-	Rev      int64  `json:"r"`
-	Session  string `json:"s"`
-	Channel  string `json:"c"`
-	Node     string `json:"n"`
-	Prefetch int    `json:"p"`
-}
-
-func regField(session, channel string) string { return session + "\x00" + channel }
-
-// regFields returns, per semaphore, the registry fields of r's
-// subscriptions with their entries (nil entry: none, r is not connected).
-func regFields(r *sessRecord) map[string]map[string]*regEntry {
-	out := map[string]map[string]*regEntry{}
-	if r == nil {
-		return out
-	}
-	for _, sub := range r.Subs {
-		m := out[sub.Semaphore]
-		if m == nil {
-			m = map[string]*regEntry{}
-			out[sub.Semaphore] = m
-		}
-		var e *regEntry
-		if r.connected() {
-			e = &regEntry{Session: r.ID, Channel: sub.Channel, Node: r.Node, Prefetch: sub.Prefetch}
-		}
-		m[regField(r.ID, sub.Channel)] = e
-	}
-	return out
-}
-
-// sync brings the global index and the subscriber registries in line with
-// a record change (see the top of this file). force rewrites every derived
-// entry, not only the changed ones.
-func (s *Store) sync(ctx context.Context, r sessResult, force bool) error {
-	ref := r.new
-	if ref == nil {
-		ref = r.old
-	}
-	if ref == nil {
-		return nil
-	}
-	rev := r.delRev
-	if r.new != nil {
-		rev = r.new.Rev
-	}
-	if err := s.syncIndex(ctx, ref.Tenant, ref.ID, r, rev, force); err != nil {
-		return err
-	}
-	return s.syncRegistry(ctx, ref.Tenant, r, rev, force)
-}
-
-func (s *Store) syncIndex(ctx context.Context, tenant, id string, r sessResult, rev int64, force bool) error {
-	entry := ""
-	if r.new != nil {
-		ne := indexEntry(r.new)
-		if !force && r.old != nil {
-			oe := indexEntry(r.old)
-			oe.Rev, oe.Cid = ne.Rev, ne.Cid
-			if oe == ne && r.old.Cid == r.new.Cid {
-				return nil // nothing the index holds changed
-			}
-		}
-		b, err := json.Marshal(ne)
-		if err != nil {
-			return err
-		}
-		entry = string(b)
-	}
-	k := s.keys.sessIndex()
-	err := scriptIndexSync.Run(ctx, s.client, []string{k.idx, k.bynode, k.lost, k.tokens},
-		sessMember(tenant, id), rev, entry).Err()
-	return translate(err, nil)
-}
-
-func (s *Store) syncRegistry(ctx context.Context, tenant string, r sessResult, rev int64, force bool) error {
-	oldF, newF := regFields(r.old), regFields(r.new)
-	sems := make([]string, 0, len(oldF)+len(newF))
-	for sem := range oldF {
-		sems = append(sems, sem)
-	}
-	for sem := range newF {
-		if _, ok := oldF[sem]; !ok {
-			sems = append(sems, sem)
-		}
-	}
-	sort.Strings(sems)
-	for _, sem := range sems {
-		fields := map[string]bool{}
-		for f := range oldF[sem] {
-			fields[f] = true
-		}
-		for f := range newF[sem] {
-			fields[f] = true
-		}
-		args := []any{rev}
-		for f := range fields {
-			oe, ne := oldF[sem][f], newF[sem][f]
-			if !force && ((oe == nil && ne == nil) || (oe != nil && ne != nil && *oe == *ne)) {
-				continue
-			}
-			v := ""
-			if ne != nil {
-				ne.Rev = rev
-				b, err := json.Marshal(ne)
-				if err != nil {
-					return err
-				}
-				v = string(b)
-			}
-			args = append(args, f, v)
-		}
-		if len(args) == 1 {
-			continue
-		}
-		if err := scriptRegistrySync.Run(ctx, s.client, []string{s.keys.subs(tenant, sem)}, args...).Err(); err != nil {
-			return translate(err, nil)
-		}
-	}
-	return nil
-}
-
-// sessOp runs a session-record script and its derived updates.
-func (s *Store) sessOp(ctx context.Context, force bool, sc *redis.Script, tenant, id string, args ...any) (sessResult, error) {
-	r, err := s.runSess(ctx, sc, tenant, id, args...)
-	if err != nil || r.skipped {
-		return r, err
-	}
-	return r, s.sync(ctx, r, force)
+	raw, _ := res[1].(string)
+	return decodeRecord(raw)
 }
 
 // Heartbeat implements store.SessionStore, by Redis TIME.
@@ -385,8 +194,9 @@ func (s *Store) Nodes(ctx context.Context) ([]string, error) {
 
 // PutSession implements store.SessionStore. A zero CreatedAt is set to
 // Redis time; LostAt and GraceUntil are cleared (connected on sess.Node);
-// Prefetch below 1 means 1. Jobs listed again keep the subscription they
-// were counted on.
+// Prefetch below 1 means 1; Leases and Jobs are ignored (bound by the
+// lease and job operations). The subscriptions are written to their
+// semaphores' registries.
 func (s *Store) PutSession(ctx context.Context, sess store.Session) error {
 	r := sessRecord{
 		Tenant: sess.Tenant, ID: sess.ID, Node: sess.Node, Tok: sess.ResumeTokenHash, KeyID: sess.KeyID,
@@ -404,24 +214,27 @@ func (s *Store) PutSession(ctx context.Context, sess store.Session) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.sessOp(ctx, true, scriptSessPut, sess.Tenant, sess.ID, string(b))
-	return err
+	rec, err := s.runSess(ctx, scriptSessPut, sessMember(sess.Tenant, sess.ID), string(b))
+	if err != nil {
+		return err
+	}
+	return s.registerSubs(ctx, rec)
 }
 
 // GetSession implements store.SessionStore. It reports the record: the
 // sessions of a dead node show as connected on it until ExpiredSessions
 // marks them lost.
 func (s *Store) GetSession(ctx context.Context, p store.SessionParams) (store.Session, error) {
-	r, err := s.runSess(ctx, scriptSessGet, p.Tenant, p.Session)
+	r, err := s.runSess(ctx, scriptSessGet, sessMember(p.Tenant, p.Session))
 	if err != nil {
 		return store.Session{}, err
 	}
-	return s.withBindings(ctx, r.new.session())
+	return s.withBindings(ctx, r.session())
 }
 
 // UseSemaphore implements store.SessionStore.
 func (s *Store) UseSemaphore(ctx context.Context, p store.SessionParams, semaphore string) error {
-	_, err := s.runSess(ctx, scriptSessUse, p.Tenant, p.Session, semaphore)
+	_, err := s.runSess(ctx, scriptSessUse, sessMember(p.Tenant, p.Session), semaphore)
 	return err
 }
 
@@ -455,29 +268,71 @@ func (s *Store) withBindings(ctx context.Context, sess store.Session) (store.Ses
 	return sess, nil
 }
 
-// Subscribe implements store.SessionStore. The registry takes the node
-// from the session's record (p.Node is informational); Prefetch below 1
-// means 1; replacing a subscription keeps the jobs counted on it. A lost
-// session's subscription becomes active when it resumes.
+// regField is a subscription's field in its semaphore's registry.
+func regField(session, channel string) string { return session + "\x00" + channel }
+
+// registerSubs writes the record's subscriptions to their semaphores'
+// registries (idempotent: the registry is a hint, see the top of this
+// file).
+func (s *Store) registerSubs(ctx context.Context, r *sessRecord) error {
+	if len(r.Subs) == 0 {
+		return nil
+	}
+	pipe := s.client.Pipeline()
+	for _, sub := range r.Subs {
+		pipe.HSet(ctx, s.keys.subs(r.Tenant, sub.Semaphore), regField(r.ID, sub.Channel), "1")
+	}
+	_, err := pipe.Exec(ctx)
+	return translate(err, nil)
+}
+
+// unregisterSubs removes the record's subscriptions from their semaphores'
+// registries, best effort (a leftover entry is filtered by Subscribers).
+func (s *Store) unregisterSubs(ctx context.Context, r *sessRecord) {
+	if len(r.Subs) == 0 {
+		return
+	}
+	pipe := s.client.Pipeline()
+	for _, sub := range r.Subs {
+		pipe.HDel(ctx, s.keys.subs(r.Tenant, sub.Semaphore), regField(r.ID, sub.Channel))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		s.log.Warn("removing an ended session's registry entries failed; Subscribers filters them", "session", r.ID, "err", err)
+	}
+}
+
+// Subscribe implements store.SessionStore. Prefetch below 1 means 1;
+// replacing a subscription keeps the jobs counted on it. A lost session's
+// subscription becomes active when it resumes. p.Node is informational
+// (the record knows the session's node).
 func (s *Store) Subscribe(ctx context.Context, p store.SubscribeParams) error {
 	sub := p.Subscription
-	_, err := s.sessOp(ctx, false, scriptSessSubscribe, p.Tenant, p.Session, sub.Semaphore, sub.Channel, max(sub.Prefetch, 1))
-	return err
+	if _, err := s.runSess(ctx, scriptSessSubscribe, sessMember(p.Tenant, p.Session), sub.Semaphore, sub.Channel, max(sub.Prefetch, 1)); err != nil {
+		return err
+	}
+	err := s.client.HSet(ctx, s.keys.subs(p.Tenant, sub.Semaphore), regField(p.Session, sub.Channel), "1").Err()
+	return translate(err, nil)
 }
 
 // Unsubscribe implements store.SessionStore; an unknown subscription is
 // ignored. Jobs counted on it stay bound to the session.
 func (s *Store) Unsubscribe(ctx context.Context, p store.SessionParams, sub store.Subscription) error {
-	_, err := s.sessOp(ctx, false, scriptSessUnsubscribe, p.Tenant, p.Session, sub.Semaphore, sub.Channel)
-	return err
+	if _, err := s.runSess(ctx, scriptSessUnsubscribe, sessMember(p.Tenant, p.Session), sub.Semaphore, sub.Channel); err != nil {
+		return err
+	}
+	err := s.client.HDel(ctx, s.keys.subs(p.Tenant, sub.Semaphore), regField(p.Session, sub.Channel)).Err()
+	return translate(err, nil)
 }
 
-// Subscribers implements store.SessionStore: one entry per session (its
-// subscription to exactly the channel, else its "" one), only sessions on
-// nodes with a live heartbeat, sorted by session id.
+// Subscribers implements store.SessionStore: the registry's entries that
+// match the channel, checked against the sessions' records (connected,
+// on a live node, holding that subscription: the record gives its
+// prefetch); one entry per session, its subscription to exactly the
+// channel preferred over its "" one; sorted by session id. Entries of
+// sessions that no longer exist are removed on the way.
 func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel string) ([]store.Subscriber, error) {
-	res, err := scriptSubscribers.Run(ctx, s.client, []string{s.keys.subs(tenant, semaphore), s.keys.sem(tenant, semaphore)[kSInf]},
-		channel, tombstoneAge.Milliseconds()).StringSlice()
+	regKey := s.keys.subs(tenant, semaphore)
+	res, err := scriptSubscribers.Run(ctx, s.client, []string{regKey, s.keys.sem(tenant, semaphore)[kSInf]}, channel).StringSlice()
 	if err != nil {
 		return nil, translate(err, nil)
 	}
@@ -485,168 +340,139 @@ func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel stri
 	if len(res) == 0 {
 		return out, nil
 	}
-	nodes, err := s.Nodes(ctx)
-	if err != nil {
-		return nil, err
+	bySession := map[string][]regHit{}
+	var members []any
+	var ids []string
+	for i := 0; i+2 < len(res); i += 3 {
+		id := res[i]
+		inf, _ := strconv.Atoi(res[i+2])
+		if _, ok := bySession[id]; !ok {
+			ids = append(ids, id)
+			members = append(members, sessMember(tenant, id))
+		}
+		bySession[id] = append(bySession[id], regHit{channel: res[i+1], inflight: inf})
 	}
-	for i := 0; i+3 < len(res); i += 4 {
-		if _, ok := slicesIndex(nodes, res[i+1]); !ok {
+	recs, err := scriptSessLive.Run(ctx, s.client, s.sessKeys(), members...).StringSlice()
+	if err != nil {
+		return nil, translate(err, nil)
+	}
+	var gone []string // sessions with no record: ended or expired
+	for i, id := range ids {
+		if i >= len(recs) || recs[i] == "" || recs[i] == "-" {
+			if i < len(recs) && recs[i] == "-" {
+				gone = append(gone, id)
+			}
 			continue
 		}
-		pf, _ := strconv.Atoi(res[i+2])
-		inf, _ := strconv.Atoi(res[i+3])
-		out = append(out, store.Subscriber{Session: res[i], Node: res[i+1], Prefetch: pf, Inflight: inf})
+		r, err := decodeRecord(recs[i])
+		if err != nil {
+			return nil, err
+		}
+		best, found := store.Subscriber{}, false
+		for _, e := range bySession[id] {
+			for _, sub := range r.Subs {
+				if sub.Semaphore != semaphore || sub.Channel != e.channel {
+					continue
+				}
+				if !found || e.channel == channel {
+					best, found = store.Subscriber{Session: id, Node: r.Node, Prefetch: sub.Prefetch, Inflight: e.inflight}, true
+				}
+			}
+		}
+		if found {
+			out = append(out, best)
+		}
 	}
+	s.pruneRegistry(ctx, regKey, gone, bySession)
 	sort.Slice(out, func(i, j int) bool { return out[i].Session < out[j].Session })
 	return out, nil
 }
 
-// slicesIndex finds v in the sorted slice.
-func slicesIndex(sorted []string, v string) (int, bool) {
-	i := sort.SearchStrings(sorted, v)
-	return i, i < len(sorted) && sorted[i] == v
+// regHit is a registry entry of a session that matched a channel.
+type regHit struct {
+	channel  string
+	inflight int
+}
+
+// pruneRegistry removes the registry entries of sessions that no longer
+// exist (best effort).
+func (s *Store) pruneRegistry(ctx context.Context, regKey string, gone []string, bySession map[string][]regHit) {
+	var fields []string
+	for _, id := range gone {
+		for _, e := range bySession[id] {
+			fields = append(fields, regField(id, e.channel))
+		}
+	}
+	if len(fields) > 0 {
+		_ = s.client.HDel(ctx, regKey, fields...).Err()
+	}
 }
 
 // LoseSession implements store.SessionStore. grace ≤ 0 means the session's
-// Grace. Losing a lost session changes nothing (its grace is not renewed)
-// but repairs its index and registry entries.
+// Grace. Losing a lost session changes nothing (its grace is not
+// renewed); with p.Node set, a session connected on another node is left
+// as it is.
 func (s *Store) LoseSession(ctx context.Context, p store.SessionParams, grace time.Duration) error {
-	_, err := s.sessOp(ctx, true, scriptSessLose, p.Tenant, p.Session, grace.Milliseconds(), p.Node)
+	_, err := s.runSess(ctx, scriptSessLose, sessMember(p.Tenant, p.Session), grace.Milliseconds(), p.Node)
 	return err
 }
 
 // ResumeSession implements store.SessionStore. It also takes over a
-// session still connected on another node.
+// session still connected on another node. Its subscriptions are
+// written to their registries again (in case an earlier write was lost).
 func (s *Store) ResumeSession(ctx context.Context, tenant, resumeTokenHash, node string) (store.Session, error) {
 	if resumeTokenHash == "" {
 		return store.Session{}, store.ErrSessionNotFound
 	}
-	k := s.keys.sessIndex()
-	res, err := scriptResumeLookup.Run(ctx, s.client, []string{k.nodes, k.idx, k.tokens},
-		tokenField(tenant, resumeTokenHash), tenant).Slice()
-	if errors.Is(err, redis.Nil) {
-		return store.Session{}, store.ErrSessionNotFound
-	}
-	if err != nil {
-		return store.Session{}, translate(err, nil)
-	}
-	id, _ := res[0].(string)
-	deadNode, _ := res[1].(string)
-	ends, _ := res[2].(int64)
-	r, err := s.sessOp(ctx, true, scriptSessResume, tenant, id, resumeTokenHash, node, deadNode, ends)
+	r, err := s.runSess(ctx, scriptSessResume, tenant, resumeTokenHash, node)
 	if err != nil {
 		return store.Session{}, err
 	}
-	return s.withBindings(ctx, r.new.session())
+	if err := s.registerSubs(ctx, r); err != nil {
+		return store.Session{}, err
+	}
+	return s.withBindings(ctx, r.session())
 }
 
 // EndSession implements store.SessionStore. It ends a session lost past
 // its grace too (not yet returned by ExpiredSessions): whichever of the two
-// deletes the record returns it.
+// removes it returns it.
 func (s *Store) EndSession(ctx context.Context, p store.SessionParams) (store.Session, error) {
-	r, err := s.sessOp(ctx, true, scriptSessEnd, p.Tenant, p.Session)
-	if r.old == nil {
+	r, err := s.runSess(ctx, scriptSessEnd, sessMember(p.Tenant, p.Session))
+	if err != nil {
 		return store.Session{}, err
 	}
-	sess, berr := s.withBindings(ctx, r.old.session())
-	if err == nil {
-		err = berr
-	}
-	return sess, err
+	s.unregisterSubs(ctx, r)
+	return s.withBindings(ctx, r.session())
 }
 
-// ExpiredSessions implements store.SessionStore (see the top of this
-// file). max ≤ 0 means 100.
+// ExpiredSessions implements store.SessionStore (sess_expired.lua: one
+// atomic script; each session is returned once). max ≤ 0 means 100. A
+// session whose bindings could not be read is returned all the same (its
+// leases and jobs then end by expiry).
 func (s *Store) ExpiredSessions(ctx context.Context, maxN int) ([]store.LostSession, error) {
 	if maxN <= 0 {
 		maxN = expiredDefault
 	}
-	k := s.keys.sessIndex()
-	res, err := scriptExpiredClaim.Run(ctx, s.client, []string{k.nodes, k.idx, k.bynode, k.lost},
-		maxN, expiredNodes).Slice()
+	raws, err := scriptSessExpired.Run(ctx, s.client, s.sessKeys(), maxN, expiredNodes).StringSlice()
 	if err != nil {
 		return nil, translate(err, nil)
 	}
-	moved, claimed := quads(res[0]), quads(res[1])
-	var firstErr error
-	for _, q := range moved {
-		tenant, id, ok := splitSessMember(q.member)
-		if !ok {
-			continue
-		}
-		if _, err := s.sessOp(ctx, true, scriptSessMarkLost, tenant, id, q.cid, q.lostAt, q.ends); err != nil && firstErr == nil {
-			firstErr = err // the record stays connected on the dead node; it still expires by cid
-		}
-	}
-	out := []store.LostSession{}
-	for _, q := range claimed {
-		tenant, id, ok := splitSessMember(q.member)
-		if !ok {
-			continue
-		}
-		r, err := s.runSess(ctx, scriptSessExpire, tenant, id, q.cid)
+	out := make([]store.LostSession, 0, len(raws))
+	for _, raw := range raws {
+		r, err := decodeRecord(raw)
 		if err != nil {
-			// Put the claim back so that a later call takes it.
-			_ = s.client.ZAdd(ctx, k.lost, redis.Z{Score: float64(q.ends), Member: q.member}).Err()
-			if firstErr == nil {
-				firstErr = err
-			}
+			s.log.Warn("expired sessions: a bad record was dropped", "err", err)
 			continue
 		}
-		if r.skipped {
-			continue // resumed since, or already ended
-		}
-		sess, berr := s.withBindings(ctx, r.old.session())
-		if berr != nil && firstErr == nil {
-			firstErr = berr // what it holds expires with its leases
-		}
-		if sess.LostAt.IsZero() { // on a dead node, not marked lost yet
-			sess.Node, sess.LostAt, sess.GraceUntil = "", sessTime(q.lostAt), sessTime(q.ends)
+		s.unregisterSubs(ctx, r)
+		sess, err := s.withBindings(ctx, r.session())
+		if err != nil {
+			s.log.Warn("expired sessions: reading what a session held failed; its leases expire", "session", r.ID, "err", err)
 		}
 		out = append(out, store.LostSession{Session: sess})
-		if err := s.sync(ctx, r, true); err != nil && firstErr == nil {
-			firstErr = err
-		}
 	}
-	if len(out) > 0 {
-		// The sessions are removed: return them even if a derived update
-		// failed (their registry entries are tombstoned by rev later or
-		// filtered as lost), so their jobs get onSessionLost.
-		if firstErr != nil {
-			s.log.Warn("expired sessions: derived update failed", "err", firstErr)
-		}
-		return out, nil
-	}
-	return out, firstErr
-}
-
-type claimQuad struct {
-	member            string
-	cid, lostAt, ends int64
-}
-
-func quads(v any) []claimQuad {
-	l, _ := v.([]any)
-	var out []claimQuad
-	for i := 0; i+3 < len(l); i += 4 {
-		q := claimQuad{}
-		q.member, _ = l[i].(string)
-		q.cid = atoi64(l[i+1])
-		q.lostAt = atoi64(l[i+2])
-		q.ends = atoi64(l[i+3])
-		out = append(out, q)
-	}
-	return out
-}
-
-func atoi64(v any) int64 {
-	s, _ := v.(string)
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		f, _ := strconv.ParseFloat(s, 64)
-		return int64(f)
-	}
-	return n
+	return out, nil
 }
 
 type ticketJSON struct {

@@ -10,9 +10,9 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// Tests of the Redis session store's cross-slot steps: what happens when
-// the second step (index, registry) of an operation is late, lost or
-// replayed. The conformance suite covers the rest.
+// Tests of what the Redis session store keeps outside the session's own
+// atomic scripts: the subscriber registries, a hint that Subscribers checks
+// against the records. The conformance suite covers the rest.
 
 func sessSetup(t *testing.T) (*Store, store.SessionParams) {
 	t.Helper()
@@ -25,79 +25,62 @@ func sessSetup(t *testing.T) (*Store, store.SessionParams) {
 	return s, store.SessionParams{Tenant: testTenant, Session: "a"}
 }
 
-func subscriberCount(t *testing.T, s *Store) int {
+func subscribers(t *testing.T, s *Store) []store.Subscriber {
 	t.Helper()
 	subs, err := s.Subscribers(t.Context(), testTenant, "s", "c")
 	require.NoError(t, err)
-	return len(subs)
+	return subs
 }
 
-// A registry write of an older rev arriving after the session was lost
-// (a Subscribe whose second step is late) does not bring the entry back.
-func TestRedis_SessionRegistryStaleWrite(t *testing.T) {
+// A registry entry the record does not back (a late write of a displaced
+// connection, a process that died between the record and the registry)
+// lists nothing; the record's prefetch wins over nothing in the entry.
+func TestRedis_SessionRegistryIsAHint(t *testing.T) {
 	t.Parallel()
 	s, p := sessSetup(t)
 	ctx := t.Context()
-	bind, err := s.runSess(ctx, scriptSessSubscribe, p.Tenant, p.Session, "s", "c", 2)
+	reg := s.keys.subs(testTenant, "s")
+	require.NoError(t, s.client.HSet(ctx, reg, regField("a", "c"), "1").Err(), "an entry without a subscription")
+	require.Equal(t, []store.Subscriber{{Session: "a", Node: "n1", Prefetch: 1}}, subscribers(t, s),
+		"the session's \"\" subscription, from its record")
+
+	require.NoError(t, s.client.HSet(ctx, reg, regField("ghost", ""), "1").Err(), "an entry of no session")
+	require.Len(t, subscribers(t, s), 1)
+	n, err := s.client.HExists(ctx, reg, regField("ghost", "")).Result()
 	require.NoError(t, err)
+	require.False(t, n, "pruned on the way")
+
 	require.NoError(t, s.LoseSession(ctx, p, time.Minute))
-	require.Zero(t, subscriberCount(t, s))
-	require.NoError(t, s.sync(ctx, bind, true), "the late second step of the subscribe")
-	require.Zero(t, subscriberCount(t, s), "a lost session stays out of the registry")
-
-	r, err := s.ResumeSession(ctx, testTenant, "tok", "n1")
+	require.Empty(t, subscribers(t, s), "a lost session is no subscriber")
+	ok, err := s.client.HExists(ctx, reg, regField("a", "")).Result()
 	require.NoError(t, err)
-	require.Len(t, r.Subscriptions, 2)
-	subs, err := s.Subscribers(ctx, testTenant, "s", "c")
-	require.NoError(t, err)
-	require.Equal(t, []store.Subscriber{{Session: "a", Node: "n1", Prefetch: 2}}, subs)
+	require.True(t, ok, "a lost session keeps its entry for its resume")
 }
 
-// A LoseSession whose second step never ran (the process died) is
-// repaired by calling it again.
-func TestRedis_SessionLoseRetryRepairs(t *testing.T) {
+// A subscription whose registry entry was lost is written again when its
+// session resumes.
+func TestRedis_SessionResumeRegistersAgain(t *testing.T) {
 	t.Parallel()
 	s, p := sessSetup(t)
 	ctx := t.Context()
-	_, err := s.runSess(ctx, scriptSessLose, p.Tenant, p.Session, int64(150))
-	require.NoError(t, err)
-	require.Equal(t, 1, subscriberCount(t, s), "stale: the registry was not told")
+	require.NoError(t, s.client.Del(ctx, s.keys.subs(testTenant, "s")).Err())
+	require.Empty(t, subscribers(t, s))
 	require.NoError(t, s.LoseSession(ctx, p, time.Minute))
-	require.Zero(t, subscriberCount(t, s))
-	var got []store.LostSession
-	require.Eventually(t, func() bool {
-		l, err := s.ExpiredSessions(ctx, 0)
-		got = append(got, l...)
-		return err == nil && len(got) == 1
-	}, 5*time.Second, 5*time.Millisecond, "expires by the record's grace (150 ms), now in the index")
-	require.Equal(t, "a", got[0].Session.ID)
+	_, err := s.ResumeSession(ctx, testTenant, "tok", "n1")
+	require.NoError(t, err)
+	require.Equal(t, []store.Subscriber{{Session: "a", Node: "n1", Prefetch: 1}}, subscribers(t, s))
 }
 
-// A session resumed while its lost entry is still in the index (the
-// resume's second step is late) is claimed by ExpiredSessions but not
-// ended: its record holds a newer connection.
-func TestRedis_SessionExpireSkipsResumed(t *testing.T) {
+// An ended session's registry entries are removed.
+func TestRedis_SessionEndUnregisters(t *testing.T) {
 	t.Parallel()
 	s, p := sessSetup(t)
 	ctx := t.Context()
-	require.NoError(t, s.LoseSession(ctx, p, 100*time.Millisecond))
-	_, err := s.runSess(ctx, scriptSessResume, p.Tenant, p.Session, "tok", "n1", "", int64(0))
+	_, err := s.EndSession(ctx, p)
 	require.NoError(t, err)
-	k := s.keys.sessIndex()
-	var got []store.LostSession
-	require.Eventually(t, func() bool {
-		n, err := s.client.ZCard(ctx, k.lost).Result()
-		if err != nil {
-			return false
-		}
-		l, err := s.ExpiredSessions(ctx, 0)
-		got = append(got, l...)
-		return err == nil && n == 0
-	}, 5*time.Second, 5*time.Millisecond, "claimed")
-	require.Empty(t, got, "a resumed session is not returned")
-	sess, err := s.GetSession(ctx, p)
+	n, err := s.client.HLen(ctx, s.keys.subs(testTenant, "s")).Result()
 	require.NoError(t, err)
-	require.Equal(t, "n1", sess.Node)
+	require.Zero(t, n)
 }
 
 // A bus message of another envelope version is dropped; the next one of

@@ -1,7 +1,6 @@
--- sess_get.lua: read a session unless unknown or lost past its grace
--- (GetSession).
+-- sess_get.lua: a session's record (GetSession).
 --
--- KEYS[1] the session record
-local r, raw = live()
+-- KEYS: sesslib.lua. ARGV[1] member.
+local r, raw = live(ARGV[1])
 if not r then return NOT_FOUND end
-return unchanged(raw)
+return {'OK', raw}

@@ -1,11 +1,11 @@
--- sess_unsubscribe.lua: remove a subscription (Unsubscribe). Jobs counted
--- on it stay bound to the session.
+-- sess_unsubscribe.lua: remove a subscription (Unsubscribe); an unknown
+-- one is ignored.
 --
--- KEYS[1] the session record
--- ARGV[1] semaphore, ARGV[2] channel
-local r, raw = live()
+-- KEYS: sesslib.lua. ARGV[1] member, ARGV[2] semaphore, ARGV[3] channel.
+local m = ARGV[1]
+local r, raw = live(m)
 if not r then return NOT_FOUND end
-local i = sub_index(r, ARGV[1], ARGV[2])
-if not i then return unchanged(raw) end
+local i = sub_index(r, ARGV[2], ARGV[3])
+if not i then return {'OK', raw} end
 table.remove(r.subs, i)
-return save(r, raw, false)
+return save(m, r, r)

@@ -1,9 +1,9 @@
 -- sess_use.lua: record that the session may hold leases in a semaphore
 -- (UseSemaphore).
 --
--- KEYS[1] the session record
--- ARGV[1] semaphore
-local r, raw = live()
+-- KEYS: sesslib.lua. ARGV[1] member, ARGV[2] semaphore.
+local m = ARGV[1]
+local r, raw = live(m)
 if not r then return NOT_FOUND end
-if not use(r, ARGV[1]) then return unchanged(raw) end
-return save(r, raw, false)
+if not use(r, ARGV[2]) then return {'OK', raw} end
+return save(m, r, r)
