@@ -43,6 +43,17 @@ func TestConformanceJobsRapid(t *testing.T) {
 	storetest.RunJobsRapid(t, newStore)
 }
 
+func TestConformanceSessionsRapid(t *testing.T) {
+	storetest.RunSessionsRapid(t, newStore)
+}
+
+func TestConformanceSessionsRapidShared(t *testing.T) {
+	storetest.RunSessionsRapidShared(t, func(t *testing.T) (store.Store, store.Store) {
+		s := newStore(t)
+		return s, s
+	})
+}
+
 // fakeClock is a settable clock for Options.Now.
 type fakeClock struct {
 	mu  sync.Mutex

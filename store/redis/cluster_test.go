@@ -22,13 +22,7 @@ func startCluster(t *testing.T) []string { return testredis.StartCluster(t) }
 func TestCluster(t *testing.T) {
 	t.Parallel()
 	addrs := startCluster(t)
-	newClient := func(t *testing.T) *redis.ClusterClient {
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
-		t.Cleanup(func() { _ = c.Close() })
-		c.AddHook(&slotCheck{t: t})
-		require.Eventually(t, func() bool { return c.Ping(context.Background()).Err() == nil }, 10*time.Second, 50*time.Millisecond)
-		return c
-	}
+	newClient := func(t *testing.T) *redis.ClusterClient { return clusterClient(t, addrs) }
 	t.Run("Conformance", func(t *testing.T) {
 		storetest.Run(t, func(t *testing.T) store.Store {
 			return newStoreOn(t, newClient(t), testredis.Prefix(t))
@@ -40,4 +34,26 @@ func TestCluster(t *testing.T) {
 			return newStoreOn(t, newClient(t), prefix), newStoreOn(t, newClient(t), prefix)
 		})
 	})
+}
+
+// TestClusterSessionsRapid runs the randomised session state machine on a
+// three-master Redis Cluster, through two Stores acting as two nodes (each
+// operation goes through either).
+func TestClusterSessionsRapid(t *testing.T) {
+	t.Parallel()
+	addrs := startCluster(t)
+	storetest.RunSessionsRapidShared(t, func(t *testing.T) (store.Store, store.Store) {
+		prefix := testredis.Prefix(t)
+		return newStoreOn(t, clusterClient(t, addrs), prefix), newStoreOn(t, clusterClient(t, addrs), prefix)
+	})
+}
+
+// clusterClient returns a client of the cluster at addrs that fails the
+// test when a script names keys of two hash slots, closed at cleanup.
+func clusterClient(t *testing.T, addrs []string) *redis.ClusterClient {
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	t.Cleanup(func() { _ = c.Close() })
+	c.AddHook(&slotCheck{t: t})
+	require.Eventually(t, func() bool { return c.Ping(context.Background()).Err() == nil }, 10*time.Second, 50*time.Millisecond)
+	return c
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/semaphored/semaphored/internal/testredis"
 	"github.com/semaphored/semaphored/store"
+	"github.com/semaphored/semaphored/store/storetest"
 )
 
 const testTenant = "t1"
@@ -75,6 +76,23 @@ func redisNow(t *testing.T, c redis.UniversalClient) time.Time {
 	now, err := c.Time(t.Context()).Result()
 	require.NoError(t, err)
 	return now
+}
+
+// TestConformanceSessionsRapid and TestConformanceSessionsRapidShared run
+// the randomised session state machine on the shared test Redis (the other
+// Rapid suites are registered in main_test.go).
+func TestConformanceSessionsRapid(t *testing.T) {
+	storetest.RunSessionsRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
+}
+
+func TestConformanceSessionsRapidShared(t *testing.T) {
+	storetest.RunSessionsRapidShared(t, func(t *testing.T) (store.Store, store.Store) {
+		prefix := testredis.Prefix(t)
+		ca, cb := testredis.Client(t), testredis.Client(t)
+		ca.AddHook(&slotCheck{t: t})
+		cb.AddHook(&slotCheck{t: t})
+		return newStoreOn(t, ca, prefix), newStoreOn(t, cb, prefix)
+	})
 }
 
 func TestRedis_FencingSurvivesRestart(t *testing.T) {

@@ -3,10 +3,12 @@
 //
 // A store's tests call
 //
-//	storetest.Run(t, newStore)         // the bulk of the suite
-//	storetest.RunShared(t, newPair)    // two instances sharing state
-//	storetest.RunRapid(t, newStore)    // randomised state machine vs a model
-//	storetest.RunJobsRapid(t, newStore) // the same for async jobs
+//	storetest.Run(t, newStore)                    // the bulk of the suite
+//	storetest.RunShared(t, newPair)               // two instances sharing state
+//	storetest.RunRapid(t, newStore)               // randomised state machine vs a model
+//	storetest.RunJobsRapid(t, newStore)           // the same for async jobs
+//	storetest.RunSessionsRapid(t, newStore)       // the same for sessions and their bindings
+//	storetest.RunSessionsRapidShared(t, newPair)  // that, through two instances
 //
 // Run and RunShared include the session tests (sessions.go).
 //
