@@ -25,8 +25,7 @@ import "strings"
 //	P:{<tenant>/<name>}:jfin       zset: job seq -> finish ms (terminal jobs, retention)
 //	P:{<tenant>/<name>}:jidem      hash: job idempotency key -> job seq
 //	P:{<tenant>/<name>}:sbind      zset (scores 0): session bindings, "<session>\0L<lease id>",
-//	                               "<session>\0J<job id>"
-//	P:{<tenant>/<name>}:sinf       hash: "<session>\0<channel>" -> jobs bound on that subscription
+//	                               "<session>\0J<channel>\0<job id>"
 //
 //	P:sweep                        zset: "<tenant>/<name>" -> next due ms
 //	P:sems:<tenant>                zset (scores 0): semaphore names, for ListSemaphores
@@ -89,14 +88,13 @@ const (
 	kJFin
 	kJIdem
 	kSBind
-	kSInf
 	numSemKeys
 )
 
 var semKeySuffixes = [numSemKeys]string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
-	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind", ":sinf",
+	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind",
 }
 
 // sem returns the KEYS of every per-semaphore script.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,7 +28,7 @@ import (
 //
 // What a session holds is not in its record: the operation that grants a
 // lease or records a job's delivery binds it in the semaphore's own slot
-// (lib.lua sbind, sinf), and whatever ends the lease unbinds it. The
+// (lib.lua sbind), and whatever ends the lease unbinds it. The
 // record lists the semaphores to look in (sems); GetSession, ResumeSession,
 // EndSession and ExpiredSessions read the bindings there in one pipeline.
 //
@@ -257,10 +258,11 @@ func (s *Store) withBindings(ctx context.Context, sess store.Session) (store.Ses
 	}
 	for _, c := range cmds {
 		for _, m := range c.Val() {
-			kind, id := m[len(sess.ID)+1], m[len(sess.ID)+2:]
+			// "<session>\0L<lease id>" or "<session>\0J<channel>\0<job id>"
+			kind, rest := m[len(sess.ID)+1], m[len(sess.ID)+2:]
 			if kind == 'L' {
-				sess.Leases = append(sess.Leases, id)
-			} else {
+				sess.Leases = append(sess.Leases, rest)
+			} else if _, id, ok := strings.Cut(rest, "\x00"); ok {
 				sess.Jobs = append(sess.Jobs, id)
 			}
 		}
@@ -332,7 +334,7 @@ func (s *Store) Unsubscribe(ctx context.Context, p store.SessionParams, sub stor
 // sessions that no longer exist are removed on the way.
 func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel string) ([]store.Subscriber, error) {
 	regKey := s.keys.subs(tenant, semaphore)
-	res, err := scriptSubscribers.Run(ctx, s.client, []string{regKey, s.keys.sem(tenant, semaphore)[kSInf]}, channel).StringSlice()
+	res, err := scriptSubscribers.Run(ctx, s.client, []string{regKey, s.keys.sem(tenant, semaphore)[kSBind]}, channel).StringSlice()
 	if err != nil {
 		return nil, translate(err, nil)
 	}

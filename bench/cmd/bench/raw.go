@@ -26,7 +26,7 @@ import (
 var semKeySuffixes = []string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
-	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind", ":sinf",
+	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind",
 }
 
 func semKeys(prefix, tenant, name string) []string {

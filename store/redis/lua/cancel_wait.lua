@@ -4,7 +4,7 @@
 -- jobs dispatched); a waiter granted in the meantime gets its lease, which
 -- the caller returns or releases, so no permit leaks.
 --
--- KEYS: the 20 semaphore keys listed in lib.lua.
+-- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5] waiter id
 --

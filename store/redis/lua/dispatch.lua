@@ -1,7 +1,7 @@
 -- dispatch.lua: dispatch up to max queued jobs that fit now (it is a function of
 -- the lib.lua library), after dropping expired leases.
 --
--- KEYS: the 20 semaphore keys listed in lib.lua.
+-- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5] max jobs (<= 0: lib.lua DISPATCH_BATCH)
 --

@@ -1,7 +1,7 @@
 -- extend.lua: move a live lease's expiry to now + ttl (it is a function of
 -- the lib.lua library). A job's lease keeps its job inflight longer.
 --
--- KEYS: the 20 semaphore keys listed in lib.lua.
+-- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5] lease id
 -- ARGV[6] ttl ms (> 0)

@@ -33,13 +33,14 @@
 --   KEYS[18] jidem      hash: job idempotency key -> job seq
 --   KEYS[19] sbind      zset, all scores 0: what websocket sessions hold here,
 --                       "<session>\0L<lease id>" (a sync lease) and
---                       "<session>\0J<job id>" (a delivered job's lease)
---   KEYS[20] sinf       hash: "<session>\0<channel>" -> jobs bound to the session's
---                       subscription (Subscribers' Inflight)
+--                       "<session>\0J<channel>\0<job id>" (a job delivered to
+--                       it through its subscription to channel): a ZLEXCOUNT of
+--                       "<session>\0J<channel>\0" is that subscription's load
 --
--- A lease bound to a session carries s (session) and, for a job's lease,
--- sc (the subscription's channel) in its JSON; drop_lease unbinds it, so
--- whatever ends a lease ends its binding in the same call.
+-- A sync lease bound to a session carries s (session) in its JSON, and
+-- drop_lease unbinds it; a job delivered to a session carries ss and sc
+-- (session, subscription channel) in its meta, and whatever ends its lease
+-- unbinds it (unbind_job) in the same call.
 -- ARGV[1] = prefix of the node pub/sub channels ("sd:node:"): a grant to
 -- a waiter is pushed by PUBLISH ARGV[1]..<node id> <waiter id>.
 -- ARGV[2] = 16 random hex characters and ARGV[3] = "." .. base64url(name):
@@ -67,7 +68,7 @@ local K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE
 local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT
 local K_GRANTED, K_IDEM
 local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
-local K_SBIND, K_SINF
+local K_SBIND
 local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
@@ -112,7 +113,7 @@ local function begin(keys, args)
   K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
   K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
-  K_SBIND, K_SINF = KEYS[19], KEYS[20]
+  K_SBIND = KEYS[19]
   NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
   LOCAL_GRANTS = {}
   EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
@@ -230,25 +231,29 @@ end
 -- the job id of a job seq (defined with the jobs below)
 local job_id
 
--- ends the binding of lease l to its session (l.s): the lease ended, or
--- its job is delivered again
+-- ends the binding of sync lease l to its session (l.s): it ended
 local function unbind(l)
-  if l.j then
-    redis.call('ZREM', K_SBIND, l.s .. '\0J' .. job_id(l.j) .. ID_SUFFIX)
-    local f = l.s .. '\0' .. (l.sc or '')
-    if redis.call('HINCRBY', K_SINF, f, -1) <= 0 then redis.call('HDEL', K_SINF, f) end
-  else
-    redis.call('ZREM', K_SBIND, l.s .. '\0L' .. l.id)
-  end
-  l.s, l.sc = nil, nil
+  redis.call('ZREM', K_SBIND, l.s .. '\0L' .. l.id)
+  l.s = nil
 end
 
--- binds the lease l of an inflight job to session ss, counted on its
--- subscription to channel sc (the caller saves l)
-local function bind_job(l, ss, sc)
-  l.s, l.sc = ss, sc
-  redis.call('ZADD', K_SBIND, 0, ss .. '\0J' .. job_id(l.j) .. ID_SUFFIX)
-  redis.call('HINCRBY', K_SINF, ss .. '\0' .. sc, 1)
+local function job_member(seq, ss, sc)
+  return ss .. '\0J' .. sc .. '\0' .. job_id(seq) .. ID_SUFFIX
+end
+
+-- binds inflight job seq (meta m) to session ss, counted on its
+-- subscription to channel sc (the caller saves m)
+local function bind_job(seq, m, ss, sc)
+  m.ss, m.sc = ss, sc
+  redis.call('ZADD', K_SBIND, 0, job_member(seq, ss, sc))
+end
+
+-- ends the binding of job seq (meta m) to a session, if any: its lease
+-- ended, or it is delivered again (the caller saves m)
+local function unbind_job(seq, m)
+  if not m.ss then return end
+  redis.call('ZREM', K_SBIND, job_member(seq, m.ss, m.sc or ''))
+  m.ss, m.sc = nil, nil
 end
 
 -- ends a lease (release or expiry); returns the decoded lease or nil. raw:
@@ -523,6 +528,7 @@ end
 local function job_lease_expired(conf, l, now)
   local m, pay = job_load(l.j)
   if not m or m.l ~= l.id then return end
+  unbind_job(l.j, m)
   count_inflight(job_chan(m), -1)
   job_retry(conf, l.j, m, pay, string.format('lease expired after %d attempts', m.a or 0), now)
 end
@@ -758,6 +764,7 @@ local function op_release(conf, now, id)
     local m, pay = job_load(l.j)
     if m and m.l == id then
       count_inflight(job_chan(m), -1)
+      unbind_job(l.j, m)
       job_finish(l.j, m, pay, 'D', '', now)
     end
   end
@@ -863,6 +870,7 @@ local function op_transition(conf, now, a, i)
   local function free()
     local l = drop_lease(m.l)
     m.l = nil
+    unbind_job(seq, m)
     count_inflight(c, -1)
     if l then grant_domain(conf, l.c, now) end
   end
@@ -898,18 +906,12 @@ local function op_transition(conf, now, a, i)
     if act == 'delivered' then
       m.r, m.ua = a[i + 4], now
       hold(tonumber(a[i + 6]))
-      local raw = redis.call('HGET', K_LEASES, m.l)
-      if raw then
-        local l = cjson.decode(raw)
-        if l.s or a[i + 8] ~= '' then
-          if l.s then unbind(l) end
-          if a[i + 8] ~= '' then bind_job(l, a[i + 8], a[i + 9]) end
-          redis.call('HSET', K_LEASES, m.l, cjson.encode(l))
-        end
-      end
+      unbind_job(seq, m)
+      if a[i + 8] ~= '' then bind_job(seq, m, a[i + 8], a[i + 9]) end
       job_save(seq, m, pay)
     elseif act == 'handoff' then
       m.r, m.ua = a[i + 4], now
+      unbind_job(seq, m)
       if m.r == '' then m.r = 'semaphore' end
       if a[i + 7] ~= '' then m.h = cjson.decode(a[i + 7]) end
       if m.h and m.h.h then

@@ -3,7 +3,7 @@
 -- the lib.lua library). Scheduled jobs are found by walking the queues, terminal ones
 -- through the finished set.
 --
--- KEYS: the 20 semaphore keys listed in lib.lua.
+-- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5] status letter: S, D, E, T or C
 --

@@ -1,7 +1,7 @@
 -- set_suspended.lua: suspend or resume dispatching of queued jobs (a
 -- function of the lib.lua library); a resume dispatches what fits at once.
 --
--- KEYS: the 20 semaphore keys listed in lib.lua.
+-- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5] 1 to suspend, 0 to resume
 --

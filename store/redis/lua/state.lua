@@ -2,7 +2,7 @@
 -- dropping expired leases (granting the permits they held, dispatching
 -- queued jobs); it is a function of the lib.lua library.
 --
--- KEYS: the 20 semaphore keys listed in lib.lua.
+-- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 --
 -- Returns {'ok', max, scope, used (flat HGETALL: "t"/"c:<channel>" ->

@@ -5,7 +5,7 @@
 -- waiters of every domain, dispatch queued jobs, and forget terminal jobs
 -- past their retention.
 --
--- KEYS: the 20 semaphore keys listed in lib.lua.
+-- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5] job retention ms, ARGV[6] max terminal jobs forgotten
 --
