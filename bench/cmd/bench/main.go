@@ -486,7 +486,7 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 		}
 	}
 	if b.hasHub() && b.want(g+" websocket") {
-		if err := b.wsFunnel(g, e); err != nil {
+		if err := b.wsFunnel(g, e, onRedis); err != nil {
 			b.add(row{group: g, name: "async funnel over websocket", unit: "jobs/s", note: label(err)})
 		}
 		if err := b.wsIdleRSS(g, e, sp.cmd.Process.Pid); err != nil {
