@@ -116,16 +116,24 @@ func (s *Server) serveWS(c echo.Context) error {
 	}
 	k := callerKey(c)
 	w := &wsConn{srv: s, tenant: k.Tenant}
-	err = s.hub.Serve(c.Request().Context(), conn, hub.ServeParams{
+	p := hub.ServeParams{
 		Tenant: k.Tenant,
 		KeyID:  k.ID,
 		Open:   w.welcome,
 		Handle: w.handle,
 		End:    s.svc.SessionLost,
-	})
-	if err != nil && !errors.Is(err, hub.ErrStopped) {
-		s.log.Warn("websocket session failed", "err", err)
 	}
+	// The connection is the hub's now: the handler returns, so that this
+	// request's goroutine, its deep stack and net/http's state for it are
+	// freed while the session lives on (an idle session costs less). The
+	// session's context keeps the request's values, not its end; the hub
+	// tracks the session until it ends (Hub.Stop waits for it).
+	ctx := context.WithoutCancel(c.Request().Context())
+	go func() {
+		if err := s.hub.Serve(ctx, conn, p); err != nil && !errors.Is(err, hub.ErrStopped) {
+			s.log.Warn("websocket session failed", "err", err)
+		}
+	}()
 	return nil
 }
 

@@ -11,13 +11,21 @@ import (
 )
 
 // Write coalescing (STYLE 11). The websocket library flushes every frame
-// to the connection on its own, one write system call each. A session's
-// writer that finds several frames queued corks the connection, writes
-// them all, and uncorks: they leave in one system call.
+// to the connection on its own, one write system call each (two for a
+// frame larger than its buffer). A session's writer corks the connection,
+// writes the frame and every frame queued behind it, and uncorks: they
+// leave in one system call.
 
 // maxCorked bounds the bytes gathered while corked; past it, writes go
-// through at once.
-const maxCorked = 64 << 10
+// through at once. keptCorked is the buffer a session keeps between
+// bursts; writeBuffer the websocket library's own write buffer, small
+// since every write is corked (a frame larger than it still leaves in
+// one write).
+const (
+	maxCorked   = 64 << 10
+	keptCorked  = 4 << 10
+	writeBuffer = 512
+)
 
 // corkConn is the network connection under a websocket. While corked,
 // writes gather in memory; uncork sends them in one write. Writes are
@@ -67,8 +75,8 @@ func (c *corkConn) flushLocked() error {
 		return nil
 	}
 	_, err := c.Conn.Write(c.buf)
-	if cap(c.buf) > 4*maxCorked {
-		c.buf = nil
+	if cap(c.buf) > keptCorked {
+		c.buf = nil // an idle session keeps no burst's buffer
 	} else {
 		c.buf = c.buf[:0]
 	}
@@ -90,7 +98,7 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	// The handshake's response was flushed to nc by the hijack; what the
 	// library writes from now on goes through the cork.
 	w.conn = &corkConn{Conn: nc}
-	return w.conn, bufio.NewReadWriter(brw.Reader, bufio.NewWriterSize(w.conn, brw.Writer.Size())), nil
+	return w.conn, bufio.NewReadWriter(brw.Reader, bufio.NewWriterSize(w.conn, writeBuffer)), nil
 }
 
 // Conn is an accepted websocket connection, ready for Serve.

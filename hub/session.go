@@ -253,7 +253,7 @@ func (s *Session) writeLoop() {
 			// Frames queued behind this one leave with it, in one write
 			// to the connection (corked), however many there are now.
 			more := len(s.send)
-			corked := more > 0 && s.cork != nil
+			corked := s.cork != nil
 			if corked {
 				s.cork.cork()
 			}

@@ -195,7 +195,16 @@ const benchSessions = 2000
 // and how many sessions 1 GiB of RSS holds. b.N is ignored: use
 // -benchtime 1x.
 func BenchmarkWebsocketIdleSession(b *testing.B) {
-	inst := start(b, "idle", []string{"--admin-key", adminKey, "--log-level", "error"}, "SEMAPHORED_LOG_LEVEL=error")
+	b.Run("memory", func(b *testing.B) { benchIdle(b, nil) })
+	b.Run("redis", func(b *testing.B) {
+		benchIdle(b, []string{"--redis-url", testredis.URL(b), "--redis-prefix", "idle-" + strings.TrimSuffix(testredis.Prefix(b), ":")})
+	})
+}
+
+// benchIdle opens benchSessions idle sessions on a semaphored started with
+// extra flags and reports the server's RSS and heap growth per session.
+func benchIdle(b *testing.B, extra []string) {
+	inst := start(b, "idle", append([]string{"--admin-key", adminKey, "--log-level", "error"}, extra...), "SEMAPHORED_LOG_LEVEL=error")
 	pid := inst.cmd.Process.Pid
 	settle := func() (rss, heap int64) {
 		time.Sleep(2 * time.Second) // let the process's GC settle (idle: little garbage)
