@@ -2,6 +2,8 @@ package hub
 
 import (
 	"bufio"
+	"bytes"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -25,6 +27,7 @@ const (
 	maxCorked   = 64 << 10
 	keptCorked  = 4 << 10
 	writeBuffer = 512
+	readBuffer  = 1 << 10
 )
 
 // corkConn is the network connection under a websocket. While corked,
@@ -96,9 +99,19 @@ func (w *corkWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	// The handshake's response was flushed to nc by the hijack; what the
-	// library writes from now on goes through the cork.
+	// library writes from now on goes through the cork. It reads through
+	// a buffer of its own, smaller than net/http's, holding what the
+	// client sent after its handshake.
 	w.conn = &corkConn{Conn: nc}
-	return w.conn, bufio.NewReadWriter(brw.Reader, bufio.NewWriterSize(w.conn, writeBuffer)), nil
+	early, err := brw.Reader.Peek(brw.Reader.Buffered())
+	if err != nil {
+		return nil, nil, err
+	}
+	r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), max(readBuffer, len(early)))
+	if _, err := r.Peek(len(early)); err != nil {
+		return nil, nil, err
+	}
+	return w.conn, bufio.NewReadWriter(r, bufio.NewWriterSize(w.conn, writeBuffer)), nil
 }
 
 // Conn is an accepted websocket connection, ready for Serve.

@@ -1,7 +1,11 @@
 package hub
 
 import (
+	"bufio"
+	"io"
 	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,4 +55,33 @@ func TestCorkConn_CoalescesWrites(t *testing.T) {
 	require.Len(t, under.writes[3], maxCorked)
 	require.NoError(t, c.uncork(time.Second))
 	require.Len(t, under.writes, 4)
+}
+
+// hijacker is a ResponseWriter whose connection comes with bytes the
+// client sent after its handshake, already buffered.
+type hijacker struct {
+	http.ResponseWriter
+	nc  net.Conn
+	brw *bufio.ReadWriter
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) { return h.nc, h.brw, nil }
+
+func TestCorkWriter_KeepsEarlyBytes(t *testing.T) {
+	server, client := net.Pipe()
+	defer server.Close()
+	defer client.Close()
+	br := bufio.NewReader(io.MultiReader(strings.NewReader("early|"), server))
+	_, err := br.Peek(len("early|"))
+	require.NoError(t, err)
+	h := &hijacker{nc: server, brw: bufio.NewReadWriter(br, bufio.NewWriter(server))}
+	cw := &corkWriter{ResponseWriter: h}
+	nc, brw, err := cw.Hijack()
+	require.NoError(t, err)
+	require.Equal(t, cw.conn, nc)
+	go func() { _, _ = client.Write([]byte("later")) }()
+	got := make([]byte, len("early|later"))
+	_, err = io.ReadFull(brw.Reader, got)
+	require.NoError(t, err)
+	require.Equal(t, "early|later", string(got), "what was buffered first, then the connection")
 }

@@ -55,9 +55,18 @@ type Session struct {
 	conn   *websocket.Conn
 	cork   *corkConn // coalesces the writes of a burst (nil: none)
 	tenant string
-	send   chan []byte
-	ctx    context.Context // ends when the connection ends
-	cancel context.CancelFunc
+	// The send queue: frames waiting to be written, at most SendQueue. A
+	// writer goroutine runs while it is not empty (none for an idle
+	// session), started by the frame that finds none running.
+	wmu     sync.Mutex
+	queue   [][]byte
+	spare   [][]byte      // the writer's last batch, for reuse
+	writing bool          // a writer runs
+	ended   bool          // the connection ended: nothing is queued any more
+	room    chan struct{} // closed (and replaced) when the writer takes the queue
+	writers sync.WaitGroup
+	ctx     context.Context // ends when the connection ends
+	cancel  context.CancelFunc
 
 	keyID     string
 	slots     chan struct{}  // waiting acquires running (Go)
@@ -123,7 +132,7 @@ func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
 	token := randomID(32)
 	s := &Session{
 		hub: h, conn: conn, cork: c.cork, tenant: p.Tenant, keyID: p.KeyID, id: randomID(16),
-		send:    make(chan []byte, h.cfg.SendQueue),
+		room:    make(chan struct{}),
 		slots:   make(chan struct{}, maxWaiting),
 		workers: make(chan struct{}, maxRequests),
 		leases:  make(map[string]bool),
@@ -155,11 +164,6 @@ func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
 		return ErrStopped
 	}
 
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		s.writeLoop()
-	}()
 	if p.Open != nil {
 		p.Open(s, token)
 	}
@@ -186,7 +190,10 @@ func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
 	}
 	timer.Stop()
 	s.cancel()
-	<-writerDone
+	s.wmu.Lock()
+	s.ended = true // no writer starts after this
+	s.wmu.Unlock()
+	s.writers.Wait()
 	s.closeOnce.Do(func() {}) // a close from now on has nothing to do
 	s.tasks.Wait()
 	_ = conn.CloseNow()
@@ -242,35 +249,51 @@ func (h *Hub) endSession(s *Session, readErr error, p ServeParams) {
 	}
 }
 
-// writeLoop writes queued frames, each under WriteTimeout, until the
-// connection ends.
-func (s *Session) writeLoop() {
+// writer writes the queued frames until the queue is empty, then ends.
+// The frames it finds queued leave together, in one write to the
+// connection (corked), each under WriteTimeout.
+func (s *Session) writer() {
+	defer s.writers.Done()
 	for {
-		select {
-		case <-s.ctx.Done():
+		s.wmu.Lock()
+		batch := s.queue
+		if len(batch) == 0 || s.ctx.Err() != nil {
+			s.writing = false
+			s.wmu.Unlock()
 			return
-		case msg := <-s.send:
-			// Frames queued behind this one leave with it, in one write
-			// to the connection (corked), however many there are now.
-			more := len(s.send)
-			corked := s.cork != nil
-			if corked {
-				s.cork.cork()
+		}
+		s.queue, s.spare = s.spare[:0], nil
+		close(s.room) // senders waiting for room go on
+		s.room = make(chan struct{})
+		s.wmu.Unlock()
+
+		if s.cork != nil {
+			s.cork.cork()
+		}
+		var err error
+		for _, msg := range batch {
+			if err = s.write(msg); err != nil {
+				break
 			}
-			err := s.write(msg)
-			for ; err == nil && more > 0; more-- {
-				err = s.write(<-s.send)
+		}
+		if s.cork != nil {
+			if uerr := s.cork.uncork(s.hub.cfg.WriteTimeout); err == nil {
+				err = uerr
 			}
-			if corked {
-				if uerr := s.cork.uncork(s.hub.cfg.WriteTimeout); err == nil {
-					err = uerr
-				}
-			}
-			if err != nil {
-				s.setReason(reasonSlow)
-				_ = s.conn.CloseNow()
-				return
-			}
+		}
+		clear(batch)
+		s.wmu.Lock()
+		if s.spare == nil && cap(batch) <= 2*s.hub.cfg.SendQueue {
+			s.spare = batch[:0]
+		}
+		s.wmu.Unlock()
+		if err != nil {
+			s.setReason(reasonSlow)
+			_ = s.conn.CloseNow()
+			s.wmu.Lock()
+			s.writing = false
+			s.wmu.Unlock()
+			return
 		}
 	}
 }
@@ -308,24 +331,41 @@ func (s *Session) Send(frame any) bool {
 }
 
 func (s *Session) sendRaw(b []byte) bool {
-	if s.ctx.Err() != nil {
-		return false
-	}
-	select {
-	case s.send <- b:
-		return true
-	default:
-	}
-	t := time.NewTimer(s.hub.cfg.WriteTimeout)
-	defer t.Stop()
-	select {
-	case s.send <- b:
-		return true
-	case <-s.ctx.Done():
-		return false
-	case <-t.C:
-		s.close(reasonSlow, ClosePolicy, "send queue full: the client stopped reading")
-		return false
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	for {
+		s.wmu.Lock()
+		if s.ended || s.ctx.Err() != nil {
+			s.wmu.Unlock()
+			return false
+		}
+		if len(s.queue) < s.hub.cfg.SendQueue {
+			s.queue = append(s.queue, b)
+			if !s.writing {
+				s.writing = true
+				s.writers.Add(1)
+				go s.writer()
+			}
+			s.wmu.Unlock()
+			return true
+		}
+		room := s.room
+		s.wmu.Unlock()
+		if t == nil {
+			t = time.NewTimer(s.hub.cfg.WriteTimeout)
+		}
+		select {
+		case <-room:
+		case <-s.ctx.Done():
+			return false
+		case <-t.C:
+			s.close(reasonSlow, ClosePolicy, "send queue full: the client stopped reading")
+			return false
+		}
 	}
 }
 
