@@ -138,6 +138,11 @@ func setupWS(t *testing.T, n int, o wsOptions) *wsEnv {
 		hs := httptest.NewUnstartedServer(srv.Handler())
 		// as cmd/semaphored does: websockets must outlive these
 		hs.Config.ReadTimeout, hs.Config.WriteTimeout = 300*time.Millisecond, 300*time.Millisecond
+		// An idle keep-alive connection would otherwise be closed after
+		// ReadTimeout, and a POST the client sends on it just then fails
+		// with EOF (it is not retried): the tests' HTTP calls are not what
+		// this setup is about.
+		hs.Config.IdleTimeout = time.Minute
 		hs.Start()
 		t.Cleanup(func() {
 			wsHub.Stop() // closes the hijacked connections httptest does not track
