@@ -39,7 +39,7 @@ const (
 // created). Documented in api/openapi.yaml.
 const (
 	CloseGoingAway = 1001 // the server is shutting down: resume on another instance
-	ClosePolicy    = 1008 // no frame for 3 heartbeats, or the client reads too slowly (send queue full)
+	ClosePolicy    = 1008 // no frame for 3 heartbeats, or the client stopped reading (send queue full for WriteTimeout)
 	CloseResumed   = 4001 // the session was resumed by another connection
 	// CloseKeyRevoked: the API key the connection opened with was revoked;
 	// the session ends (close reason "key_revoked").
@@ -73,7 +73,9 @@ type Config struct {
 	// AckTimeout is how long a pushed job waits for the session's ack.
 	AckTimeout time.Duration
 	// SendQueue bounds the frames waiting to be written to one connection;
-	// a client that lets it fill up is closed (slow consumer).
+	// when it is full, senders wait for room (the connection's reader
+	// stops: backpressure), and a client that lets it stay full for
+	// WriteTimeout is closed (it stopped reading).
 	SendQueue int
 	// WriteTimeout bounds every write to a connection.
 	WriteTimeout time.Duration

@@ -41,7 +41,7 @@ const (
 	reasonNone      closeReason = iota // the client closed it, or it broke
 	reasonShutdown                     // Hub.Stop
 	reasonHeartbeat                    // no frame for 3 heartbeats
-	reasonSlow                         // send queue full or a write timed out
+	reasonSlow                         // send queue full for WriteTimeout, or a write failed
 	reasonDisplaced                    // the session was resumed by another connection
 	reasonRevoked                      // its API key was revoked: the session ends
 )
