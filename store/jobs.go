@@ -14,6 +14,17 @@ var (
 	ErrStaleLease   = errors.New("store: stale job lease") // the job is no longer held by that lease (expired and redelivered, released, ...)
 )
 
+// Messages both stores give, written once (the Redis store's scripts get
+// them generated, see store/redis/consts.go).
+const (
+	// MsgInvalidTransition formats an ErrInvalidState of a transition:
+	// action, then the job's status ("release of a done job").
+	MsgInvalidTransition = "%s of a %s job"
+	// MsgGaveUp formats the error of a job whose lease expired with its
+	// attempts exhausted (ActRetry without a message): the attempts.
+	MsgGaveUp = "gave up after %d attempts"
+)
+
 // JobStatus is where a job is in its life (SPEC §1).
 type JobStatus string
 

@@ -31,6 +31,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -44,11 +45,20 @@ var (
 	ErrLeaseNotFound     = errors.New("store: lease not found")     // unknown, released or expired lease
 	ErrNoPermit          = errors.New("store: no permit")           // no permit within the wait
 	ErrKeyNotFound       = errors.New("store: key not found")       // unknown or revoked API key
+	ErrKeyExists         = errors.New("store: key exists")          // key id or secret hash taken
 	ErrTenantExists      = errors.New("store: tenant exists")       // tenant name taken
 	ErrTenantNotFound    = errors.New("store: tenant not found")
 	ErrWeightTooLarge    = errors.New("store: weight exceeds maxValue") // can never be granted
 	ErrUnavailable       = errors.New("store: unavailable")             // store unreachable
+	// ErrInvalidParams: parameters the service layer should have
+	// normalized (see SemaphoreConfig.Check). Stores refuse them alike and
+	// change nothing; users never see it, semaphore/ validates first.
+	ErrInvalidParams = errors.New("store: invalid parameters")
 )
+
+// DefaultLeaseTTL is a lease's ttl when neither the request nor the
+// semaphore's config sets one.
+const DefaultLeaseTTL = 60 * time.Second
 
 // Scope of a semaphore's maxValue.
 const (
@@ -71,6 +81,23 @@ type SemaphoreConfig struct {
 	OnSessionLost   string
 	OnDeliveryError string
 	Extra           []byte // opaque JSON (routes, mapping), stored verbatim
+}
+
+// Check reports a config no store accepts: the service layer (semaphore/)
+// applies defaults and user-facing validation before, so stores receive
+// only normalized configs and refuse the rest alike (ErrInvalidParams).
+func (c SemaphoreConfig) Check() error {
+	switch {
+	case c.MaxValue < 1:
+		return fmt.Errorf("%w: maxValue %d < 1", ErrInvalidParams, c.MaxValue)
+	case c.MaxValueScope != ScopeTotal && c.MaxValueScope != ScopeChannel:
+		return fmt.Errorf("%w: maxValueScope %q", ErrInvalidParams, c.MaxValueScope)
+	case c.LeaseTimeout < 0:
+		return fmt.Errorf("%w: leaseTimeout %v < 0", ErrInvalidParams, c.LeaseTimeout)
+	case c.MaxAttempts < 0:
+		return fmt.Errorf("%w: maxAttempts %d < 0", ErrInvalidParams, c.MaxAttempts)
+	}
+	return nil
 }
 
 // Semaphore is a stored semaphore: its name, config and bookkeeping.
@@ -135,7 +162,9 @@ type ReleaseParams struct {
 	LeaseID string
 }
 
-// ExtendParams sets a lease's expiry to now+TTL (store clock).
+// ExtendParams sets a lease's expiry to now+TTL (store clock); TTL ≤ 0
+// means the semaphore's leaseTimeout (else DefaultLeaseTTL), as for
+// AcquireParams.
 type ExtendParams struct {
 	Tenant  string
 	LeaseID string

@@ -486,7 +486,7 @@ func (s *Store) apply(sem *semaphore, j *jobEntry, p store.TransitionParams, now
 		s.dropJobLease(sem, j)
 		msg := p.Error
 		if msg == "" {
-			msg = fmt.Sprintf("gave up after %d attempts", j.job.Attempts)
+			msg = fmt.Sprintf(store.MsgGaveUp, j.job.Attempts)
 		}
 		s.retryOrTimeout(sem, j, msg, now)
 	case store.ActSuspend:
@@ -534,7 +534,7 @@ func (s *Store) hold(sem *semaphore, j *jobEntry, ttl time.Duration, now time.Ti
 }
 
 func invalidState(a store.JobAction, s store.JobStatus) error {
-	return fmt.Errorf("%w: %s of a %s job", store.ErrInvalidState, a, s)
+	return fmt.Errorf("%w: "+store.MsgInvalidTransition, store.ErrInvalidState, a, s)
 }
 
 // PurgeJobs implements store.JobStore. Inflight jobs hold permits and

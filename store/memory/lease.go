@@ -44,7 +44,7 @@ func normalize(p store.AcquireParams) acquireRequest {
 	return acquireRequest{p}
 }
 
-// leaseTTL returns ttl, else the semaphore's LeaseTimeout, else defaultTTL.
+// leaseTTL returns ttl, else the semaphore's LeaseTimeout, else store.DefaultLeaseTTL.
 func leaseTTL(ttl time.Duration, sem *semaphore) time.Duration {
 	if ttl > 0 {
 		return ttl
@@ -52,7 +52,7 @@ func leaseTTL(ttl time.Duration, sem *semaphore) time.Duration {
 	if lt := sem.info.Config.LeaseTimeout; lt > 0 {
 		return lt
 	}
-	return defaultTTL
+	return store.DefaultLeaseTTL
 }
 
 // Acquire implements store.Store.

@@ -23,10 +23,6 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// defaultTTL is used when neither the request nor the semaphore's
-// LeaseTimeout gives a positive lease lifetime.
-const defaultTTL = 60 * time.Second
-
 // defaultListLimit is the page size of ListSemaphores when none is given.
 const defaultListLimit = 100
 
@@ -146,6 +142,9 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 		return store.Semaphore{}, false, err
 	}
 	defer s.unlock()
+	if err := p.Config.Check(); err != nil {
+		return store.Semaphore{}, false, err
+	}
 	now := s.now()
 	cfg := p.Config
 	cfg.Extra = bytes.Clone(cfg.Extra)

@@ -155,9 +155,9 @@ func TestStore_DefaultTTL(t *testing.T) {
 	s, clock := setup(t, 2, store.ScopeTotal)
 	l, err := s.Acquire(ctx, acquireParams(0))
 	require.NoError(t, err)
-	require.Equal(t, clock.Now().Add(defaultTTL), l.ExpiresAt, "no ttl and no leaseTimeout")
+	require.Equal(t, clock.Now().Add(store.DefaultLeaseTTL), l.ExpiresAt, "no ttl and no leaseTimeout")
 	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{
-		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 2, LeaseTimeout: 7 * time.Second},
+		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 2, LeaseTimeout: 7 * time.Second},
 	})
 	require.NoError(t, err)
 	l, err = s.Acquire(ctx, acquireParams(0))
@@ -184,7 +184,7 @@ func TestStore_TokensSeededFromClock(t *testing.T) {
 	clock.Add(time.Second)
 	s2 := New(Options{Now: clock.Now})
 	t.Cleanup(func() { require.NoError(t, s2.Close()) })
-	_, _, err := s2.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 1}})
+	_, _, err := s2.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1}})
 	require.NoError(t, err)
 	l, err := s2.Acquire(ctx, acquireParams(time.Second))
 	require.NoError(t, err)
@@ -244,7 +244,7 @@ func TestStore_LoweredBelowWaiterWeight(t *testing.T) {
 		errc <- err
 	}()
 	requireWaiting(t, s, 1)
-	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 2}})
+	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 2}})
 	require.NoError(t, err)
 	select {
 	case err := <-errc:
@@ -384,7 +384,7 @@ func TestStore_FencingCounterSurvivesDelete(t *testing.T) {
 	l1, err := s.Acquire(ctx, acquireParams(time.Minute))
 	require.NoError(t, err)
 	require.NoError(t, s.DeleteSemaphore(ctx, "t", "s"))
-	_, created, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 1}})
+	_, created, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1}})
 	require.NoError(t, err)
 	require.True(t, created)
 	l2, err := s.Acquire(ctx, acquireParams(time.Minute))
@@ -403,7 +403,7 @@ func setupJobs(t *testing.T, maxValue int64) (*Store, *fakeClock, *events) {
 	s.SetJobListener(ev.add)
 	_, _, err := s.PutSemaphore(t.Context(), store.PutSemaphoreParams{
 		Tenant: "t", Name: "s",
-		Config: store.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: 10 * time.Second, MaxAttempts: 2},
+		Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: maxValue, LeaseTimeout: 10 * time.Second, MaxAttempts: 2},
 	})
 	require.NoError(t, err)
 	return s, clock, ev
@@ -570,7 +570,7 @@ func TestStore_JobDispatchBatch(t *testing.T) {
 		enqueue(t, s, `1`)
 	}
 	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{
-		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValue: 200, LeaseTimeout: time.Minute},
+		Tenant: "t", Name: "s", Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 200, LeaseTimeout: time.Minute},
 	})
 	require.NoError(t, err)
 	jobs, err := s.DispatchJobs(ctx, store.DispatchParams{Tenant: "t", Semaphore: "s", Max: 1})

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"context"
+	"fmt"
 	"sort"
 
 	"github.com/semaphored/semaphored/store"
@@ -52,8 +53,14 @@ func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = s.now()
 	}
-	if old, ok := s.keys[k.ID]; ok {
-		delete(s.keyIDByHash, old.Hash)
+	if k.ID == "" || k.Hash == "" {
+		return fmt.Errorf("%w: key without id or hash", store.ErrInvalidParams)
+	}
+	if _, ok := s.keys[k.ID]; ok {
+		return fmt.Errorf("%w: id %q", store.ErrKeyExists, k.ID)
+	}
+	if _, ok := s.keyIDByHash[k.Hash]; ok {
+		return fmt.Errorf("%w: a key with this secret", store.ErrKeyExists)
 	}
 	s.keys[k.ID] = k
 	s.keyIDByHash[k.Hash] = k.ID

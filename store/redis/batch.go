@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/semaphored/semaphored/store"
@@ -186,8 +185,7 @@ func parseOpResult(v any) batchResult {
 	}
 	st, _ := r[0].(string)
 	raw, _ := r[1].(string)
-	if strings.HasPrefix(st, "SD_") {
-		err := translate(errors.New(st), nil)
+	if err := codeError(st); err != nil {
 		if raw != "" {
 			err = fmt.Errorf("%w: %s", err, raw)
 		}

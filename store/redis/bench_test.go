@@ -51,7 +51,7 @@ func BenchmarkHandoff(b *testing.B) {
 	bs := newStoreOn(b, testredis.Client(b), prefix)
 	ctx := context.Background()
 	_, _, err := a.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: testTenant, Name: "h",
-		Config: store.SemaphoreConfig{MaxValue: 1, LeaseTimeout: time.Minute}})
+		Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute}})
 	require.NoError(b, err)
 	holder, err := bs.Acquire(ctx, store.AcquireParams{Tenant: testTenant, Semaphore: "h", TTL: time.Minute})
 	require.NoError(b, err)
@@ -96,7 +96,7 @@ func BenchmarkEnqueueDispatchRelease(b *testing.B) {
 	s := newStoreOn(b, testredis.Client(b), testredis.Prefix(b))
 	ctx := context.Background()
 	_, _, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: testTenant, Name: "jobs",
-		Config: store.SemaphoreConfig{MaxValue: 100, LeaseTimeout: time.Minute, MaxAttempts: 3}})
+		Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 100, LeaseTimeout: time.Minute, MaxAttempts: 3}})
 	require.NoError(b, err)
 	var enqueuedAt sync.Map // job id -> time.Time
 	dispatched := make(chan store.Job, b.N+200)

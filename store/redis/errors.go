@@ -11,20 +11,13 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// Error replies of the scripts (redis.error_reply), mapped in translate.
-var scriptErrors = map[string]error{
-	"SD_SEMAPHORE_NOT_FOUND": store.ErrSemaphoreNotFound,
-	"SD_LEASE_NOT_FOUND":     store.ErrLeaseNotFound,
-	"SD_WEIGHT_TOO_LARGE":    store.ErrWeightTooLarge,
-	"SD_JOB_NOT_FOUND":       store.ErrJobNotFound,
-	"SD_INVALID_STATE":       store.ErrInvalidState,
-	"SD_QUEUE_FULL":          store.ErrQueueFull,
-	"SD_STALE_LEASE":         store.ErrStaleLease,
-}
+// This file is the one place where go-redis errors are interpreted, with
+// go-redis' own helpers (redis.HasErrorPrefix, redis.IsLoadingError, ...),
+// never by matching error text elsewhere.
 
-// translate maps a driver error to the store's errors; it is the only place
-// go-redis errors are interpreted. notFound is returned for redis.Nil (a
-// missing key), or nil when the caller handles that itself.
+// translate maps a driver error to the store's errors. notFound is
+// returned for redis.Nil (a missing key), or nil when the caller handles
+// that itself.
 func translate(err error, notFound error) error {
 	switch {
 	case err == nil:
@@ -37,17 +30,17 @@ func translate(err error, notFound error) error {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	}
-	msg := err.Error()
-	// Redis 7 may prefix a script's error_reply with "ERR ".
-	if se, ok := scriptErrors[firstWord(strings.TrimPrefix(msg, "ERR "))]; ok {
-		return se
+	// A script's redis.error_reply carrying one of our codes.
+	for code, se := range scriptErrors {
+		if redis.HasErrorPrefix(err, code) {
+			return se
+		}
+	}
+	if isUnavailable(err) {
+		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) {
-		switch firstWord(msg) {
-		case "LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY", "BUSY", "NOREPLICAS":
-			return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
-		}
 		// A reply we did not expect (a script bug, a wrong server): not a
 		// reachability problem.
 		return fmt.Errorf("redisstore: %w", err)
@@ -57,9 +50,35 @@ func translate(err error, notFound error) error {
 	return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 }
 
-func firstWord(s string) string {
-	if i := strings.IndexByte(s, ' '); i >= 0 {
-		return s[:i]
+// isUnavailable reports a Redis error reply that says the server cannot
+// serve now (loading, failing over, busy), as opposed to a wrong request.
+func isUnavailable(err error) bool {
+	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) ||
+		redis.IsMasterDownError(err) || redis.IsReadOnlyError(err) || redis.IsNoReplicasError(err) ||
+		redis.IsMaxClientsError(err) || redis.HasErrorPrefix(err, "BUSY")
+}
+
+// codeError is the store error of an in-band status of a script reply
+// (an error code "SD_...", see consts.go; lib.lua done), or nil for a
+// status that is not an error code.
+func codeError(status string) error {
+	if err, ok := scriptErrors[status]; ok {
+		return err
 	}
-	return s
+	if strings.HasPrefix(status, "SD_") {
+		return fmt.Errorf("redisstore: unknown error code %q in a script reply", status)
+	}
+	return nil
+}
+
+// isNoFunction reports that a function of the library is missing (FUNCTION
+// FLUSH, a Redis restarted without persistence, a new cluster master).
+func isNoFunction(err error) bool {
+	return redis.HasErrorPrefix(err, "Function not found")
+}
+
+// isNoScript reports a NOSCRIPT reply (the script cache was flushed, e.g.
+// by a restart), after which a pipelined EVALSHA is sent again as EVAL.
+func isNoScript(err error) bool {
+	return redis.HasErrorPrefix(err, "NOSCRIPT")
 }

@@ -40,16 +40,6 @@ const (
 	defaultJobListLimit = 100
 )
 
-var statusLetter = map[store.JobStatus]string{
-	store.JobScheduled: "S", store.JobInflight: "I", store.JobDone: "D",
-	store.JobError: "E", store.JobTimeout: "T", store.JobCancelled: "C",
-}
-
-var letterStatus = map[string]store.JobStatus{
-	"S": store.JobScheduled, "I": store.JobInflight, "D": store.JobDone,
-	"E": store.JobError, "T": store.JobTimeout, "C": store.JobCancelled,
-}
-
 // jobMeta is the meta line of a job record (lib.lua). Numbers are decoded
 // as float64 (cjson's format), exact below 2^53.
 type jobMeta struct {

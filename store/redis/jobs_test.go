@@ -77,7 +77,7 @@ func TestRedis_JobQueueChunks(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
 	rec := listen(s)
-	putJobs(t, s, "q", store.SemaphoreConfig{MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 3})
+	putJobs(t, s, "q", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 3})
 	_, err := s.SetSuspended(ctx, testTenant, "q", true)
 	require.NoError(t, err)
 
@@ -149,7 +149,7 @@ func TestRedis_JobLeaseSweepIndex(t *testing.T) {
 	ctx := t.Context()
 	rec := listen(s)
 	const lt = 200 * time.Millisecond
-	putJobs(t, s, "x", store.SemaphoreConfig{MaxValue: 1, LeaseTimeout: lt, MaxAttempts: 2})
+	putJobs(t, s, "x", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: lt, MaxAttempts: 2})
 	j := enqueue(t, s, "x", "", `{}`)
 	require.Equal(t, store.JobInflight, j.Status)
 	score, err := s.client.ZScore(ctx, s.keys.sweep(), semMember(testTenant, "x")).Result()
@@ -183,7 +183,7 @@ func TestRedis_JobIDs(t *testing.T) {
 	t.Parallel()
 	s := newTestStore(t)
 	ctx := t.Context()
-	cfg := store.SemaphoreConfig{MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 1}
+	cfg := store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 1}
 	putJobs(t, s, "ids", cfg)
 	j := enqueue(t, s, "ids", "", `1`)
 	name, ok := store.ParseJobID(j.ID)
@@ -215,7 +215,7 @@ func TestRedis_ListJobsWalk(t *testing.T) {
 	t.Parallel()
 	s := newTestStore(t)
 	ctx := t.Context()
-	putJobs(t, s, "w", store.SemaphoreConfig{MaxValue: 1, LeaseTimeout: time.Minute})
+	putJobs(t, s, "w", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute})
 	_, err := s.SetSuspended(ctx, testTenant, "w", true)
 	require.NoError(t, err)
 	const n = 2*listScan + 300
@@ -300,7 +300,7 @@ func TestRedis_JobMemory(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	s := newStoreOn(t, c, "sd")
 	ctx := t.Context()
-	putJobs(t, s, "mem", store.SemaphoreConfig{MaxValue: 10, LeaseTimeout: time.Minute})
+	putJobs(t, s, "mem", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 10, LeaseTimeout: time.Minute})
 	_, err := s.SetSuspended(ctx, testTenant, "mem", true)
 	require.NoError(t, err)
 	enqueue(t, s, "mem", "", `{}`) // scripts loaded, salt set

@@ -197,11 +197,7 @@ func (s *Store) Extend(ctx context.Context, p store.ExtendParams) (store.Lease, 
 	if !ok {
 		return store.Lease{}, store.ErrLeaseNotFound
 	}
-	ttl := ms(p.TTL)
-	if ttl == 0 {
-		ttl = 1
-	}
-	res, err := s.run(ctx, fnExtend, p.Tenant, name, p.LeaseID, ttl)
+	res, err := s.run(ctx, fnExtend, p.Tenant, name, p.LeaseID, ms(p.TTL))
 	if err != nil {
 		return store.Lease{}, err
 	}

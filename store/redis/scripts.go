@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -52,8 +51,10 @@ func readLua(name string) string {
 	return string(b)
 }
 
+// plainScript is a script outside the function library, with the
+// generated constants in front.
 func plainScript(name string) *redis.Script {
-	return redis.NewScript(readLua(name))
+	return redis.NewScript(readLua("consts.lua") + "\n-- " + name + "\n" + readLua(name))
 }
 
 // semFunc is the FCALL name of the library function built from the
@@ -77,6 +78,8 @@ type lib struct{ name, code string }
 
 func buildLibrary() lib {
 	var body strings.Builder
+	body.WriteString(readLua("consts.lua"))
+	body.WriteString("\n-- lib.lua\n")
 	body.WriteString(readLua("lib.lua"))
 	for _, f := range libFiles {
 		// The script's body becomes the function's body; its top-level
@@ -108,12 +111,6 @@ func (s *Store) loadLibrary(ctx context.Context) error {
 		})
 	}
 	return s.client.FunctionLoadReplace(ctx, library.code).Err()
-}
-
-// isNoFunction reports that a function of the library is missing (FUNCTION
-// FLUSH, a Redis restarted without persistence, a new cluster master).
-func isNoFunction(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "Function not found")
 }
 
 // runSem calls a per-semaphore function, loading the library first if
@@ -169,8 +166,8 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 	s.handOverAll(tenant, res[len(res)-1])
 	ev := s.emit(tenant, name, res[len(res)-2])
 	res = res[:len(res)-3]
-	if st, _ := res[0].(string); strings.HasPrefix(st, "SD_") {
-		return res, ev, translate(errors.New(st), nil)
+	if st, _ := res[0].(string); codeError(st) != nil {
+		return res, ev, codeError(st)
 	}
 	return res, ev, nil
 }
@@ -186,10 +183,4 @@ func (s *Store) handOverAll(tenant string, v any) {
 			s.handOver(tenant, id, raw)
 		}
 	}
-}
-
-// isNoScript reports a NOSCRIPT reply (the script cache was flushed, e.g.
-// by a restart), after which a pipelined EVALSHA is sent again as EVAL.
-func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }

@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -16,11 +15,8 @@ import (
 // the script (a separate key, possibly another Cluster slot).
 func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (store.Semaphore, bool, error) {
 	c := p.Config
-	if c.MaxValueScope == "" {
-		c.MaxValueScope = store.ScopeTotal
-	}
-	if c.MaxValueScope != store.ScopeTotal && c.MaxValueScope != store.ScopeChannel {
-		return store.Semaphore{}, false, fmt.Errorf("redisstore: unknown maxValueScope %q", c.MaxValueScope)
+	if err := c.Check(); err != nil {
+		return store.Semaphore{}, false, err
 	}
 	res, err := s.run(ctx, fnPutSemaphore, p.Tenant, p.Name,
 		p.Name, c.MaxValue, c.MaxValueScope, ms(c.LeaseTimeout), c.MaxAttempts,

@@ -73,7 +73,7 @@ var (
 )
 
 func sessScript(name string) *redis.Script {
-	return redis.NewScript(readLua("sesslib.lua") + "\n-- " + name + "\n" + readLua(name))
+	return redis.NewScript(readLua("consts.lua") + "\n-- sesslib.lua\n" + readLua("sesslib.lua") + "\n-- " + name + "\n" + readLua(name))
 }
 
 // sessRecord is a session record as sesslib.lua stores it.
@@ -168,7 +168,7 @@ func (s *Store) runSess(ctx context.Context, sc *redis.Script, args ...any) (*se
 	}
 	switch st, _ := res[0].(string); st {
 	case "OK":
-	case "SD_SESSION_NOT_FOUND":
+	case codeSessionNotFound:
 		return nil, store.ErrSessionNotFound
 	default:
 		return nil, fmt.Errorf("redisstore: unexpected session script reply %q", st)

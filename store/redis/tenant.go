@@ -75,7 +75,7 @@ type keyJSON struct {
 // script.
 func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
 	if k.ID == "" || k.Hash == "" {
-		return errors.New("redisstore: key without id or hash")
+		return fmt.Errorf("%w: key without id or hash", store.ErrInvalidParams)
 	}
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = time.Now().UTC()
@@ -90,7 +90,7 @@ func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
 		return translate(err, nil)
 	}
 	if n == 0 {
-		return fmt.Errorf("redisstore: key id %q or its hash already exists", k.ID)
+		return fmt.Errorf("%w: id %q or a key with this secret", store.ErrKeyExists, k.ID)
 	}
 	return nil
 }

@@ -115,6 +115,10 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Jobs_DeliveredAndHandOff", testJobDeliveredAndHandOff},
 		{"Jobs_StaleLease", testJobStaleLease},
 		{"Jobs_Concurrent", testJobConcurrent},
+		{"Params_PutInvalidConfig", testPutInvalidConfig},
+		{"Params_ExtendDefaultTTL", testExtendDefaultTTL},
+		{"Params_CreateKeyDuplicate", testCreateKeyDuplicate},
+		{"Params_DeliveredKeepsRoute", testDeliveredKeepsRoute},
 	}
 	tests = append(tests, sessionTests...)
 	for _, tc := range tests {

@@ -61,7 +61,7 @@ func newRawSem(ctx context.Context, c *redis.Client, name string, maxValue int64
 	}
 	defer st.Close()
 	if _, _, err := st.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "bench", Name: name,
-		Config: store.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: time.Minute}}); err != nil {
+		Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: maxValue, LeaseTimeout: time.Minute}}); err != nil {
 		return nil, err
 	}
 	return &rawSem{c: c, fn: redisstore.FunctionName("batch"), keys: semKeys(rawPrefix, "bench", name), name: name,
@@ -189,7 +189,7 @@ func newStoreDirect(ctx context.Context, c *redis.Client, name string, maxValue 
 		return nil, err
 	}
 	if _, _, err := st.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "bench", Name: name,
-		Config: store.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: time.Minute}}); err != nil {
+		Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: maxValue, LeaseTimeout: time.Minute}}); err != nil {
 		_ = st.Close()
 		return nil, err
 	}

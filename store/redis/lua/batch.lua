@@ -41,13 +41,13 @@ local out, i, trimmed = {}, 5, false
 while i <= #ARGV do
   local op, r = ARGV[i], nil
   if op == 'a' then
-    r = conf and op_acquire(conf, now, ARGV, i + 1) or {'SD_SEMAPHORE_NOT_FOUND', ''}
+    r = conf and op_acquire(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
     i = i + 10
   elseif op == 'r' then
-    r = conf and op_release(conf, now, ARGV[i + 1]) or {'SD_LEASE_NOT_FOUND', ''}
+    r = conf and op_release(conf, now, ARGV[i + 1]) or {E_LEASE_NOT_FOUND, ''}
     i = i + 2
   elseif op == 'p' then
-    r = conf and op_claim(conf, now, ARGV[i + 1], false) or {'SD_SEMAPHORE_NOT_FOUND', ''}
+    r = conf and op_claim(conf, now, ARGV[i + 1], false) or {E_SEMAPHORE_NOT_FOUND, ''}
     i = i + 2
   elseif op == 'e' then
     if conf and not trimmed then
@@ -57,10 +57,10 @@ while i <= #ARGV do
       trim_finished(now, tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]))
       dispatch(conf, now)
     end
-    r = conf and op_enqueue(conf, now, ARGV, i + 1) or {'SD_SEMAPHORE_NOT_FOUND', ''}
+    r = conf and op_enqueue(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
     i = i + 9
   elseif op == 't' then
-    r = conf and op_transition(conf, now, ARGV, i + 1) or {'SD_JOB_NOT_FOUND', ''}
+    r = conf and op_transition(conf, now, ARGV, i + 1) or {E_JOB_NOT_FOUND, ''}
     if ARGV[i + 11] == '1' and r.v then r.v, r[2] = nil, '' end
     i = i + 12
   else

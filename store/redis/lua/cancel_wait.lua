@@ -11,7 +11,7 @@
 -- Returns {status, lease JSON or '', due, events, grants}: 'granted', 'cancelled',
 -- 'gone', or SD_SEMAPHORE_NOT_FOUND when the semaphore was deleted.
 local conf = load_conf()
-if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+if not conf then return fail(E_SEMAPHORE_NOT_FOUND) end
 local now = now_ms()
 expire(conf, now)
 return done(conf, now, op_claim(conf, now, ARGV[5], true))

@@ -8,7 +8,7 @@
 -- ARGV[1..4] as in lib.lua
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
-if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply('SD_SEMAPHORE_NOT_FOUND') end
+if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply(E_SEMAPHORE_NOT_FOUND) end
 local all = redis.call('HGETALL', K_WDATA)
 for i = 2, #all, 2 do
   local w = cjson.decode(all[i])

@@ -8,7 +8,7 @@
 -- Returns {'ok', due, events, grants}: the jobs are events' dispatched list. Error
 -- SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
-if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+if not conf then return fail(E_SEMAPHORE_NOT_FOUND) end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now, tonumber(ARGV[5]), true)

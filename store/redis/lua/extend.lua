@@ -4,17 +4,17 @@
 -- KEYS: the 19 semaphore keys listed in lib.lua.
 -- ARGV[1..4] as in lib.lua
 -- ARGV[5] lease id
--- ARGV[6] ttl ms (> 0)
+-- ARGV[6] ttl ms (<= 0: the semaphore's leaseTimeout, see lease_ttl)
 --
 -- Returns {'ok', lease JSON after the change, due, events, grants}, or
 -- SD_LEASE_NOT_FOUND for an unknown, released or expired lease.
 local conf = load_conf()
-if not conf then return fail('SD_LEASE_NOT_FOUND') end
-local id, ttl = ARGV[5], tonumber(ARGV[6])
+if not conf then return fail(E_LEASE_NOT_FOUND) end
+local id, ttl = ARGV[5], lease_ttl(conf, tonumber(ARGV[6]))
 local now = now_ms()
 expire(conf, now)
 local raw = redis.call('HGET', K_LEASES, id)
-if not raw then return fail('SD_LEASE_NOT_FOUND', conf, now) end
+if not raw then return fail(E_LEASE_NOT_FOUND, conf, now) end
 local l = cjson.decode(raw)
 l.ttl = ttl
 l.e = now + ttl

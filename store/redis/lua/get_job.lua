@@ -8,10 +8,10 @@
 -- Returns {'ok', {job id hex32, record, lease JSON or ''}, due, events, grants}, or
 -- SD_JOB_NOT_FOUND.
 local conf = load_conf()
-if not conf then return fail('SD_JOB_NOT_FOUND') end
+if not conf then return fail(E_JOB_NOT_FOUND) end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)
 local v = salt_ok(ARGV[5]) and job_view(ARGV[6])
-if not v then return fail('SD_JOB_NOT_FOUND', conf, now) end
+if not v then return fail(E_JOB_NOT_FOUND, conf, now) end
 return done(conf, now, {'ok', v}, true)

@@ -73,9 +73,17 @@ local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
 local LOCAL_GRANTS
-local DEFAULT_CHANNEL = 'default' -- store.DefaultChannel: not stored in job records
-local DEFAULT_TTL = 60000         -- lease ttl when the semaphore has no leaseTimeout
-local DISPATCH_BATCH = 64         -- store.DefaultDispatchBatch
+-- DEFAULT_CHANNEL, DEFAULT_TTL, DISPATCH_BATCH, RECHECK, the E_ error codes,
+-- ACT_ actions, JOB_STATUS_NAMES and the MSG_ formats come from consts.lua,
+-- generated from Go (consts.go).
+
+-- lease_ttl: a lease's ttl (ms): ttl when > 0, else the semaphore's
+-- leaseTimeout, else DEFAULT_TTL (store.AcquireParams, store.ExtendParams)
+local function lease_ttl(conf, ttl)
+  if ttl and ttl > 0 then return ttl end
+  if conf.lt and conf.lt > 0 then return conf.lt end
+  return DEFAULT_TTL
+end
 
 -- job events of this call (done() returns them)
 local EV_D, EV_F
@@ -99,7 +107,6 @@ local JOB_SALT
 -- now < ix. IX is this call's ix (math.huge: none), IX_LOW whether it went
 -- down, IX_EXACT that the call must recompute it (the sweep).
 local IX, IX_LOW, IX_EXACT
-local RECHECK = 5000 -- ms, sweep.go sweepRecheck
 -- counters kept in the semaphore's hash (read with its config, so the
 -- common paths need no other read): U "u" total used weight, WN "wn"
 -- waiting waiters, JQ "jq" scheduled jobs (the sum of jcnt "q:<c>"). Every change
@@ -195,7 +202,7 @@ end
 
 -- does weight w fit in channel c's capacity domain?
 local function fits(conf, c, w)
-  if conf.scope == 'channel' then return used('c:' .. c) + w <= conf.max end
+  if conf.scope == SCOPE_CHANNEL then return used('c:' .. c) + w <= conf.max end
   return U + w <= conf.max
 end
 
@@ -290,7 +297,7 @@ local function head(conf, c, now)
   if WN <= 0 then return nil end
   while true do
     local id, m
-    if conf.scope == 'channel' then
+    if conf.scope == SCOPE_CHANNEL then
       local p = chan_prefix(c)
       m = redis.call('ZRANGE', K_CQ, '[' .. p, '[' .. p .. '\255', 'BYLEX', 'LIMIT', 0, 1)[1]
       if not m then return nil end
@@ -337,7 +344,7 @@ end
 
 -- grants head waiters of every domain
 local function grant_all(conf, now)
-  if conf.scope ~= 'channel' then return grant_domain(conf, '', now) end
+  if conf.scope ~= SCOPE_CHANNEL then return grant_domain(conf, '', now) end
   local n = 0
   for _, f in ipairs(redis.call('HKEYS', K_WCOUNT)) do
     n = n + grant_domain(conf, string.sub(f, 3), now)
@@ -564,7 +571,7 @@ local function expire(conf, now)
   end
   local n = 0
   if any then
-    if conf.scope ~= 'channel' then
+    if conf.scope ~= SCOPE_CHANNEL then
       n = grant_domain(conf, '', now)
     else
       for c in pairs(chans) do n = n + grant_domain(conf, c, now) end
@@ -605,9 +612,7 @@ local function dispatch_one(conf, c, now)
     end
     local m, pay = job_load(seq)
     if m and queued_at(m, pos) then
-      local ttl = conf.lt
-      if not ttl or ttl <= 0 then ttl = DEFAULT_TTL end
-      local lraw, l = new_lease(nil, c, 1, ttl, '', now, seq)
+      local lraw, l = new_lease(nil, c, 1, lease_ttl(conf, 0), '', now, seq)
       m.s, m.q, m.l, m.a, m.ua = 'I', nil, l.id, (m.a or 0) + 1, now
       unqueued(c)
       count_inflight(c, 1)
@@ -621,7 +626,7 @@ end
 -- at: every channel with scheduled jobs (nil: walk the jch zset), or with
 -- scope channel and not all, only the touched ones (a list)
 local function dispatch_order(conf, at, all)
-  if all or conf.scope ~= 'channel' or redis.call('HEXISTS', K_SEM, 'dmore') == 1 then return nil end
+  if all or conf.scope ~= SCOPE_CHANNEL or redis.call('HEXISTS', K_SEM, 'dmore') == 1 then return nil end
   -- ranks in jch give the byte order of names (Lua's < may follow the locale)
   local k = 0
   if at ~= '' then k = redis.call('ZLEXCOUNT', K_JCH, '-', '[' .. at) end
@@ -668,7 +673,7 @@ local function dispatch(conf, now, max, all)
     elseif list and redis.call('ZSCORE', K_JCH, c) == false then
       blocked[c], nblocked = true, nblocked + 1 -- its queue emptied
     elseif head(conf, c, now) or not fits(conf, c, 1) then
-      if conf.scope ~= 'channel' then break end -- one domain: if one cannot, none can
+      if conf.scope ~= SCOPE_CHANNEL then break end -- one domain: if one cannot, none can
       blocked[c], nblocked = true, nblocked + 1
     elseif dispatch_one(conf, c, now) then
       n, served = n + 1, c
@@ -726,9 +731,8 @@ end
 local function op_acquire(conf, now, a, i)
   local id, c, w = a[i], a[i + 1], tonumber(a[i + 2])
   local ttl, k, wait = tonumber(a[i + 3]), a[i + 4], tonumber(a[i + 5])
-  if w > conf.max then return {'SD_WEIGHT_TOO_LARGE', ''} end
-  if ttl <= 0 then ttl = conf.lt end
-  if not ttl or ttl <= 0 then ttl = DEFAULT_TTL end
+  if w > conf.max then return {E_WEIGHT_TOO_LARGE, ''} end
+  ttl = lease_ttl(conf, ttl)
   if k ~= '' then
     local lid = redis.call('HGET', K_IDEM, k)
     local raw = lid and redis.call('HGET', K_LEASES, lid)
@@ -758,7 +762,7 @@ end
 -- permits go to head waiters.
 local function op_release(conf, now, id)
   local raw = redis.call('HGET', K_LEASES, id)
-  if not raw then return {'SD_LEASE_NOT_FOUND', ''} end
+  if not raw then return {E_LEASE_NOT_FOUND, ''} end
   local l = drop_lease(id, raw)
   if l.j then
     local m, pay = job_load(l.j)
@@ -830,7 +834,7 @@ local function op_enqueue(conf, now, a, i)
     local old = redis.call('HGET', K_JIDEM, k)
     if old and redis.call('HEXISTS', K_JOBS, old) == 1 then return {'ok', 0, v = tonumber(old)} end
   end
-  if maxq > 0 and JQ >= maxq then return {'SD_QUEUE_FULL', ''} end
+  if maxq > 0 and JQ >= maxq then return {E_QUEUE_FULL, ''} end
   if redis.call('HSETNX', K_SEM, 'js', a[i]) == 1 then JOB_SALT = a[i] end
   local seq = redis.call('HINCRBY', K_SEM, 'jn', 1)
   local m = {ca = now}
@@ -846,7 +850,6 @@ local function op_enqueue(conf, now, a, i)
   return {'ok', 1, v = seq}
 end
 
-local JOB_STATUS_NAMES = {S = 'scheduled', I = 'inflight', D = 'done', E = 'error', T = 'timeout', C = 'cancelled'}
 
 -- transition: one action on a job (args a[i..i+9]: job-id salt, job seq,
 -- action (delivered release fail retry suspend cancel requeue handoff),
@@ -859,11 +862,11 @@ local function op_transition(conf, now, a, i)
   local seq = tonumber(a[i + 1])
   local m, pay
   if salt_ok(a[i]) then m, pay = job_load(seq) end
-  if not m then return {'SD_JOB_NOT_FOUND', ''} end
+  if not m then return {E_JOB_NOT_FOUND, ''} end
   local act, lid = a[i + 2], a[i + 3]
-  if lid ~= '' and m.l ~= lid then return {'SD_STALE_LEASE', ''} end
+  if lid ~= '' and m.l ~= lid then return {E_STALE_LEASE, ''} end
   local function invalid()
-    return {'SD_INVALID_STATE', act .. ' of a ' .. JOB_STATUS_NAMES[m.s] .. ' job'}
+    return {E_INVALID_STATE, string.format(MSG_INVALID_TRANSITION, act, JOB_STATUS_NAMES[m.s])}
   end
   local c = job_chan(m)
   -- frees the permit of the inflight job
@@ -886,13 +889,13 @@ local function op_transition(conf, now, a, i)
     due_add(l.e)
   end
   local terminal = m.s == 'D' or m.s == 'E' or m.s == 'T' or m.s == 'C'
-  if act == 'requeue' then
+  if act == ACT_REQUEUE then
     if not terminal then return invalid() end
     redis.call('ZREM', K_JFIN, seq)
     m.a, m.e, m.r, m.h, m.fa = nil, nil, nil, nil, nil
     job_schedule(seq, m, false, now)
     job_save(seq, m, pay)
-  elseif act == 'cancel' then
+  elseif act == ACT_CANCEL then
     if m.s == 'S' then
       unqueued(c) -- its queue entry is stale from now on
     elseif m.s == 'I' then
@@ -903,13 +906,14 @@ local function op_transition(conf, now, a, i)
     job_finish(seq, m, pay, 'C', '', now)
   else
     if m.s ~= 'I' then return invalid() end
-    if act == 'delivered' then
-      m.r, m.ua = a[i + 4], now
+    if act == ACT_DELIVERED then
+      if a[i + 4] ~= '' then m.r = a[i + 4] end -- '' keeps the recorded route
+      m.ua = now
       hold(tonumber(a[i + 6]))
       unbind_job(seq, m)
       if a[i + 8] ~= '' then bind_job(seq, m, a[i + 8], a[i + 9]) end
       job_save(seq, m, pay)
-    elseif act == 'handoff' then
+    elseif act == ACT_HANDOFF then
       m.r, m.ua = a[i + 4], now
       unbind_job(seq, m)
       if m.r == '' then m.r = 'semaphore' end
@@ -921,19 +925,19 @@ local function op_transition(conf, now, a, i)
         free()
         job_finish(seq, m, pay, 'D', '', now)
       end
-    elseif act == 'release' then
+    elseif act == ACT_RELEASE then
       if a[i + 4] ~= '' then m.r = a[i + 4] end -- accepted and released at once (releaseOnSuccess)
       free()
       job_finish(seq, m, pay, 'D', '', now)
-    elseif act == 'fail' then
+    elseif act == ACT_FAIL then
       free()
       job_finish(seq, m, pay, 'E', a[i + 5], now)
-    elseif act == 'retry' then
+    elseif act == ACT_RETRY then
       free()
       local msg = a[i + 5]
-      if msg == '' then msg = string.format('gave up after %d attempts', m.a or 0) end
+      if msg == '' then msg = string.format(MSG_GAVE_UP, m.a or 0) end
       job_retry(conf, seq, m, pay, msg, now)
-    elseif act == 'suspend' then
+    elseif act == ACT_SUSPEND then
       free()
       local n = (m.a or 0) - 1
       if n <= 0 then n = nil end
@@ -943,7 +947,7 @@ local function op_transition(conf, now, a, i)
       redis.call('HSET', K_SEM, 'susp', 1, 'ua', now)
       conf.susp = true
     else
-      return {'SD_INVALID_STATE', 'unknown action ' .. act}
+      return {E_INVALID_STATE, 'unknown action ' .. act}
     end
   end
   return {'ok', v = seq}

@@ -9,7 +9,7 @@
 --
 -- Returns {'ok', jobs deleted, due, events, grants}, or SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
-if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+if not conf then return fail(E_SEMAPHORE_NOT_FOUND) end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)

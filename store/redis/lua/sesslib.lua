@@ -27,7 +27,7 @@
 -- was before a deletion), or {'SD_SESSION_NOT_FOUND'}.
 local _t = redis.call('TIME')
 local NOW = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
-local NOT_FOUND = {'SD_SESSION_NOT_FOUND'}
+local NOT_FOUND = {E_SESSION_NOT_FOUND}
 local K_NODES, K_SESS, K_BYNODE, K_LOST, K_TOKENS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 -- load returns the record of member m (decoded) and its JSON, or nil.

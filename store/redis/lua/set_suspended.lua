@@ -8,7 +8,7 @@
 -- Returns {'ok', flat HGETALL of the semaphore hash, due, events, grants}, or
 -- SD_SEMAPHORE_NOT_FOUND.
 local conf = load_conf()
-if not conf then return fail('SD_SEMAPHORE_NOT_FOUND') end
+if not conf then return fail(E_SEMAPHORE_NOT_FOUND) end
 local now = now_ms()
 redis.call('HSET', K_SEM, 'susp', ARGV[5], 'ua', now)
 conf.susp = ARGV[5] == '1'
