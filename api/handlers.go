@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	_ "embed"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -288,19 +289,17 @@ func keyJSON(k store.APIKey) KeyJSON {
 	return KeyJSON{ID: k.ID, Name: k.Name, Role: string(k.Role), Prefix: k.Prefix, Tenant: k.Tenant, CreatedAt: k.CreatedAt.UTC()}
 }
 
-// queryLimit reads ?limit= (absent: 0, the service's default; an explicit 0
-// is out of range, not the default).
+// queryLimit reads ?limit= (absent: 0, the service's default). An explicit
+// value must be 1 to semaphore.MaxListLimit.
 func queryLimit(c echo.Context) (int, error) {
 	v := c.QueryParam("limit")
 	if v == "" {
 		return 0, nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil {
-		return 0, errorf(CodeInvalidRequest, "limit must be an integer, got %q", shorten(v, 64))
-	}
-	if n == 0 {
-		n = -1
+	if err != nil || n < 1 || n > semaphore.MaxListLimit {
+		return 0, &semaphore.ValidationError{Code: CodeInvalidRequest, Field: "limit",
+			Message: fmt.Sprintf("limit must be an integer between 1 and %d, got %q", semaphore.MaxListLimit, shorten(v, 64))}
 	}
 	return n, nil
 }

@@ -231,6 +231,14 @@ func (r response) code() string {
 	return eb.Error.Code
 }
 
+// message is the human text of an error response.
+func (r response) message() string {
+	r.t.Helper()
+	var eb ErrorBody
+	r.into(&eb)
+	return eb.Error.Message
+}
+
 // rawBody is a request body sent as is.
 type rawBody string
 

@@ -314,10 +314,13 @@ func TestJobs_GetList(t *testing.T) {
 	require.Empty(t, e.listJobs("list", "channel=us").Jobs)
 
 	e.unchangedJobs("list", func() {
-		for _, q := range []string{"status=bogus", "status=DONE", "channel=-x", "limit=x", "limit=0", "limit=-1", "limit=1001"} {
+		for _, q := range []string{"status=bogus", "status=DONE", "channel=-x", "limit=x", "limit=0", "limit=-1", "limit=1001",
+			"cursor=12", "cursor=x", "cursor=czph" /* a semaphores cursor ("s:a") */, "cursor=ajot"} {
 			r := e.do(http.MethodGet, jobsPath("list")+"?"+q, e.worker, nil)
 			require.Equal(t, http.StatusBadRequest, r.Status, "%s: %s", q, r.Body)
 			require.Equal(t, CodeInvalidRequest, r.code(), q)
+			name, _, _ := strings.Cut(q, "=")
+			require.Contains(t, r.message(), name, "%s: the message names the parameter", q)
 		}
 		e.expect(http.StatusNotFound, CodeSemaphoreNotFound, http.MethodGet, jobsPath("nope"), e.worker, nil)
 		e.expect(http.StatusUnauthorized, CodeUnauthorized, http.MethodGet, jobsPath("list"), "", nil)

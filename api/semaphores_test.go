@@ -85,8 +85,19 @@ func TestSemaphores_ListDelete(t *testing.T) {
 	require.Equal(t, "c", rest.Semaphores[0].Name)
 	require.Empty(t, rest.NextCursor)
 
-	for _, q := range []string{"limit=0", "limit=1001", "limit=-1", "limit=x"} {
-		e.expect(http.StatusBadRequest, CodeInvalidRequest, http.MethodGet, "/v1/semaphores?"+q, e.admin, nil)
+	for q, field := range map[string]string{
+		"limit=0": "limit", "limit=1001": "limit", "limit=-1": "limit", "limit=x": "limit",
+		"cursor=b": "cursor", "cursor=%25": "cursor", "cursor=" + page.NextCursor + "x": "cursor",
+		// a jobs cursor (base64url of "j:5") is not a semaphores cursor
+		"cursor=ajo1": "cursor",
+	} {
+		r := e.do(http.MethodGet, "/v1/semaphores?"+q, e.admin, nil)
+		require.Equal(t, http.StatusBadRequest, r.Status, "%s: %s", q, r.Body)
+		require.Equal(t, CodeInvalidRequest, r.code(), q)
+		require.Contains(t, r.message(), field, "%s: the message names the parameter", q)
+		if q == "limit=0" {
+			require.Contains(t, r.message(), `got "0"`, "the value sent, not a stand-in")
+		}
 	}
 
 	var del SemaphoreResponse

@@ -97,12 +97,17 @@ func (s *Service) ListJobs(ctx context.Context, tenant, name string, in ListJobs
 			return nil, "", err
 		}
 	}
+	after, err := decodeCursor(cursorJobs, in.Cursor, validSeq)
+	if err != nil {
+		return nil, "", err
+	}
 	if _, err := s.store.GetSemaphore(ctx, tenant, name); err != nil {
 		return nil, "", err
 	}
-	return s.store.ListJobs(ctx, store.ListJobsParams{
-		Tenant: tenant, Semaphore: name, Status: status, Channel: in.Channel, Cursor: in.Cursor, Limit: limit,
+	jobs, next, err := s.store.ListJobs(ctx, store.ListJobsParams{
+		Tenant: tenant, Semaphore: name, Status: status, Channel: in.Channel, Cursor: after, Limit: limit,
 	})
+	return jobs, encodeCursor(cursorJobs, next), err
 }
 
 // ReleaseJob ends an inflight job as done, freeing its permit.

@@ -235,7 +235,12 @@ func (s *Service) ListSemaphores(ctx context.Context, tenant, cursor string, lim
 	if err != nil {
 		return nil, "", err
 	}
-	return s.store.ListSemaphores(ctx, store.ListParams{Tenant: tenant, Cursor: cursor, Limit: limit})
+	after, err := decodeCursor(cursorSemaphores, cursor, ValidName)
+	if err != nil {
+		return nil, "", err
+	}
+	sems, next, err := s.store.ListSemaphores(ctx, store.ListParams{Tenant: tenant, Cursor: after, Limit: limit})
+	return sems, encodeCursor(cursorSemaphores, next), err
 }
 
 // DeleteSemaphore deletes a semaphore with its leases and waiters.
