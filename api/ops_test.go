@@ -28,7 +28,7 @@ func TestOps(t *testing.T) {
 	require.Contains(t, r.Header.Get("Content-Type"), "yaml")
 
 	e.expect(http.StatusNotFound, CodeJobNotFound, http.MethodGet, "/v1/jobs/abc", e.worker, nil)
-	m := string(e.expect(http.StatusOK, "", http.MethodGet, "/metrics", "", nil).Body)
+	m := string(e.expect(http.StatusOK, "", http.MethodGet, "/metrics", e.operator, nil).Body)
 	for _, want := range []string{
 		`semaphored_acquire_total{result="granted"} 1`,
 		`semaphored_acquire_total{result="no_permit"} 1`,

@@ -38,6 +38,11 @@ type Config struct {
 	// Hub serves the websocket (GET /v1/ws, POST /v1/ws/tickets); nil:
 	// those routes are not served.
 	Hub *hub.Hub
+	// MetricsElsewhere: /metrics is served on its own listener
+	// (--metrics-addr, see MetricsHandler), so the API's address answers
+	// 404 there. Otherwise the API serves it to operator keys only (its
+	// series name tenants and semaphores).
+	MetricsElsewhere bool
 	// AllowedOrigins are the browser origins allowed on the websocket
 	// besides the server's own (--allowed-origins): "*",
 	// "scheme://host[:port]", or a path.Match pattern of one.
@@ -104,7 +109,7 @@ func New(cfg Config) (*Server, error) {
 	// One middleware around every request, matched or not: echo wraps it
 	// around the route's handler anew on each request.
 	s.e.Use(s.observe)
-	s.registerRoutes(cfg.Gatherer)
+	s.registerRoutes(cfg.Gatherer, !cfg.MetricsElsewhere)
 	return s, nil
 }
 
@@ -119,7 +124,18 @@ const (
 	operator
 )
 
-func (s *Server) registerRoutes(g prometheus.Gatherer) {
+// MetricsHandler serves the Prometheus metrics of g without auth, for a
+// listener on a private scrape network (--metrics-addr).
+func MetricsHandler(g prometheus.Gatherer, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}}))
+	return mux
+}
+
+func (s *Server) registerRoutes(g prometheus.Gatherer, serveMetrics bool) {
 	add := func(method, path string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
 		s.e.Add(method, path, h, mw...)
 		s.metrics.addRoute(path)
@@ -169,8 +185,10 @@ func (s *Server) registerRoutes(g prometheus.Gatherer) {
 		add(http.MethodGet, "/v1/ws", s.serveWS, auth(s.authenticateWS)...)
 	}
 
-	metrics := promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slogErrorLog{s.log}})
-	add(http.MethodGet, "/metrics", echo.WrapHandler(metrics))
+	if serveMetrics {
+		metrics := promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slogErrorLog{s.log}})
+		add(http.MethodGet, "/metrics", echo.WrapHandler(metrics), auth(s.authenticate(operator))...)
+	}
 	add(http.MethodGet, "/healthz", s.healthz)
 	add(http.MethodGet, "/readyz", s.readyz)
 	add(http.MethodGet, "/openapi.yaml", s.openapi)
@@ -219,11 +237,19 @@ func (s *Server) authenticate(need role) echo.MiddlewareFunc {
 				have = worker
 			}
 			if have < need {
-				return errorf(CodeForbidden, "a %s key may not call this route", k.Role)
+				return errorf(CodeForbidden, "%s %s key may not call this route", article(string(k.Role)), k.Role)
 			}
 			return next(&keyContext{Context: c, key: k})
 		}
 	}
+}
+
+// article is "a" or "an" before word.
+func article(word string) string {
+	if word != "" && strings.ContainsRune("aeiouAEIOU", rune(word[0])) {
+		return "an"
+	}
+	return "a"
 }
 
 func cutBearer(h string) (string, bool) {

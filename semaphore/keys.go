@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -91,10 +92,39 @@ func (s *Service) storeKey(ctx context.Context, tenant string, role store.Role, 
 }
 
 // Authenticate returns the key whose secret this is, or store.ErrKeyNotFound.
-// Nothing is cached, so a revoked key fails at once.
+// A revoked key fails at once. The fixed bootstrap key (Bootstrap with an
+// adminKey) that the store no longer knows because the store lost its data
+// (a Redis restarted without persistence: the default tenant is gone too)
+// is registered again; one that an operator revoked stays revoked.
 func (s *Service) Authenticate(ctx context.Context, secret string) (store.APIKey, error) {
 	if !strings.HasPrefix(secret, SecretPrefix) || len(secret) > maxSecretLen {
 		return store.APIKey{}, store.ErrKeyNotFound
+	}
+	hash := HashSecret(secret)
+	k, err := s.store.KeyByHash(ctx, hash)
+	if errors.Is(err, store.ErrKeyNotFound) {
+		if fixed := s.adminKeyHash.Load(); fixed != nil && subtle.ConstantTimeCompare([]byte(*fixed), []byte(hash)) == 1 {
+			return s.reregisterAdminKey(ctx, secret)
+		}
+	}
+	return k, err
+}
+
+// reregisterAdminKey registers the fixed bootstrap key again if the store
+// lost its data (no default tenant), and returns it.
+func (s *Service) reregisterAdminKey(ctx context.Context, secret string) (store.APIKey, error) {
+	tenants, err := s.store.ListTenants(ctx)
+	if err != nil {
+		return store.APIKey{}, err
+	}
+	for _, t := range tenants {
+		if t.ID == store.DefaultTenant {
+			return store.APIKey{}, store.ErrKeyNotFound // revoked, not lost
+		}
+	}
+	s.log.WarnContext(ctx, "the store lost its data (no default tenant): registering the fixed admin key again")
+	if _, err := s.Bootstrap(ctx, secret); err != nil {
+		return store.APIKey{}, err
 	}
 	return s.store.KeyByHash(ctx, HashSecret(secret))
 }
@@ -118,7 +148,9 @@ func (s *Service) Bootstrap(ctx context.Context, adminKey string) (string, error
 	}
 
 	if adminKey != "" {
-		k, err := s.store.KeyByHash(ctx, HashSecret(adminKey))
+		hash := HashSecret(adminKey)
+		s.adminKeyHash.Store(&hash)
+		k, err := s.store.KeyByHash(ctx, hash)
 		switch {
 		case err == nil && k.Tenant == store.DefaultTenant && k.Role == store.RoleOperator:
 			return "", nil
@@ -127,7 +159,9 @@ func (s *Service) Bootstrap(ctx context.Context, adminKey string) (string, error
 		case !errors.Is(err, store.ErrKeyNotFound):
 			return "", fmt.Errorf("semaphore: bootstrap: %w", err)
 		}
-		if _, err := s.storeKey(ctx, store.DefaultTenant, store.RoleOperator, bootstrapKeyName, adminKey); err != nil {
+		if _, err := s.storeKey(ctx, store.DefaultTenant, store.RoleOperator, bootstrapKeyName, adminKey); errors.Is(err, store.ErrKeyExists) {
+			return "", nil // another instance registered it meanwhile
+		} else if err != nil {
 			return "", fmt.Errorf("semaphore: bootstrap admin key: %w", err)
 		}
 		s.log.InfoContext(ctx, "registered the admin key as an operator key of the default tenant")

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +65,10 @@ type Service struct {
 	maxQueued       int64
 	maxPayloadBytes int
 	sessionInterval time.Duration
+
+	// adminKeyHash is the hash of the fixed bootstrap key (--admin-key),
+	// "" for none: Authenticate registers it again when the store lost it.
+	adminKeyHash atomic.Pointer[string]
 
 	mu      sync.Mutex
 	cancel  context.CancelCauseFunc // set while the sweeper runs

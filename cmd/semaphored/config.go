@@ -29,8 +29,10 @@ type config struct {
 	LogFormat           string // text | json
 	ShutdownTimeout     time.Duration
 	MaxBody             int64
-	MaxQueue            int64 // scheduled jobs per semaphore
-	MaxPayload          int   // bytes of a job's payload
+	MaxQueue            int64  // scheduled jobs per semaphore
+	MaxPayload          int    // bytes of a job's payload
+	MetricsAddr         string // "" = /metrics on Addr, for operator keys
+	TLSCert, TLSKey     string // both or neither: serve HTTPS and WSS
 }
 
 // errHelp is returned by parseConfig for -h/--help after printing usage.
@@ -61,6 +63,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 	fs.Int64Var(&maxBody, "max-body", 1<<20, "maximum request body size in bytes")
 	fs.Int64Var(&cfg.MaxQueue, "max-queue", 1_000_000, "maximum scheduled jobs per semaphore (more: 429 queue_full)")
 	fs.IntVar(&cfg.MaxPayload, "max-payload", 256<<10, "maximum size of a job's payload in bytes (more: 413 payload_too_large)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve /metrics on this separate address (host:port) without auth, for a private scrape network; empty = on --addr, for operator keys only")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) file: serve HTTPS and WSS directly; reloaded on SIGHUP (needs --tls-key)")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key file of --tls-cert")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: semaphored [flags]\n\nEvery flag can also be set by an environment variable SEMAPHORED_<FLAG>\n(upper case, - → _), e.g. SEMAPHORED_REDIS_URL. A flag wins over its variable.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -118,6 +123,12 @@ func (c *config) validate() error {
 		if len(c.AdminKey) < 32 {
 			return fmt.Errorf("--admin-key: must be at least 32 characters long (got %d)", len(c.AdminKey))
 		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key: give both or neither")
+	}
+	if c.MetricsAddr != "" && c.MetricsAddr == c.Addr {
+		return errors.New("--metrics-addr: must differ from --addr")
 	}
 	if c.RedisPrefix == "" {
 		return errors.New("--redis-prefix: must not be empty")

@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -107,12 +108,30 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return fmt.Errorf("service: %w", err)
 	}
+	// Listen before anything is created in the store: a taken address
+	// fails here, before a bootstrap key is made and printed.
+	ln, err := listen(cfg)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("listen --metrics-addr: %w", err)
+		}
+		defer metricsLn.Close()
+	}
+	var certs *certReloader
+	if cfg.TLSCert != "" {
+		if certs, err = newCertReloader(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return err
+		}
+	}
+
 	secret, err := svc.Bootstrap(ctx, cfg.AdminKey)
 	if err != nil {
 		return fmt.Errorf("bootstrap: %w", err)
-	}
-	if secret != "" {
-		fmt.Fprintf(stdout, "admin key (shown once): %s\n", secret)
 	}
 	// The sweeper outlives ctx: in-flight requests still need expiries
 	// during the graceful shutdown; svc.Stop ends it.
@@ -126,24 +145,21 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer wsHub.Stop()
 
 	srvAPI, err := api.New(api.Config{
-		Service:        svc,
-		Logger:         log.With("component", "api"),
-		Registerer:     reg,
-		Gatherer:       reg,
-		KeyRateLimit:   cfg.KeyRateLimit,
-		KeyRateBurst:   cfg.keyRateBurst(),
-		MaxBodyBytes:   cfg.MaxBody,
-		Hub:            wsHub,
-		AllowedOrigins: cfg.AllowedOrigins,
+		Service:          svc,
+		Logger:           log.With("component", "api"),
+		Registerer:       reg,
+		Gatherer:         reg,
+		KeyRateLimit:     cfg.KeyRateLimit,
+		KeyRateBurst:     cfg.keyRateBurst(),
+		MaxBodyBytes:     cfg.MaxBody,
+		Hub:              wsHub,
+		AllowedOrigins:   cfg.AllowedOrigins,
+		MetricsElsewhere: cfg.MetricsAddr != "",
 	})
 	if err != nil {
 		return fmt.Errorf("api: %w", err)
 	}
 
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
 	hs := &http.Server{
 		Handler:           srvAPI.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -152,9 +168,32 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String())
+	serveErr := make(chan error, 2)
+	scheme := "http"
+	if certs != nil {
+		scheme = "https"
+		hs.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+		stopHUP := certs.reloadOnSIGHUP(log)
+		defer stopHUP()
+		go func() { serveErr <- hs.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { serveErr <- hs.Serve(ln) }()
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme)
+	var ms *http.Server
+	if metricsLn != nil {
+		ms = &http.Server{Handler: api.MetricsHandler(reg, log.With("component", "metrics")), ReadHeaderTimeout: 10 * time.Second}
+		go func() { serveErr <- ms.Serve(metricsLn) }()
+		log.Info("serving /metrics without auth", "addr", metricsLn.Addr().String())
+	}
+	if cfg.WebhookAllowPrivate {
+		log.Warn("--webhook-allow-private is on: webhooks may target loopback, private and link-local addresses and plain http:// URLs; use it only on a trusted network")
+	}
+	// Printed only now that the server listens: a failed start prints no
+	// key that would then be lost.
+	if secret != "" {
+		fmt.Fprintf(stdout, "admin key (shown once): %s\n", secret)
+	}
 
 	select {
 	case err := <-serveErr:
@@ -169,6 +208,9 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		_ = hs.Close()
 	}
 	<-serveErr // http.ErrServerClosed
+	if ms != nil {
+		_ = ms.Close()
+	}
 	// Websocket connections were hijacked, so Shutdown left them: close
 	// them (1001) and hand their sessions the grace period, to resume on
 	// another instance.

@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -229,6 +232,13 @@ func (s *syncBuffer) String() string {
 // It returns the base URL, stdout, and a stop function returning run's error.
 func startRun(t *testing.T, args []string, getenv func(string) string) (string, *syncBuffer, func() error) {
 	t.Helper()
+	base, stdout, _, stop := startRunLogs(t, args, getenv)
+	return base, stdout, stop
+}
+
+// startRunLogs is startRun, also returning the logs (stderr).
+func startRunLogs(t *testing.T, args []string, getenv func(string) string) (string, *syncBuffer, *syncBuffer, func() error) {
+	t.Helper()
 	port, err := testredis.FreePort()
 	require.NoError(t, err)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -240,6 +250,10 @@ func startRun(t *testing.T, args []string, getenv func(string) string) (string, 
 	}()
 	base := "http://" + addr
 	client := &http.Client{Timeout: time.Second}
+	if slices.Contains(args, "--tls-cert") {
+		base = "https://" + addr
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // only the health poll
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		select {
@@ -279,7 +293,7 @@ func startRun(t *testing.T, args []string, getenv func(string) string) (string, 
 		return runErr
 	}
 	t.Cleanup(func() { _ = stop() })
-	return base, stdout, stop
+	return base, stdout, stderr, stop
 }
 
 func get(t *testing.T, url, key string) (int, string) {
@@ -311,7 +325,9 @@ func TestRun_MemoryStore(t *testing.T) {
 	code, _ = get(t, base+"/v1/keys", "sk_wrong_key_0123456789abcdef0123456789")
 	require.Equal(t, http.StatusUnauthorized, code)
 
-	code, body = get(t, base+"/metrics", "")
+	code, _ = get(t, base+"/metrics", "")
+	require.Equal(t, http.StatusUnauthorized, code, "the series name tenants: operator keys only")
+	code, body = get(t, base+"/metrics", key)
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body, "go_goroutines")
 	require.Contains(t, body, "process_")
@@ -342,7 +358,7 @@ func TestRun_Redis(t *testing.T) {
 	code, body = get(t, base+"/v1/keys", testKey)
 	require.Equal(t, http.StatusOK, code, body)
 
-	code, body = get(t, base+"/metrics", "")
+	code, body = get(t, base+"/metrics", testKey)
 	require.Equal(t, http.StatusOK, code)
 	for _, m := range []string{
 		"semaphored_redis_pool_hits_total",
@@ -376,4 +392,53 @@ func TestRun_Errors(t *testing.T) {
 		err := runIO(t.Context(), []string{"--addr", strings.TrimPrefix(base, "http://")}, env(nil), io.Discard, io.Discard)
 		require.ErrorContains(t, err, "listen")
 	})
+	t.Run("tls flags", func(t *testing.T) {
+		err := runIO(t.Context(), []string{"--tls-cert", "c.pem"}, env(nil), io.Discard, io.Discard)
+		require.ErrorContains(t, err, "--tls-key")
+		err = runIO(t.Context(), []string{"--tls-cert", "nope.pem", "--tls-key", "nope.pem"}, env(nil), io.Discard, io.Discard)
+		require.ErrorContains(t, err, "--tls-cert")
+	})
+}
+
+// TestRun_KeyPrintedOnlyOnceListening: with the address taken, nothing is
+// created or printed; the next start on a free address prints the key.
+func TestRun_KeyPrintedOnlyOnceListening(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	e := env(map[string]string{
+		"SEMAPHORED_REDIS_URL":    testredis.URL(t),
+		"SEMAPHORED_REDIS_PREFIX": strings.TrimSuffix(testredis.Prefix(t), ":"),
+	})
+	var out syncBuffer
+	err = runIO(t.Context(), []string{"--addr", taken.Addr().String()}, e, &out, io.Discard)
+	require.ErrorContains(t, err, "listen")
+	require.Empty(t, out.String(), "no key printed by a start that failed")
+
+	base, stdout, stop := startRun(t, nil, e)
+	require.Equal(t, 1, strings.Count(stdout.String(), "admin key (shown once): sk_"), stdout.String())
+	key := strings.TrimSpace(strings.TrimPrefix(stdout.String(), "admin key (shown once): "))
+	code, body := get(t, base+"/v1/keys", key)
+	require.Equal(t, http.StatusOK, code, body)
+	require.NoError(t, stop())
+}
+
+// TestRun_MetricsAddr: /metrics on its own address without auth, 404 on
+// the API's; and --webhook-allow-private is logged as a warning.
+func TestRun_MetricsAddr(t *testing.T) {
+	port, err := testredis.FreePort()
+	require.NoError(t, err)
+	maddr := "127.0.0.1:" + strconv.Itoa(port)
+	base, _, logs, stop := startRunLogs(t, []string{"--admin-key", testKey, "--metrics-addr", maddr, "--webhook-allow-private"}, env(nil))
+	code, _ := get(t, base+"/metrics", testKey)
+	require.Equal(t, http.StatusNotFound, code)
+	code, body := get(t, "http://"+maddr+"/metrics", "")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "go_goroutines")
+	require.Regexp(t, `level=WARN msg="--webhook-allow-private is on`, logs.String())
+	require.NoError(t, stop())
+
+	_, _, logs, stop = startRunLogs(t, []string{"--admin-key", testKey}, env(nil))
+	require.NotContains(t, logs.String(), "webhook-allow-private")
+	require.NoError(t, stop())
 }
