@@ -266,8 +266,12 @@ func readHeapInuse(tb testing.TB, base string) int64 {
 	tb.Helper()
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(base + "/metrics")
+	req, err := http.NewRequest(http.MethodGet, base+"/metrics", nil)
 	require.NoError(tb, err)
+	req.Header.Set("Authorization", "Bearer "+adminKey) // an operator key
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	require.NoError(tb, err)
+	require.Equal(tb, http.StatusOK, resp.StatusCode)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(tb, err)
