@@ -193,6 +193,8 @@ func TestJobs_Enqueue(t *testing.T) {
 			{http.StatusBadRequest, CodeInvalidJSON, rawBody(`{"payload": }`)},
 			{http.StatusBadRequest, CodeInvalidJSON, rawBody(`{"payload": 1, "channel": 5}`)},
 			{http.StatusBadRequest, CodeInvalidJSON, rawBody(`[]`)},
+			{http.StatusBadRequest, CodeInvalidJSON, rawBody(`{"payload": 1e999}`)},
+			{http.StatusBadRequest, CodeInvalidJSON, rawBody(`{"payload": {"n": [1, -2E+400]}}`)},
 			{http.StatusBadRequest, CodeInvalidRequest, map[string]any{"payload": 1, "channel": "-eu"}},
 			{http.StatusBadRequest, CodeInvalidRequest, map[string]any{"payload": 1, "idempotencyKey": strings.Repeat("k", 257)}},
 			{http.StatusRequestEntityTooLarge, CodePayloadTooLarge, map[string]any{"payload": big}},

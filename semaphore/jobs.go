@@ -50,6 +50,9 @@ func (s *Service) Enqueue(ctx context.Context, tenant, name string, in EnqueueIn
 	if len(payload) > s.maxPayloadBytes {
 		return store.Job{}, false, invalid(CodePayloadTooLarge, "payload", "payload is %d bytes, more than the limit of %d", len(payload), s.maxPayloadBytes)
 	}
+	if err := checkPayloadNumbers(payload); err != nil {
+		return store.Job{}, false, err
+	}
 	if err := checkIdempotencyKey(in.IdempotencyKey); err != nil {
 		return store.Job{}, false, err
 	}
