@@ -157,8 +157,12 @@ func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, ca
 			return store.Lease{}, err
 		}
 		// The waiter (or its unclaimed lease) is dropped by the sweep at its
-		// deadline in Redis.
+		// deadline in Redis. Whether it was granted meanwhile is unknown:
+		// with Redis unreachable say so (503), not "no permit".
 		s.log.Warn("cancel of waiter failed", "err", err)
+		if errors.Is(err, store.ErrUnavailable) {
+			return store.Lease{}, err
+		}
 		return store.Lease{}, cause
 	}
 	if res[0].(string) != "granted" {
