@@ -245,7 +245,7 @@ func TestJobs_EnqueueDispatched(t *testing.T) {
 	e.put("nowhere", map[string]any{"maxValue": 1})
 	j = e.enqueue("nowhere", map[string]any{"payload": 1})
 	j = e.waitJob(j.ID, func(j JobJSON) bool { return j.Status == "error" })
-	require.Contains(t, *j.Error, "no websocket session subscribed")
+	require.Equal(t, "every route failed: websocket: no websocket session took the job: no session is subscribed", *j.Error)
 	require.NotNil(t, j.FinishedAt)
 	require.Nil(t, j.Lease)
 }
@@ -527,7 +527,7 @@ func FuzzDecodeEnqueue(f *testing.F) {
 		case err == nil:
 			t.Fatal("the store refuses every enqueue")
 		case errors.As(err, &ve):
-			require.Contains(t, []string{semaphore.CodeInvalidRequest, semaphore.CodePayloadTooLarge}, ve.Code, ve.Message)
+			require.Contains(t, []string{semaphore.CodeInvalidRequest, semaphore.CodePayloadTooLarge, semaphore.CodeInvalidJSON}, ve.Code, ve.Message)
 			require.Contains(t, ve.Message, ve.Field)
 		default:
 			require.ErrorIs(t, err, store.ErrSemaphoreNotFound)

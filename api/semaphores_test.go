@@ -41,6 +41,13 @@ func TestSemaphores_PutGet(t *testing.T) {
 		},
 		"mapping": map[string]any{"expr": "{}", "canOverrideRouting": true},
 	}
+	// A semaphore route's target must exist first.
+	r := e.do(http.MethodPut, "/v1/semaphores/orders", e.admin, full)
+	require.Equal(t, http.StatusBadRequest, r.Status)
+	require.Equal(t, CodeInvalidConfig, r.code())
+	require.Equal(t, `routes[1].target: semaphore "overflow" does not exist: create it first`, r.message())
+	require.EqualValues(t, 3, e.get("orders").MaxValue, "nothing changed")
+	e.put("overflow", map[string]any{"maxValue": 1})
 	sem = e.put("orders", full)
 	require.EqualValues(t, 5, sem.MaxValue)
 	require.Equal(t, "channel", sem.MaxValueScope)

@@ -190,9 +190,9 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 				return context.Cause(ctx)
 			}
 			if len(tried) > 0 {
-				return fmt.Errorf("%w: %d session(s) did not ack within %s", ErrNoSubscriber, len(tried), h.cfg.AckTimeout)
+				return fmt.Errorf("%w: %d subscribed session(s) did not ack within %s", ErrNoSubscriber, len(tried), h.cfg.AckTimeout)
 			}
-			return ErrNoSubscriber
+			return errNoneSubscribed
 		}
 		// Every subscriber left holds its prefetch: wait for a release here
 		// (pushed) or elsewhere (polled, backing off to 1s).

@@ -52,6 +52,9 @@ const (
 // (semaphore.ErrNoSubscriber), which the hub implements the route for.
 var ErrNoSubscriber = semaphore.ErrNoSubscriber
 
+// errNoneSubscribed is ErrNoSubscriber when no session is subscribed.
+var errNoneSubscribed = fmt.Errorf("%w: no session is subscribed", ErrNoSubscriber)
+
 // ErrStopped is returned by Serve after Stop.
 var ErrStopped = errors.New("hub: websocket hub stopped")
 

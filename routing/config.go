@@ -290,6 +290,31 @@ func Override(chain []Route, r Route) []Route {
 // ErrCycle is wrapped by the *FieldError CheckCycles returns.
 var ErrCycle = errors.New("semaphore route cycle")
 
+// ErrNoTarget is wrapped by the *FieldError CheckTargets returns.
+var ErrNoTarget = errors.New("semaphore route target does not exist")
+
+// CheckTargets reports a *FieldError (matching ErrNoTarget, Field
+// "routes[i].target") for a configured semaphore route whose target does
+// not exist in the tenant (lookup's found == false): a config is saved only
+// once the semaphores it routes to exist. (A target deleted later, or one a
+// mapping returns, fails the route at delivery instead.)
+func CheckTargets(ctx context.Context, self string, cfg Config, lookup func(ctx context.Context, name string) (Config, bool, error)) error {
+	for i, r := range cfg.Routes {
+		if r.Type != TypeSemaphore || r.Target == self {
+			continue // a route to itself is CheckCycles' to refuse
+		}
+		_, found, err := lookup(ctx, r.Target)
+		if err != nil {
+			return fmt.Errorf("routing: looking up semaphore %q: %w", r.Target, err)
+		}
+		if !found {
+			field := fmt.Sprintf("routes[%d].target", i)
+			return &FieldError{Field: field, Message: fmt.Sprintf("%s: semaphore %q does not exist: create it first", field, r.Target), err: ErrNoTarget}
+		}
+	}
+	return nil
+}
+
 // MaxCycleLookups bounds the semaphores CheckCycles looks up.
 const MaxCycleLookups = 10_000
 

@@ -37,12 +37,12 @@ type WebsocketRoute interface {
 
 // ErrNoSubscriber is the failure of a websocket route with no session to
 // take the job.
-var ErrNoSubscriber = errors.New("no websocket session subscribed")
+var ErrNoSubscriber = errors.New("no websocket session took the job")
 
 type noWebsocket struct{}
 
 func (noWebsocket) Deliver(context.Context, routing.Route, store.Job, json.RawMessage) error {
-	return ErrNoSubscriber
+	return fmt.Errorf("%w: no session is subscribed", ErrNoSubscriber)
 }
 
 // HoldTTL is how long a parent job keeps its permit while its child job
@@ -323,8 +323,11 @@ func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, pa
 			MaxQueued:      d.maxQueued,
 			Parent:         &store.JobRef{Semaphore: j.Semaphore, ID: j.ID, Hold: hold},
 		})
+		if errors.Is(err, store.ErrSemaphoreNotFound) {
+			return nil, fmt.Errorf("target semaphore %q does not exist", r.Target)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("enqueue into %s: %w", r.Target, err)
+			return nil, fmt.Errorf("enqueue into %q: %w", r.Target, err)
 		}
 		p := &store.TransitionParams{
 			Action: store.ActHandOff, Route: r.Type,

@@ -623,8 +623,9 @@ func TestDispatcher_Mapping(t *testing.T) {
 
 		t.Run("cycle refused", func(t *testing.T) {
 			e := e.with(t)
-			e.put("cyc-a", semCfg{MaxValue: 1, Routes: `[{"type":"semaphore","target":"cyc-b"}]`})
+			e.put("cyc-c", semCfg{MaxValue: 1})
 			e.put("cyc-b", semCfg{MaxValue: 1, Routes: `[{"type":"semaphore","target":"cyc-c"}]`})
+			e.put("cyc-a", semCfg{MaxValue: 1, Routes: `[{"type":"semaphore","target":"cyc-b"}]`})
 			_, _, err := e.svc.PutSemaphore(context.Background(), e.tenant, "cyc-c",
 				semCfg{MaxValue: 1, Routes: `[{"type":"semaphore","target":"cyc-a"}]`}.input())
 			var ve *semaphore.ValidationError
@@ -632,6 +633,31 @@ func TestDispatcher_Mapping(t *testing.T) {
 			require.Equal(t, semaphore.CodeInvalidConfig, ve.Code)
 			require.Equal(t, "routes[0].target", ve.Field)
 			require.Contains(t, ve.Message, "cycle")
+		})
+
+		t.Run("missing target", func(t *testing.T) {
+			e := e.with(t)
+			_, _, err := e.svc.PutSemaphore(context.Background(), e.tenant, "to-nowhere",
+				semCfg{MaxValue: 1, Routes: `[{"type":"https","url":"https://example.com/x"},{"type":"semaphore","target":"nowhere"}]`}.input())
+			var ve *semaphore.ValidationError
+			require.ErrorAs(t, err, &ve)
+			require.Equal(t, semaphore.CodeInvalidConfig, ve.Code)
+			require.Equal(t, "routes[1].target", ve.Field)
+			_, _, err = e.svc.GetSemaphore(context.Background(), e.tenant, "to-nowhere")
+			require.ErrorIs(t, err, store.ErrSemaphoreNotFound, "nothing was saved")
+
+			// A target deleted after the config was saved fails the route
+			// with a clear error.
+			e.put("gone", semCfg{MaxValue: 1})
+			e.put("to-gone", semCfg{MaxValue: 1, Routes: `[{"type":"semaphore","target":"gone"}]`})
+			require.NoError(t, e.svc.DeleteSemaphore(context.Background(), e.tenant, "gone"))
+			j, _, err := e.svc.Enqueue(context.Background(), e.tenant, "to-gone", semaphore.EnqueueInput{Payload: []byte(`1`)})
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				j, err = e.svc.GetJob(context.Background(), e.tenant, j.ID)
+				return err == nil && j.Status == store.JobError
+			}, 5*time.Second, 5*time.Millisecond)
+			require.Contains(t, j.Error, `semaphore: target semaphore "gone" does not exist`)
 		})
 	})
 }

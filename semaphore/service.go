@@ -208,6 +208,9 @@ func (s *Service) PutSemaphore(ctx context.Context, tenant, name string, in Conf
 		oc, err := routing.DecodeExtraOptions(sem.Config.Extra, s.routing)
 		return oc, err == nil, err
 	}
+	if err := routing.CheckTargets(ctx, name, rc, lookup); err != nil {
+		return store.Semaphore{}, false, configError(err)
+	}
 	if err := routing.CheckCycles(ctx, name, rc, lookup); err != nil {
 		return store.Semaphore{}, false, configError(err)
 	}
