@@ -4,8 +4,8 @@
 #
 #   bash scripts/test.sh
 #
-# Needs Go. Installs redis-server with apt-get when it is missing (sudo only
-# when not root). Starts its own redis-server on a free loopback port (never
+# Needs Go. Installs redis-server, jq and curl with apt-get when missing
+# (sudo only when not root). Starts its own redis-server on a free loopback port (never
 # 6379), AOF on, in a temporary directory, killed on exit.
 #
 # Environment: FUZZTIME (default 10s) per fuzz target; TEST_TIMEOUT (default
@@ -45,15 +45,21 @@ trap 'exit 143' TERM
 log() { echo "==> $*"; }
 
 # ---- Redis ----
-step="install redis-server"
-if ! command -v redis-server >/dev/null 2>&1; then
-	log "redis-server not found: installing it with apt-get"
+step="install test tools"
+# redis-server for the store tests; jq and curl for the README walkthrough
+# test. Each is installed only when missing.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [[ ${#missing[@]} -gt 0 ]]; then
+	log "not found: ${missing[*]}: installing with apt-get"
 	sudo=""
 	if [[ "$(id -u)" -ne 0 ]]; then
 		sudo="sudo -n"
 	fi
 	$sudo apt-get update </dev/null
-	$sudo apt-get install -y --no-install-recommends redis-server </dev/null
+	$sudo apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
 fi
 
 # redis_ping PORT: true when a Redis answers PONG on 127.0.0.1:PORT.
