@@ -102,16 +102,21 @@ func redactURL(s string) string {
 const defaultPoolSize = 64
 
 // newClient returns the go-redis client of t.
+// Context deadlines bound every command (ContextTimeoutEnabled): a caller
+// whose deadline passes while Redis does not answer (a network that drops
+// packets) is answered then, not after go-redis' own read timeout.
 func (t redisTarget) newClient() redis.UniversalClient {
 	if t.cluster != nil {
 		if t.cluster.PoolSize == 0 {
 			t.cluster.PoolSize = defaultPoolSize
 		}
+		t.cluster.ContextTimeoutEnabled = true
 		return redis.NewClusterClient(t.cluster)
 	}
 	if t.single.PoolSize == 0 {
 		t.single.PoolSize = defaultPoolSize
 	}
+	t.single.ContextTimeoutEnabled = true
 	return redis.NewClient(t.single)
 }
 

@@ -39,6 +39,9 @@ type batchOp struct {
 	// cancelled), before the caller returns: a cancelled call leaves
 	// nothing behind.
 	abandoned func(batchResult)
+	// deadline is the caller's context's (zero: none); a call of ops
+	// that all have one ends by the latest (see runBatch).
+	deadline time.Time
 
 	res  batchResult
 	done chan struct{} // closed once res is set
@@ -62,6 +65,7 @@ type semBatch struct {
 // op.abandoned; ctx's error is returned either way.
 func (s *Store) batched(ctx context.Context, tenant, name string, op *batchOp) (batchResult, error) {
 	op.done = make(chan struct{})
+	op.deadline, _ = ctx.Deadline()
 	key := semMember(tenant, name)
 	s.bmu.Lock()
 	b := s.batches[key]
@@ -146,9 +150,27 @@ func (s *Store) drain(key string, b *semBatch, tenant, name string, ops []*batch
 	}
 }
 
-// runBatch sends ops in one batch.lua call and delivers each result.
+// runBatch sends ops in one batch.lua call and delivers each result. The
+// call is bounded by batchTimeout, or sooner by the latest deadline of its
+// callers when they all have one: a caller whose deadline passed while
+// Redis does not answer is not kept waiting (it is answered at once when
+// ctx ends before the call is sent, see batched).
 func (s *Store) runBatch(tenant, name string, ops []*batchOp) {
-	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	until := time.Now().Add(batchTimeout)
+	latest := time.Time{}
+	for _, op := range ops {
+		if op.deadline.IsZero() {
+			latest = until
+			break
+		}
+		if op.deadline.After(latest) {
+			latest = op.deadline
+		}
+	}
+	if latest.Before(until) {
+		until = latest
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), until)
 	defer cancel()
 	n := 0
 	for _, op := range ops {

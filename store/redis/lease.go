@@ -83,10 +83,21 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (_ store.Lea
 			}
 		},
 	}
-	r, err := s.batched(ctx, p.Tenant, p.Semaphore, op)
+	callCtx := ctx
+	if p.Wait > 0 {
+		// A waiting acquire is answered by its wait (and slack) even when
+		// Redis does not answer at all.
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithTimeout(ctx, p.Wait+waiterSlack)
+		defer cancel()
+	}
+	r, err := s.batched(callCtx, p.Tenant, p.Semaphore, op)
 	if err != nil {
 		// If the reply was lost after an enqueue, the waiter expires at
 		// its deadline; if after a grant, the lease expires at its TTL.
+		if ctx.Err() == nil && callCtx.Err() != nil {
+			err = fmt.Errorf("%w: no reply from Redis within the wait", store.ErrUnavailable)
+		}
 		return store.Lease{}, err
 	}
 	switch r.status {
@@ -102,6 +113,7 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (_ store.Lea
 // await blocks a waiting acquire until its grant is pushed (or found by
 // the fallback poll), its wait passes, ctx ends or the Store closes.
 func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *waiter) (store.Lease, error) {
+	waitEnd := time.Now().Add(p.Wait)
 	deadline := time.NewTimer(p.Wait)
 	defer deadline.Stop()
 	poll := time.NewTicker(pollInterval)
@@ -120,7 +132,10 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *
 		case <-s.closing:
 			return s.giveUp(ctx, p, id, fmt.Errorf("%w: store closed", store.ErrUnavailable))
 		}
-		r, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{
+		// The poll ends with the wait: a Redis that does not answer
+		// cannot hold the caller past it.
+		pctx, cancel := context.WithDeadline(ctx, waitEnd)
+		r, err := s.batched(pctx, p.Tenant, p.Semaphore, &batchOp{
 			args: []any{"p", id},
 			abandoned: func(r batchResult) {
 				if r.status == "granted" {
@@ -128,6 +143,7 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *
 				}
 			},
 		})
+		cancel()
 		switch {
 		case errors.Is(err, store.ErrSemaphoreNotFound):
 			return store.Lease{}, err

@@ -117,13 +117,55 @@ func (s *Store) loadLibrary(ctx context.Context) error {
 // Redis lost it.
 func (s *Store) runSem(ctx context.Context, fn string, tenant, name string, args ...any) *redis.Cmd {
 	keys, argv := s.keys.sem(tenant, name), s.semArgs(name, args)
-	cmd := s.client.FCall(ctx, fn, keys, argv...)
+	cmd := s.once(ctx, scriptArgs("fcall", fn, keys, argv)...)
 	if isNoFunction(cmd.Err()) {
 		if err := s.loadLibrary(ctx); err != nil {
 			s.log.Warn("function library load failed", "err", err)
 			return cmd
 		}
-		cmd = s.client.FCall(ctx, fn, keys, argv...)
+		cmd = s.once(ctx, scriptArgs("fcall", fn, keys, argv)...)
+	}
+	return cmd
+}
+
+// noRetryCmd is a command go-redis never sends again once it was sent: by
+// default go-redis re-sends a command whose connection dropped before the
+// reply came (on Cluster too, whatever MaxRetries says), and a script that
+// ran before the drop would run twice (a release that then answers
+// lease_not_found, a job enqueued twice, a released lease granted again).
+// Its caller gets the error instead: unavailable, the outcome unknown.
+type noRetryCmd struct{ *redis.Cmd }
+
+func (noRetryCmd) NoRetry() bool { return true }
+
+// once sends a command at most once (noRetryCmd).
+func (s *Store) once(ctx context.Context, args ...any) *redis.Cmd {
+	cmd := redis.NewCmd(ctx, args...)
+	_ = s.client.Process(ctx, noRetryCmd{cmd})
+	return cmd
+}
+
+// scriptArgs is the argument list of FCALL or EVALSHA/EVAL: name, numkeys,
+// keys, args.
+func scriptArgs(command, name string, keys []string, args []any) []any {
+	out := make([]any, 0, 3+len(keys)+len(args))
+	out = append(out, command, name, len(keys))
+	for _, k := range keys {
+		out = append(out, k)
+	}
+	return append(out, args...)
+}
+
+// runOnce runs a plain script at most once (noRetryCmd): EVALSHA, and
+// when Redis lost its script cache (NOSCRIPT: nothing ran) SCRIPT LOAD
+// (harmless to repeat) and EVALSHA again.
+func (s *Store) runOnce(ctx context.Context, sc *redis.Script, keys []string, args ...any) *redis.Cmd {
+	cmd := s.once(ctx, scriptArgs("evalsha", sc.Hash(), keys, args)...)
+	if isNoScript(cmd.Err()) {
+		if err := sc.Load(ctx, s.client).Err(); err != nil {
+			return cmd
+		}
+		cmd = s.once(ctx, scriptArgs("evalsha", sc.Hash(), keys, args)...)
 	}
 	return cmd
 }

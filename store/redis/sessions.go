@@ -162,7 +162,7 @@ func (s *Store) sessKeys() []string {
 // runSess runs a session script that replies {'OK', record JSON} and
 // returns the record.
 func (s *Store) runSess(ctx context.Context, sc *redis.Script, args ...any) (*sessRecord, error) {
-	res, err := sc.Run(ctx, s.client, s.sessKeys(), args...).Slice()
+	res, err := s.runOnce(ctx, sc, s.sessKeys(), args...).Slice()
 	if err != nil {
 		return nil, translate(err, nil)
 	}

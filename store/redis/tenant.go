@@ -84,7 +84,7 @@ func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
 	if err != nil {
 		return err
 	}
-	n, err := scriptCreateKey.Run(ctx, s.client, []string{s.keys.keyRecords(), s.keys.tenantKeys(k.Tenant)},
+	n, err := s.runOnce(ctx, scriptCreateKey, []string{s.keys.keyRecords(), s.keys.tenantKeys(k.Tenant)},
 		k.ID, k.Hash, b).Int64()
 	if err != nil {
 		return translate(err, nil)
@@ -140,7 +140,7 @@ func (s *Store) ListKeys(ctx context.Context, tenant string) ([]store.APIKey, er
 
 // DeleteKey revokes a key of the tenant at once.
 func (s *Store) DeleteKey(ctx context.Context, tenant, id string) error {
-	hash, err := scriptDeleteKey.Run(ctx, s.client, []string{s.keys.keyRecords(), s.keys.tenantKeys(tenant)}, id).Text()
+	hash, err := s.runOnce(ctx, scriptDeleteKey, []string{s.keys.keyRecords(), s.keys.tenantKeys(tenant)}, id).Text()
 	if err != nil {
 		return translate(err, nil)
 	}
