@@ -59,13 +59,20 @@ func newKeyID() (string, error) {
 }
 
 // newKey creates and stores a key with a fresh random secret, returned once.
+// A random id or secret that happens to be taken (store.ErrKeyExists) is
+// drawn again.
 func (s *Service) newKey(ctx context.Context, tenant string, role store.Role, name string) (store.APIKey, string, error) {
-	secret, err := newSecret()
-	if err != nil {
-		return store.APIKey{}, "", err
+	for attempt := 0; ; attempt++ {
+		secret, err := newSecret()
+		if err != nil {
+			return store.APIKey{}, "", err
+		}
+		k, err := s.storeKey(ctx, tenant, role, name, secret)
+		if errors.Is(err, store.ErrKeyExists) && attempt < 3 {
+			continue
+		}
+		return k, secret, err
 	}
-	k, err := s.storeKey(ctx, tenant, role, name, secret)
-	return k, secret, err
 }
 
 func (s *Service) storeKey(ctx context.Context, tenant string, role store.Role, name, secret string) (store.APIKey, error) {
