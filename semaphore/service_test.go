@@ -433,3 +433,30 @@ func TestService_Keys(t *testing.T) {
 	_, err = e.svc.Authenticate(ctx, "")
 	require.True(t, errors.Is(err, store.ErrKeyNotFound))
 }
+
+// takenOnce is a store whose first CreateKey answers ErrKeyExists, as when
+// a random key id was already taken.
+type takenOnce struct {
+	store.Store
+	calls int
+}
+
+func (s *takenOnce) CreateKey(ctx context.Context, k store.APIKey) error {
+	s.calls++
+	if s.calls == 1 {
+		return store.ErrKeyExists
+	}
+	return s.Store.CreateKey(ctx, k)
+}
+
+func TestService_NewKeyDrawnAgainWhenTaken(t *testing.T) {
+	st := &takenOnce{Store: memory.New(memory.Options{})}
+	svc, err := semaphore.New(semaphore.Config{Store: st})
+	require.NoError(t, err)
+	secret, err := svc.Bootstrap(t.Context(), "")
+	require.NoError(t, err)
+	require.Equal(t, 2, st.calls, "drawn again after ErrKeyExists")
+	k, err := svc.Authenticate(t.Context(), secret)
+	require.NoError(t, err)
+	require.Equal(t, store.RoleOperator, k.Role)
+}
