@@ -295,6 +295,24 @@ func (c *wsClient) read() WsFrame {
 	return f
 }
 
+// readChecking is read, checking the frame against its schema only when
+// check is set: for tests that read many frames of one shape (the check
+// costs milliseconds per frame under the race detector).
+func (c *wsClient) readChecking(check bool) WsFrame {
+	c.t.Helper()
+	select {
+	case r := <-c.frames:
+		require.NoError(c.t, r.err)
+		if check {
+			checkFrame(c.t, r.raw)
+		}
+		return r.f
+	case <-time.After(5 * time.Second):
+		c.t.Fatal("no frame within 5s")
+		return WsFrame{}
+	}
+}
+
 func (c *wsClient) readWithin(d time.Duration) (WsFrame, error) {
 	t := time.NewTimer(d)
 	defer t.Stop()
