@@ -201,6 +201,18 @@ type Tenant struct {
 	CreatedAt time.Time
 }
 
+// Check reports a tenant no store accepts (ErrInvalidParams): its ID is
+// its name, so the name must be set and the ID empty or the same.
+func (t Tenant) Check() error {
+	if t.Name == "" {
+		return fmt.Errorf("%w: tenant without a name", ErrInvalidParams)
+	}
+	if t.ID != "" && t.ID != t.Name {
+		return fmt.Errorf("%w: tenant id %q is not its name %q", ErrInvalidParams, t.ID, t.Name)
+	}
+	return nil
+}
+
 // DefaultTenant is the name and id of the tenant created at bootstrap.
 const DefaultTenant = "default"
 

@@ -368,8 +368,8 @@ func (s *Store) ListJobs(ctx context.Context, p store.ListJobsParams) ([]store.J
 	s.refresh(sem, s.now())
 	var after int64
 	if p.Cursor != "" {
-		if after, err = strconv.ParseInt(p.Cursor, 10, 64); err != nil {
-			return []store.Job{}, "", nil
+		if after, err = strconv.ParseInt(p.Cursor, 10, 64); err != nil || after < 0 {
+			return []store.Job{}, "", nil // not a cursor ListJobs gave: nothing, as in Redis
 		}
 	}
 	limit := p.Limit
@@ -544,12 +544,12 @@ func (s *Store) PurgeJobs(ctx context.Context, tenant, semaphore string, status 
 		return 0, err
 	}
 	defer s.unlock()
+	if status != store.JobScheduled && !status.Terminal() {
+		return 0, fmt.Errorf("%w: cannot purge %q jobs", store.ErrInvalidState, status)
+	}
 	sem, err := s.semaphore(tenant, semaphore)
 	if err != nil {
 		return 0, err
-	}
-	if status != store.JobScheduled && !status.Terminal() {
-		return 0, fmt.Errorf("%w: cannot purge %q jobs", store.ErrInvalidState, status)
 	}
 	s.refresh(sem, s.now())
 	n := 0

@@ -43,8 +43,8 @@ type Store struct {
 	sems        map[semKey]*semaphore
 	fencing     map[semKey]int64 // last token per semaphore; survives deletes
 	tenants     map[string]store.Tenant
-	keys        map[string]store.APIKey // by id
-	keyIDByHash map[string]string
+	keys        map[keyRef]store.APIKey // ids are unique per tenant
+	keyIDByHash map[string]keyRef
 
 	sessState *sessionState // sessions.go, created on first use
 
@@ -65,8 +65,8 @@ func New(opts Options) *Store {
 		sems:        make(map[semKey]*semaphore),
 		fencing:     make(map[semKey]int64),
 		tenants:     make(map[string]store.Tenant),
-		keys:        make(map[string]store.APIKey),
-		keyIDByHash: make(map[string]string),
+		keys:        make(map[keyRef]store.APIKey),
+		keyIDByHash: make(map[string]keyRef),
 	}
 }
 

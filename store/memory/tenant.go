@@ -15,8 +15,8 @@ func (s *Store) CreateTenant(ctx context.Context, t store.Tenant) (store.Tenant,
 		return store.Tenant{}, err
 	}
 	defer s.mu.Unlock()
-	if t.Name == "" {
-		t.Name = t.ID
+	if err := t.Check(); err != nil {
+		return store.Tenant{}, err
 	}
 	t.ID = t.Name
 	if _, ok := s.tenants[t.Name]; ok {
@@ -43,8 +43,12 @@ func (s *Store) ListTenants(ctx context.Context) ([]store.Tenant, error) {
 	return ts, nil
 }
 
+// keyRef names a key: ids are unique per tenant, as in the Redis store.
+type keyRef struct{ tenant, id string }
+
 // CreateKey implements store.Store. A zero CreatedAt is set to the store's
-// clock; a key with an existing id replaces it.
+// clock; an id taken in the tenant, or a secret hash taken anywhere, is
+// ErrKeyExists.
 func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
 	if err := s.lock(ctx); err != nil {
 		return err
@@ -56,14 +60,15 @@ func (s *Store) CreateKey(ctx context.Context, k store.APIKey) error {
 	if k.ID == "" || k.Hash == "" {
 		return fmt.Errorf("%w: key without id or hash", store.ErrInvalidParams)
 	}
-	if _, ok := s.keys[k.ID]; ok {
+	ref := keyRef{k.Tenant, k.ID}
+	if _, ok := s.keys[ref]; ok {
 		return fmt.Errorf("%w: id %q", store.ErrKeyExists, k.ID)
 	}
 	if _, ok := s.keyIDByHash[k.Hash]; ok {
 		return fmt.Errorf("%w: a key with this secret", store.ErrKeyExists)
 	}
-	s.keys[k.ID] = k
-	s.keyIDByHash[k.Hash] = k.ID
+	s.keys[ref] = k
+	s.keyIDByHash[k.Hash] = ref
 	return nil
 }
 
@@ -73,11 +78,11 @@ func (s *Store) KeyByHash(ctx context.Context, hash string) (store.APIKey, error
 		return store.APIKey{}, err
 	}
 	defer s.mu.Unlock()
-	id, ok := s.keyIDByHash[hash]
+	ref, ok := s.keyIDByHash[hash]
 	if !ok {
 		return store.APIKey{}, store.ErrKeyNotFound
 	}
-	return s.keys[id], nil
+	return s.keys[ref], nil
 }
 
 // ListKeys implements store.Store: the tenant's keys by CreatedAt, then ID.
@@ -107,12 +112,13 @@ func (s *Store) DeleteKey(ctx context.Context, tenant, id string) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	k, ok := s.keys[id]
-	if !ok || k.Tenant != tenant {
+	ref := keyRef{tenant, id}
+	k, ok := s.keys[ref]
+	if !ok {
 		return store.ErrKeyNotFound
 	}
-	delete(s.keys, id)
-	if s.keyIDByHash[k.Hash] == id {
+	delete(s.keys, ref)
+	if s.keyIDByHash[k.Hash] == ref {
 		delete(s.keyIDByHash, k.Hash)
 	}
 	return nil

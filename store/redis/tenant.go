@@ -3,7 +3,6 @@ package redisstore
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -20,12 +19,10 @@ type tenantJSON struct {
 // CreateTenant stores a tenant under its name (HSETNX: atomic). An empty
 // ID becomes the name; a zero CreatedAt becomes now.
 func (s *Store) CreateTenant(ctx context.Context, t store.Tenant) (store.Tenant, error) {
-	if t.Name == "" {
-		return store.Tenant{}, errors.New("redisstore: tenant without a name")
+	if err := t.Check(); err != nil {
+		return store.Tenant{}, err
 	}
-	if t.ID == "" {
-		t.ID = t.Name
-	}
+	t.ID = t.Name
 	if t.CreatedAt.IsZero() {
 		t.CreatedAt = time.Now().UTC()
 	}

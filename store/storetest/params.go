@@ -88,3 +88,45 @@ func testDeliveredKeepsRoute(t *testing.T, f *fixture) {
 	require.NoError(t, err)
 	require.Equal(t, "websocket", got.Route)
 }
+
+// testTenantParams: a tenant's ID is its name; no name, or another ID, is
+// ErrInvalidParams. Key ids are unique per tenant, secret hashes
+// everywhere.
+func testTenantParams(t *testing.T, f *fixture) {
+	_, err := f.st.CreateTenant(f.ctx, store.Tenant{})
+	require.ErrorIs(t, err, store.ErrInvalidParams)
+	_, err = f.st.CreateTenant(f.ctx, store.Tenant{ID: "tid", Name: "tname"})
+	require.ErrorIs(t, err, store.ErrInvalidParams)
+	got, err := f.st.CreateTenant(f.ctx, store.Tenant{Name: "tname"})
+	require.NoError(t, err)
+	require.Equal(t, "tname", got.ID)
+
+	k := testKey("shared-id", f.tenant, 1)
+	require.NoError(t, f.st.CreateKey(f.ctx, k))
+	other := testKey("shared-id", "other-tenant", 2)
+	require.NoError(t, f.st.CreateKey(f.ctx, other), "the same id in another tenant")
+	for _, want := range []store.APIKey{k, other} {
+		got, err := f.st.KeyByHash(f.ctx, want.Hash)
+		require.NoError(t, err)
+		requireKey(t, want, got)
+	}
+	require.NoError(t, f.st.DeleteKey(f.ctx, "other-tenant", "shared-id"))
+	got2, err := f.st.KeyByHash(f.ctx, k.Hash)
+	require.NoError(t, err, "deleting the other tenant's key leaves this one")
+	requireKey(t, k, got2)
+}
+
+// testIdempotentReplayFirst: an acquire with the idempotency key of a live
+// lease returns that lease even when its weight no longer fits maxValue.
+func testIdempotentReplayFirst(t *testing.T, f *fixture) {
+	f.put("s", 1, store.ScopeTotal)
+	p := f.params("s")
+	p.IdempotencyKey = "k1"
+	l := f.acquire(p)
+	p.Weight = 2
+	again := f.acquire(p)
+	require.Equal(t, l.ID, again.ID)
+	p.IdempotencyKey = "k2"
+	_, err := f.st.Acquire(f.ctx, p)
+	require.ErrorIs(t, err, store.ErrWeightTooLarge)
+}

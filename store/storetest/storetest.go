@@ -119,6 +119,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Params_ExtendDefaultTTL", testExtendDefaultTTL},
 		{"Params_CreateKeyDuplicate", testCreateKeyDuplicate},
 		{"Params_DeliveredKeepsRoute", testDeliveredKeepsRoute},
+		{"Params_Tenant", testTenantParams},
+		{"Params_IdempotentReplayFirst", testIdempotentReplayFirst},
 	}
 	tests = append(tests, sessionTests...)
 	for _, tc := range tests {

@@ -731,13 +731,14 @@ end
 local function op_acquire(conf, now, a, i)
   local id, c, w = a[i], a[i + 1], tonumber(a[i + 2])
   local ttl, k, wait = tonumber(a[i + 3]), a[i + 4], tonumber(a[i + 5])
-  if w > conf.max then return {E_WEIGHT_TOO_LARGE, ''} end
   ttl = lease_ttl(conf, ttl)
+  -- the same idempotency key returns its live lease, whatever else changed
   if k ~= '' then
     local lid = redis.call('HGET', K_IDEM, k)
     local raw = lid and redis.call('HGET', K_LEASES, lid)
     if raw then return {'ok', raw} end
   end
+  if w > conf.max then return {E_WEIGHT_TOO_LARGE, ''} end
   -- no barging: a live waiter ahead in the same domain blocks the grant
   if not head(conf, c, now) and fits(conf, c, w) then
     return {'ok', (new_lease(id, c, w, ttl, k, now, nil, nil, a[i + 8]))}
@@ -917,7 +918,8 @@ local function op_transition(conf, now, a, i)
       m.r, m.ua = a[i + 4], now
       unbind_job(seq, m)
       if m.r == '' then m.r = 'semaphore' end
-      if a[i + 7] ~= '' then m.h = cjson.decode(a[i + 7]) end
+      -- the child of this hand-off ('' none: an earlier one is forgotten)
+      if a[i + 7] ~= '' then m.h = cjson.decode(a[i + 7]) else m.h = nil end
       if m.h and m.h.h then
         hold(tonumber(a[i + 6]))
         job_save(seq, m, pay)
