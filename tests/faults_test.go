@@ -66,8 +66,8 @@ const (
 	faultErrPace     = 50 * time.Millisecond // pause after an error answer, not to spin during an outage
 	// faultSlack bounds how late after its wait an acquire may be answered:
 	// the waiter's give-up (its cancel in Redis) is bounded by the store's
-	// cleanupTimeout (5 s), plus 1 s of scheduling on a loaded machine.
-	faultSlack = 6 * time.Second
+	// waiterSlack (2 s), plus 1.5 s of scheduling on a loaded machine.
+	faultSlack = 3500 * time.Millisecond
 	// faultWaiterSlack is the store's waiterSlack (redisstore): a waiter
 	// whose caller got no lease stays queued in Redis at most wait + this.
 	faultWaiterSlack = 2 * time.Second
@@ -75,7 +75,7 @@ const (
 	faultSweep = time.Second
 	// faultReadyWithin bounds how long /readyz may take to change after
 	// Redis goes away or comes back.
-	faultReadyWithin  = 6 * time.Second
+	faultReadyWithin  = 4 * time.Second // its 2 s ping timeout, and the poll
 	faultJobsDeadline = 30 * time.Second
 )
 

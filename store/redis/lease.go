@@ -165,7 +165,10 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *
 // when the wait merely ran out, and released when the caller is gone (ctx
 // ended, Store closing): it never leaks.
 func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, cause error) (store.Lease, error) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	// Bounded by the slack the waiter has in Redis past its wait: a cancel
+	// that cannot reach Redis by then is answered 503, and Redis drops the
+	// waiter (or its unclaimed grant) at its deadline.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), waiterSlack)
 	defer cancel()
 	res, err := s.run(cctx, fnCancelWait, p.Tenant, p.Semaphore, id)
 	if err != nil {
