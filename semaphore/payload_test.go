@@ -9,7 +9,7 @@ import (
 )
 
 func TestCheckPayloadNumbers(t *testing.T) {
-	big := "1" + strings.Repeat("0", 308) // 1e308: fits
+	big := "1" + strings.Repeat("0", 308)  // 1e308: fits
 	huge := "1" + strings.Repeat("0", 309) // 1e309: does not
 	for _, ok := range []string{
 		`1`, `-0.5`, `1e308`, `-1.7976931348623157e308`, `1e-999`, `{"a":[1,2.5e10,"1e999"]}`,
