@@ -281,6 +281,24 @@ func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON 
 
 func leaseJSON(l store.Lease) LeaseJSON { return wire.LeaseFromStore(l) }
 
+func (s *Server) listLeases(c echo.Context) error {
+	limit, err := queryLimit(c)
+	if err != nil {
+		return err
+	}
+	leases, next, err := s.svc.ListLeases(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.ListLeasesInput{
+		Channel: c.QueryParam("channel"), Cursor: c.QueryParam("cursor"), Limit: limit,
+	})
+	if err != nil {
+		return err
+	}
+	out := LeaseListResponse{Leases: make([]LeaseJSON, 0, len(leases)), NextCursor: next}
+	for _, l := range leases {
+		out.Leases = append(out.Leases, leaseJSON(l))
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
 func tenantJSON(t store.Tenant) TenantJSON {
 	return TenantJSON{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt.UTC()}
 }

@@ -188,3 +188,59 @@ func TestLeases_BadRequests(t *testing.T) {
 	// The lease survived every bad request.
 	e.expect(http.StatusOK, "", http.MethodPost, "/v1/leases/"+held.ID+"/release", e.worker, nil)
 }
+
+// TestLeases_List: GET /v1/semaphores/{name}/leases pages through the live
+// leases in grant order, per channel on request; released and expired
+// ones are gone; bad parameters are 400 naming them.
+func TestLeases_List(t *testing.T) {
+	e := setup(t)
+	e.put("pool", map[string]any{"maxValue": 10, "maxValueScope": "channel"})
+	var ids []string
+	for i := range 5 {
+		ch := "a"
+		if i%2 == 1 {
+			ch = "b"
+		}
+		ids = append(ids, e.acquire("pool", map[string]any{"channel": ch, "ttl": "1m"}).ID)
+	}
+	short := e.acquire("pool", map[string]any{"channel": "a", "ttl": "1s"})
+	e.expect(http.StatusOK, "", http.MethodPost, "/v1/leases/"+ids[2]+"/release", e.worker, nil)
+	e.clock.Add(2 * time.Second) // the 1s lease expires
+
+	list := func(q string) LeaseListResponse {
+		var out LeaseListResponse
+		e.expect(http.StatusOK, "", http.MethodGet, "/v1/semaphores/pool/leases?"+q, e.worker, nil).into(&out)
+		return out
+	}
+	var got []string
+	cursor := ""
+	for pages := 0; ; pages++ {
+		require.Less(t, pages, 5)
+		p := list("limit=2&cursor=" + cursor)
+		for _, l := range p.Leases {
+			got = append(got, l.ID)
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		cursor = p.NextCursor
+	}
+	require.Equal(t, []string{ids[0], ids[1], ids[3], ids[4]}, got, "live leases in grant order")
+	require.NotContains(t, got, short.ID)
+
+	b := list("channel=b")
+	require.Len(t, b.Leases, 2)
+	for _, l := range b.Leases {
+		require.Equal(t, "b", l.Channel)
+	}
+	require.Empty(t, b.NextCursor)
+
+	for q, field := range map[string]string{"limit=0": "limit", "cursor=zz": "cursor", "channel=-x": "channel"} {
+		r := e.do(http.MethodGet, "/v1/semaphores/pool/leases?"+q, e.worker, nil)
+		require.Equal(t, http.StatusBadRequest, r.Status, q)
+		require.Equal(t, CodeInvalidRequest, r.code(), q)
+		require.Contains(t, r.message(), field, q)
+	}
+	e.expect(http.StatusNotFound, CodeSemaphoreNotFound, http.MethodGet, "/v1/semaphores/nope/leases", e.worker, nil)
+	e.expect(http.StatusUnauthorized, CodeUnauthorized, http.MethodGet, "/v1/semaphores/pool/leases", "", nil)
+}

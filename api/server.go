@@ -162,6 +162,7 @@ func (s *Server) registerRoutes(g prometheus.Gatherer, serveMetrics bool) {
 	v1(http.MethodPost, "/semaphores/:name/resume", admin, s.suspend(false))
 
 	v1(http.MethodPost, "/semaphores/:name/acquire", worker, s.acquire)
+	v1(http.MethodGet, "/semaphores/:name/leases", worker, s.listLeases)
 	v1(http.MethodPost, "/leases/:id/extend", worker, s.extend)
 	v1(http.MethodPost, "/leases/:id/release", worker, s.release)
 

@@ -329,6 +329,12 @@ type JobResponse struct {
 	Job JobJSON `json:"job"`
 }
 
+// LeaseListResponse is GET /v1/semaphores/{name}/leases.
+type LeaseListResponse struct {
+	Leases     []LeaseJSON `json:"leases"`
+	NextCursor string      `json:"nextCursor"`
+}
+
 // JobListResponse is GET /v1/semaphores/{name}/jobs.
 type JobListResponse struct {
 	Jobs       []JobJSON `json:"jobs"`

@@ -121,6 +121,47 @@ func (c *Client) Release(ctx context.Context, leaseID string) (Lease, error) {
 	return c.leaseCall(ctx, c.endpoint(nil, "v1", "leases", leaseID, "release"), struct{}{})
 }
 
+// ListLeasesOptions filters and pages ListLeases.
+type ListLeasesOptions struct {
+	Channel string // "" = every channel
+	Cursor  string // "" = first page; then the previous page's NextCursor
+	Limit   int    // 0 = the server's default (100); at most 1000
+}
+
+// LeasePage is one page of ListLeases, oldest grant first. NextCursor is ""
+// on the last page.
+type LeasePage struct {
+	Leases     []Lease
+	NextCursor string
+}
+
+// ListLeases returns one page of a semaphore's live leases (sync leases and
+// those of inflight jobs), oldest grant first.
+func (c *Client) ListLeases(ctx context.Context, semaphore string, opts ListLeasesOptions) (LeasePage, error) {
+	q := url.Values{}
+	if opts.Channel != "" {
+		q.Set("channel", opts.Channel)
+	}
+	if opts.Cursor != "" {
+		q.Set("cursor", opts.Cursor)
+	}
+	if opts.Limit > 0 {
+		q.Set("limit", strconv.Itoa(opts.Limit))
+	}
+	var out struct {
+		Leases     []leaseWire `json:"leases"`
+		NextCursor string      `json:"nextCursor"`
+	}
+	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "semaphores", semaphore, "leases"), nil, &out); err != nil {
+		return LeasePage{}, err
+	}
+	page := LeasePage{Leases: make([]Lease, 0, len(out.Leases)), NextCursor: out.NextCursor}
+	for _, l := range out.Leases {
+		page.Leases = append(page.Leases, Lease(l))
+	}
+	return page, nil
+}
+
 func (c *Client) leaseCall(ctx context.Context, target string, in any) (Lease, error) {
 	var out struct {
 		Lease leaseWire `json:"lease"`

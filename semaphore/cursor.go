@@ -13,6 +13,7 @@ import (
 const (
 	cursorSemaphores = "s" // store cursor: the last semaphore name of the page
 	cursorJobs       = "j" // store cursor: the last job seq walked (decimal)
+	cursorLeases     = "l" // store cursor: the fencing token of the last lease (decimal)
 )
 
 func encodeCursor(kind, inner string) string {

@@ -251,6 +251,37 @@ func (s *Service) ListSemaphores(ctx context.Context, tenant, cursor string, lim
 	return sems, encodeCursor(cursorSemaphores, next), err
 }
 
+// ListLeasesInput filters and pages a semaphore's live leases.
+type ListLeasesInput struct {
+	Channel string
+	Cursor  string
+	Limit   int
+}
+
+// ListLeases lists a semaphore's live leases, oldest grant first.
+func (s *Service) ListLeases(ctx context.Context, tenant, name string, in ListLeasesInput) ([]store.Lease, string, error) {
+	if !ValidName(name) {
+		return nil, "", store.ErrSemaphoreNotFound
+	}
+	limit, err := checkListLimit(in.Limit)
+	if err != nil {
+		return nil, "", err
+	}
+	if in.Channel != "" {
+		if err := checkChannel(in.Channel); err != nil {
+			return nil, "", err
+		}
+	}
+	after, err := decodeCursor(cursorLeases, in.Cursor, validSeq)
+	if err != nil {
+		return nil, "", err
+	}
+	leases, next, err := s.store.ListLeases(ctx, store.ListLeasesParams{
+		Tenant: tenant, Semaphore: name, Channel: in.Channel, Cursor: after, Limit: limit,
+	})
+	return leases, encodeCursor(cursorLeases, next), err
+}
+
 // DeleteSemaphore deletes a semaphore with its leases and waiters.
 func (s *Service) DeleteSemaphore(ctx context.Context, tenant, name string) error {
 	if !ValidName(name) {

@@ -171,6 +171,17 @@ type ExtendParams struct {
 	TTL     time.Duration
 }
 
+// ListLeasesParams pages through a semaphore's live leases. Channel ""
+// lists every channel; Cursor is the previous page's nextCursor ("" =
+// start); Limit ≤ 0 is 100.
+type ListLeasesParams struct {
+	Tenant    string
+	Semaphore string
+	Channel   string
+	Cursor    string
+	Limit     int
+}
+
 // PutSemaphoreParams creates or replaces a semaphore's config.
 type PutSemaphoreParams struct {
 	Tenant string
@@ -269,6 +280,11 @@ type Store interface {
 	// unknown, released or expired one. Extending the lease of an inflight
 	// job keeps the job inflight longer (a long-running worker).
 	Extend(ctx context.Context, p ExtendParams) (Lease, error)
+	// ListLeases returns the semaphore's live leases (expired ones are
+	// dropped first), oldest grant first (by fencing token), after the
+	// cursor: the token of the last lease of the previous page, decimal. A
+	// cursor that is not one lists nothing. ErrSemaphoreNotFound.
+	ListLeases(ctx context.Context, p ListLeasesParams) (leases []Lease, nextCursor string, err error)
 	// Sweep drops expired leases and waiters of every semaphore due for a
 	// check and grants freed permits to waiters. It returns how many leases
 	// expired. Run by every instance about every 250 ms; safe to run

@@ -1,9 +1,12 @@
 package memory
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/semaphored/semaphored/store"
@@ -286,4 +289,42 @@ func (s *Store) Extend(ctx context.Context, p store.ExtendParams) (store.Lease, 
 	ttl := leaseTTL(p.TTL, sem)
 	sem.setExpiry(e, now.Add(ttl), ttl)
 	return e.lease, nil
+}
+
+// ListLeases implements store.Store: live leases by fencing token.
+func (s *Store) ListLeases(ctx context.Context, p store.ListLeasesParams) ([]store.Lease, string, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, "", err
+	}
+	defer s.unlock()
+	sem, err := s.semaphore(p.Tenant, p.Semaphore)
+	if err != nil {
+		return nil, "", err
+	}
+	s.refresh(sem, s.now())
+	var after int64
+	if p.Cursor != "" {
+		if after, err = strconv.ParseInt(p.Cursor, 10, 64); err != nil || after < 0 {
+			return []store.Lease{}, "", nil // not a cursor ListLeases gave: nothing, as in Redis
+		}
+	}
+	limit := p.Limit
+	if limit <= 0 {
+		limit = defaultListLimit
+	}
+	var sel []store.Lease
+	for _, e := range sem.leases {
+		if e.lease.FencingToken > after && (p.Channel == "" || e.lease.Channel == p.Channel) {
+			sel = append(sel, e.lease)
+		}
+	}
+	slices.SortFunc(sel, func(a, b store.Lease) int { return cmp.Compare(a.FencingToken, b.FencingToken) })
+	next := ""
+	if len(sel) > limit {
+		sel = sel[:limit]
+		next = strconv.FormatInt(sel[limit-1].FencingToken, 10)
+	}
+	out := make([]store.Lease, len(sel))
+	copy(out, sel)
+	return out, next, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/semaphored/semaphored/store"
@@ -226,3 +227,39 @@ func (s *Store) Extend(ctx context.Context, p store.ExtendParams) (store.Lease, 
 	}
 	return decodeLease(name, res[1].(string))
 }
+
+// ListLeases pages through the semaphore's live leases by fencing token
+// (see store.Store).
+func (s *Store) ListLeases(ctx context.Context, p store.ListLeasesParams) ([]store.Lease, string, error) {
+	var after int64
+	if p.Cursor != "" {
+		n, err := strconv.ParseInt(p.Cursor, 10, 64)
+		if err != nil || n < 0 {
+			return []store.Lease{}, "", nil
+		}
+		after = n
+	}
+	limit := p.Limit
+	if limit <= 0 {
+		limit = defaultLeaseListLimit
+	}
+	res, err := s.run(ctx, fnListLeases, p.Tenant, p.Semaphore, p.Channel, after, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	raws, _ := res[1].([]any)
+	out := make([]store.Lease, 0, len(raws))
+	for _, r := range raws {
+		raw, _ := r.(string)
+		l, err := decodeLease(p.Semaphore, raw)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, l)
+	}
+	next, _ := res[2].(string)
+	return out, next, nil
+}
+
+// defaultLeaseListLimit is ListLeases' page size when none is given.
+const defaultLeaseListLimit = 100

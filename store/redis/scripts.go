@@ -36,6 +36,7 @@ var (
 	fnGetJob          = semFunc("get_job.lua")
 	fnListJobs        = semFunc("list_jobs.lua")
 	fnPurgeJobs       = semFunc("purge_jobs.lua")
+	fnListLeases      = semFunc("list_leases.lua")
 
 	scriptSweepClaim = plainScript("sweep_claim.lua")
 	scriptCreateKey  = plainScript("create_key.lua")
@@ -68,6 +69,7 @@ var libFiles = []string{
 	"batch.lua", "extend.lua", "cancel_wait.lua", "sweep.lua",
 	"state.lua", "put_semaphore.lua", "delete_semaphore.lua", "set_suspended.lua",
 	"dispatch.lua", "get_job.lua", "list_jobs.lua", "purge_jobs.lua",
+	"list_leases.lua",
 }
 
 // library is the function library: its name carries a hash of its code, so

@@ -65,6 +65,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Acquire_Idempotency", testIdempotency},
 		{"Lease_UnknownReleasedExpired", testLeaseNotFound},
 		{"Lease_Extend", testExtend},
+		{"Lease_List", testListLeases},
 		{"Expiry_ReturnsPermits", testExpiryReturnsPermits},
 		{"Expiry_SweepCounts", testSweepCounts},
 		{"Expiry_GrantsWaiter", testExpiryGrantsWaiter},
