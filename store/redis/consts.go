@@ -42,7 +42,7 @@ var scriptErrors = map[string]error{
 	codeSessionNotFound:   store.ErrSessionNotFound,
 }
 
-// statusLetter is a job status as job records store it (lib.lua m.s).
+// statusLetter is a job status as job records store it (lib_*.lua m.s).
 var statusLetter = map[store.JobStatus]string{
 	store.JobScheduled: "S", store.JobInflight: "I", store.JobDone: "D",
 	store.JobError: "E", store.JobTimeout: "T", store.JobCancelled: "C",

@@ -59,7 +59,7 @@ func isUnavailable(err error) bool {
 }
 
 // codeError is the store error of an in-band status of a script reply
-// (an error code "SD_...", see consts.go; lib.lua done), or nil for a
+// (an error code "SD_...", see consts.go; lib_*.lua done), or nil for a
 // status that is not an error code.
 func codeError(status string) error {
 	if err, ok := scriptErrors[status]; ok {

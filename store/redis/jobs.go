@@ -18,9 +18,9 @@ import (
 //
 //   - its record is one field of the semaphore's jobs hash, keyed by the
 //     job's seq (creation order in the semaphore): a short meta JSON line,
-//     then the payload verbatim (lib.lua, "jobs");
+//     then the payload verbatim (lib_*.lua, "jobs");
 //   - while scheduled, a 6-byte entry in its channel's queue, a run of
-//     chunk strings in the jq hash (lib.lua q_push / q_pop);
+//     chunk strings in the jq hash (lib_*.lua q_push / q_pop);
 //   - while inflight, a lease like any other (holders, leases, used, fence),
 //     whose record names the job (j), so expiry and the sweep index cover it;
 //   - while terminal, a member of the jfin zset by finish time, forgotten
@@ -40,7 +40,7 @@ const (
 	defaultJobListLimit = 100
 )
 
-// jobMeta is the meta line of a job record (lib.lua). Numbers are decoded
+// jobMeta is the meta line of a job record (lib_*.lua). Numbers are decoded
 // as float64 (cjson's format), exact below 2^53.
 type jobMeta struct {
 	C  *string  `json:"c"`
@@ -152,7 +152,7 @@ func decodeJobs(tenant, semaphore string, v any) ([]store.Job, error) {
 	return out, nil
 }
 
-// decodeEvents reads the events element of a script reply (lib.lua done).
+// decodeEvents reads the events element of a script reply (lib_*.lua done).
 func decodeEvents(tenant, semaphore string, v any) (store.JobEvents, error) {
 	var ev store.JobEvents
 	arr, _ := v.([]any)

@@ -6,7 +6,7 @@ import "strings"
 // (default "sd"):
 //
 //	P:{<tenant>/<name>}:sem        hash: config, suspended, timestamps, waiter seq, layout
-//	                               version, ix and the u/wn/jq counters (lib.lua)
+//	                               version, ix and the u/wn/jq counters (lib_*.lua)
 //	P:{<tenant>/<name>}:holders    zset: lease id -> expiry ms (Redis TIME)
 //	P:{<tenant>/<name>}:leases     hash: lease id -> lease JSON
 //	P:{<tenant>/<name>}:used       hash: "c:<channel>" -> used weight
@@ -67,7 +67,7 @@ func newKeys(prefix string) keys {
 	return keys{p: strings.TrimRight(prefix, ":")}
 }
 
-// Indexes into semKeys' result, in the order lib.lua expects.
+// Indexes into semKeys' result, in the order lib_state.lua expects.
 const (
 	kSem = iota
 	kHolders

@@ -12,7 +12,7 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// leaseJSON is a lease as the scripts store it (lib.lua new_lease). Numbers
+// leaseJSON is a lease as the scripts store it (lib_*.lua new_lease). Numbers
 // are decoded as float64 (cjson's format) and are exact below 2^53.
 type leaseJSON struct {
 	ID  string  `json:"id"`

@@ -17,7 +17,7 @@
 //
 // Async jobs (jobs.go) live in their semaphore's slot too. Every script
 // that frees or adds a permit or a job dispatches queued jobs that fit in
-// the same script (lib.lua dispatch) and returns them; the Store hands them
+// the same script (lib_*.lua dispatch) and returns them; the Store hands them
 // to the JobEvents listener after the script, in the calling goroutine.
 package redisstore
 
@@ -185,7 +185,7 @@ func (s *Store) register(id string) *waiter {
 }
 
 // handOver gives a waiter of this Store the lease a script granted it in
-// its reply (lib.lua grant_domain). A waiter no longer registered has
+// its reply (lib_*.lua grant_domain). A waiter no longer registered has
 // ended its wait: with a lease (its poll or give-up found this one by the
 // waiter's id: nothing to do), or without one (its give-up could not reach
 // Redis, see unregister): then the lease is released.

@@ -20,8 +20,8 @@ import (
 var luaFS embed.FS
 
 // The per-semaphore operations are the functions of one Redis function
-// library (FUNCTION LOAD, FCALL), built from lib.lua and one file per
-// operation (see lib.lua's header); the global scripts stand alone (EVALSHA
+// library (FUNCTION LOAD, FCALL), built from lib_*.lua and one file per
+// operation (see lib_state.lua's header); the global scripts stand alone (EVALSHA
 // with an EVAL fallback).
 var (
 	fnBatch           = semFunc("batch.lua")
@@ -64,6 +64,18 @@ func semFunc(file string) string {
 	return library.name + "_" + strings.TrimSuffix(file, ".lua")
 }
 
+// libParts are the helpers of the library, split by concern, in the one
+// order they are concatenated in: a part uses only what the parts before it
+// define (Lua locals are lexically scoped).
+var libParts = []string{
+	"lib_state.lua",     // keys, per-call state, config, counters
+	"lib_leases.lua",    // leases, session bindings, waiters and their grants
+	"lib_jobs.lua",      // job records, queues, life cycle, expiry
+	"lib_dispatch.lua",  // the sweep index's due time, dispatch, the reply
+	"lib_lease_ops.lua", // the lease operations of batch.lua
+	"lib_job_ops.lua",   // the job operations of batch.lua
+}
+
 // libFiles are the per-semaphore scripts, each a function of the library.
 var libFiles = []string{
 	"batch.lua", "extend.lua", "cancel_wait.lua", "sweep.lua",
@@ -81,8 +93,9 @@ type lib struct{ name, code string }
 func buildLibrary() lib {
 	var body strings.Builder
 	body.WriteString(readLua("consts.lua"))
-	body.WriteString("\n-- lib.lua\n")
-	body.WriteString(readLua("lib.lua"))
+	for _, part := range libParts {
+		fmt.Fprintf(&body, "\n-- %s\n%s", part, readLua(part))
+	}
 	for _, f := range libFiles {
 		// The script's body becomes the function's body; its top-level
 		// locals and returns are the function's.
@@ -172,7 +185,7 @@ func (s *Store) runOnce(ctx context.Context, sc *redis.Script, keys []string, ar
 	return cmd
 }
 
-// semArgs prepends the ARGV every per-semaphore script gets (lib.lua): the
+// semArgs prepends the ARGV every per-semaphore script gets (lib_*.lua): the
 // node channel prefix, 16 random hex characters and the id suffix of the
 // semaphore (for the lease ids of dispatched jobs), and this Store's node
 // id (grants to its own waiters come in the reply).
@@ -186,7 +199,7 @@ func (s *Store) semArgs(name string, args []any) []any {
 // (store.NewLeaseID).
 func idSuffix(name string) string { return "." + base64.RawURLEncoding.EncodeToString([]byte(name)) }
 
-// run runs a per-semaphore script that replies through lib.lua done():
+// run runs a per-semaphore script that replies through lib_*.lua done():
 // {status, ..., due, events}. It records due in the sweep index, hands the
 // events to the job listener, and returns the reply without due and
 // events; a status "SD_..." becomes the store error (the reply is still
@@ -216,7 +229,7 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 	return res, ev, nil
 }
 
-// handOverAll hands the grants of a reply (lib.lua done: {waiter id,
+// handOverAll hands the grants of a reply (lib_*.lua done: {waiter id,
 // lease JSON} each) to this Store's waiters.
 func (s *Store) handOverAll(tenant string, v any) {
 	grants, _ := v.([]any)

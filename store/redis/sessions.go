@@ -28,7 +28,7 @@ import (
 //
 // What a session holds is not in its record: the operation that grants a
 // lease or records a job's delivery binds it in the semaphore's own slot
-// (lib.lua sbind), and whatever ends the lease unbinds it. The
+// (lib_*.lua sbind), and whatever ends the lease unbinds it. The
 // record lists the semaphores to look in (sems); GetSession, ResumeSession,
 // EndSession and ExpiredSessions read the bindings there in one pipeline.
 //
@@ -240,7 +240,7 @@ func (s *Store) UseSemaphore(ctx context.Context, p store.SessionParams, semapho
 }
 
 // withBindings returns the session with its Leases and Jobs: the
-// bindings in each of its semaphores (lib.lua sbind), read in one
+// bindings in each of its semaphores (lib_*.lua sbind), read in one
 // pipeline (one round trip per master in Cluster).
 func (s *Store) withBindings(ctx context.Context, sess store.Session) (store.Session, error) {
 	if len(sess.Semaphores) == 0 {

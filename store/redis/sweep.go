@@ -14,9 +14,9 @@ import (
 // is missed:
 //
 //   - A semaphore's due time is the earliest of its lease expiries and
-//     waiter deadlines (lib.lua next_due). Job leases are leases like any
+//     waiter deadlines (lib_*.lua next_due). Job leases are leases like any
 //     other (in holders), so the due time covers them. The semaphore's hash
-//     keeps ix (lib.lua IX), at or below every such due time. A script that
+//     keeps ix (lib_*.lua IX), at or below every such due time. A script that
 //     adds or moves an item due before ix (acquire, extend, a grant or a
 //     job dispatch inside any script, a job hold) lowers ix and returns it;
 //     a script that finds ix passed (ix <= now), and every sweep.lua, sets

@@ -1,12 +1,12 @@
 -- batch.lua: the acquires, releases, waiter polls, job enqueues and job
 -- transitions of one semaphore that callers sent at about the same time,
--- run one after the other in one call (a function of the lib.lua library):
+-- run one after the other in one call (a function of the function library (lib_*.lua)):
 -- one round trip, one clock read, one expiry check and one dispatch of
 -- queued jobs (after every caller is served) for all of them. A lone call
 -- is a batch of one.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5..] the operations, in order, each a letter and its arguments:
 --   'a' acquire: lease id (also the waiter id when it waits), channel,
 --       weight (>= 1), ttl ms (0: the semaphore's leaseTimeout, else 60 s),
@@ -23,7 +23,7 @@
 --       hold ttl ms, child JobRef JSON, bound session, its subscription's
 --       channel (see op_transition), quiet ('1': no job view in the result)
 --
--- Returns {'ok', results, due, events, grants} (lib.lua done), results
+-- Returns {'ok', results, due, events, grants} (lib_*.lua done), results
 -- holding one {status, ...} per operation: {status, lease JSON or ''} for
 -- op_acquire, op_release, op_claim; {status, created, job view} for
 -- op_enqueue and {status, job view} for op_transition, the view being

@@ -1,11 +1,11 @@
 -- cancel_wait.lua: a waiting acquire gives up (its wait passed or its
--- context ended); a function of the lib.lua library. A queued waiter
+-- context ended); a function of the function library (lib_*.lua). A queued waiter
 -- leaves the queue (the waiters behind it may be granted at once, queued
 -- jobs dispatched); a waiter granted in the meantime gets its lease, which
 -- the caller returns or releases, so no permit leaks.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] waiter id
 --
 -- Returns {status, lease JSON or '', due, events, grants}: 'granted', 'cancelled',

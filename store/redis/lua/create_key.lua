@@ -1,5 +1,5 @@
 -- create_key.lua: store an API key record. (A plain script, outside the
--- lib.lua library.)
+-- lib_*.lua library.)
 --
 -- KEYS[1] key records: hash, secret hash -> key JSON
 -- KEYS[2] the tenant's key index: hash, key id -> secret hash

@@ -1,5 +1,5 @@
 -- delete_key.lua: revoke an API key. (A plain script, outside the
--- lib.lua library.)
+-- lib_*.lua library.)
 --
 -- KEYS[1] key records: hash, secret hash -> key JSON
 -- KEYS[2] the tenant's key index: hash, key id -> secret hash

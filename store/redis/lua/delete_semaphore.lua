@@ -1,11 +1,11 @@
 -- delete_semaphore.lua: remove a semaphore with its leases, waiters and
--- jobs (a function of the lib.lua library). Waiting calls are woken by push and find the
+-- jobs (a function of the function library (lib_*.lua)). Waiting calls are woken by push and find the
 -- semaphore gone. The fencing counter (KEYS[5]) is kept, so tokens stay
 -- monotonic when the name is created again (job ids differ by the salt of
 -- the new semaphore).
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
 if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply(E_SEMAPHORE_NOT_FOUND) end

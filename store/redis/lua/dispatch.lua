@@ -1,9 +1,9 @@
 -- dispatch.lua: dispatch up to max queued jobs that fit now (it is a function of
--- the lib.lua library), after dropping expired leases.
+-- the function library (lib_*.lua)), after dropping expired leases.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
--- ARGV[5] max jobs (<= 0: lib.lua DISPATCH_BATCH)
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
+-- ARGV[5] max jobs (<= 0: lib_*.lua DISPATCH_BATCH)
 --
 -- Returns {'ok', due, events, grants}: the jobs are events' dispatched list. Error
 -- SD_SEMAPHORE_NOT_FOUND.

@@ -1,5 +1,5 @@
 -- heartbeat.lua: a node is alive until now + ttl (Heartbeat). (A plain
--- script, outside the lib.lua library.)
+-- script, outside the function library (lib_*.lua).)
 --
 -- KEYS[1] nodes: zset, node id -> heartbeat expiry (ms, Redis TIME)
 -- ARGV[1] node id, ARGV[2] ttl ms

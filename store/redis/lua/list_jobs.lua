@@ -1,13 +1,13 @@
 -- list_jobs.lua: a page of a semaphore's jobs, oldest first (by seq), after
--- dropping expired leases and dispatching (a function of the lib.lua library).
+-- dropping expired leases and dispatching (a function of the function library (lib_*.lua)).
 --
 -- Jobs are found by walking seqs upward from the cursor (or from the
 -- semaphore's jlo hint: no job below it exists any more) with HMGET, and
 -- filtered by status and channel; at most ARGV[9] seqs are walked per call,
 -- so a page may come back short (even empty) with a cursor to go on from.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] status letter (S I D E T C) or '' for any
 -- ARGV[6] channel or '' for any
 -- ARGV[7] cursor: the seq after which to list ('' = start)

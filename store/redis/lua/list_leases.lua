@@ -1,9 +1,9 @@
 -- list_leases.lua: a page of the semaphore's live leases, oldest grant
 -- first (by fencing token), after dropping expired ones (it is a function
--- of the lib.lua library).
+-- of the function library (lib_*.lua)).
 --
--- KEYS: the semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] channel ('' every channel), ARGV[6] cursor (the token of the
 -- last lease of the previous page, 0 to start), ARGV[7] limit
 --

@@ -1,10 +1,10 @@
 -- purge_jobs.lua: delete a semaphore's jobs in one status, scheduled or a
 -- terminal one, after dropping expired leases and dispatching (it is a function of
--- the lib.lua library). Scheduled jobs are found by walking the queues, terminal ones
+-- the function library (lib_*.lua)). Scheduled jobs are found by walking the queues, terminal ones
 -- through the finished set.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] status letter: S, D, E, T or C
 --
 -- Returns {'ok', jobs deleted, due, events, grants}, or SD_SEMAPHORE_NOT_FOUND.

@@ -1,9 +1,9 @@
 -- put_semaphore.lua: create or replace a semaphore's config (it is a function of
--- the lib.lua library). Live leases are never revoked; a raised maxValue (or a scope
+-- the function library (lib_*.lua)). Live leases are never revoked; a raised maxValue (or a scope
 -- change) grants head waiters at once, then dispatches queued jobs.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] name, ARGV[6] maxValue, ARGV[7] scope, ARGV[8] leaseTimeout ms,
 -- ARGV[9] maxAttempts, ARGV[10] onSessionLost, ARGV[11] onDeliveryError,
 -- ARGV[12] extra (opaque JSON)

@@ -11,7 +11,7 @@
 --            node "" while lost; lost/ends: ms of Redis TIME (0 while
 --            connected); grace ms; kid: the API key id that opened it;
 --            sems: the semaphores it may hold leases or jobs in (what it
---            holds is bound in each semaphore's own slot, lib.lua sbind);
+--            holds is bound in each semaphore's own slot, lib_*.lua sbind);
 --            subs: [{s, c, p}]
 --   KEYS[3]  bynode  zset (scores 0): "<node>\0<tenant>/<id>", the
 --            connected sessions of each node

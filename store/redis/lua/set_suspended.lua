@@ -1,8 +1,8 @@
 -- set_suspended.lua: suspend or resume dispatching of queued jobs (a
--- function of the lib.lua library); a resume dispatches what fits at once.
+-- function of the function library (lib_*.lua)); a resume dispatches what fits at once.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] 1 to suspend, 0 to resume
 --
 -- Returns {'ok', flat HGETALL of the semaphore hash, due, events, grants}, or

@@ -1,9 +1,9 @@
 -- state.lua: a consistent snapshot of a semaphore's usage, taken after
 -- dropping expired leases (granting the permits they held, dispatching
--- queued jobs); it is a function of the lib.lua library.
+-- queued jobs); it is a function of the function library (lib_*.lua).
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 --
 -- Returns {'ok', max, scope, used (flat HGETALL: "t"/"c:<channel>" ->
 -- weight), wcount (flat HGETALL: "c:<channel>" -> waiters), waiters total,

@@ -5,7 +5,7 @@
 -- both keys are in the semaphore's slot.)
 --
 -- KEYS[1] subs: hash "<session>\0<channel>" -> "1"
--- KEYS[2] the semaphore's sbind (lib.lua: a job bound on a subscription
+-- KEYS[2] the semaphore's sbind (lib_*.lua: a job bound on a subscription
 --         is "<session>\0J<channel>\0<job id>")
 -- ARGV[1] channel
 --

@@ -1,12 +1,12 @@
--- sweep.lua: periodic check of one semaphore (a function of the lib.lua library): drop
+-- sweep.lua: periodic check of one semaphore (a function of the function library (lib_*.lua)): drop
 -- expired leases (an expired job lease sends its job back to its queue or
 -- to timeout), expired waiters (and the leases of granted waiters that were
 -- never claimed before their deadline: their caller is gone), grant head
 -- waiters of every domain, dispatch queued jobs, and forget terminal jobs
 -- past their retention.
 --
--- KEYS: the 19 semaphore keys listed in lib.lua.
--- ARGV[1..4] as in lib.lua
+-- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] job retention ms, ARGV[6] max terminal jobs forgotten
 --
 -- Returns {'ok', expired leases, gone, due, events, grants}: gone is 1 when the

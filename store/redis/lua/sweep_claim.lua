@@ -1,6 +1,6 @@
 -- sweep_claim.lua: claim semaphores that are due for a sweep, so that
 -- concurrent sweepers do not work the same ones. (A plain script,
--- outside the lib.lua library: it touches only the global sweep index.)
+-- outside the function library (lib_*.lua): it touches only the global sweep index.)
 --
 -- KEYS[1] sweep index: zset, member "<tenant>/<name>", score = time (ms,
 --         Redis TIME) the semaphore must next be checked

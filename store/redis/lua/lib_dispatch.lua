@@ -1,0 +1,141 @@
+-- lib_dispatch.lua: the sweep index's due time, dispatching queued jobs
+-- round-robin, and the reply every function ends with (done, fail) (part
+-- of the function library, see lib_state.lua).
+
+-- earliest holder expiry or waiter deadline (ms), 0 when there is none:
+-- the time this semaphore is next due in the sweep index
+local function next_due()
+  local d = 0
+  local h = redis.call('ZRANGE', K_HOLDERS, 0, 0, 'WITHSCORES')
+  if h[2] then d = tonumber(h[2]) end
+  local w = redis.call('ZRANGE', K_WDL, 0, 0, 'WITHSCORES')
+  if w[2] then
+    local x = tonumber(w[2])
+    if d == 0 or x < d then d = x end
+  end
+  return d
+end
+
+-- the channel after c (by name, wrapping) with scheduled jobs; nil: none
+local function next_chan(c)
+  local r
+  if c ~= '' then r = redis.call('ZRANGE', K_JCH, '(' .. c, '+', 'BYLEX', 'LIMIT', 0, 1)[1] end
+  return r or redis.call('ZRANGE', K_JCH, '-', '+', 'BYLEX', 'LIMIT', 0, 1)[1]
+end
+
+-- moves the head job of channel c to inflight with a new lease of weight
+-- 1; false when the queue held no scheduled job (it is dropped then)
+local function dispatch_one(conf, c, now)
+  while true do
+    local seq, pos = q_pop(c)
+    if not seq then
+      q_drop(c)
+      return false
+    end
+    local m, pay = job_load(seq)
+    if m and queued_at(m, pos) then
+      local lraw, l = new_lease(nil, c, 1, lease_ttl(conf, 0), '', now, seq)
+      m.s, m.q, m.l, m.a, m.ua = 'I', nil, l.id, (m.a or 0) + 1, now
+      unqueued(c)
+      count_inflight(c, 1)
+      ev(EV_D, seq, job_save(seq, m, pay), lraw)
+      return true
+    end
+  end
+end
+
+-- the channels to dispatch from, in round-robin order after the cursor
+-- at: every channel with scheduled jobs (nil: walk the jch zset), or with
+-- scope channel and not all, only the touched ones (a list)
+local function dispatch_order(conf, at, all)
+  if all or conf.scope ~= SCOPE_CHANNEL or redis.call('HEXISTS', K_SEM, 'dmore') == 1 then return nil end
+  -- ranks in jch give the byte order of names (Lua's < may follow the locale)
+  local k = 0
+  if at ~= '' then k = redis.call('ZLEXCOUNT', K_JCH, '-', '[' .. at) end
+  local after, before = {}, {}
+  for c in pairs(TOUCHED) do
+    local r = redis.call('ZRANK', K_JCH, c)
+    if r then
+      if r >= k then after[#after + 1] = {r, c} else before[#before + 1] = {r, c} end
+    end
+  end
+  local byrank = function(x, y) return x[1] < y[1] end
+  table.sort(after, byrank)
+  table.sort(before, byrank)
+  local list = {}
+  for _, x in ipairs(after) do list[#list + 1] = x[2] end
+  for _, x in ipairs(before) do list[#list + 1] = x[2] end
+  return list
+end
+
+-- dispatches up to max scheduled jobs that fit (SPEC §1): channels served
+-- round-robin by name after the cursor (the channel served last), FIFO
+-- within a channel, none while suspended, none into a capacity domain with
+-- a live sync waiter. all: look at every channel (a config change, a
+-- resume, the sweep), not only the touched ones. Returns how many. When
+-- it stops at max, the next dispatch looks at every channel (dmore).
+local function dispatch(conf, now, max, all)
+  if conf.susp or JQ <= 0 then return 0 end
+  if not max or max <= 0 then max = DISPATCH_BATCH end
+  local n, at, served = 0, redis.call('HGET', K_SEM, 'rr') or '', nil
+  local list = dispatch_order(conf, at, all)
+  if list and #list == 0 then return 0 end
+  local blocked, nblocked, i = {}, 0, 0
+  while n < max do
+    local c
+    if list then
+      i = i % #list + 1
+      c = list[i]
+    else
+      c = next_chan(at) -- a channel with scheduled jobs
+      if not c then break end
+    end
+    if blocked[c] then
+      if nblocked >= (list and #list or redis.call('ZCARD', K_JCH)) then break end
+    elseif list and redis.call('ZSCORE', K_JCH, c) == false then
+      blocked[c], nblocked = true, nblocked + 1 -- its queue emptied
+    elseif head(conf, c, now) or not fits(conf, c, 1) then
+      if conf.scope ~= SCOPE_CHANNEL then break end -- one domain: if one cannot, none can
+      blocked[c], nblocked = true, nblocked + 1
+    elseif dispatch_one(conf, c, now) then
+      n, served = n + 1, c
+    end
+    at = c
+  end
+  if served then redis.call('HSET', K_SEM, 'rr', served) end
+  if n >= max then
+    redis.call('HSET', K_SEM, 'dmore', 1)
+  elseif list == nil then
+    redis.call('HDEL', K_SEM, 'dmore')
+  end
+  return n
+end
+
+-- the reply of a per-semaphore script: dispatches what fits now (unless
+-- nodispatch; conf nil: the semaphore does not exist), then appends due
+-- and events to t
+local function done(conf, now, t, nodispatch)
+  if conf and not nodispatch then dispatch(conf, now) end
+  local due = 0
+  if conf and (IX_EXACT or IX <= now) then
+    local e = next_due()
+    if e > 0 then
+      due = math.min(e, now + RECHECK)
+      redis.call('HSET', K_SEM, 'ix', due)
+    else
+      redis.call('HDEL', K_SEM, 'ix')
+    end
+  elseif IX_LOW then
+    due = math.min(IX, now + RECHECK)
+    redis.call('HSET', K_SEM, 'ix', due)
+  end
+  t[#t + 1] = due
+  t[#t + 1] = {EV_D, EV_F}
+  t[#t + 1] = LOCAL_GRANTS
+  return t
+end
+
+-- an error reply (in-band, see the header)
+local function fail(code, conf, now)
+  return done(conf, now, {code})
+end

@@ -1,0 +1,139 @@
+-- lib_job_ops.lua: the job operations batch.lua runs (part of the
+-- function library, see lib_state.lua).
+
+-- ---------------------------------------------------------------- job operations
+--
+-- Like the lease operations (run after load_conf and expire, no done()),
+-- they return {status, ...} with the job's seq in field v: batch.lua
+-- appends the job's view as at the end of the call.
+
+-- enqueue (args a[i..i+5]: job-id salt used if the semaphore has none
+-- yet, channel, payload (raw JSON), idempotency key (''), max scheduled
+-- jobs of the semaphore (0: no limit), parent JobRef JSON {s,i[,h]} ('')):
+-- {'ok', created 0/1} + v, the existing job of the idempotency key with
+-- created 0, or SD_QUEUE_FULL
+local function op_enqueue(conf, now, a, i)
+  local c, k, maxq = a[i + 1], a[i + 3], tonumber(a[i + 4])
+  if k ~= '' then
+    local old = redis.call('HGET', K_JIDEM, k)
+    if old and redis.call('HEXISTS', K_JOBS, old) == 1 then return {'ok', 0, v = tonumber(old)} end
+  end
+  if maxq > 0 and JQ >= maxq then return {E_QUEUE_FULL, ''} end
+  if redis.call('HSETNX', K_SEM, 'js', a[i]) == 1 then JOB_SALT = a[i] end
+  local seq = redis.call('HINCRBY', K_SEM, 'jn', 1)
+  local m = {ca = now}
+  if c ~= DEFAULT_CHANNEL then m.c = c end
+  if k ~= '' then
+    m.k = k
+    redis.call('HSET', K_JIDEM, k, seq)
+  end
+  if a[i + 5] ~= '' then m.p = cjson.decode(a[i + 5]) end
+  job_schedule(seq, m, false, now)
+  m.ua = nil -- = ca until the first change
+  job_save(seq, m, a[i + 2])
+  return {'ok', 1, v = seq}
+end
+
+
+-- transition: one action on a job (args a[i..i+9]: job-id salt, job seq,
+-- action (delivered release fail retry suspend cancel requeue handoff),
+-- lease id the job must still hold ('' = no check), route, error, hold ttl
+-- ms (0: none), child JobRef JSON {s,i[,h]} (''), and for delivered the
+-- session the job's lease is bound to ('' none: an earlier binding ends)
+-- and the channel of its subscription): {'ok'} + v, or
+-- SD_JOB_NOT_FOUND, SD_STALE_LEASE, {'SD_INVALID_STATE', message}
+local function op_transition(conf, now, a, i)
+  local seq = tonumber(a[i + 1])
+  local m, pay
+  if salt_ok(a[i]) then m, pay = job_load(seq) end
+  if not m then return {E_JOB_NOT_FOUND, ''} end
+  local act, lid = a[i + 2], a[i + 3]
+  if lid ~= '' and m.l ~= lid then return {E_STALE_LEASE, ''} end
+  local function invalid()
+    return {E_INVALID_STATE, string.format(MSG_INVALID_TRANSITION, act, JOB_STATUS_NAMES[m.s])}
+  end
+  local c = job_chan(m)
+  -- frees the permit of the inflight job
+  local function free()
+    local l = drop_lease(m.l)
+    m.l = nil
+    unbind_job(seq, m)
+    count_inflight(c, -1)
+    if l then grant_domain(conf, l.c, now) end
+  end
+  -- moves the inflight job's lease expiry to now + ttl (ttl > 0)
+  local function hold(ttl)
+    if ttl <= 0 then return end
+    local raw = redis.call('HGET', K_LEASES, m.l)
+    if not raw then return end
+    local l = cjson.decode(raw)
+    l.ttl, l.e = ttl, now + ttl
+    redis.call('HSET', K_LEASES, m.l, cjson.encode(l))
+    redis.call('ZADD', K_HOLDERS, l.e, m.l)
+    due_add(l.e)
+  end
+  local terminal = m.s == 'D' or m.s == 'E' or m.s == 'T' or m.s == 'C'
+  if act == ACT_REQUEUE then
+    if not terminal then return invalid() end
+    redis.call('ZREM', K_JFIN, seq)
+    m.a, m.e, m.r, m.h, m.fa = nil, nil, nil, nil, nil
+    job_schedule(seq, m, false, now)
+    job_save(seq, m, pay)
+  elseif act == ACT_CANCEL then
+    if m.s == 'S' then
+      unqueued(c) -- its queue entry is stale from now on
+    elseif m.s == 'I' then
+      free()
+    else
+      return invalid()
+    end
+    job_finish(seq, m, pay, 'C', '', now)
+  else
+    if m.s ~= 'I' then return invalid() end
+    if act == ACT_DELIVERED then
+      if a[i + 4] ~= '' then m.r = a[i + 4] end -- '' keeps the recorded route
+      m.ua = now
+      hold(tonumber(a[i + 6]))
+      unbind_job(seq, m)
+      if a[i + 8] ~= '' then bind_job(seq, m, a[i + 8], a[i + 9]) end
+      job_save(seq, m, pay)
+    elseif act == ACT_HANDOFF then
+      m.r, m.ua = a[i + 4], now
+      unbind_job(seq, m)
+      if m.r == '' then m.r = 'semaphore' end
+      -- the child of this hand-off ('' none: an earlier one is forgotten)
+      if a[i + 7] ~= '' then m.h = cjson.decode(a[i + 7]) else m.h = nil end
+      if m.h and m.h.h then
+        hold(tonumber(a[i + 6]))
+        job_save(seq, m, pay)
+      else
+        free()
+        job_finish(seq, m, pay, 'D', '', now)
+      end
+    elseif act == ACT_RELEASE then
+      if a[i + 4] ~= '' then m.r = a[i + 4] end -- accepted and released at once (releaseOnSuccess)
+      free()
+      job_finish(seq, m, pay, 'D', '', now)
+    elseif act == ACT_FAIL then
+      free()
+      job_finish(seq, m, pay, 'E', a[i + 5], now)
+    elseif act == ACT_RETRY then
+      free()
+      local msg = a[i + 5]
+      if msg == '' then msg = string.format(MSG_GAVE_UP, m.a or 0) end
+      job_retry(conf, seq, m, pay, msg, now)
+    elseif act == ACT_SUSPEND then
+      free()
+      local n = (m.a or 0) - 1
+      if n <= 0 then n = nil end
+      m.a = n
+      job_schedule(seq, m, true, now)
+      job_save(seq, m, pay)
+      redis.call('HSET', K_SEM, 'susp', 1, 'ua', now)
+      conf.susp = true
+    else
+      return {E_INVALID_STATE, 'unknown action ' .. act}
+    end
+  end
+  return {'ok', v = seq}
+end

@@ -1,0 +1,231 @@
+-- lib_jobs.lua: job records, their per-channel queues, their life cycle
+-- (scheduled, finished, retried) and expiry of leases and waiters (part of
+-- the function library, see lib_state.lua).
+
+-- ---------------------------------------------------------------- jobs
+--
+-- A job is identified inside its semaphore by its seq (creation order,
+-- HINCRBY sem jn); its id is hex16(salt) .. hex16(seq) .. "." ..
+-- base64url(name), the salt (sem js) being random per creation of the
+-- semaphore. Its record (K_JOBS, field = decimal seq) is a meta JSON line,
+-- "\n" (cjson escapes newlines in strings, so the first "\n" ends the
+-- meta), then the payload verbatim. Meta fields: c channel (absent:
+-- default), s status (S I D E T C), a attempts, q queue position (while
+-- scheduled), l lease id (while inflight), r route, e error, k idempotency
+-- key, p parent / h child {s, i, h}, ca / ua / fa times.
+
+function job_id(seq)
+  if not JOB_SALT then JOB_SALT = redis.call('HGET', K_SEM, 'js') or '' end
+  return JOB_SALT .. string.format('%016x', seq)
+end
+
+-- returns meta, payload (nil when there is no such job)
+local function job_load(seq)
+  local raw = redis.call('HGET', K_JOBS, seq)
+  if not raw then return nil end
+  local i = string.find(raw, '\n', 1, true)
+  return cjson.decode(string.sub(raw, 1, i - 1)), string.sub(raw, i + 1)
+end
+
+local function job_save(seq, m, pay)
+  local raw = cjson.encode(m) .. '\n' .. pay
+  redis.call('HSET', K_JOBS, seq, raw)
+  return raw
+end
+
+local function job_chan(m) return m.c or DEFAULT_CHANNEL end
+
+local function count(f, d)
+  if f == 'q' then -- the total of scheduled jobs is kept in the semaphore hash
+    JQ = set_counter('jq', d)
+    return
+  end
+  if redis.call('HINCRBY', K_JCNT, f, d) <= 0 then redis.call('HDEL', K_JCNT, f) end
+end
+
+local function count_inflight(c, d) count('i', d); count('i:' .. c, d) end
+
+-- Queues. Channel c's queue is a run of chunks "c:<c>:<n>", n from hc to
+-- tc, each a string of up to QCH entries of QW bytes (a job seq, big
+-- endian); hi is the index of the head entry in chunk hc. Entries are
+-- never removed from the middle: a job leaving its queue otherwise than by
+-- q_pop (cancel, purge) leaves a stale entry, recognised because the job
+-- is not scheduled at that position (meta q) any more. A queue with no
+-- scheduled job left is dropped (q_drop), stale entries and all.
+local QCH, QW = 128, 6
+
+local function q_chunk(c, n) return 'c:' .. c .. ':' .. n end
+
+local function q_meta(c)
+  local m = redis.call('HGET', K_JQ, 'm:' .. c)
+  if not m then return nil end
+  local hc, hi, tc = string.match(m, '^(%-?%d+) (%d+) (%-?%d+)$')
+  return {hc = tonumber(hc), hi = tonumber(hi), tc = tonumber(tc)}
+end
+
+local function q_save(c, m)
+  redis.call('HSET', K_JQ, 'm:' .. c, m.hc .. ' ' .. m.hi .. ' ' .. m.tc)
+end
+
+-- puts seq at the back (or front) of channel c's queue; returns its position
+local function q_push(c, seq, front)
+  local m = q_meta(c)
+  if not m then
+    m = {hc = 0, hi = 0, tc = 0}
+    redis.call('ZADD', K_JCH, 0, c)
+  end
+  local e = struct.pack('>I6', seq)
+  if front then
+    if m.hi > 0 then
+      local f = q_chunk(c, m.hc)
+      local s = redis.call('HGET', K_JQ, f)
+      m.hi = m.hi - 1
+      redis.call('HSET', K_JQ, f, string.sub(s, 1, m.hi * QW) .. e .. string.sub(s, (m.hi + 1) * QW + 1))
+    else
+      -- a new head chunk, filled from its end
+      m.hc, m.hi = m.hc - 1, QCH - 1
+      redis.call('HSET', K_JQ, q_chunk(c, m.hc), string.rep('\0', (QCH - 1) * QW) .. e)
+    end
+    q_save(c, m)
+    return m.hc * QCH + m.hi
+  end
+  local f = q_chunk(c, m.tc)
+  local s = redis.call('HGET', K_JQ, f) or ''
+  local n = #s / QW
+  if n >= QCH then
+    m.tc, n, s = m.tc + 1, 0, ''
+    f = q_chunk(c, m.tc)
+  end
+  redis.call('HSET', K_JQ, f, s .. e)
+  q_save(c, m)
+  return m.tc * QCH + n
+end
+
+-- takes the head entry of channel c's queue: seq, position (nil: empty)
+local function q_pop(c)
+  local m = q_meta(c)
+  if not m then return nil end
+  while true do
+    local f = q_chunk(c, m.hc)
+    local s = redis.call('HGET', K_JQ, f)
+    if s and m.hi * QW < #s then
+      local seq = struct.unpack('>I6', s, m.hi * QW + 1)
+      local pos = m.hc * QCH + m.hi
+      m.hi = m.hi + 1
+      q_save(c, m)
+      return seq, pos
+    end
+    if m.hc >= m.tc then
+      q_save(c, m)
+      return nil
+    end
+    redis.call('HDEL', K_JQ, f)
+    m.hc, m.hi = m.hc + 1, 0
+  end
+end
+
+-- drops channel c's queue
+local function q_drop(c)
+  local m = q_meta(c)
+  if m then
+    for n = m.hc, m.tc do redis.call('HDEL', K_JQ, q_chunk(c, n)) end
+    redis.call('HDEL', K_JQ, 'm:' .. c)
+  end
+  redis.call('ZREM', K_JCH, c)
+end
+
+-- one scheduled job of channel c fewer (dispatched, cancelled, purged)
+local function unqueued(c)
+  count('q', -1)
+  local f = 'q:' .. c
+  if redis.call('HINCRBY', K_JCNT, f, -1) <= 0 then
+    redis.call('HDEL', K_JCNT, f)
+    q_drop(c)
+  end
+end
+
+-- is the job scheduled at queue position pos?
+local function queued_at(m, pos) return m.s == 'S' and m.q == pos end
+
+local function ev(list, seq, raw, lease)
+  list[#list + 1] = {job_id(seq), raw, lease or ''}
+end
+
+-- puts a job (not inflight, not terminal any more) into its queue
+local function job_schedule(seq, m, front, now)
+  local c = job_chan(m)
+  TOUCHED[c] = true
+  m.s, m.ua, m.l = 'S', now, nil
+  m.q = q_push(c, seq, front)
+  count('q', 1)
+  count('q:' .. c, 1)
+end
+
+-- ends a job (no longer inflight or queued) in terminal status st
+local function job_finish(seq, m, pay, st, err, now)
+  m.s, m.ua, m.fa, m.l, m.q = st, now, now, nil, nil
+  if err and err ~= '' then m.e = err else m.e = nil end
+  redis.call('ZADD', K_JFIN, now, seq)
+  local raw = job_save(seq, m, pay)
+  ev(EV_F, seq, raw)
+  return raw
+end
+
+-- a job that lost its permit goes to the back of its queue while it has
+-- attempts left, else ends in timeout with msg; returns its record
+local function job_retry(conf, seq, m, pay, msg, now)
+  if (m.a or 0) < conf.ma then
+    job_schedule(seq, m, false, now)
+    return job_save(seq, m, pay)
+  end
+  return job_finish(seq, m, pay, 'T', msg, now)
+end
+
+-- the lease l (already dropped) of an inflight job expired
+local function job_lease_expired(conf, l, now)
+  local m, pay = job_load(l.j)
+  if not m or m.l ~= l.id then return end
+  unbind_job(l.j, m)
+  count_inflight(job_chan(m), -1)
+  job_retry(conf, l.j, m, pay, string.format('lease expired after %d attempts', m.a or 0), now)
+end
+
+-- terminal jobs finished before now - retention are forgotten (at most n)
+local function job_forget(seq)
+  local m = job_load(seq)
+  if m and m.k and redis.call('HGET', K_JIDEM, m.k) == tostring(seq) then redis.call('HDEL', K_JIDEM, m.k) end
+  redis.call('HDEL', K_JOBS, seq)
+  redis.call('ZREM', K_JFIN, seq)
+end
+
+local function trim_finished(now, retention, n)
+  for _, seq in ipairs(redis.call('ZRANGE', K_JFIN, '-inf', now - retention, 'BYSCORE', 'LIMIT', 0, n)) do
+    job_forget(seq)
+  end
+end
+
+-- drops expired leases and grants the permits they held; an expired job
+-- lease sends its job back to its queue or to timeout. Returns (expired
+-- leases, grants)
+local function expire(conf, now)
+  if now < IX then return 0, 0 end -- every lease is live (see IX)
+  local ids = redis.call('ZRANGE', K_HOLDERS, '-inf', now, 'BYSCORE')
+  if #ids == 0 then return 0, 0 end
+  local chans, any = {}, false
+  for _, id in ipairs(ids) do
+    local l = drop_lease(id)
+    if l then
+      chans[l.c] = true; any = true
+      if l.j then job_lease_expired(conf, l, now) end
+    end
+  end
+  local n = 0
+  if any then
+    if conf.scope ~= SCOPE_CHANNEL then
+      n = grant_domain(conf, '', now)
+    else
+      for c in pairs(chans) do n = n + grant_domain(conf, c, now) end
+    end
+  end
+  return #ids, n
+end

@@ -1,0 +1,211 @@
+-- lib_state.lua: the first part of the helpers shared by every
+-- per-semaphore operation: the keys, the per-call state, the semaphore's
+-- config and counters. The helpers are split by concern into the lib_*.lua
+-- files, concatenated in the order scripts.go lists once (libParts): a
+-- part uses only what the parts before it define.
+--
+-- Go (scripts.go) builds one Redis function library from these parts and the
+-- per-semaphore scripts: each script's body becomes the body of a function
+-- (keys, args) registered with redis.register_function, run by FCALL, and
+-- begins with begin(keys, args), which sets the per-call state below. The
+-- helpers are thus compiled and defined once, at FUNCTION LOAD, not on
+-- every call. Redis runs one function at a time, so the per-call state in
+-- these upvalues is never shared by two calls. All per-semaphore functions
+-- receive the same KEYS, all in the
+-- semaphore's hash slot (built in keys.go, semKeys):
+--
+--   KEYS[1]  sem        hash: config and bookkeeping (max, scope, lt, ma, susp, ...;
+--                       js job-id salt, jn job seq, rr round-robin cursor, jlo list hint,
+--                       ix sweep-index bound, see IX; u, wn, jq counters, see U)
+--   KEYS[2]  holders    zset: lease id -> expiry (ms, Redis TIME)
+--   KEYS[3]  leases     hash: lease id -> lease JSON {id,c,w,f,ttl,a,e,k[,j]} (j: job seq)
+--   KEYS[4]  used       hash: "c:<channel>" -> used weight of the channel (total: sem "u")
+--   KEYS[5]  fence      string: fencing counter (INCR; never deleted)
+--   KEYS[6]  waiters    zset: waiter id -> arrival seq (FIFO of the whole semaphore)
+--   KEYS[7]  cq         zset, all scores 0: per-channel FIFO, member = chanprefix(c) .. seq16 .. id
+--   KEYS[8]  wdata      hash: waiter id -> waiter JSON {id,c,w,ttl,k,n,d,s}
+--   KEYS[9]  wdeadline  zset: waiter id -> deadline (ms), waiting and granted-unclaimed waiters
+--   KEYS[10] wcount     hash: "c:<channel>" -> number of waiting waiters
+--   KEYS[11] granted    hash: waiter id -> node id, while its granted lease is not yet claimed
+--   KEYS[12] idem       hash: idempotency key -> lease id
+--   KEYS[13] jobs       hash: job seq -> job record: meta JSON, "\n", payload (verbatim)
+--   KEYS[14] jq         hash: job queues, per channel c: "m:<c>" -> "hc hi tc", chunks
+--                       "c:<c>:<n>" -> up to QCH 6-byte job seqs (see q_push)
+--   KEYS[15] jch        zset, all scores 0: channels with scheduled jobs (round-robin by name)
+--   KEYS[16] jcnt       hash: "q:<c>" scheduled jobs (total: sem "jq"), "i" / "i:<c>" inflight jobs
+--   KEYS[17] jfin       zset: job seq -> finish time (ms), terminal jobs (retention)
+--   KEYS[18] jidem      hash: job idempotency key -> job seq
+--   KEYS[19] sbind      zset, all scores 0: what websocket sessions hold here,
+--                       "<session>\0L<lease id>" (a sync lease) and
+--                       "<session>\0J<channel>\0<job id>" (a job delivered to
+--                       it through its subscription to channel): a ZLEXCOUNT of
+--                       "<session>\0J<channel>\0" is that subscription's load
+--
+-- A sync lease bound to a session carries s (session) in its JSON, and
+-- drop_lease unbinds it; a job delivered to a session carries ss and sc
+-- (session, subscription channel) in its meta, and whatever ends its lease
+-- unbinds it (unbind_job) in the same call.
+-- ARGV[1] = prefix of the node pub/sub channels ("sd:node:"): a grant to
+-- a waiter is pushed by PUBLISH ARGV[1]..<node id> <waiter id>.
+-- ARGV[2] = 16 random hex characters and ARGV[3] = "." .. base64url(name):
+-- a job's lease id is ARGV[2] .. hex16(fencing token) .. ARGV[3] (the
+-- format of store.NewLeaseID, unique since the token is).
+-- ARGV[4] = the calling Store's node id: a grant to one of its own waiters
+-- is handed over in the reply instead (see grant_domain).
+-- Script-specific arguments start at ARGV[5].
+--
+-- A waiter's id is the id of the lease it will get. Times are ms of Redis
+-- TIME; a lease is live while now < expiry, a waiter while now < deadline.
+--
+-- Every per-semaphore script except delete_semaphore.lua replies through
+-- done(): {status, ..., due, events, grants}. status is 'ok', a
+-- script-specific word, or an error code "SD_..." (in-band, so that the
+-- events of work done before the error are not lost); due > 0 is the
+-- semaphore's next due time for the sweep index (sent only when it went
+-- down, see IX); events = {dispatched, finished}, each a list of {job id
+-- hex32, job record, lease JSON or ''} (JobEvents); grants = the leases
+-- granted to the calling Store's waiters, {waiter id, lease JSON} each (see
+-- grant_domain).
+
+local KEYS, ARGV
+local K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE
+local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT
+local K_GRANTED, K_IDEM
+local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
+local K_SBIND
+local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
+-- grants to waiters of the calling Store, {waiter id, lease JSON} each:
+-- done() returns them (see grant_domain)
+local LOCAL_GRANTS
+-- DEFAULT_CHANNEL, DEFAULT_TTL, DISPATCH_BATCH, RECHECK, the E_ error codes,
+-- ACT_ actions, JOB_STATUS_NAMES and the MSG_ formats come from consts.lua,
+-- generated from Go (consts.go).
+
+-- lease_ttl: a lease's ttl (ms): ttl when > 0, else the semaphore's
+-- leaseTimeout, else DEFAULT_TTL (store.AcquireParams, store.ExtendParams)
+local function lease_ttl(conf, ttl)
+  if ttl and ttl > 0 then return ttl end
+  if conf.lt and conf.lt > 0 then return conf.lt end
+  return DEFAULT_TTL
+end
+
+-- job events of this call (done() returns them)
+local EV_D, EV_F
+-- channels whose capacity domain may have opened for a queued job in this
+-- call (a lease ended, a waiter left, a job was queued): with scope
+-- channel, the final dispatch looks only at these (every other channel was
+-- left with nothing more fitting by the previous call)
+local TOUCHED
+local JOB_SALT
+
+-- The sweep index (sweep.go) must hold the semaphore at or below the due
+-- time (expiry or deadline) of each of its leases and waiters. The
+-- semaphore's hash keeps "ix", the time last reported to the index for a
+-- ZADD LT: a lower bound of every such due time. Adding an item due before
+-- ix lowers ix (due_add) and the call reports it; any other item is due at
+-- or after ix, already covered. A report is never later than now +
+-- RECHECK, and once ix has passed, the next call (or the sweep) sets it
+-- anew from the exact earliest due time (next_due): so a lost report (a
+-- node that died before its ZADD) is made good within RECHECK by the next
+-- call. Since ix <= every due time, expire() has nothing to look for while
+-- now < ix. IX is this call's ix (math.huge: none), IX_LOW whether it went
+-- down, IX_EXACT that the call must recompute it (the sweep).
+local IX, IX_LOW, IX_EXACT
+-- counters kept in the semaphore's hash (read with its config, so the
+-- common paths need no other read): U "u" total used weight, WN "wn"
+-- waiting waiters, JQ "jq" scheduled jobs (the sum of jcnt "q:<c>"). Every change
+-- writes through (set_counter); sweep.lua recomputes them.
+local U, WN, JQ
+
+-- sets the per-call state; every registered function calls it first
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  K_SEM, K_HOLDERS, K_LEASES, K_USED, K_FENCE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+  K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+  K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
+  K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+  K_SBIND = KEYS[19]
+  NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+  LOCAL_GRANTS = {}
+  EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
+  IX, IX_LOW, IX_EXACT = math.huge, false, false
+  U, WN, JQ = 0, 0, 0
+end
+
+-- adds d to the counter field f of the semaphore's hash; returns the new
+-- value (a counter at 0 is not stored)
+local function set_counter(f, d)
+  local v = redis.call('HINCRBY', K_SEM, f, d)
+  if v <= 0 then
+    redis.call('HDEL', K_SEM, f)
+    return 0
+  end
+  return v
+end
+
+-- an item (lease expiry or waiter deadline) due at d was added or moved
+local function due_add(d)
+  if d < IX then IX, IX_LOW = d, true end
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- the version of the data layout of a semaphore's keys ("v" in its hash)
+local LAYOUT = '2'
+
+-- the counters of the semaphore's hash (see U) and ix, computed from the
+-- data; sets them in the hash
+local function recount()
+  local u, byc = 0, redis.call('HGETALL', K_USED)
+  for i = 1, #byc, 2 do
+    if string.sub(byc[i], 1, 2) == 'c:' then u = u + tonumber(byc[i + 1]) end
+  end
+  redis.call('HDEL', K_USED, 't') -- layout 1 kept the total here
+  U, WN = u, redis.call('ZCARD', K_WAITERS)
+  JQ = 0
+  local jc = redis.call('HGETALL', K_JCNT)
+  for i = 1, #jc, 2 do
+    if string.sub(jc[i], 1, 2) == 'q:' then JQ = JQ + tonumber(jc[i + 1]) end
+  end
+  redis.call('HDEL', K_JCNT, 'q') -- layout 1 kept the total here
+  for f, v in pairs({u = U, wn = WN, jq = JQ}) do
+    if v > 0 then redis.call('HSET', K_SEM, f, v) else redis.call('HDEL', K_SEM, f) end
+  end
+  IX = 0 -- unknown: expire() looks, done() sets ix from the data
+  redis.call('HDEL', K_SEM, 'ix')
+end
+
+-- config of the semaphore, or nil when it does not exist. A semaphore
+-- written by an earlier layout gets its counters computed first.
+local function load_conf()
+  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v')
+  if not v[1] then return nil end
+  IX = tonumber(v[6]) or math.huge
+  U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
+  if v[10] ~= LAYOUT then
+    recount()
+    redis.call('HSET', K_SEM, 'v', LAYOUT)
+  end
+  return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3]), ma = tonumber(v[4] or 0) or 0,
+    susp = v[5] == '1'}
+end
+
+local function used(field)
+  return tonumber(redis.call('HGET', K_USED, field) or 0)
+end
+
+local function add_used(c, delta)
+  if delta < 0 then TOUCHED[c] = true end
+  U = set_counter('u', delta)
+  local f = 'c:' .. c
+  if redis.call('HINCRBY', K_USED, f, delta) <= 0 then redis.call('HDEL', K_USED, f) end
+end
+
+-- does weight w fit in channel c's capacity domain?
+local function fits(conf, c, w)
+  if conf.scope == SCOPE_CHANNEL then return used('c:' .. c) + w <= conf.max end
+  return U + w <= conf.max
+end
