@@ -272,7 +272,7 @@ func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON 
 			Channels:  make(map[string]ChannelStateJSON, len(st.Channels)),
 		}
 		for name, ch := range st.Channels {
-			js.Channels[name] = ChannelStateJSON(ch)
+			js.Channels[name] = ChannelStateJSON{InUse: ch.InUse, Available: ch.Available, Waiting: ch.Waiting, Queued: ch.Queued, Inflight: ch.Inflight}
 		}
 		out.State = js
 	}

@@ -80,8 +80,41 @@ type SemaphoreConfig struct {
 	MaxAttempts     int
 	OnSessionLost   string
 	OnDeliveryError string
-	Extra           []byte // opaque JSON (routes, mapping), stored verbatim
+	// Rate, when set, limits grants per sliding window (SPEC §2.6, §4).
+	Rate  *RateLimit
+	Extra []byte // opaque JSON (routes, mapping), stored verbatim
 }
+
+// RateLimit: at most Limit weight units granted in any sliding window of
+// Period, per capacity domain (the whole semaphore with scope total, each
+// channel with scope channel), judged by the store's clock, counting sync
+// grants (to acquires and waiters) and job dispatches alike.
+//
+// The window is exact: a grant of weight w at time t occupies w units of
+// its domain's window during [t, t+Period); a grant at now needs a free
+// permit and used(now) + w <= Limit, where used(now) sums the grants with
+// t > now - Period. A head waiter (or queued job) that has a permit but no
+// room keeps its place (FIFO) and is granted at the instant enough units
+// leave the window, by a timer, not by polling. Lowering Limit revokes
+// nothing; a weight above Limit can never be granted (ErrWeightTooLarge).
+type RateLimit struct {
+	Limit  int64
+	Period time.Duration
+}
+
+// RateLimitedError is the error of an acquire without wait that had a free
+// permit but no room in its rate window: errors.Is(err, ErrNoPermit)
+// holds, and NextAt is when enough units leave the window (store clock).
+type RateLimitedError struct {
+	NextAt time.Time
+}
+
+func (e *RateLimitedError) Error() string {
+	return "store: no permit: rate limit reached until " + e.NextAt.UTC().Format(time.RFC3339Nano)
+}
+
+// Is makes errors.Is(err, ErrNoPermit) hold.
+func (e *RateLimitedError) Is(target error) bool { return target == ErrNoPermit }
 
 // Check reports a config no store accepts: the service layer (semaphore/)
 // applies defaults and user-facing validation before, so stores receive
@@ -96,6 +129,8 @@ func (c SemaphoreConfig) Check() error {
 		return fmt.Errorf("%w: leaseTimeout %v < 0", ErrInvalidParams, c.LeaseTimeout)
 	case c.MaxAttempts < 0:
 		return fmt.Errorf("%w: maxAttempts %d < 0", ErrInvalidParams, c.MaxAttempts)
+	case c.Rate != nil && (c.Rate.Limit < 1 || c.Rate.Period < time.Millisecond):
+		return fmt.Errorf("%w: rate %d per %v", ErrInvalidParams, c.Rate.Limit, c.Rate.Period)
 	}
 	return nil
 }
@@ -116,6 +151,13 @@ type ChannelState struct {
 	Waiting   int64 // waiting sync acquires
 	Queued    int64 // scheduled async jobs (async issue)
 	Inflight  int64 // jobs holding a permit (async issue)
+	// With a rate: the units granted in the current window of this
+	// channel's capacity domain (with scope total, the shared window; at
+	// the top level with scope channel, the default channel's, as for
+	// Available), and when its oldest grant leaves it (zero: the window
+	// is empty, or there is no rate).
+	RateUsed   int64
+	RateNextAt time.Time
 }
 
 // SemaphoreState is a consistent snapshot of a semaphore's usage, taken in
