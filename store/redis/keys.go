@@ -88,13 +88,15 @@ const (
 	kJFin
 	kJIdem
 	kSBind
+	kRLog
+	kRUsed
 	numSemKeys
 )
 
 var semKeySuffixes = [numSemKeys]string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
-	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind",
+	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind", ":rlog", ":rused",
 }
 
 // sem returns the KEYS of every per-semaphore script.
@@ -106,6 +108,10 @@ func (k keys) sem(tenant, name string) []string {
 	}
 	return out
 }
+
+// SemaphoreKeys returns the KEYS of the per-semaphore functions (see
+// LibraryCode) under prefix, for benchmarks that call them straight.
+func SemaphoreKeys(prefix, tenant, name string) []string { return newKeys(prefix).sem(tenant, name) }
 
 // semMember is a semaphore's member in the sweep index.
 func semMember(tenant, name string) string { return tenant + "/" + name }

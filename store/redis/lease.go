@@ -106,6 +106,9 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (_ store.Lea
 		return decodeLease(p.Semaphore, r.raw)
 	case "wait":
 		return s.await(ctx, p, id, w)
+	case "no_rate":
+		// a permit, but no room in the rate window until then
+		return store.Lease{}, &store.RateLimitedError{NextAt: time.UnixMilli(atoi(r.raw)).UTC()}
 	default:
 		return store.Lease{}, store.ErrNoPermit
 	}

@@ -99,6 +99,8 @@ type Store struct {
 	batches map[string]*semBatch // "tenant/name" -> operations waiting for a call (batch.go)
 
 	authKeys *keyCache // KeyByHash results, evicted by revokes on any instance
+
+	rate rateTimers // rate.go
 }
 
 // New returns a Store on client and subscribes to its node channel before
@@ -265,6 +267,7 @@ func (s *Store) Close() error {
 	var err error
 	s.closeOne.Do(func() {
 		close(s.closing)
+		s.stopRateTimers()
 		err = s.ps.Close()
 		<-s.listened
 	})

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"time"
 	"math/rand/v2"
 	"strings"
 
@@ -69,6 +70,7 @@ func semFunc(file string) string {
 // define (Lua locals are lexically scoped).
 var libParts = []string{
 	"lib_state.lua",     // keys, per-call state, config, counters
+	"lib_rate.lua",      // the rate limit's sliding windows
 	"lib_leases.lua",    // leases, session bindings, waiters and their grants
 	"lib_jobs.lua",      // job records, queues, life cycle, expiry
 	"lib_dispatch.lua",  // the sweep index's due time, dispatch, the reply
@@ -215,14 +217,17 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 	if err != nil {
 		return nil, store.JobEvents{}, translate(err, nil)
 	}
-	if len(res) < 4 {
+	if len(res) < 5 {
 		return nil, store.JobEvents{}, fmt.Errorf("redisstore: short script reply (%d elements)", len(res))
+	}
+	if in, _ := res[len(res)-4].(int64); in > 0 {
+		s.rateTimer(tenant, name, time.Duration(in)*time.Millisecond)
 	}
 	due, _ := res[len(res)-3].(int64)
 	s.indexDue(ctx, tenant, name, due)
 	s.handOverAll(tenant, res[len(res)-1])
 	ev := s.emit(tenant, name, res[len(res)-2])
-	res = res[:len(res)-3]
+	res = res[:len(res)-4]
 	if st, _ := res[0].(string); codeError(st) != nil {
 		return res, ev, codeError(st)
 	}

@@ -18,9 +18,13 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	if err := c.Check(); err != nil {
 		return store.Semaphore{}, false, err
 	}
+	var rl, rp int64
+	if c.Rate != nil {
+		rl, rp = c.Rate.Limit, ms(c.Rate.Period)
+	}
 	res, err := s.run(ctx, fnPutSemaphore, p.Tenant, p.Name,
 		p.Name, c.MaxValue, c.MaxValueScope, ms(c.LeaseTimeout), c.MaxAttempts,
-		c.OnSessionLost, c.OnDeliveryError, string(c.Extra))
+		c.OnSessionLost, c.OnDeliveryError, string(c.Extra), rl, rp)
 	if err != nil {
 		return store.Semaphore{}, false, err
 	}
@@ -146,6 +150,38 @@ func (s *Store) State(ctx context.Context, tenant, name string) (store.Semaphore
 			chans[f[2:]] = true
 		}
 	}
+	// The rate windows: {channel or "" (the whole semaphore), units, next
+	// ms} each (state.lua).
+	type window struct {
+		used int64
+		next time.Time
+	}
+	windows := map[string]window{}
+	rate, _ := res[7].([]any)
+	for i := 0; i+2 < len(rate); i += 3 {
+		c, _ := rate[i].(string)
+		u, _ := rate[i+1].(int64)
+		nx, _ := rate[i+2].(int64)
+		w := window{used: u}
+		if nx > 0 {
+			w.next = time.UnixMilli(nx).UTC()
+		}
+		windows[c] = w
+		if c != "" {
+			chans[c] = true
+		}
+	}
+	// Each channel shows its capacity domain's window (the shared one for
+	// scope total); the top level the default channel's with scope
+	// channel, as for Available.
+	domain := func(c string) window {
+		if scope == store.ScopeChannel {
+			return windows[c]
+		}
+		return windows[""]
+	}
+	top := domain(store.DefaultChannel)
+	st.RateUsed, st.RateNextAt = top.used, top.next
 	for c := range chans {
 		cs := store.ChannelState{InUse: atoi(used["c:"+c]), Waiting: atoi(waiting["c:"+c]),
 			Queued: atoi(jobs["q:"+c]), Inflight: atoi(jobs["i:"+c])}
@@ -154,6 +190,8 @@ func (s *Store) State(ctx context.Context, tenant, name string) (store.Semaphore
 		} else {
 			cs.Available = max(0, maxValue-st.InUse)
 		}
+		w := domain(c)
+		cs.RateUsed, cs.RateNextAt = w.used, w.next
 		st.Channels[c] = cs
 	}
 	return st, nil
@@ -194,6 +232,9 @@ func decodeSemaphore(name string, m map[string]string) store.Semaphore {
 	}
 	if e := m["extra"]; e != "" {
 		sem.Config.Extra = []byte(e)
+	}
+	if rl := atoi(m["rl"]); rl > 0 {
+		sem.Config.Rate = &store.RateLimit{Limit: rl, Period: time.Duration(atoi(m["rp"])) * time.Millisecond}
 	}
 	return sem
 }

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -176,16 +177,20 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 			}
 			continue
 		}
-		s.handOverAll(it.tenant, res[5])
-		s.emit(it.tenant, it.name, res[4])
+		// {'ok', expired, gone, rate delay, due, events, grants}
+		s.handOverAll(it.tenant, res[6])
+		s.emit(it.tenant, it.name, res[5])
 		expired += int(res[1].(int64))
+		if in, _ := res[3].(int64); in > 0 {
+			s.rateTimer(it.tenant, it.name, time.Duration(in)*time.Millisecond)
+		}
 		if res[2].(int64) == 1 {
 			if err := s.unindex(ctx, it.tenant, it.name, false); err != nil && firstErr == nil {
 				firstErr = err
 			}
 			continue
 		}
-		if due := res[3].(int64); due > 0 {
+		if due := res[4].(int64); due > 0 {
 			it.due = due
 			dues = append(dues, it)
 		}

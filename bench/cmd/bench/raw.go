@@ -22,20 +22,10 @@ import (
 // is left out; "store direct" adds it back. The library is the one compiled
 // into this benchmark (the working tree's store package, also with -rev).
 
-// semKeySuffixes mirrors store/redis/keys.go (the order lib.lua expects).
-var semKeySuffixes = []string{
-	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
-	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
-	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind",
-}
-
+// semKeys are the KEYS of the per-semaphore functions, as the store builds
+// them.
 func semKeys(prefix, tenant, name string) []string {
-	base := prefix + ":{" + tenant + "/" + name + "}"
-	out := make([]string, len(semKeySuffixes))
-	for i, s := range semKeySuffixes {
-		out[i] = base + s
-	}
-	return out
+	return redisstore.SemaphoreKeys(prefix, tenant, name)
 }
 
 // rawSem calls the batch function (acquires and releases) directly.

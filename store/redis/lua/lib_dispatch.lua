@@ -2,7 +2,8 @@
 -- round-robin, and the reply every function ends with (done, fail) (part
 -- of the function library, see lib_state.lua).
 
--- earliest holder expiry or waiter deadline (ms), 0 when there is none:
+-- earliest holder expiry, waiter deadline or rate instant (ms), 0 when
+-- there is none:
 -- the time this semaphore is next due in the sweep index
 local function next_due()
   local d = 0
@@ -13,6 +14,7 @@ local function next_due()
     local x = tonumber(w[2])
     if d == 0 or x < d then d = x end
   end
+  if RN > 0 and (d == 0 or RN < d) then d = RN end -- a domain waiting for rate room
   return d
 end
 
@@ -34,6 +36,7 @@ local function dispatch_one(conf, c, now)
     end
     local m, pay = job_load(seq)
     if m and queued_at(m, pos) then
+      rate_take(conf, c, 1, now)
       local lraw, l = new_lease(nil, c, 1, lease_ttl(conf, 0), '', now, seq)
       m.s, m.q, m.l, m.a, m.ua = 'I', nil, l.id, (m.a or 0) + 1, now
       unqueued(c)
@@ -94,7 +97,7 @@ local function dispatch(conf, now, max, all)
       if nblocked >= (list and #list or redis.call('ZCARD', K_JCH)) then break end
     elseif list and redis.call('ZSCORE', K_JCH, c) == false then
       blocked[c], nblocked = true, nblocked + 1 -- its queue emptied
-    elseif head(conf, c, now) or not fits(conf, c, 1) then
+    elseif head(conf, c, now) or not fits(conf, c, 1) or not room(conf, c, 1, now) then
       if conf.scope ~= SCOPE_CHANNEL then break end -- one domain: if one cannot, none can
       blocked[c], nblocked = true, nblocked + 1
     elseif dispatch_one(conf, c, now) then
@@ -116,6 +119,17 @@ end
 -- and events to t
 local function done(conf, now, t, nodispatch)
   if conf and not nodispatch then dispatch(conf, now) end
+  -- a domain this call found blocked by the rate: its instant is kept (rn)
+  -- and due in the sweep index, and the caller sets a timer for it
+  local rate_in = 0
+  if conf and RATE_AT < math.huge then
+    if RN <= now or RATE_AT < RN then
+      RN = RATE_AT
+      redis.call('HSET', K_SEM, 'rn', RN)
+      due_add(RN)
+    end
+    rate_in = math.max(1, RATE_AT - now)
+  end
   local due = 0
   if conf and (IX_EXACT or IX <= now) then
     local e = next_due()
@@ -129,6 +143,7 @@ local function done(conf, now, t, nodispatch)
     due = math.min(IX, now + RECHECK)
     redis.call('HSET', K_SEM, 'ix', due)
   end
+  t[#t + 1] = rate_in
   t[#t + 1] = due
   t[#t + 1] = {EV_D, EV_F}
   t[#t + 1] = LOCAL_GRANTS

@@ -207,10 +207,21 @@ end
 -- drops expired leases and grants the permits they held; an expired job
 -- lease sends its job back to its queue or to timeout. Returns (expired
 -- leases, grants)
+-- the rate instant (rn) has come: the waiters and queued jobs that waited
+-- for room are granted and dispatched now (lib_rate.lua); returns grants
+local function rate_due(conf, now)
+  RN = 0
+  redis.call('HDEL', K_SEM, 'rn')
+  redis.call('HSET', K_SEM, 'dmore', 1) -- the next dispatch walks every channel
+  return grant_all(conf, now)
+end
+
 local function expire(conf, now)
   if now < IX then return 0, 0 end -- every lease is live (see IX)
+  local granted = 0
+  if RN > 0 and now >= RN then granted = rate_due(conf, now) end
   local ids = redis.call('ZRANGE', K_HOLDERS, '-inf', now, 'BYSCORE')
-  if #ids == 0 then return 0, 0 end
+  if #ids == 0 then return 0, granted end
   local chans, any = {}, false
   for _, id in ipairs(ids) do
     local l = drop_lease(id)
@@ -219,7 +230,7 @@ local function expire(conf, now)
       if l.j then job_lease_expired(conf, l, now) end
     end
   end
-  local n = 0
+  local n = granted
   if any then
     if conf.scope ~= SCOPE_CHANNEL then
       n = grant_domain(conf, '', now)

@@ -124,7 +124,8 @@ local function grant_domain(conf, c, now)
   local n = 0
   while true do
     local w = head(conf, c, now)
-    if not w or not fits(conf, w.c, w.w) then return n end
+    if not w or not fits(conf, w.c, w.w) or not room(conf, w.c, w.w, now) then return n end
+    rate_take(conf, w.c, w.w, now)
     if w.n == CALLER then
       unqueue(w, false)
       LOCAL_GRANTS[#LOCAL_GRANTS + 1] = {w.id, (new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, nil, w.ss))}

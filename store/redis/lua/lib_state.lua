@@ -40,6 +40,8 @@
 --                       "<session>\0J<channel>\0<job id>" (a job delivered to
 --                       it through its subscription to channel): a ZLEXCOUNT of
 --                       "<session>\0J<channel>\0" is that subscription's load
+--   KEYS[20] rlog       zset, all scores 0: the rate windows' grants (lib_rate.lua)
+--   KEYS[21] rused      hash: the rate windows' running totals (lib_rate.lua)
 --
 -- A sync lease bound to a session carries s (session) in its JSON, and
 -- drop_lease unbinds it; a job delivered to a session carries ss and sc
@@ -73,6 +75,7 @@ local K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT
 local K_GRANTED, K_IDEM
 local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
 local K_SBIND
+local K_RLOG, K_RUSED
 local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
@@ -116,6 +119,11 @@ local IX, IX_LOW, IX_EXACT
 -- waiting waiters, JQ "jq" scheduled jobs (the sum of jcnt "q:<c>"). Every change
 -- writes through (set_counter); sweep.lua recomputes them.
 local U, WN, JQ
+-- the rate of this call's semaphore, set by load_conf (lib_rate.lua): RL
+-- units per RP ms (RL 0: none), RN the instant (ms) a domain blocked by the
+-- rate gets room (hash "rn", 0: none); RATE_AT the earliest such instant
+-- this call found (math.huge: none)
+local RL, RP, RN, RATE_AT
 
 -- sets the per-call state; every registered function calls it first
 local function begin(keys, args)
@@ -125,11 +133,13 @@ local function begin(keys, args)
   K_GRANTED, K_IDEM = KEYS[11], KEYS[12]
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
   K_SBIND = KEYS[19]
+  K_RLOG, K_RUSED = KEYS[20], KEYS[21]
   NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
   LOCAL_GRANTS = {}
   EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
   IX, IX_LOW, IX_EXACT = math.huge, false, false
   U, WN, JQ = 0, 0, 0
+  RL, RP, RN, RATE_AT = 0, 0, 0, math.huge
 end
 
 -- adds d to the counter field f of the semaphore's hash; returns the new
@@ -181,9 +191,10 @@ end
 -- config of the semaphore, or nil when it does not exist. A semaphore
 -- written by an earlier layout gets its counters computed first.
 local function load_conf()
-  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v')
+  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn')
   if not v[1] then return nil end
   IX = tonumber(v[6]) or math.huge
+  RL, RP, RN = tonumber(v[11] or 0) or 0, tonumber(v[12] or 0) or 0, tonumber(v[13] or 0) or 0
   U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
   if v[10] ~= LAYOUT then
     recount()

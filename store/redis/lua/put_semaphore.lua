@@ -2,17 +2,28 @@
 -- the function library (lib_*.lua)). Live leases are never revoked; a raised maxValue (or a scope
 -- change) grants head waiters at once, then dispatches queued jobs.
 --
--- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- KEYS: the 21 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] name, ARGV[6] maxValue, ARGV[7] scope, ARGV[8] leaseTimeout ms,
 -- ARGV[9] maxAttempts, ARGV[10] onSessionLost, ARGV[11] onDeliveryError,
--- ARGV[12] extra (opaque JSON)
+-- ARGV[12] extra (opaque JSON), ARGV[13] rate limit (0: none), ARGV[14]
+-- rate period ms
 --
 -- Returns {'ok', created (0/1), flat HGETALL of the semaphore hash, due, events, grants}.
 local created = redis.call('EXISTS', K_SEM) == 0
 local now = now_ms()
+local old_scope = redis.call('HGET', K_SEM, 'scope')
 redis.call('HSET', K_SEM, 'name', ARGV[5], 'max', ARGV[6], 'scope', ARGV[7], 'lt', ARGV[8],
   'ma', ARGV[9], 'osl', ARGV[10], 'ode', ARGV[11], 'extra', ARGV[12], 'ua', now)
+if tonumber(ARGV[13]) > 0 then
+  -- a changed limit or period keeps the grants in the window; a changed
+  -- scope starts the windows anew (their domains changed)
+  redis.call('HSET', K_SEM, 'rl', ARGV[13], 'rp', ARGV[14])
+  if old_scope and old_scope ~= ARGV[7] then rate_clear() end
+else
+  redis.call('HDEL', K_SEM, 'rl', 'rp', 'rn')
+  rate_clear()
+end
 if created then redis.call('HSET', K_SEM, 'ca', now, 'susp', 0, 'v', LAYOUT) end
 local conf = load_conf()
 expire(conf, now)

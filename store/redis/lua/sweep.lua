@@ -5,14 +5,14 @@
 -- waiters of every domain, dispatch queued jobs, and forget terminal jobs
 -- past their retention.
 --
--- KEYS: the 19 semaphore keys listed in lib_state.lua.
+-- KEYS: the 21 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] job retention ms, ARGV[6] max terminal jobs forgotten
 --
--- Returns {'ok', expired leases, gone, due, events, grants}: gone is 1 when the
+-- Returns {'ok', expired leases, gone, rate delay, due, events, grants}: gone is 1 when the
 -- semaphore does not exist; due is the next due time (0: nothing pending).
 local conf = load_conf()
-if not conf then return {'ok', 0, 1, 0, {{}, {}}, {}} end
+if not conf then return {'ok', 0, 1, 0, 0, {{}, {}}, {}} end
 IX = 0 -- look at every lease whatever ix says; done() sets ix exactly
 local now = now_ms()
 local expired = expire(conf, now)
