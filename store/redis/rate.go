@@ -28,9 +28,10 @@ type rateTimer struct {
 	timer *time.Timer
 }
 
-// rateSlack delays a timer past the instant Redis gave, so that it does
-// not fire before Redis' clock reaches it.
-const rateSlack = time.Millisecond
+// rateSlack delays a timer past the instant Redis gave. None: a timer
+// that fires before Redis' clock reaches the instant finds no room yet and
+// gets the next delay (at least 1 ms) in its reply.
+const rateSlack = 0
 
 // rateTimer arranges a dispatch call for the semaphore after d, keeping
 // the earliest pending one.

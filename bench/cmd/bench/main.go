@@ -183,7 +183,7 @@ func main() {
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
 	flag.IntVar(&cfg.clients, "clients", 64, "concurrent clients")
-	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|sync websocket|websocket|memory per queued job>"`)
+	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|sync websocket|websocket|rate|memory per queued job>"`)
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (logs, binary, redis data)")
 	flag.IntVar(&cfg.handoffN, "handoff-samples", 100, "hand-off samples per round")
 	flag.BoolVar(&cfg.cmdstats, "cmdstats", false, "log Redis INFO commandstats (reset per section) to stderr after each section")
@@ -491,6 +491,11 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 		}
 		if err := b.wsIdleRSS(g, e, sp.cmd.Process.Pid); err != nil {
 			b.add(row{group: g, name: "server RSS per idle websocket session", unit: "KiB/session", note: label(err)})
+		}
+	}
+	if b.want(g + " rate") {
+		if err := b.rate(g, e, onRedis); err != nil {
+			b.add(row{group: g, name: nRateBound, unit: "pairs/s", note: label(err)})
 		}
 	}
 	if onRedis && b.want(g+" memory per queued job") {

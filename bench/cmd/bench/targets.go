@@ -52,6 +52,16 @@ func (b *bench) printTargets(w io.Writer) {
 			func(v float64) bool { return v <= 250 }, "≤ 250 B"},
 		{"memory store / Redis store, uncontended sync pairs/s", b.find(gMemory, nUnc) / b.find(gRedis, nUnc), "×",
 			func(v float64) bool { return v >= 2 }, "≥ 2×"},
+		{"uncontended with a rate that never binds / without (Redis store)", b.find(gRedis, nUncRate) / b.find(gRedis, nUnc), "×",
+			func(v float64) bool { return v >= 0.9 }, "≥ 0.9×"},
+		{"uncontended with a rate that never binds / without (memory store)", b.find(gMemory, nUncRate) / b.find(gMemory, nUnc), "×",
+			func(v float64) bool { return v >= 0.9 }, "≥ 0.9×"},
+		{"binding rate of 1,000/s: granted pairs/s / the limit (Redis store)", b.find(gRedis, nRateBound) / rateBoundLimit, "×",
+			func(v float64) bool { return v >= 0.97 }, "≥ 0.97×"},
+		{"binding rate: lateness after the slot p99 (Redis store)", b.find(gRedis, nRateLate), "ms",
+			func(v float64) bool { return v <= 2 }, "≤ 2 ms"},
+		{"Redis memory of a full window of 10,000 units", b.find(gRedis, nRateMem), "KiB",
+			func(v float64) bool { return true }, "reported"},
 	}
 	fmt.Fprintln(w, "## Targets, from the medians above")
 	fmt.Fprintln(w)
