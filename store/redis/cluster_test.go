@@ -36,6 +36,16 @@ func TestCluster(t *testing.T) {
 	})
 }
 
+// TestClusterRateRapid runs the randomised rate-window state machine on a
+// three-master Redis Cluster.
+func TestClusterRateRapid(t *testing.T) {
+	t.Parallel()
+	addrs := startCluster(t)
+	storetest.RunRateRapid(t, func(t *testing.T) store.Store {
+		return newStoreOn(t, clusterClient(t, addrs), testredis.Prefix(t))
+	})
+}
+
 // TestClusterSessionsRapid runs the randomised session state machine on a
 // three-master Redis Cluster, through two Stores acting as two nodes (each
 // operation goes through either).

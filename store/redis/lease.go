@@ -149,7 +149,7 @@ func (s *Store) await(ctx context.Context, p store.AcquireParams, id string, w *
 		})
 		cancel()
 		switch {
-		case errors.Is(err, store.ErrSemaphoreNotFound):
+		case errors.Is(err, store.ErrSemaphoreNotFound), errors.Is(err, store.ErrWeightTooLarge):
 			return store.Lease{}, err
 		case err != nil:
 			// Transient: keep waiting; the deadline or ctx ends the wait.
@@ -176,7 +176,7 @@ func (s *Store) giveUp(ctx context.Context, p store.AcquireParams, id string, ca
 	defer cancel()
 	res, err := s.run(cctx, fnCancelWait, p.Tenant, p.Semaphore, id)
 	if err != nil {
-		if errors.Is(err, store.ErrSemaphoreNotFound) {
+		if errors.Is(err, store.ErrSemaphoreNotFound) || errors.Is(err, store.ErrWeightTooLarge) {
 			return store.Lease{}, err
 		}
 		// The waiter (or its unclaimed lease) is dropped by the sweep at its

@@ -72,6 +72,10 @@ func TestConformanceJobsRapid(t *testing.T) {
 	storetest.RunJobsRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
 }
 
+func TestConformanceRateRapid(t *testing.T) {
+	storetest.RunRateRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
+}
+
 // slotCheck is a go-redis hook failing the test when an EVAL/EVALSHA/FCALL names
 // keys of more than one Redis Cluster hash slot.
 type slotCheck struct {

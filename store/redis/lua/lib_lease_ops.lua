@@ -75,6 +75,11 @@ end
 -- still-queued waiter leaves the queue (and the waiters behind it may be
 -- granted); a granted lease is handed over either way.
 local function op_claim(conf, now, id, cancel)
+  if redis.call('HGET', K_GRANTED, id) == TOO_LARGE then
+    redis.call('HDEL', K_GRANTED, id)
+    redis.call('ZREM', K_WDL, id)
+    return {E_WEIGHT_TOO_LARGE, ''}
+  end
   if redis.call('HDEL', K_GRANTED, id) == 1 then
     redis.call('ZREM', K_WDL, id)
     local lease = redis.call('HGET', K_LEASES, id)

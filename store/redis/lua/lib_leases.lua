@@ -120,10 +120,23 @@ end
 -- kept until its deadline: a grant to a dead node's waiter comes back). A
 -- waiter of the calling Store, alive since it runs this call, gets its
 -- lease in the reply (LOCAL_GRANTS) with no claim.
+-- the mark in granted of a waiter that can never be granted
+local TOO_LARGE = '!'
+
 local function grant_domain(conf, c, now)
   local n = 0
   while true do
     local w = head(conf, c, now)
+    if not w then return n end
+    while w and (w.w > conf.max or (RL > 0 and w.w > RL)) do
+      -- can never be granted (maxValue or the rate limit lowered below its
+      -- weight): it leaves the queue, and its claim answers
+      -- SD_WEIGHT_TOO_LARGE (op_claim) until its deadline
+      unqueue(w, true)
+      redis.call('HSET', K_GRANTED, w.id, TOO_LARGE)
+      redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
+      w = head(conf, c, now)
+    end
     if not w or not fits(conf, w.c, w.w) or not room(conf, w.c, w.w, now) then return n end
     rate_take(conf, w.c, w.w, now)
     if w.n == CALLER then
