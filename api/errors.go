@@ -25,7 +25,7 @@ var storeErrors = []struct {
 	{store.ErrKeyNotFound, CodeKeyNotFound, "key not found"},
 	{store.ErrTenantExists, CodeTenantExists, "a tenant with this name exists"},
 	{store.ErrTenantNotFound, CodeNotFound, "tenant not found"},
-	{store.ErrWeightTooLarge, CodeWeightTooLarge, "weight exceeds the semaphore's maxValue"},
+	{store.ErrWeightTooLarge, CodeWeightTooLarge, "weight exceeds the semaphore's maxValue (or its rate limit)"},
 	{store.ErrJobNotFound, CodeJobNotFound, "job not found"},
 	{store.ErrInvalidState, CodeInvalidState, "the job's status does not allow this transition"},
 	{store.ErrStaleLease, CodeInvalidState, "the job no longer holds that lease"},
@@ -40,6 +40,7 @@ func classify(err error) (status int, code, message string) {
 	var (
 		ae  *apiError
 		ve  *semaphore.ValidationError
+		re  *semaphore.RateLimitedError
 		he  *echo.HTTPError
 		mbe *http.MaxBytesError
 	)
@@ -48,6 +49,8 @@ func classify(err error) (status int, code, message string) {
 		code, message = ae.Code, ae.Message
 	case errors.As(err, &ve):
 		code, message = ve.Code, ve.Message
+	case errors.As(err, &re):
+		code, message = CodeNoPermit, re.Error() // names the rate and the wait
 	case errors.As(err, &mbe):
 		code, message = CodePayloadTooLarge, "request body is larger than "+strconv.FormatInt(mbe.Limit, 10)+" bytes"
 	case errors.As(err, &he):
@@ -105,6 +108,9 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 			slog.String("method", c.Request().Method), slog.String("route", c.Path()),
 			slog.Int("status", status), slog.Any("err", err))
 	}
+	if secs := retryAfter(err); secs > 0 {
+		c.Response().Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	}
 	body := ErrorBody{Error: ErrorDetail{Code: code, Message: message}}
 	if c.Request().Method == http.MethodHead {
 		err = c.NoContent(status)
@@ -114,4 +120,15 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if err != nil {
 		s.log.Debug("writing an error response", "err", err)
 	}
+}
+
+// retryAfter is the Retry-After of an error, in whole seconds rounded up
+// (at least 1), or 0 when it has none: an acquire refused for the
+// semaphore's rate. (The per-key rate limit sets its header itself.)
+func retryAfter(err error) int64 {
+	var re *semaphore.RateLimitedError
+	if errors.As(err, &re) {
+		return re.RetryAfterSeconds()
+	}
+	return 0
 }

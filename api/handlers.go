@@ -44,6 +44,7 @@ func (r SemaphoreConfigJSON) input() semaphore.ConfigInput {
 		OnDeliveryError: r.OnDeliveryError,
 		Routes:          r.Routes,
 		Mapping:         r.Mapping,
+		Rate:            r.Rate,
 	}
 	if r.LeaseTimeout != nil {
 		d := time.Duration(*r.LeaseTimeout)
@@ -262,19 +263,29 @@ func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON 
 		CreatedAt:       sem.CreatedAt.UTC(),
 		UpdatedAt:       sem.UpdatedAt.UTC(),
 	}
+	if r := sem.Config.Rate; r != nil {
+		out.Rate = &RateJSON{Limit: r.Limit, Period: Duration(r.Period)}
+	}
 	if st != nil {
 		js := &StateJSON{
-			InUse:     st.InUse,
-			Available: st.Available,
-			Waiting:   st.Waiting,
-			Queued:    st.Queued,
-			Inflight:  st.Inflight,
-			Channels:  make(map[string]ChannelStateJSON, len(st.Channels)),
+			ChannelStateJSON: channelStateJSON(st.ChannelState),
+			Channels:         make(map[string]ChannelStateJSON, len(st.Channels)),
 		}
 		for name, ch := range st.Channels {
-			js.Channels[name] = ChannelStateJSON{InUse: ch.InUse, Available: ch.Available, Waiting: ch.Waiting, Queued: ch.Queued, Inflight: ch.Inflight}
+			js.Channels[name] = channelStateJSON(ch)
 		}
 		out.State = js
+	}
+	return out
+}
+
+func channelStateJSON(ch store.ChannelState) ChannelStateJSON {
+	out := ChannelStateJSON{
+		InUse: ch.InUse, Available: ch.Available, Waiting: ch.Waiting, Queued: ch.Queued, Inflight: ch.Inflight,
+		RateUsed: ch.RateUsed,
+	}
+	if !ch.RateNextAt.IsZero() {
+		out.RateNextAt = new(ch.RateNextAt.UTC())
 	}
 	return out
 }

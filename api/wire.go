@@ -120,6 +120,15 @@ type SemaphoreConfigJSON struct {
 	OnDeliveryError string          `json:"onDeliveryError,omitempty"` // fail | suspend
 	Routes          json.RawMessage `json:"routes,omitempty"`          // array of route objects (async issue)
 	Mapping         json.RawMessage `json:"mapping,omitempty"`         // mapping object (async issue)
+	Rate            json.RawMessage `json:"rate,omitempty"`            // RateJSON or null (none); checked by semaphore.ValidateConfig
+}
+
+// RateJSON is a semaphore's rate: at most limit (1..1,000,000) weight
+// units granted in any sliding window of period (1s..24h), per capacity
+// domain (the semaphore, or each channel with maxValueScope "channel").
+type RateJSON struct {
+	Limit  int64    `json:"limit"`
+	Period Duration `json:"period"`
 }
 
 // SemaphoreJSON is a returned semaphore.
@@ -133,29 +142,31 @@ type SemaphoreJSON struct {
 	OnDeliveryError string          `json:"onDeliveryError"`
 	Routes          json.RawMessage `json:"routes"`  // [] when none
 	Mapping         json.RawMessage `json:"mapping"` // null when none
+	Rate            *RateJSON       `json:"rate"`    // null when none
 	Suspended       bool            `json:"suspended"`
 	CreatedAt       time.Time       `json:"createdAt"`
 	UpdatedAt       time.Time       `json:"updatedAt"`
 	State           *StateJSON      `json:"state,omitempty"` // on GET of one semaphore
 }
 
-// StateJSON is a semaphore's usage.
+// StateJSON is a semaphore's usage: the top level's fields, then channels.
 type StateJSON struct {
-	InUse     int64                       `json:"inUse"`
-	Available int64                       `json:"available"`
-	Waiting   int64                       `json:"waiting"`
-	Queued    int64                       `json:"queued"`
-	Inflight  int64                       `json:"inflight"`
-	Channels  map[string]ChannelStateJSON `json:"channels"`
+	ChannelStateJSON
+	Channels map[string]ChannelStateJSON `json:"channels"`
 }
 
-// ChannelStateJSON is one channel's usage.
+// ChannelStateJSON is one channel's usage (or the top level's).
 type ChannelStateJSON struct {
 	InUse     int64 `json:"inUse"`
 	Available int64 `json:"available"`
 	Waiting   int64 `json:"waiting"`
 	Queued    int64 `json:"queued"`
 	Inflight  int64 `json:"inflight"`
+	// RateUsed is the weight granted in the current rate window of the
+	// capacity domain (0 without a rate); RateNextAt when its oldest grant
+	// leaves the window, null when the window is empty or there is no rate.
+	RateUsed   int64      `json:"rateUsed"`
+	RateNextAt *time.Time `json:"rateNextAt"`
 }
 
 // SemaphoreResponse is {"semaphore": ...}.

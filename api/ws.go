@@ -265,7 +265,7 @@ func (w *wsConn) acquire(ctx context.Context, sess *hub.Session, id string, data
 				return // the connection ended while waiting
 			}
 			code, message := w.classify(err)
-			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &ErrorDetail{Code: code, Message: message}})
+			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &WsErrorJSON{Code: code, Message: message, RetryAfter: retryAfter(err)}})
 			return
 		}
 		sess.LeaseAcquired(l.ID)

@@ -37,6 +37,8 @@ type wsOptions struct {
 	maxMessage int64
 	origins    []string
 	redis      bool // each node its own Redis store on one shared Redis (else one memory store)
+	// wrap, when set, wraps each node's store (a stub of some calls).
+	wrap func(store.Store) store.Store
 }
 
 type wsNode struct {
@@ -126,8 +128,12 @@ func setupWS(t *testing.T, n int, o wsOptions) *wsEnv {
 			Heartbeat: o.heartbeat, Grace: o.grace, AckTimeout: o.ackTimeout, MaxMessageBytes: o.maxMessage,
 		})
 		require.NoError(t, err)
+		svcStore := st
+		if o.wrap != nil {
+			svcStore = o.wrap(st)
+		}
 		svc, err := semaphore.New(semaphore.Config{
-			Store: st, SweepInterval: 20 * time.Millisecond, SessionInterval: 20 * time.Millisecond,
+			Store: svcStore, SweepInterval: 20 * time.Millisecond, SessionInterval: 20 * time.Millisecond,
 			Webhooks: webhooks, Websocket: wsHub, Routing: routing.Options{AllowPrivate: true},
 		})
 		require.NoError(t, err)

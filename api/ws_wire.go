@@ -100,6 +100,16 @@ type WsSubscriptionJSON struct {
 	Prefetch  int    `json:"prefetch"`
 }
 
+// WsErrorJSON is the error of a rejected frame: an HTTP error's {code,
+// message}, with retryAfter (whole seconds, rounded up, at least 1) when an
+// acquire without wait was refused for the semaphore's rate, as the HTTP
+// API's Retry-After header says.
+type WsErrorJSON struct {
+	Code       string `json:"code"`
+	Message    string `json:"message"`
+	RetryAfter int64  `json:"retryAfter,omitempty"`
+}
+
 // WsFrame is every frame the server sends but "job" (wire.JobFrame):
 // welcome, resumed, pong, acquired, rejected, extended, released,
 // subscribed, unsubscribed, enqueued, error. A reply carries the request's
@@ -119,7 +129,7 @@ type WsFrame struct {
 	Prefetch      int                  `json:"prefetch,omitempty"`
 	Lease         *LeaseJSON           `json:"lease,omitempty"` // acquired, extended, released
 	Job           *JobJSON             `json:"job,omitempty"`   // enqueued, released
-	Error         *ErrorDetail         `json:"error,omitempty"` // rejected
+	Error         *WsErrorJSON         `json:"error,omitempty"` // rejected
 	Code          string               `json:"code,omitempty"`  // error
 	Message       string               `json:"message,omitempty"`
 }

@@ -219,10 +219,14 @@ func putBuffer(b *bytes.Buffer) {
 // APIError is an error answered by the server: the HTTP status and the
 // body's {"error": {"code", "message"}}.
 type APIError struct {
-	StatusCode int           // HTTP status
-	Code       string        // stable snake_case code ("no_permit"); "" when the body was not a semaphored error
-	Message    string        // human text
-	RetryAfter time.Duration // from Retry-After (429, 503), 0 when absent
+	StatusCode int    // HTTP status
+	Code       string // stable snake_case code ("no_permit"); "" when the body was not a semaphored error
+	Message    string // human text
+	// RetryAfter is when to try again, from the Retry-After header (or a
+	// rejected websocket frame's retryAfter): on 409 no_permit when an
+	// acquire without wait was refused for the semaphore's rate, on 429
+	// rate_limited, and on any status that carries it. 0 when absent.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {

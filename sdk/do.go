@@ -25,6 +25,10 @@ type DoOption func(*doConfig)
 
 type doConfig struct {
 	acquire AcquireOptions
+	// retryAfter: wait out refusals with a RetryAfter (WithRetryAfter),
+	// in all at most retryLimit (0: no bound but the context).
+	retryAfter bool
+	retryLimit time.Duration
 }
 
 func newDoConfig(opts []DoOption) doConfig {
@@ -63,11 +67,53 @@ func WithIdempotencyKey(key string) DoOption {
 	return func(c *doConfig) { c.acquire.IdempotencyKey = key }
 }
 
+// WithRetryAfter makes Do wait out a refusal that says when to try again
+// instead of failing: an acquire answered with a RetryAfter (APIError) is
+// made again once that time has passed. Such refusals are 409 no_permit
+// when a semaphore's rate has no room for an acquire without wait (with a
+// wait, the server itself waits for room, and a wait that runs out has no
+// RetryAfter), and 429 rate_limited when the key's request rate is
+// exceeded.
+//
+// limit bounds the total time Do spends waiting so (0: no bound but ctx):
+// a RetryAfter beyond what is left of it is not waited for, and Do returns
+// that refusal at once. If ctx ends while Do waits, Do returns an error
+// that wraps both ctx's error and the refusal.
+func WithRetryAfter(limit time.Duration) DoOption {
+	return func(c *doConfig) { c.retryAfter, c.retryLimit = true, max(limit, 0) }
+}
+
+// acquireRetrying calls acquire until it succeeds or fails with an error
+// that cfg does not let Do wait out (see WithRetryAfter).
+func (cfg doConfig) acquireRetrying(ctx context.Context, acquire func() error) error {
+	var waited time.Duration
+	for {
+		err := acquire()
+		var ae *APIError
+		if err == nil || !cfg.retryAfter || !errors.As(err, &ae) || ae.RetryAfter <= 0 {
+			return err
+		}
+		d := ae.RetryAfter
+		if cfg.retryLimit > 0 && waited+d > cfg.retryLimit {
+			return err
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("sdk: waiting out Retry-After %s: %w; the refusal: %w", d, context.Cause(ctx), err)
+		case <-t.C:
+		}
+		waited += d
+	}
+}
+
 // Do runs fn while holding a permit of semaphore:
 //
 //  1. It acquires a lease, waiting up to DefaultDoWait (see WithWait); no
 //     permit in time → an error for which IsNoPermit is true, and fn does
-//     not run.
+//     not run. With WithRetryAfter, a refusal that says when to try again
+//     (a semaphore's rate, the key's request rate) is waited out instead.
 //  2. While fn runs, it extends the lease every ttl/3. If the lease is lost
 //     (it expired, e.g. after a long network partition, or is unknown to the
 //     server), fn's context is cancelled with cause ErrLeaseLost and Do's
@@ -80,8 +126,15 @@ func WithIdempotencyKey(key string) DoOption {
 // Do returns fn's error, joined with ErrLeaseLost when the lease was lost.
 func (c *Client) Do(ctx context.Context, semaphore string, fn func(ctx context.Context, lease Lease) error, opts ...DoOption) error {
 	cfg := newDoConfig(opts)
-	sent := time.Now() // before the request: see keepAlive
-	lease, err := c.Acquire(ctx, semaphore, cfg.acquire)
+	var (
+		sent  time.Time
+		lease Lease
+	)
+	err := cfg.acquireRetrying(ctx, func() (err error) {
+		sent = time.Now() // before the request: see keepAlive
+		lease, err = c.Acquire(ctx, semaphore, cfg.acquire)
+		return err
+	})
 	if err != nil {
 		return err
 	}

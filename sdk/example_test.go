@@ -46,6 +46,42 @@ func ExampleClient_Do() {
 	// in use afterwards: 0
 }
 
+// A semaphore with a Rate limits grants per sliding window besides
+// MaxValue at once. An acquire without wait beyond the rate is a
+// no_permit whose RetryAfter says when room frees; Do can wait it out
+// (WithRetryAfter).
+func ExampleRateLimit() {
+	srv := mustStartServer()
+	defer srv.Close()
+	ctx := context.Background()
+
+	c, _ := sdk.New(srv.URL, adminKey)
+	// At most 10 at once and 2 per minute.
+	_, err := c.PutSemaphore(ctx, "partner-api", sdk.SemaphoreConfig{
+		MaxValue: 10, Rate: &sdk.RateLimit{Limit: 2, Period: time.Minute},
+	})
+	if err != nil {
+		panic(err)
+	}
+	_, err1 := c.Acquire(ctx, "partner-api", sdk.AcquireOptions{})
+	_, err2 := c.Acquire(ctx, "partner-api", sdk.AcquireOptions{})
+	fmt.Println("two acquires:", err1, err2)
+
+	_, err = c.Acquire(ctx, "partner-api", sdk.AcquireOptions{}) // no wait: answered at once
+	var apiErr *sdk.APIError
+	errors.As(err, &apiErr)
+	fmt.Println("third, no permit:", sdk.IsNoPermit(err))
+	fmt.Println("retry after:", apiErr.RetryAfter)
+
+	s, _ := c.GetSemaphore(ctx, "partner-api")
+	fmt.Printf("rate used: %d of %d\n", s.State.RateUsed, s.Rate.Limit)
+	// Output:
+	// two acquires: <nil> <nil>
+	// third, no permit: true
+	// retry after: 1m0s
+	// rate used: 2 of 2
+}
+
 // Acquire and Release give full control over a lease; a full semaphore
 // answers with an error for which IsNoPermit is true.
 func ExampleClient_Acquire() {

@@ -22,6 +22,7 @@ func (c *Client) PutSemaphore(ctx context.Context, name string, cfg SemaphoreCon
 		OnDeliveryError: cfg.OnDeliveryError,
 		Routes:          cfg.Routes,
 		Mapping:         cfg.Mapping,
+		Rate:            rateToWire(cfg.Rate),
 	}
 	var out struct {
 		Semaphore semaphoreWire `json:"semaphore"`

@@ -25,7 +25,7 @@ const (
 // SemaphoreConfig is the configuration of a semaphore (PUT
 // /v1/semaphores/{name}). Zero fields take the server's defaults: scope
 // "total", LeaseTimeout 60s, MaxAttempts 3, OnSessionLost "redeliver",
-// OnDeliveryError "fail".
+// OnDeliveryError "fail", no Rate.
 type SemaphoreConfig struct {
 	MaxValue        int64         // required, ≥ 1
 	MaxValueScope   string        // ScopeTotal or ScopeChannel
@@ -35,6 +35,20 @@ type SemaphoreConfig struct {
 	OnDeliveryError string        // fail | suspend
 	Routes          json.RawMessage
 	Mapping         json.RawMessage
+	// Rate limits grants per sliding window besides MaxValue at once; nil:
+	// none (PutSemaphore replaces the whole config, so nil removes a rate).
+	Rate *RateLimit
+}
+
+// RateLimit is a semaphore's rate: at most Limit weight units granted in
+// any sliding window of Period, in the scope of MaxValue (the whole
+// semaphore, or each channel with ScopeChannel). Sync acquires and job
+// dispatches both count. An acquire without wait that finds a permit but
+// no room is refused with an error for which IsNoPermit is true and whose
+// APIError.RetryAfter says when room frees (see WithRetryAfter for Do).
+type RateLimit struct {
+	Limit  int64         // 1..1,000,000 weight units per window
+	Period time.Duration // 1s..24h
 }
 
 // Semaphore is a semaphore as the server returns it.
@@ -55,6 +69,11 @@ type ChannelState struct {
 	Waiting   int64 // waiting acquires
 	Queued    int64 // scheduled async jobs
 	Inflight  int64 // async jobs holding a permit
+	// RateUsed is the weight granted in the current rate window (0
+	// without a Rate); RateNextAt is when the window's oldest grant leaves
+	// it, zero when the window is empty or there is no Rate.
+	RateUsed   int64
+	RateNextAt time.Time
 }
 
 // SemaphoreState is a snapshot of a semaphore's usage.
@@ -162,14 +181,44 @@ type semaphoreConfigWire struct {
 	OnDeliveryError string          `json:"onDeliveryError,omitempty"`
 	Routes          json.RawMessage `json:"routes,omitempty"`
 	Mapping         json.RawMessage `json:"mapping,omitempty"`
+	Rate            *rateWire       `json:"rate,omitempty"` // absent: no rate
+}
+
+type rateWire struct {
+	Limit  int64    `json:"limit"`
+	Period duration `json:"period"`
+}
+
+func (r *rateWire) toSDK() *RateLimit {
+	if r == nil {
+		return nil
+	}
+	return &RateLimit{Limit: r.Limit, Period: time.Duration(r.Period)}
+}
+
+func rateToWire(r *RateLimit) *rateWire {
+	if r == nil {
+		return nil
+	}
+	return &rateWire{Limit: r.Limit, Period: duration(r.Period)}
 }
 
 type channelStateWire struct {
-	InUse     int64 `json:"inUse"`
-	Available int64 `json:"available"`
-	Waiting   int64 `json:"waiting"`
-	Queued    int64 `json:"queued"`
-	Inflight  int64 `json:"inflight"`
+	InUse      int64      `json:"inUse"`
+	Available  int64      `json:"available"`
+	Waiting    int64      `json:"waiting"`
+	Queued     int64      `json:"queued"`
+	Inflight   int64      `json:"inflight"`
+	RateUsed   int64      `json:"rateUsed"`
+	RateNextAt *time.Time `json:"rateNextAt"` // null: none
+}
+
+func (w channelStateWire) toSDK() ChannelState {
+	cs := ChannelState{InUse: w.InUse, Available: w.Available, Waiting: w.Waiting, Queued: w.Queued, Inflight: w.Inflight, RateUsed: w.RateUsed}
+	if w.RateNextAt != nil {
+		cs.RateNextAt = *w.RateNextAt
+	}
+	return cs
 }
 
 type stateWire struct {
@@ -187,6 +236,7 @@ type semaphoreWire struct {
 	OnDeliveryError string          `json:"onDeliveryError"`
 	Routes          json.RawMessage `json:"routes"`
 	Mapping         json.RawMessage `json:"mapping"`
+	Rate            *rateWire       `json:"rate"`
 	Suspended       bool            `json:"suspended"`
 	CreatedAt       time.Time       `json:"createdAt"`
 	UpdatedAt       time.Time       `json:"updatedAt"`
@@ -205,17 +255,18 @@ func (w semaphoreWire) toSDK() Semaphore {
 			OnDeliveryError: w.OnDeliveryError,
 			Routes:          w.Routes,
 			Mapping:         w.Mapping,
+			Rate:            w.Rate.toSDK(),
 		},
 		Suspended: w.Suspended,
 		CreatedAt: w.CreatedAt,
 		UpdatedAt: w.UpdatedAt,
 	}
 	if w.State != nil {
-		st := &SemaphoreState{ChannelState: ChannelState(w.State.channelStateWire)}
+		st := &SemaphoreState{ChannelState: w.State.toSDK()}
 		if len(w.State.Channels) > 0 {
 			st.Channels = make(map[string]ChannelState, len(w.State.Channels))
 			for k, v := range w.State.Channels {
-				st.Channels[k] = ChannelState(v)
+				st.Channels[k] = v.toSDK()
 			}
 		}
 		s.State = st

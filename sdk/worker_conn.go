@@ -459,7 +459,7 @@ func reply(f inFrame, ok bool) (inFrame, error) {
 	case f.Type == "error":
 		return f, &APIError{Code: f.Code, Message: f.Message}
 	case f.Type == "rejected" && f.Error != nil:
-		return f, &APIError{Code: f.Error.Code, Message: f.Error.Message}
+		return f, &APIError{Code: f.Error.Code, Message: f.Error.Message, RetryAfter: time.Duration(max(f.Error.RetryAfter, 0)) * time.Second}
 	}
 	return f, nil
 }

@@ -130,11 +130,19 @@ func (w *Worker) releaseLease(ctx context.Context, leaseID string) error {
 // Client.Do: it acquires (waiting up to DefaultDoWait, see WithWait), keeps
 // the lease alive, cancels fn's context with cause ErrLeaseLost if the lease
 // is lost (and with cause ErrWorkerClosed when the worker closes), and
-// releases it when fn returns, also when fn panics. The lease is bound to
+// releases it when fn returns, also when fn panics. WithRetryAfter waits
+// out a rejected acquire's retryAfter as for Client.Do. The lease is bound to
 // the worker's session. The keep-alive and the release are Client.Do's.
 func (w *Worker) Do(ctx context.Context, semaphore string, fn func(ctx context.Context, lease Lease) error, opts ...DoOption) error {
 	cfg := newDoConfig(opts)
-	lease, hl, err := w.acquire(ctx, semaphore, cfg.acquire)
+	var (
+		lease Lease
+		hl    *heldLease
+	)
+	err := cfg.acquireRetrying(ctx, func() (err error) {
+		lease, hl, err = w.acquire(ctx, semaphore, cfg.acquire)
+		return err
+	})
 	if err != nil {
 		return err
 	}

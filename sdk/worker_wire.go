@@ -56,8 +56,9 @@ type inFrame struct {
 	Lease         *leaseWire         `json:"lease"`
 	Job           *jobWire           `json:"job"`
 	Error         *struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
+		Code       string `json:"code"`
+		Message    string `json:"message"`
+		RetryAfter int64  `json:"retryAfter"` // seconds; a refusal for the rate
 	} `json:"error"`
 	Code    string `json:"code"`
 	Message string `json:"message"`

@@ -34,6 +34,7 @@ type metrics struct {
 	acquireResults  [len(acquireResultNames)]prometheus.Counter // acquireTotal's children, by index
 	acquireDuration prometheus.Histogram
 	leasesExpired   prometheus.Counter
+	rateLimited     prometheus.Counter
 
 	jobsEnqueued     prometheus.Counter
 	jobsFinished     *prometheus.CounterVec
@@ -58,6 +59,13 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 			Namespace: namespace,
 			Name:      "leases_expired_total",
 			Help:      "Leases dropped by the sweeper because they expired before release.",
+		}),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "rate_limited_total",
+			Help: "Acquires without wait refused because the semaphore's rate window was full while a permit was free " +
+				"(409 no_permit with Retry-After; also counted in acquire_total as no_permit). " +
+				"Waiting acquires and queued jobs that the rate delays are not counted.",
 		}),
 		jobsEnqueued: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace,
@@ -88,7 +96,7 @@ func newMetrics(reg prometheus.Registerer, s *Service) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{
-		m.acquireTotal, m.acquireDuration, m.leasesExpired,
+		m.acquireTotal, m.acquireDuration, m.leasesExpired, m.rateLimited,
 		m.jobsEnqueued, m.jobsFinished, m.deliveryAttempts, m.deliveryDuration, newStateCollector(s),
 	} {
 		if err := reg.Register(c); err != nil {
@@ -135,6 +143,7 @@ type stateCollector struct {
 	s                   *Service
 	inUse, max, waiters *prometheus.Desc
 	queued, inflight    *prometheus.Desc
+	rateUsed, rateLimit *prometheus.Desc
 }
 
 func newStateCollector(s *Service) *stateCollector {
@@ -146,6 +155,10 @@ func newStateCollector(s *Service) *stateCollector {
 		waiters:  prometheus.NewDesc(namespace+"_waiters", "Acquire calls waiting for a permit.", labels, nil),
 		queued:   prometheus.NewDesc(namespace+"_jobs_queued", "Scheduled jobs waiting for a permit (queue depth).", labels, nil),
 		inflight: prometheus.NewDesc(namespace+"_jobs_inflight", "Jobs holding a permit.", labels, nil),
+		rateUsed: prometheus.NewDesc(namespace+"_rate_used",
+			"Weight units granted in the current rate window (with maxValueScope channel: the default channel's); semaphores with a rate only.", labels, nil),
+		rateLimit: prometheus.NewDesc(namespace+"_rate_limit",
+			"rate.limit of the semaphore (per channel when scoped by channel); semaphores with a rate only.", labels, nil),
 	}
 }
 
@@ -155,6 +168,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.waiters
 	ch <- c.queued
 	ch <- c.inflight
+	ch <- c.rateUsed
+	ch <- c.rateLimit
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -190,6 +205,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(state.Waiting), t.ID, sem.Name)
 				ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(state.Queued), t.ID, sem.Name)
 				ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(state.Inflight), t.ID, sem.Name)
+				if r := sem.Config.Rate; r != nil {
+					ch <- prometheus.MustNewConstMetric(c.rateUsed, prometheus.GaugeValue, float64(state.RateUsed), t.ID, sem.Name)
+					ch <- prometheus.MustNewConstMetric(c.rateLimit, prometheus.GaugeValue, float64(r.Limit), t.ID, sem.Name)
+				}
 			}
 			if next == "" || len(sems) == 0 {
 				break

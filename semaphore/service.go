@@ -48,6 +48,13 @@ type Config struct {
 	// DefaultMaxPayloadBytes).
 	MaxQueued       int64
 	MaxPayloadBytes int
+
+	// Now reads the store's clock as well as this process can, to turn
+	// the store's times into waits (the Retry-After of an acquire refused
+	// by a rate, see RateLimitedError). nil: time.Now, which is the memory
+	// store's default clock and close to Redis' TIME; set it to the clock
+	// injected into a memory store (memory.Options.Now).
+	Now func() time.Time
 }
 
 // DefaultSweepInterval is how often the sweeper runs by default.
@@ -65,6 +72,7 @@ type Service struct {
 	maxQueued       int64
 	maxPayloadBytes int
 	sessionInterval time.Duration
+	now             func() time.Time // the store's clock, as well as known (Config.Now)
 
 	// adminKeyHash is the hash of the fixed bootstrap key (--admin-key),
 	// "" for none: Authenticate registers it again when the store lost it.
@@ -99,9 +107,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxPayloadBytes <= 0 {
 		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	s := &Service{
 		store: cfg.Store, log: cfg.Logger, interval: cfg.SweepInterval, routing: cfg.Routing,
 		maxQueued: cfg.MaxQueued, maxPayloadBytes: cfg.MaxPayloadBytes, sessionInterval: cfg.SessionInterval,
+		now: cfg.Now,
 	}
 	m, err := newMetrics(cfg.Registerer, s)
 	if err != nil {
@@ -301,7 +313,9 @@ func (s *Service) SetSuspended(ctx context.Context, tenant, name string, suspend
 // ---- sync leases ----
 
 // Acquire validates the request, fills the defaults (ttl: the semaphore's
-// leaseTimeout) and acquires a lease, waiting up to in.Wait.
+// leaseTimeout) and acquires a lease, waiting up to in.Wait. Without a
+// wait, a refusal for the semaphore's rate is a *RateLimitedError (a
+// store.ErrNoPermit too).
 func (s *Service) Acquire(ctx context.Context, tenant, name string, in AcquireInput) (store.Lease, error) {
 	p, err := ValidateAcquire(tenant, name, in)
 	if err != nil {
@@ -312,7 +326,10 @@ func (s *Service) Acquire(ctx context.Context, tenant, name string, in AcquireIn
 	// leaseTimeout inside the acquire itself.
 	l, err := s.store.Acquire(ctx, p)
 	s.metrics.observeAcquire(start, err)
-	return l, err
+	if err != nil {
+		return l, s.rateLimited(ctx, p, err)
+	}
+	return l, nil
 }
 
 // SessionHolder is a websocket session that leases can be bound to
@@ -341,7 +358,10 @@ func (s *Service) AcquireOverSession(ctx context.Context, tenant, name string, i
 	start := time.Now()
 	l, err := s.store.Acquire(ctx, p)
 	s.metrics.observeAcquire(start, err)
-	return l, err
+	if err != nil {
+		return l, s.rateLimited(ctx, p, err)
+	}
+	return l, nil
 }
 
 // MaxPrefetch bounds a websocket subscription's prefetch; DefaultPrefetch

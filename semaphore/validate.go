@@ -1,9 +1,12 @@
 package semaphore
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -79,10 +82,16 @@ const (
 
 	DefaultListLimit = 100
 	MaxListLimit     = 1000
+
+	// Bounds of a semaphore's rate (SPEC §4): at most MaxRateLimit units
+	// per window, a window of MinRatePeriod to MaxRatePeriod.
+	MaxRateLimit  = 1_000_000
+	MinRatePeriod = time.Second
+	MaxRatePeriod = 24 * time.Hour
 )
 
 // ConfigInput is a semaphore config as a client sends it: nil or empty
-// fields take the SPEC §4 defaults. Routes and Mapping are raw JSON.
+// fields take the SPEC §4 defaults. Routes, Mapping and Rate are raw JSON.
 type ConfigInput struct {
 	MaxValue        *int64
 	MaxValueScope   string
@@ -92,6 +101,9 @@ type ConfigInput struct {
 	OnDeliveryError string
 	Routes          json.RawMessage
 	Mapping         json.RawMessage
+	// Rate is {"limit": n, "period": "1m"}; absent, empty or null: no rate
+	// (a PUT replaces the config, so that removes a rate set before).
+	Rate json.RawMessage
 }
 
 // ValidateConfig checks the config of semaphore name, fills the defaults and
@@ -153,7 +165,13 @@ func ValidateConfig(name string, in ConfigInput, opts routing.Options) (store.Se
 		return cfg, rc, invalid(CodeInvalidConfig, "onDeliveryError", `onDeliveryError must be "fail" or "suspend", got %q`, truncate(in.OnDeliveryError, 64))
 	}
 
-	rc, err := routing.Parse(name, in.Routes, in.Mapping, opts)
+	rate, err := parseRate(in.Rate)
+	if err != nil {
+		return cfg, rc, err
+	}
+	cfg.Rate = rate
+
+	rc, err = routing.Parse(name, in.Routes, in.Mapping, opts)
 	if err != nil {
 		return cfg, rc, configError(err)
 	}
@@ -161,6 +179,98 @@ func ValidateConfig(name string, in ConfigInput, opts routing.Options) (store.Se
 		return cfg, rc, err
 	}
 	return cfg, rc, nil
+}
+
+// parseRate parses a config's rate: nil for none (absent, empty or null),
+// else {"limit": integer 1..MaxRateLimit, "period": duration string
+// MinRatePeriod..MaxRatePeriod}, both required. Errors are invalid_config
+// naming "rate", "rate.limit" or "rate.period".
+func parseRate(raw json.RawMessage) (*store.RateLimit, error) {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		return nil, nil
+	}
+	if !json.Valid(t) {
+		return nil, invalid(CodeInvalidConfig, "rate", "rate is not valid JSON")
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(t, &m); err != nil || m == nil {
+		return nil, invalid(CodeInvalidConfig, "rate", `rate must be an object {"limit": n, "period": "1m"} or null, got %s`, jsonKind(t))
+	}
+	var unknown []string
+	for k, v := range m {
+		switch {
+		case k != "limit" && k != "period":
+			unknown = append(unknown, k)
+		case bytes.Equal(bytes.TrimSpace(v), []byte("null")):
+			delete(m, k) // a null field counts as absent
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, invalid(CodeInvalidConfig, "rate", "rate has an unknown field %q: its fields are limit and period", truncate(unknown[0], 64))
+	}
+
+	r := &store.RateLimit{}
+	v, ok := m["limit"]
+	if !ok {
+		return nil, invalid(CodeInvalidConfig, "rate.limit", "rate.limit is required (an integer between 1 and %d)", MaxRateLimit)
+	}
+	if err := json.Unmarshal(v, &r.Limit); err != nil {
+		return nil, invalid(CodeInvalidConfig, "rate.limit", "rate.limit must be an integer between 1 and %d, got %s", MaxRateLimit, jsonValue(v))
+	}
+	if r.Limit < 1 || r.Limit > MaxRateLimit {
+		return nil, invalid(CodeInvalidConfig, "rate.limit", "rate.limit must be between 1 and %d, got %d", MaxRateLimit, r.Limit)
+	}
+
+	v, ok = m["period"]
+	if !ok {
+		return nil, invalid(CodeInvalidConfig, "rate.period", `rate.period is required (a duration between %s and %s, such as "1m")`, MinRatePeriod, MaxRatePeriod)
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, invalid(CodeInvalidConfig, "rate.period", `rate.period must be a duration string such as "1m", got %s`, jsonKind(v))
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return nil, invalid(CodeInvalidConfig, "rate.period", `rate.period must be a duration such as "1m", got %q`, truncate(s, 64))
+	}
+	if d < MinRatePeriod || d > MaxRatePeriod {
+		return nil, invalid(CodeInvalidConfig, "rate.period", "rate.period must be between %s and %s, got %s", MinRatePeriod, MaxRatePeriod, d)
+	}
+	r.Period = d
+	return r, nil
+}
+
+// jsonKind names the JSON type of raw for error messages.
+func jsonKind(raw json.RawMessage) string {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 {
+		return "nothing"
+	}
+	switch t[0] {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
+}
+
+// jsonValue shows a JSON value in an error message: a number as it was
+// written (1.5, 1e9), anything else by its kind.
+func jsonValue(raw json.RawMessage) string {
+	t := bytes.TrimSpace(raw)
+	if k := jsonKind(t); k != "a number" {
+		return k
+	}
+	return truncate(strings.ToValidUTF8(string(t), ""), 32)
 }
 
 // configError turns a routing error into a 400 invalid_config naming the

@@ -1,0 +1,99 @@
+package semaphore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/semaphored/semaphored/store"
+)
+
+// RateLimitedError is the error of an acquire without wait that found a
+// free permit but no room in the semaphore's rate window (SPEC §4 rate).
+// errors.Is(err, store.ErrNoPermit) holds, so it is a no_permit like any
+// other; the API adds Retry-After (RetryAfterSeconds) and uses Error as
+// the message, which names the rate as the cause:
+//
+//	rate limit of 100 per 1m0s reached: the next unit frees in 3.2s
+type RateLimitedError struct {
+	// Rate is the semaphore's rate as this instance last read its config
+	// (cached up to a second); nil when it could not be read.
+	Rate *store.RateLimit
+	// Channel is the acquire's channel when the rate applies per channel
+	// (maxValueScope "channel"), else "".
+	Channel string
+	Weight  int64 // the weight asked for
+	// NextAt is when enough units leave the window for Weight (the
+	// store's clock); RetryAfter is how long until then, by the service's
+	// clock (Config.Now), at least a millisecond and at most the period.
+	NextAt     time.Time
+	RetryAfter time.Duration
+
+	err *store.RateLimitedError
+}
+
+func (e *RateLimitedError) Error() string {
+	var b strings.Builder
+	b.WriteString("rate limit")
+	if e.Rate != nil {
+		fmt.Fprintf(&b, " of %d per %s", e.Rate.Limit, e.Rate.Period)
+	}
+	b.WriteString(" reached")
+	if e.Channel != "" {
+		fmt.Fprintf(&b, " in channel %q", e.Channel)
+	}
+	if e.Weight > 1 {
+		fmt.Fprintf(&b, ": room for weight %d frees in %s", e.Weight, roundWait(e.RetryAfter))
+	} else {
+		fmt.Fprintf(&b, ": the next unit frees in %s", roundWait(e.RetryAfter))
+	}
+	return b.String()
+}
+
+// Unwrap returns the store's error, through which errors.Is(err,
+// store.ErrNoPermit) holds.
+func (e *RateLimitedError) Unwrap() error { return e.err }
+
+// RetryAfterSeconds is RetryAfter in whole seconds, rounded up, at least 1:
+// the value of a Retry-After header.
+func (e *RateLimitedError) RetryAfterSeconds() int64 {
+	return max(1, int64(math.Ceil(e.RetryAfter.Seconds())))
+}
+
+// roundWait shows a wait the way a person reads it: tenths of a second
+// from a second up ("3.2s"), milliseconds below ("250ms").
+func roundWait(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return max(d.Round(time.Millisecond), time.Millisecond)
+}
+
+// rateLimited turns the store's refusal of acquire p for the rate into a
+// *RateLimitedError; any other error is returned as is. The config (for
+// the message) comes from the dispatcher's cache, so a burst of refusals
+// costs no extra store call per refusal.
+func (s *Service) rateLimited(ctx context.Context, p store.AcquireParams, err error) error {
+	var se *store.RateLimitedError
+	if !errors.As(err, &se) {
+		return err
+	}
+	e := &RateLimitedError{Weight: p.Weight, NextAt: se.NextAt, err: se}
+	wait := se.NextAt.Sub(s.now())
+	if sem, _, cerr := s.disp.config(ctx, p.Tenant, p.Semaphore); cerr == nil && sem.Config.Rate != nil {
+		r := *sem.Config.Rate
+		e.Rate = &r
+		// Units leave the window at most a period after now by the store's
+		// clock: a wait beyond it can only be a skew between the clocks.
+		wait = min(wait, r.Period)
+		if sem.Config.MaxValueScope == store.ScopeChannel {
+			e.Channel = p.Channel
+		}
+	}
+	e.RetryAfter = max(wait, time.Millisecond)
+	s.metrics.rateLimited.Inc()
+	return e
+}
