@@ -157,8 +157,10 @@ func (q *jobQueues) remove(j *jobEntry) {
 	}
 }
 
-// nextChannel returns the channel to dispatch from next, if any.
-func (s *semaphore) nextChannel() (string, bool) {
+// nextChannel returns the channel to dispatch from next at now, if any: its
+// head job has a free permit and room in the rate window. A head that has
+// no room blocks its own domain only.
+func (s *semaphore) nextChannel(now time.Time) (string, bool) {
 	chans := s.jobs.channels
 	n := len(chans)
 	start, found := slices.BinarySearch(chans, s.jobs.cursor)
@@ -167,7 +169,7 @@ func (s *semaphore) nextChannel() (string, bool) {
 	}
 	for i := range n {
 		ch := chans[(start+i)%n]
-		if !s.hasWaiters(ch) && s.fits(ch, 1) {
+		if !s.hasWaiters(ch) && s.grantable(ch, 1, now) {
 			return ch, true
 		}
 		if !s.channelScoped() {
@@ -182,13 +184,16 @@ func (s *semaphore) maxAttempts() int { return s.info.Config.MaxAttempts }
 
 // dispatch moves up to limit (≤ 0: DefaultDispatchBatch) scheduled jobs
 // that fit to inflight, records them as Dispatched events and returns them.
+// Every operation on a semaphore ends with it, so it also sets the rate
+// timer for what the rate still holds back (rate.go).
 func (s *Store) dispatch(sem *semaphore, limit int, now time.Time) []store.Job {
+	defer s.armRateTimer(sem, now)
 	if limit <= 0 {
 		limit = store.DefaultDispatchBatch
 	}
 	var out []store.Job
 	for len(out) < limit && !sem.info.Suspended {
-		ch, ok := sem.nextChannel()
+		ch, ok := sem.nextChannel(now)
 		if !ok {
 			break
 		}

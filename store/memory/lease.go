@@ -85,12 +85,17 @@ func (s *Store) tryAcquire(r acquireRequest) (*waiter, store.Lease, error) {
 	if l, ok := idempotentLease(sem, r.IdempotencyKey); ok {
 		return nil, l, nil
 	}
-	if r.Weight > sem.maxValue() {
+	if r.Weight > sem.maxValue() || sem.rateTooHeavy(r.Weight) {
 		return nil, store.Lease{}, store.ErrWeightTooLarge
 	}
 	ttl := leaseTTL(r.TTL, sem)
 	if !sem.hasWaiters(r.Channel) && sem.fits(r.Channel, r.Weight) {
-		return nil, s.grantSession(sem, r.Channel, r.Weight, ttl, r.IdempotencyKey, r.Session, now), nil
+		if sem.rateRoom(r.Channel, r.Weight, now) {
+			return nil, s.grantSession(sem, r.Channel, r.Weight, ttl, r.IdempotencyKey, r.Session, now), nil
+		}
+		if r.Wait <= 0 {
+			return nil, store.Lease{}, &store.RateLimitedError{NextAt: sem.rateNextAt(r.Channel, r.Weight, now)}
+		}
 	}
 	if r.Wait <= 0 {
 		return nil, store.Lease{}, store.ErrNoPermit
@@ -129,7 +134,9 @@ func (s *Store) grantSession(sem *semaphore, channel string, weight int64, ttl t
 	return e.lease
 }
 
-// grantEntry creates a lease and returns its entry.
+// grantEntry creates a lease, records it in the rate window, and returns
+// its entry. Every grant goes through here; the caller has checked that it
+// fits (semaphore.grantable).
 func (s *Store) grantEntry(sem *semaphore, channel string, weight int64, ttl time.Duration, idemKey string, now time.Time) *leaseEntry {
 	l := store.Lease{
 		ID:           store.NewLeaseID(sem.key.name),
@@ -143,6 +150,7 @@ func (s *Store) grantEntry(sem *semaphore, channel string, weight int64, ttl tim
 	}
 	e := &leaseEntry{lease: l, idemKey: idemKey}
 	sem.addLease(e)
+	sem.rateRecord(channel, weight, now)
 	return e
 }
 
@@ -194,9 +202,10 @@ func settle(w *waiter, l store.Lease, owned bool, err error) {
 }
 
 // grantWaiters grants permits to head waiters, in FIFO order per capacity
-// domain: once the head of a domain does not fit, nobody behind it in that
-// domain is granted. A waiter that can never fit (maxValue was lowered
-// below its weight) fails with ErrWeightTooLarge.
+// domain: once the head of a domain does not fit (no free permit, or no
+// room in the rate window), nobody behind it in that domain is granted. A
+// waiter that can never fit (maxValue or the rate limit was lowered below
+// its weight) fails with ErrWeightTooLarge.
 func (s *Store) grantWaiters(sem *semaphore, now time.Time) {
 	blocked := make(map[string]bool)
 	for e := sem.waiters.Front(); e != nil; {
@@ -208,9 +217,9 @@ func (s *Store) grantWaiters(sem *semaphore, now time.Time) {
 		case w.idemKey != "" && sem.idem[w.idemKey] != "":
 			l, _ := idempotentLease(sem, w.idemKey)
 			settle(w, l, false, nil)
-		case w.weight > sem.maxValue():
+		case w.weight > sem.maxValue() || sem.rateTooHeavy(w.weight):
 			settle(w, store.Lease{}, false, store.ErrWeightTooLarge)
-		case sem.fits(w.channel, w.weight):
+		case sem.grantable(w.channel, w.weight, now):
 			settle(w, s.grantSession(sem, w.channel, w.weight, w.ttl, w.idemKey, w.session, now), true, nil)
 		default:
 			blocked[d] = true

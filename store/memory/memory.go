@@ -8,9 +8,13 @@
 // frees permits (a release, an expiry found by Sweep or by any other
 // operation, a raise of maxValue, a waiter leaving the head of the queue)
 // grants the head waiters inside its own critical section, and then
-// dispatches the queued async jobs that still fit (jobs.go). The job events
-// an operation produces are collected under the mutex and handed to the job
-// listener after it is unlocked, in the calling goroutine.
+// dispatches the queued async jobs that still fit (jobs.go). With a rate
+// limit (rate.go) a grant also needs room in its domain's sliding window;
+// what the window holds back is granted by a timer set to the instant room
+// frees, which runs under the mutex like any operation. The job events an
+// operation produces are collected under the mutex and handed to the job
+// listener after it is unlocked, in the calling goroutine (the timer's for
+// a timer).
 package memory
 
 import (
@@ -155,9 +159,11 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 		sem.unbind = func(e *leaseEntry) { s.unbindLease(key.tenant, e) }
 		s.sems[key] = sem
 	}
+	old := sem.info.Config
 	sem.info.Config = cfg
 	sem.info.UpdatedAt = now
-	s.refresh(sem, now) // a raised maxValue (or a new scope) grants waiters at once
+	sem.setRate(old, now)
+	s.refresh(sem, now) // a raised maxValue or rate limit (or a new scope) grants waiters at once
 	return copySemaphore(sem.info), !ok, nil
 }
 
@@ -215,6 +221,9 @@ func (s *Store) DeleteSemaphore(ctx context.Context, tenant, name string) error 
 		return err
 	}
 	delete(s.sems, sem.key) // with its jobs
+	if sem.rate != nil {
+		sem.rate.stopTimer()
+	}
 	for _, e := range sem.leases {
 		if e.session != "" {
 			s.unbindLease(tenant, e)
@@ -251,8 +260,9 @@ func (s *Store) State(ctx context.Context, tenant, name string) (store.Semaphore
 	if err != nil {
 		return store.SemaphoreState{}, err
 	}
-	s.refresh(sem, s.now())
-	return sem.state(), nil
+	now := s.now()
+	s.refresh(sem, now)
+	return sem.state(now), nil
 }
 
 // Sweep implements store.Store: it checks every semaphore.
@@ -289,6 +299,9 @@ func (s *Store) Close() error {
 	s.closed = true
 	for _, sem := range s.sems {
 		s.failWaiters(sem, store.ErrUnavailable)
+		if sem.rate != nil {
+			sem.rate.stopTimer()
+		}
 	}
 	return nil
 }

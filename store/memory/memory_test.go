@@ -43,6 +43,10 @@ func TestConformanceJobsRapid(t *testing.T) {
 	storetest.RunJobsRapid(t, newStore)
 }
 
+func TestConformanceRateRapid(t *testing.T) {
+	storetest.RunRateRapid(t, newStore)
+}
+
 func TestConformanceSessionsRapid(t *testing.T) {
 	storetest.RunSessionsRapid(t, newStore)
 }

@@ -31,6 +31,8 @@ type semaphore struct {
 
 	jobs jobQueues // async jobs (jobs.go)
 
+	rate *rateState // the rate limit and its windows (rate.go); nil: none
+
 	// unbind is called with every removed lease bound to a session
 	// (sessions.go): what ends a lease ends its binding.
 	unbind func(*leaseEntry)
@@ -90,6 +92,12 @@ func (s *semaphore) inUseOf(channel string) int64 {
 // fits reports whether weight more permits fit into channel's domain now.
 func (s *semaphore) fits(channel string, weight int64) bool {
 	return s.inUseOf(channel)+weight <= s.maxValue()
+}
+
+// grantable reports whether weight can be granted in channel's domain at
+// now: a free permit and room in the rate window.
+func (s *semaphore) grantable(channel string, weight int64, now time.Time) bool {
+	return s.fits(channel, weight) && s.rateRoom(channel, weight, now)
 }
 
 // hasWaiters reports whether any waiter is queued in channel's domain.
@@ -175,15 +183,22 @@ func (s *semaphore) dequeue(w *waiter) {
 	}
 }
 
-// state returns the usage snapshot of the semaphore. For scope "total" each
-// channel's Available is the shared remainder; for scope "channel" it is the
-// channel's own remainder, and the top-level Available is that of the
-// default channel (what a request naming no channel could take).
-func (s *semaphore) state() store.SemaphoreState {
+// state returns the usage snapshot of the semaphore at now. For scope
+// "total" each channel's Available (and rate window) is the shared one; for
+// scope "channel" it is the channel's own, and the top-level one is that
+// of the default channel (what a request naming no channel could take).
+// Under scope "channel", channels with grants in their rate window are
+// listed even when nothing else is left of them.
+func (s *semaphore) state(now time.Time) store.SemaphoreState {
 	st := store.SemaphoreState{Channels: make(map[string]store.ChannelState)}
 	st.InUse = s.inUse
 	st.Waiting = int64(s.waiters.Len())
 	st.Available = floor0(s.maxValue() - s.inUseOf(store.DefaultChannel))
+	st.RateUsed = s.rateUsed(store.DefaultChannel, now)
+	st.RateNextAt = s.rateOldestOut(store.DefaultChannel, now)
+	for _, ch := range s.rateChannels(now) {
+		st.Channels[ch] = store.ChannelState{}
+	}
 	for ch, n := range s.inUseByChan {
 		cs := st.Channels[ch]
 		cs.InUse = n
@@ -208,6 +223,8 @@ func (s *semaphore) state() store.SemaphoreState {
 	}
 	for ch, cs := range st.Channels {
 		cs.Available = floor0(s.maxValue() - s.inUseOf(ch))
+		cs.RateUsed = s.rateUsed(ch, now)
+		cs.RateNextAt = s.rateOldestOut(ch, now)
 		st.Channels[ch] = cs
 	}
 	return st

@@ -25,6 +25,7 @@ func RunShared(t *testing.T, newPair func(t *testing.T) (a, b store.Store)) {
 		{"FIFOAcrossNodes", testSharedFIFO},
 		{"Jobs_EnqueueOnADispatchOnB", testSharedJobDispatch},
 		{"Jobs_ExpirySweptOnB", testSharedJobExpiry},
+		{"Rate_NeverOverLimit", testRateSharedNeverOverLimit},
 	}
 	tests = append(tests, sharedSessionTests...)
 	for _, tc := range tests {

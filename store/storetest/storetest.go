@@ -9,6 +9,7 @@
 //	storetest.RunJobsRapid(t, newStore)           // the same for async jobs
 //	storetest.RunSessionsRapid(t, newStore)       // the same for sessions and their bindings
 //	storetest.RunSessionsRapidShared(t, newPair)  // that, through two instances
+//	storetest.RunRateRapid(t, newStore)           // the rate limit's windows, with waiters
 //
 // Run and RunShared include the session tests (sessions.go).
 //
@@ -122,6 +123,24 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Params_DeliveredKeepsRoute", testDeliveredKeepsRoute},
 		{"Params_Tenant", testTenantParams},
 		{"Params_IdempotentReplayFirst", testIdempotentReplayFirst},
+		{"Rate_NeverOverLimit_Total", func(t *testing.T, f *fixture) {
+			testRateNeverOverLimit(t, f, store.ScopeTotal)
+		}},
+		{"Rate_NeverOverLimit_Channel", func(t *testing.T, f *fixture) {
+			testRateNeverOverLimit(t, f, store.ScopeChannel)
+		}},
+		{"Rate_WaitersOnTimeFIFO", testRateWaitersOnTime},
+		{"Rate_HeavyHeadNotOvertaken", testRateHeavyHead},
+		{"Rate_ChannelWindows", testRateChannelWindows},
+		{"Rate_LimitedError", testRateLimitedError},
+		{"Rate_WeightTooLarge", testRateWeightTooLarge},
+		{"Rate_Removed", testRateRemoved},
+		{"Rate_LoweredRevokesNothing", testRateLowered},
+		{"Rate_RaisedGrantsWaiter", testRateRaised},
+		{"Rate_Jobs", testRateJobs},
+		{"Rate_JobsPerChannel", testRateJobsPerChannel},
+		{"Rate_JobsShareWindow", testRateJobsShareWindow},
+		{"Rate_State", testRateState},
 	}
 	tests = append(tests, sessionTests...)
 	for _, tc := range tests {
