@@ -8,9 +8,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"time"
 	"math/rand/v2"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
