@@ -183,13 +183,21 @@ func main() {
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
 	flag.IntVar(&cfg.clients, "clients", 64, "concurrent clients")
-	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|sync websocket|websocket|rate|memory per queued job>"`)
+	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|sync websocket|websocket|rate|memory per queued job>"`)
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (logs, binary, redis data)")
 	flag.IntVar(&cfg.handoffN, "handoff-samples", 100, "hand-off samples per round")
 	flag.BoolVar(&cfg.cmdstats, "cmdstats", false, "log Redis INFO commandstats (reset per section) to stderr after each section")
 	flag.StringVar(&serverLogLevel, "server-log-level", "warn", "--log-level of the semaphored under test (its log is in the temp dir; see -keep)")
 	flag.IntVar(&cfg.memJobs, "mem-jobs", 5000, "queued jobs per round of the memory-per-job scenario")
+	bareServe := flag.String("bare-serve", "", "internal: serve the bare net/http handler on this address (the bench starts itself so)")
 	flag.Parse()
+	if *bareServe != "" {
+		if err := serveBare(*bareServe); err != nil {
+			logf("bare server: %v", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if only != "" {
 		cfg.only = regexp.MustCompile(only)
 	}
@@ -259,6 +267,11 @@ func run(cfg config) error {
 	machine := machineInfo(ctx, rc)
 	loadBefore := loadavg()
 
+	if b.want(gBare) {
+		if err := b.bare(); err != nil {
+			b.add(row{group: gBare, name: nBare, unit: "pairs/s", note: label(err)})
+		}
+	}
 	b.resetStats()
 	if err := b.direct(); err != nil {
 		return err
@@ -303,6 +316,7 @@ func run(cfg config) error {
 		cfg.clients, cfg.warmup, cfg.rounds, cfg.round)
 	printTable(out, b.rows)
 	fmt.Fprintln(out)
+	b.printBareRatios(out)
 	b.printTargets(out)
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 )
 
 // Names of the rows the performance targets compare.
@@ -63,6 +64,12 @@ func (b *bench) printTargets(w io.Writer) {
 		{"Redis memory of a full window of 10,000 units", b.find(gRedis, nRateMem), "KiB",
 			func(v float64) bool { return true }, "reported"},
 	}
+	ts = append(ts,
+		target{"memory store sync pairs/s over HTTP / bare net/http", b.find(gMemory, nUnc) / b.find(gBare, nBare), "×",
+			func(v float64) bool { return v >= 0.8 }, "≥ 0.8×"},
+		target{"Redis store sync pairs/s over HTTP / memory store's", b.find(gRedis, nUnc) / b.find(gMemory, nUnc), "×",
+			func(v float64) bool { return v >= 0.9 }, "≥ 0.9×"},
+	)
 	fmt.Fprintln(w, "## Targets, from the medians above")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| target | measured | wanted | met |")
@@ -77,4 +84,27 @@ func (b *bench) printTargets(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| %s | %s %s | %s | %s |\n", t.what, fmtNum(t.measured), t.unit, t.want, met)
 	}
+}
+
+// printBareRatios prints every HTTP pairs/s row as a ratio to the bare
+// net/http row: how much of the machine's HTTP limit semaphored reaches.
+func (b *bench) printBareRatios(w io.Writer) {
+	bare := b.find(gBare, nBare)
+	if math.IsNaN(bare) || bare == 0 {
+		return
+	}
+	fmt.Fprintf(w, "## HTTP scenarios against the bare net/http row (%s pairs/s)\n\n", fmtNum(bare))
+	fmt.Fprintln(w, "| group | scenario | median | × bare |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: |")
+	for _, r := range b.rows {
+		if r.unit != "pairs/s" || r.group == gBare || !strings.Contains(r.name, "HTTP") {
+			continue
+		}
+		m := r.median()
+		if math.IsNaN(m) {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.group, r.name, fmtNum(m), fmtNum(m/bare))
+	}
+	fmt.Fprintln(w)
 }
