@@ -55,7 +55,7 @@ func parse(self string, routes, mapping json.RawMessage, opts Options, trusted b
 		}
 		var items []json.RawMessage
 		if err := json.Unmarshal(routes, &items); err != nil {
-			return Config{}, fieldErr("routes", "must be an array of route objects, got %s", jsonKind(routes))
+			return Config{}, fieldErr("routes", "must be an array of route objects, got %s", JSONKind(routes))
 		}
 		if len(items) > MaxRoutes {
 			return Config{}, fieldErr("routes", "must have at most %d routes, got %d", MaxRoutes, len(items))

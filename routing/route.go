@@ -182,8 +182,9 @@ func isNull(raw json.RawMessage) bool {
 	return len(t) == 0 || bytes.Equal(t, []byte("null"))
 }
 
-// jsonKind names the JSON type of raw for error messages.
-func jsonKind(raw json.RawMessage) string {
+// JSONKind names the JSON type of raw for error messages ("an object", "a
+// number", ...); the service layer uses it for its own config fields too.
+func JSONKind(raw json.RawMessage) string {
 	t := bytes.TrimSpace(raw)
 	if len(t) == 0 {
 		return "nothing"
@@ -211,7 +212,7 @@ func decodeObject(field string, raw json.RawMessage) (map[string]json.RawMessage
 	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
-		return nil, fieldErr(field, "must be an object, got %s", jsonKind(raw))
+		return nil, fieldErr(field, "must be an object, got %s", JSONKind(raw))
 	}
 	for k, v := range m {
 		if isNull(v) {
@@ -224,7 +225,7 @@ func decodeObject(field string, raw json.RawMessage) (map[string]json.RawMessage
 func decodeString(field string, raw json.RawMessage) (string, error) {
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", fieldErr(field, "must be a string, got %s", jsonKind(raw))
+		return "", fieldErr(field, "must be a string, got %s", JSONKind(raw))
 	}
 	return s, nil
 }
@@ -232,7 +233,7 @@ func decodeString(field string, raw json.RawMessage) (string, error) {
 func decodeBool(field string, raw json.RawMessage) (bool, error) {
 	var b bool
 	if err := json.Unmarshal(raw, &b); err != nil {
-		return false, fieldErr(field, "must be a boolean, got %s", jsonKind(raw))
+		return false, fieldErr(field, "must be a boolean, got %s", JSONKind(raw))
 	}
 	return b, nil
 }
@@ -304,7 +305,7 @@ func parseRoute(field string, raw json.RawMessage, rc routeCtx) (Route, error) {
 		if v, ok := m["timeout"]; ok {
 			s, err := decodeString(field+".timeout", v)
 			if err != nil {
-				return Route{}, fieldErr(field+".timeout", `must be a duration string such as "10s", got %s`, jsonKind(v))
+				return Route{}, fieldErr(field+".timeout", `must be a duration string such as "10s", got %s`, JSONKind(v))
 			}
 			d, perr := time.ParseDuration(s)
 			if perr != nil {

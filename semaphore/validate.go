@@ -195,7 +195,7 @@ func parseRate(raw json.RawMessage) (*store.RateLimit, error) {
 	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(t, &m); err != nil || m == nil {
-		return nil, invalid(CodeInvalidConfig, "rate", `rate must be an object {"limit": n, "period": "1m"} or null, got %s`, jsonKind(t))
+		return nil, invalid(CodeInvalidConfig, "rate", `rate must be an object {"limit": n, "period": "1m"} or null, got %s`, routing.JSONKind(t))
 	}
 	var unknown []string
 	for k, v := range m {
@@ -229,7 +229,7 @@ func parseRate(raw json.RawMessage) (*store.RateLimit, error) {
 	}
 	var s string
 	if err := json.Unmarshal(v, &s); err != nil {
-		return nil, invalid(CodeInvalidConfig, "rate.period", `rate.period must be a duration string such as "1m", got %s`, jsonKind(v))
+		return nil, invalid(CodeInvalidConfig, "rate.period", `rate.period must be a duration string such as "1m", got %s`, routing.JSONKind(v))
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
@@ -242,32 +242,11 @@ func parseRate(raw json.RawMessage) (*store.RateLimit, error) {
 	return r, nil
 }
 
-// jsonKind names the JSON type of raw for error messages.
-func jsonKind(raw json.RawMessage) string {
-	t := bytes.TrimSpace(raw)
-	if len(t) == 0 {
-		return "nothing"
-	}
-	switch t[0] {
-	case '{':
-		return "an object"
-	case '[':
-		return "an array"
-	case '"':
-		return "a string"
-	case 't', 'f':
-		return "a boolean"
-	case 'n':
-		return "null"
-	}
-	return "a number"
-}
-
 // jsonValue shows a JSON value in an error message: a number as it was
 // written (1.5, 1e9), anything else by its kind.
 func jsonValue(raw json.RawMessage) string {
 	t := bytes.TrimSpace(raw)
-	if k := jsonKind(t); k != "a number" {
+	if k := routing.JSONKind(t); k != "a number" {
 		return k
 	}
 	return truncate(strings.ToValidUTF8(string(t), ""), 32)
