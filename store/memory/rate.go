@@ -97,9 +97,8 @@ type rateState struct {
 	limit  int64
 	period int64     // nanoseconds
 	epoch  time.Time // origin of rateGrant.at (store clock)
-	// logs by capacity domain (semaphore.domainOf). Under scope channel,
-	// the "" log is what was granted under scope total before the scope
-	// changed: it counts in every channel's domain until it drains.
+	// logs by capacity domain (semaphore.domainOf); a change of scope
+	// empties them
 	logs map[string]*rateLog
 
 	// timer grants waiters and dispatches jobs at timerAt, the earliest
@@ -171,22 +170,9 @@ func (s *semaphore) setRate(old store.SemaphoreConfig, now time.Time) {
 	}
 }
 
-// rateLogs returns the logs counted in channel's capacity domain, pruned
-// at now: its own and, under scope channel, the carry (either may be nil).
-func (s *semaphore) rateLogs(channel string, now int64) (own, carry *rateLog) {
-	d := s.domainOf(channel)
-	own = s.rate.log(d, now)
-	if d != "" {
-		carry = s.rate.log("", now)
-	}
-	return own, carry
-}
-
-func logSum(l *rateLog) int64 {
-	if l == nil {
-		return 0
-	}
-	return l.sum
+// rateLog returns channel's domain log, pruned at now (nil: empty).
+func (s *semaphore) rateLog(channel string, now int64) *rateLog {
+	return s.rate.log(s.domainOf(channel), now)
 }
 
 // rateUsed returns the units granted in channel's domain in the window
@@ -195,8 +181,10 @@ func (s *semaphore) rateUsed(channel string, now time.Time) int64 {
 	if s.rate == nil {
 		return 0
 	}
-	own, carry := s.rateLogs(channel, s.rate.tick(now))
-	return logSum(own) + logSum(carry)
+	if l := s.rateLog(channel, s.rate.tick(now)); l != nil {
+		return l.sum
+	}
+	return 0
 }
 
 // rateRoom reports whether weight more units may be granted in channel's
@@ -218,27 +206,28 @@ func (s *semaphore) rateNextAt(channel string, weight int64, now time.Time) time
 		return now
 	}
 	r := s.rate
-	own, carry := s.rateLogs(channel, r.tick(now))
-	need := logSum(own) + logSum(carry) + weight - r.limit // units that must leave
-	var i, j int
-	for need > 0 {
-		var g rateGrant
-		switch {
-		case own != nil && i < own.n && (carry == nil || j >= carry.n || own.get(i).at <= carry.get(j).at):
-			g = own.get(i)
-			i++
-		case carry != nil && j < carry.n:
-			g = carry.get(j)
-			j++
-		default:
-			return now // unreachable while weight <= limit
-		}
-		need -= g.weight
-		if need <= 0 {
+	l := s.rateLog(channel, r.tick(now))
+	if l == nil {
+		return now
+	}
+	need := l.sum + weight - r.limit // units that must leave first
+	for i := 0; need > 0 && i < l.n; i++ {
+		g := l.get(i)
+		if need -= g.weight; need <= 0 {
 			return r.time(g.at + r.period)
 		}
 	}
-	return now
+	return now // they fit already
+}
+
+// rateLimitedError is the refusal of weight in channel's full window.
+func (s *semaphore) rateLimitedError(channel string, weight int64, now time.Time) *store.RateLimitedError {
+	next := s.rateNextAt(channel, weight, now)
+	e := &store.RateLimitedError{Limit: s.rate.limit, Period: time.Duration(s.rate.period), NextAt: next, Wait: next.Sub(now)}
+	if s.channelScoped() {
+		e.Channel = channel
+	}
+	return e
 }
 
 // rateOldestOut returns when the oldest grant of channel's window leaves
@@ -247,19 +236,11 @@ func (s *semaphore) rateOldestOut(channel string, now time.Time) time.Time {
 	if s.rate == nil {
 		return time.Time{}
 	}
-	own, carry := s.rateLogs(channel, s.rate.tick(now))
-	var oldest int64
-	switch {
-	case own == nil && carry == nil:
+	l := s.rateLog(channel, s.rate.tick(now))
+	if l == nil {
 		return time.Time{}
-	case own == nil:
-		oldest = carry.get(0).at
-	case carry == nil:
-		oldest = own.get(0).at
-	default:
-		oldest = min(own.get(0).at, carry.get(0).at)
 	}
-	return s.rate.time(oldest + s.rate.period)
+	return s.rate.time(l.get(0).at + s.rate.period)
 }
 
 // rateRecord records a grant of weight in channel's domain at now.
@@ -285,7 +266,7 @@ func (s *semaphore) rateChannels(now time.Time) []string {
 	var chans []string
 	tick := s.rate.tick(now)
 	for d := range s.rate.logs {
-		if d != "" && s.rate.log(d, tick) != nil {
+		if s.rate.log(d, tick) != nil {
 			chans = append(chans, d)
 		}
 	}

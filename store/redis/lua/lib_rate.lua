@@ -70,8 +70,8 @@ local function rate_next(dp, used, w)
   end
 end
 
--- is there room for w more units in channel c's domain? If not, notes when
--- there will be (RATE_AT)
+-- is there room for w more units in channel c's domain? If not, also
+-- returns when there will be, and notes it (RATE_AT)
 local function room(conf, c, w, now)
   if RL <= 0 then return true end
   local dp = rate_prefix(conf, c)
@@ -79,7 +79,7 @@ local function room(conf, c, w, now)
   if used + w <= RL then return true end
   local at = rate_next(dp, used, w)
   if at and at < RATE_AT then RATE_AT = at end
-  return false
+  return false, at
 end
 
 -- records a grant of w units in channel c's domain at now
