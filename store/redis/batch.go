@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/semaphored/semaphored/store"
@@ -36,9 +37,13 @@ type batchOp struct {
 	args []any
 	// abandoned, if set, undoes a result whose caller's context ended
 	// before it came (a granted lease is released, a queued waiter
-	// cancelled), before the caller returns: a cancelled call leaves
-	// nothing behind.
+	// cancelled): a cancelled call leaves nothing behind. The caller does
+	// not wait for a call already sent: the result, when it comes, is
+	// undone then (state).
 	abandoned func(batchResult)
+	// state: opPending, then opLeft (the caller's context ended while the
+	// call was on its way) or opDelivered (the caller takes the result)
+	state atomic.Int32
 	// deadline is the caller's context's (zero: none); a call of ops
 	// that all have one ends by the latest (see runBatch).
 	deadline time.Time
@@ -46,6 +51,12 @@ type batchOp struct {
 	res  batchResult
 	done chan struct{} // closed once res is set
 }
+
+const (
+	opPending int32 = iota
+	opLeft
+	opDelivered
+)
 
 type batchResult struct {
 	status, raw string // status and second element (lease JSON, or an error's message)
@@ -90,6 +101,10 @@ func (s *Store) batched(ctx context.Context, tenant, name string, op *batchOp) (
 	case <-op.done:
 	case <-ctx.Done():
 		if s.dequeue(key, op) {
+			return batchResult{}, ctx.Err()
+		}
+		if op.state.CompareAndSwap(opPending, opLeft) {
+			// Sent already: the runner undoes the result when it comes.
 			return batchResult{}, ctx.Err()
 		}
 		<-op.done
@@ -195,6 +210,14 @@ func (s *Store) runBatch(tenant, name string, ops []*batchOp) {
 			op.res = parseOpResult(out[i])
 		}
 		close(op.done)
+		if !op.state.CompareAndSwap(opPending, opDelivered) && op.abandoned != nil && op.res.err == nil {
+			// The caller left while the call was on its way.
+			s.abandonWG.Add(1)
+			go func(op *batchOp) {
+				defer s.abandonWG.Done()
+				op.abandoned(op.res)
+			}(op)
+		}
 	}
 }
 

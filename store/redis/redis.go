@@ -101,6 +101,8 @@ type Store struct {
 	authKeys *keyCache // KeyByHash results, evicted by revokes on any instance
 
 	rate rateTimers // rate.go
+
+	abandonWG sync.WaitGroup // undoing results whose callers left (batch.go)
 }
 
 // New returns a Store on client and subscribes to its node channel before
@@ -268,6 +270,7 @@ func (s *Store) Close() error {
 	s.closeOne.Do(func() {
 		close(s.closing)
 		s.stopRateTimers()
+		s.abandonWG.Wait()
 		err = s.ps.Close()
 		<-s.listened
 	})
