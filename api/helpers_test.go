@@ -171,7 +171,7 @@ func setupService(t *testing.T, svcOpt func(*semaphore.Config), opts ...option) 
 	clock := &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
 	st := memory.New(memory.Options{Now: clock.Now})
 	reg := prometheus.NewRegistry()
-	scfg := semaphore.Config{Store: st, Registerer: reg, SweepInterval: 10 * time.Millisecond, Now: clock.Now}
+	scfg := semaphore.Config{Store: st, Registerer: reg, SweepInterval: 10 * time.Millisecond}
 	if svcOpt != nil {
 		svcOpt(&scfg)
 	}

@@ -1,7 +1,6 @@
 package semaphore
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -19,16 +18,15 @@ import (
 //
 //	rate limit of 100 per 1m0s reached: the next unit frees in 3.2s
 type RateLimitedError struct {
-	// Rate is the semaphore's rate as this instance last read its config
-	// (cached up to a second); nil when it could not be read.
+	// Rate is the semaphore's rate when it refused (nil: not known).
 	Rate *store.RateLimit
 	// Channel is the acquire's channel when the rate applies per channel
 	// (maxValueScope "channel"), else "".
 	Channel string
 	Weight  int64 // the weight asked for
 	// NextAt is when enough units leave the window for Weight (the
-	// store's clock); RetryAfter is how long until then, by the service's
-	// clock (Config.Now), at least a millisecond and at most the period.
+	// store's clock); RetryAfter is how long until then (by the store's
+	// clock too), at least a millisecond.
 	NextAt     time.Time
 	RetryAfter time.Duration
 
@@ -73,27 +71,19 @@ func roundWait(d time.Duration) time.Duration {
 }
 
 // rateLimited turns the store's refusal of acquire p for the rate into a
-// *RateLimitedError; any other error is returned as is. The config (for
-// the message) comes from the dispatcher's cache, so a burst of refusals
-// costs no extra store call per refusal.
-func (s *Service) rateLimited(ctx context.Context, p store.AcquireParams, err error) error {
+// *RateLimitedError; any other error is returned as is. The store's error
+// carries the rate, the channel and the wait, read in the refusal's own
+// atomic operation, by the store's clock.
+func (s *Service) rateLimited(p store.AcquireParams, err error) error {
 	var se *store.RateLimitedError
 	if !errors.As(err, &se) {
 		return err
 	}
-	e := &RateLimitedError{Weight: p.Weight, NextAt: se.NextAt, err: se}
-	wait := se.NextAt.Sub(s.now())
-	if sem, _, cerr := s.disp.config(ctx, p.Tenant, p.Semaphore); cerr == nil && sem.Config.Rate != nil {
-		r := *sem.Config.Rate
-		e.Rate = &r
-		// Units leave the window at most a period after now by the store's
-		// clock: a wait beyond it can only be a skew between the clocks.
-		wait = min(wait, r.Period)
-		if sem.Config.MaxValueScope == store.ScopeChannel {
-			e.Channel = p.Channel
-		}
+	e := &RateLimitedError{Weight: p.Weight, Channel: se.Channel, NextAt: se.NextAt, err: se}
+	if se.Limit > 0 {
+		e.Rate = &store.RateLimit{Limit: se.Limit, Period: se.Period}
 	}
-	e.RetryAfter = max(wait, time.Millisecond)
+	e.RetryAfter = max(se.Wait, time.Millisecond)
 	s.metrics.rateLimited.Inc()
 	return e
 }

@@ -48,13 +48,6 @@ type Config struct {
 	// DefaultMaxPayloadBytes).
 	MaxQueued       int64
 	MaxPayloadBytes int
-
-	// Now reads the store's clock as well as this process can, to turn
-	// the store's times into waits (the Retry-After of an acquire refused
-	// by a rate, see RateLimitedError). nil: time.Now, which is the memory
-	// store's default clock and close to Redis' TIME; set it to the clock
-	// injected into a memory store (memory.Options.Now).
-	Now func() time.Time
 }
 
 // DefaultSweepInterval is how often the sweeper runs by default.
@@ -72,7 +65,6 @@ type Service struct {
 	maxQueued       int64
 	maxPayloadBytes int
 	sessionInterval time.Duration
-	now             func() time.Time // the store's clock, as well as known (Config.Now)
 
 	// adminKeyHash is the hash of the fixed bootstrap key (--admin-key),
 	// "" for none: Authenticate registers it again when the store lost it.
@@ -107,13 +99,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxPayloadBytes <= 0 {
 		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	s := &Service{
 		store: cfg.Store, log: cfg.Logger, interval: cfg.SweepInterval, routing: cfg.Routing,
 		maxQueued: cfg.MaxQueued, maxPayloadBytes: cfg.MaxPayloadBytes, sessionInterval: cfg.SessionInterval,
-		now: cfg.Now,
 	}
 	m, err := newMetrics(cfg.Registerer, s)
 	if err != nil {
@@ -327,7 +315,7 @@ func (s *Service) Acquire(ctx context.Context, tenant, name string, in AcquireIn
 	l, err := s.store.Acquire(ctx, p)
 	s.metrics.observeAcquire(start, err)
 	if err != nil {
-		return l, s.rateLimited(ctx, p, err)
+		return l, s.rateLimited(p, err)
 	}
 	return l, nil
 }
@@ -359,7 +347,7 @@ func (s *Service) AcquireOverSession(ctx context.Context, tenant, name string, i
 	l, err := s.store.Acquire(ctx, p)
 	s.metrics.observeAcquire(start, err)
 	if err != nil {
-		return l, s.rateLimited(ctx, p, err)
+		return l, s.rateLimited(p, err)
 	}
 	return l, nil
 }

@@ -104,9 +104,16 @@ type RateLimit struct {
 
 // RateLimitedError is the error of an acquire without wait that had a free
 // permit but no room in its rate window: errors.Is(err, ErrNoPermit)
-// holds, and NextAt is when enough units leave the window (store clock).
+// holds. It carries what a refusal's answer says, read in the same atomic
+// operation: the rate, the channel whose window is full ("" when the rate
+// applies to the whole semaphore), when enough units leave the window for
+// the weight (NextAt, store clock) and how long until then (Wait).
 type RateLimitedError struct {
-	NextAt time.Time
+	Limit   int64
+	Period  time.Duration
+	Channel string
+	NextAt  time.Time
+	Wait    time.Duration
 }
 
 func (e *RateLimitedError) Error() string {

@@ -94,7 +94,7 @@ func (s *Store) tryAcquire(r acquireRequest) (*waiter, store.Lease, error) {
 			return nil, s.grantSession(sem, r.Channel, r.Weight, ttl, r.IdempotencyKey, r.Session, now), nil
 		}
 		if r.Wait <= 0 {
-			return nil, store.Lease{}, &store.RateLimitedError{NextAt: sem.rateNextAt(r.Channel, r.Weight, now)}
+			return nil, store.Lease{}, sem.rateLimitedError(r.Channel, r.Weight, now)
 		}
 	}
 	if r.Wait <= 0 {

@@ -108,7 +108,17 @@ func (s *Store) Acquire(ctx context.Context, p store.AcquireParams) (_ store.Lea
 		return s.await(ctx, p, id, w)
 	case "no_rate":
 		// a permit, but no room in the rate window until then
-		return store.Lease{}, &store.RateLimitedError{NextAt: time.UnixMilli(atoi(r.raw)).UTC()}
+		// ({'no_rate', instant, limit, period ms, wait ms, channel},
+		// lib_lease_ops.lua)
+		e := &store.RateLimitedError{NextAt: time.UnixMilli(atoi(r.raw)).UTC()}
+		if len(r.vals) >= 6 {
+			limit, _ := r.vals[2].(int64)
+			period, _ := r.vals[3].(int64)
+			wait, _ := r.vals[4].(int64)
+			e.Limit, e.Period, e.Wait = limit, time.Duration(period)*time.Millisecond, time.Duration(wait)*time.Millisecond
+			e.Channel, _ = r.vals[5].(string)
+		}
+		return store.Lease{}, e
 	default:
 		return store.Lease{}, store.ErrNoPermit
 	}

@@ -299,7 +299,8 @@ func testRateChannelWindows(t *testing.T, f *fixture) {
 	const limit, period = 2, 300 * time.Millisecond
 	f.putConfig("s", rateConfig(100, store.ScopeChannel, limit, period))
 	a := seenAll(f.acquireOn("s", "a", 1), f.acquireOn("s", "a", 1))
-	requireRateLimited(t, f.tryAcquireOn("s", "a", 1), a[0].at.Add(period), "channel a full")
+	rl := requireRateLimited(t, f.tryAcquireOn("s", "a", 1), a[0].at.Add(period), "channel a full")
+	require.Equal(t, "a", rl.Channel, "scope channel: the channel whose window is full")
 	aw := f.goAcquire(f.waiterParams("s", "a", 2)) // needs both of a's grants gone
 	f.awaitWaiting("s", 1)
 	b := seenAll(f.acquireOn("s", "b", 1), f.acquireOn("s", "b", 1)) // b's own window
@@ -326,7 +327,11 @@ func testRateLimitedError(t *testing.T, f *fixture) {
 	f.putConfig("s", rateConfig(10, store.ScopeTotal, 3, period))
 	g0 := f.acquireW("s", 1)
 	g1 := f.acquireW("s", 2)
-	requireRateLimited(t, f.tryAcquireOn("s", "", 1), g0.AcquiredAt.Add(period), "weight 1: g0 leaving is enough")
+	rl := requireRateLimited(t, f.tryAcquireOn("s", "", 1), g0.AcquiredAt.Add(period), "weight 1: g0 leaving is enough")
+	require.Equal(t, int64(3), rl.Limit, "the rate it refused for")
+	require.Equal(t, period, rl.Period)
+	require.Empty(t, rl.Channel, "scope total: the whole semaphore's window")
+	require.InDelta(t, float64(time.Until(rl.NextAt)), float64(rl.Wait), float64(50*time.Millisecond), "Wait: until NextAt")
 	requireRateLimited(t, f.tryAcquireOn("s", "x", 2), g1.AcquiredAt.Add(period), "weight 2: g1 must leave too")
 	requireRateLimited(t, f.tryAcquireOn("s", "", 3), g1.AcquiredAt.Add(period), "weight 3: the window empty")
 
@@ -334,7 +339,6 @@ func testRateLimitedError(t *testing.T, f *fixture) {
 	f.acquireW("p", 1)
 	err := f.tryAcquireOn("p", "", 1)
 	require.ErrorIs(t, err, store.ErrNoPermit)
-	var rl *store.RateLimitedError
 	require.False(t, errors.As(err, &rl), "no permit: not the rate's doing (%v)", err)
 	f.requireUsage("s", 3, 0)
 }

@@ -24,17 +24,19 @@ local function op_acquire(conf, now, a, i)
   if w > conf.max or (RL > 0 and w > RL) then return {E_WEIGHT_TOO_LARGE, ''} end
   -- no barging: a live waiter ahead in the same domain blocks the grant
   if not head(conf, c, now) and fits(conf, c, w) then
-    local before = RATE_AT
-    RATE_AT = math.huge
-    local ok = room(conf, c, w, now)
-    local at = RATE_AT
-    RATE_AT = math.min(before, at)
+    local ok, at = room(conf, c, w, now)
     if ok then
       rate_take(conf, c, w, now)
       return {'ok', (new_lease(id, c, w, ttl, k, now, nil, nil, a[i + 8]))}
     end
     -- a permit, but no room in the rate window until at
-    if wait <= 0 then return {'no_rate', string.format('%.0f', at)} end
+    if wait <= 0 then
+      -- the instant, the rate (limit, period ms), the wait (ms) and the
+      -- channel whose window is full ('' the whole semaphore's)
+      local wc = ''
+      if conf.scope == SCOPE_CHANNEL then wc = c end
+      return {'no_rate', string.format('%.0f', at), RL, RP, at - now, wc}
+    end
   end
   if wait <= 0 then return {'no_permit', ''} end
   local seq = redis.call('HINCRBY', K_SEM, 'wseq', 1)
