@@ -168,6 +168,12 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
 	}
+	// Printed only now that the address is bound, so a failed start prints
+	// no key that would then be lost; and before the first request is
+	// served, so a client that sees the server healthy has the key too.
+	if secret != "" {
+		fmt.Fprintf(stdout, "admin key (shown once): %s\n", secret)
+	}
 	serveErr := make(chan error, 2)
 	scheme := "http"
 	if certs != nil {
@@ -189,12 +195,6 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 	if cfg.WebhookAllowPrivate {
 		log.Warn("--webhook-allow-private is on: webhooks may target loopback, private and link-local addresses and plain http:// URLs; use it only on a trusted network")
 	}
-	// Printed only now that the server listens: a failed start prints no
-	// key that would then be lost.
-	if secret != "" {
-		fmt.Fprintf(stdout, "admin key (shown once): %s\n", secret)
-	}
-
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
