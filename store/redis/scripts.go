@@ -69,6 +69,7 @@ func semFunc(file string) string {
 // order they are concatenated in: a part uses only what the parts before it
 // define (Lua locals are lexically scoped).
 var libParts = []string{
+	"lib_cache.lua",     // the per-call write-back cache of the hashes
 	"lib_state.lua",     // keys, per-call state, config, counters
 	"lib_rate.lua",      // the rate limit's sliding windows
 	"lib_leases.lua",    // leases, session bindings, waiters and their grants
@@ -101,7 +102,8 @@ func buildLibrary() lib {
 	for _, f := range libFiles {
 		// The script's body becomes the function's body; its top-level
 		// locals and returns are the function's.
-		fmt.Fprintf(&body, "\n-- %s\nredis.register_function('@_%s', function(keys, args)\nbegin(keys, args)\n%s\nend)\n",
+		// hflush sends the hash writes the body cached (lib_cache.lua).
+		fmt.Fprintf(&body, "\n-- %s\nredis.register_function('@_%s', function(keys, args)\nbegin(keys, args)\nlocal r = (function()\n%s\nend)()\nhflush()\nreturn r\nend)\n",
 			f, strings.TrimSuffix(f, ".lua"), readLua(f))
 	}
 	sum := sha1.Sum([]byte(body.String()))

@@ -9,14 +9,14 @@
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
 if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply(E_SEMAPHORE_NOT_FOUND) end
-local all = redis.call('HGETALL', K_WDATA)
+local all = hall('HGETALL', K_WDATA)
 for i = 2, #all, 2 do
   local w = cjson.decode(all[i])
   redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
 end
-all = redis.call('HGETALL', K_GRANTED)
+all = hall('HGETALL', K_GRANTED)
 for i = 1, #all, 2 do redis.call('PUBLISH', NODE_PREFIX .. all[i + 1], all[i]) end
-redis.call('DEL', K_SEM, K_HOLDERS, K_LEASES, K_USED, K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT,
+hdrop('DEL', K_SEM, K_HOLDERS, K_LEASES, K_USED, K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT,
   K_GRANTED, K_IDEM, K_JQ, K_JCH, K_JCNT, K_JIDEM, K_SBIND, K_RLOG, K_RUSED)
-redis.call('UNLINK', K_JOBS, K_JFIN)
+hdrop('UNLINK', K_JOBS, K_JFIN)
 return 1

@@ -13,13 +13,13 @@ if not conf then return fail(E_LEASE_NOT_FOUND) end
 local id, ttl = ARGV[5], lease_ttl(conf, tonumber(ARGV[6]))
 local now = now_ms()
 expire(conf, now)
-local raw = redis.call('HGET', K_LEASES, id)
+local raw = hget(K_LEASES, id)
 if not raw then return fail(E_LEASE_NOT_FOUND, conf, now) end
 local l = cjson.decode(raw)
 l.ttl = ttl
 l.e = now + ttl
 raw = cjson.encode(l)
-redis.call('HSET', K_LEASES, id, raw)
+hset(K_LEASES, id, raw)
 redis.call('ZADD', K_HOLDERS, l.e, id)
 due_add(l.e)
 return done(conf, now, {'ok', raw})

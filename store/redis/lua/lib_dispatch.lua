@@ -51,7 +51,7 @@ end
 -- at: every channel with scheduled jobs (nil: walk the jch zset), or with
 -- scope channel and not all, only the touched ones (a list)
 local function dispatch_order(conf, at, all)
-  if all or conf.scope ~= SCOPE_CHANNEL or redis.call('HEXISTS', K_SEM, 'dmore') == 1 then return nil end
+  if all or conf.scope ~= SCOPE_CHANNEL or hexists(K_SEM, 'dmore') == 1 then return nil end
   -- ranks in jch give the byte order of names (Lua's < may follow the locale)
   local k = 0
   if at ~= '' then k = redis.call('ZLEXCOUNT', K_JCH, '-', '[' .. at) end
@@ -80,7 +80,7 @@ end
 local function dispatch(conf, now, max, all)
   if conf.susp or JQ <= 0 then return 0 end
   if not max or max <= 0 then max = DISPATCH_BATCH end
-  local n, at, served = 0, redis.call('HGET', K_SEM, 'rr') or '', nil
+  local n, at, served = 0, hget(K_SEM, 'rr') or '', nil
   local list = dispatch_order(conf, at, all)
   if list and #list == 0 then return 0 end
   local blocked, nblocked, i = {}, 0, 0
@@ -105,11 +105,11 @@ local function dispatch(conf, now, max, all)
     end
     at = c
   end
-  if served then redis.call('HSET', K_SEM, 'rr', served) end
+  if served then hset(K_SEM, 'rr', served) end
   if n >= max then
-    redis.call('HSET', K_SEM, 'dmore', 1)
+    hset(K_SEM, 'dmore', 1)
   elseif list == nil then
-    redis.call('HDEL', K_SEM, 'dmore')
+    hdel(K_SEM, 'dmore')
   end
   return n
 end
@@ -125,7 +125,7 @@ local function done(conf, now, t, nodispatch)
   if conf and RATE_AT < math.huge then
     if RN <= now or RATE_AT < RN then
       RN = RATE_AT
-      redis.call('HSET', K_SEM, 'rn', RN)
+      hset(K_SEM, 'rn', RN)
       due_add(RN)
     end
     rate_in = math.max(1, RATE_AT - now)
@@ -135,13 +135,13 @@ local function done(conf, now, t, nodispatch)
     local e = next_due()
     if e > 0 then
       due = math.min(e, now + RECHECK)
-      redis.call('HSET', K_SEM, 'ix', due)
+      hset(K_SEM, 'ix', due)
     else
-      redis.call('HDEL', K_SEM, 'ix')
+      hdel(K_SEM, 'ix')
     end
   elseif IX_LOW then
     due = math.min(IX, now + RECHECK)
-    redis.call('HSET', K_SEM, 'ix', due)
+    hset(K_SEM, 'ix', due)
   end
   t[#t + 1] = rate_in
   t[#t + 1] = due

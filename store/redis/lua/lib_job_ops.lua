@@ -15,17 +15,17 @@
 local function op_enqueue(conf, now, a, i)
   local c, k, maxq = a[i + 1], a[i + 3], tonumber(a[i + 4])
   if k ~= '' then
-    local old = redis.call('HGET', K_JIDEM, k)
-    if old and redis.call('HEXISTS', K_JOBS, old) == 1 then return {'ok', 0, v = tonumber(old)} end
+    local old = hget(K_JIDEM, k)
+    if old and hexists(K_JOBS, old) == 1 then return {'ok', 0, v = tonumber(old)} end
   end
   if maxq > 0 and JQ >= maxq then return {E_QUEUE_FULL, ''} end
-  if redis.call('HSETNX', K_SEM, 'js', a[i]) == 1 then JOB_SALT = a[i] end
-  local seq = redis.call('HINCRBY', K_SEM, 'jn', 1)
+  if hsetnx(K_SEM, 'js', a[i]) == 1 then JOB_SALT = a[i] end
+  local seq = hincrby(K_SEM, 'jn', 1)
   local m = {ca = now}
   if c ~= DEFAULT_CHANNEL then m.c = c end
   if k ~= '' then
     m.k = k
-    redis.call('HSET', K_JIDEM, k, seq)
+    hset(K_JIDEM, k, seq)
   end
   if a[i + 5] ~= '' then m.p = cjson.decode(a[i + 5]) end
   job_schedule(seq, m, false, now)
@@ -64,11 +64,11 @@ local function op_transition(conf, now, a, i)
   -- moves the inflight job's lease expiry to now + ttl (ttl > 0)
   local function hold(ttl)
     if ttl <= 0 then return end
-    local raw = redis.call('HGET', K_LEASES, m.l)
+    local raw = hget(K_LEASES, m.l)
     if not raw then return end
     local l = cjson.decode(raw)
     l.ttl, l.e = ttl, now + ttl
-    redis.call('HSET', K_LEASES, m.l, cjson.encode(l))
+    hset(K_LEASES, m.l, cjson.encode(l))
     redis.call('ZADD', K_HOLDERS, l.e, m.l)
     due_add(l.e)
   end
@@ -129,7 +129,7 @@ local function op_transition(conf, now, a, i)
       m.a = n
       job_schedule(seq, m, true, now)
       job_save(seq, m, pay)
-      redis.call('HSET', K_SEM, 'susp', 1, 'ua', now)
+      hset(K_SEM, 'susp', 1, 'ua', now)
       conf.susp = true
     else
       return {E_INVALID_STATE, 'unknown action ' .. act}

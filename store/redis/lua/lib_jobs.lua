@@ -15,13 +15,13 @@
 -- key, p parent / h child {s, i, h}, ca / ua / fa times.
 
 function job_id(seq)
-  if not JOB_SALT then JOB_SALT = redis.call('HGET', K_SEM, 'js') or '' end
+  if not JOB_SALT then JOB_SALT = hget(K_SEM, 'js') or '' end
   return JOB_SALT .. string.format('%016x', seq)
 end
 
 -- returns meta, payload (nil when there is no such job)
 local function job_load(seq)
-  local raw = redis.call('HGET', K_JOBS, seq)
+  local raw = hget(K_JOBS, seq)
   if not raw then return nil end
   local i = string.find(raw, '\n', 1, true)
   return cjson.decode(string.sub(raw, 1, i - 1)), string.sub(raw, i + 1)
@@ -29,7 +29,7 @@ end
 
 local function job_save(seq, m, pay)
   local raw = cjson.encode(m) .. '\n' .. pay
-  redis.call('HSET', K_JOBS, seq, raw)
+  hset(K_JOBS, seq, raw)
   return raw
 end
 
@@ -40,7 +40,7 @@ local function count(f, d)
     JQ = set_counter('jq', d)
     return
   end
-  if redis.call('HINCRBY', K_JCNT, f, d) <= 0 then redis.call('HDEL', K_JCNT, f) end
+  if hincrby(K_JCNT, f, d) <= 0 then hdel(K_JCNT, f) end
 end
 
 local function count_inflight(c, d) count('i', d); count('i:' .. c, d) end
@@ -57,14 +57,14 @@ local QCH, QW = 128, 6
 local function q_chunk(c, n) return 'c:' .. c .. ':' .. n end
 
 local function q_meta(c)
-  local m = redis.call('HGET', K_JQ, 'm:' .. c)
+  local m = hget(K_JQ, 'm:' .. c)
   if not m then return nil end
   local hc, hi, tc = string.match(m, '^(%-?%d+) (%d+) (%-?%d+)$')
   return {hc = tonumber(hc), hi = tonumber(hi), tc = tonumber(tc)}
 end
 
 local function q_save(c, m)
-  redis.call('HSET', K_JQ, 'm:' .. c, m.hc .. ' ' .. m.hi .. ' ' .. m.tc)
+  hset(K_JQ, 'm:' .. c, m.hc .. ' ' .. m.hi .. ' ' .. m.tc)
 end
 
 -- puts seq at the back (or front) of channel c's queue; returns its position
@@ -78,25 +78,25 @@ local function q_push(c, seq, front)
   if front then
     if m.hi > 0 then
       local f = q_chunk(c, m.hc)
-      local s = redis.call('HGET', K_JQ, f)
+      local s = hget(K_JQ, f)
       m.hi = m.hi - 1
-      redis.call('HSET', K_JQ, f, string.sub(s, 1, m.hi * QW) .. e .. string.sub(s, (m.hi + 1) * QW + 1))
+      hset(K_JQ, f, string.sub(s, 1, m.hi * QW) .. e .. string.sub(s, (m.hi + 1) * QW + 1))
     else
       -- a new head chunk, filled from its end
       m.hc, m.hi = m.hc - 1, QCH - 1
-      redis.call('HSET', K_JQ, q_chunk(c, m.hc), string.rep('\0', (QCH - 1) * QW) .. e)
+      hset(K_JQ, q_chunk(c, m.hc), string.rep('\0', (QCH - 1) * QW) .. e)
     end
     q_save(c, m)
     return m.hc * QCH + m.hi
   end
   local f = q_chunk(c, m.tc)
-  local s = redis.call('HGET', K_JQ, f) or ''
+  local s = hget(K_JQ, f) or ''
   local n = #s / QW
   if n >= QCH then
     m.tc, n, s = m.tc + 1, 0, ''
     f = q_chunk(c, m.tc)
   end
-  redis.call('HSET', K_JQ, f, s .. e)
+  hset(K_JQ, f, s .. e)
   q_save(c, m)
   return m.tc * QCH + n
 end
@@ -107,7 +107,7 @@ local function q_pop(c)
   if not m then return nil end
   while true do
     local f = q_chunk(c, m.hc)
-    local s = redis.call('HGET', K_JQ, f)
+    local s = hget(K_JQ, f)
     if s and m.hi * QW < #s then
       local seq = struct.unpack('>I6', s, m.hi * QW + 1)
       local pos = m.hc * QCH + m.hi
@@ -119,7 +119,7 @@ local function q_pop(c)
       q_save(c, m)
       return nil
     end
-    redis.call('HDEL', K_JQ, f)
+    hdel(K_JQ, f)
     m.hc, m.hi = m.hc + 1, 0
   end
 end
@@ -128,8 +128,8 @@ end
 local function q_drop(c)
   local m = q_meta(c)
   if m then
-    for n = m.hc, m.tc do redis.call('HDEL', K_JQ, q_chunk(c, n)) end
-    redis.call('HDEL', K_JQ, 'm:' .. c)
+    for n = m.hc, m.tc do hdel(K_JQ, q_chunk(c, n)) end
+    hdel(K_JQ, 'm:' .. c)
   end
   redis.call('ZREM', K_JCH, c)
 end
@@ -138,8 +138,8 @@ end
 local function unqueued(c)
   count('q', -1)
   local f = 'q:' .. c
-  if redis.call('HINCRBY', K_JCNT, f, -1) <= 0 then
-    redis.call('HDEL', K_JCNT, f)
+  if hincrby(K_JCNT, f, -1) <= 0 then
+    hdel(K_JCNT, f)
     q_drop(c)
   end
 end
@@ -193,8 +193,8 @@ end
 -- terminal jobs finished before now - retention are forgotten (at most n)
 local function job_forget(seq)
   local m = job_load(seq)
-  if m and m.k and redis.call('HGET', K_JIDEM, m.k) == tostring(seq) then redis.call('HDEL', K_JIDEM, m.k) end
-  redis.call('HDEL', K_JOBS, seq)
+  if m and m.k and hget(K_JIDEM, m.k) == tostring(seq) then hdel(K_JIDEM, m.k) end
+  hdel(K_JOBS, seq)
   redis.call('ZREM', K_JFIN, seq)
 end
 
@@ -211,8 +211,8 @@ end
 -- for room are granted and dispatched now (lib_rate.lua); returns grants
 local function rate_due(conf, now)
   RN = 0
-  redis.call('HDEL', K_SEM, 'rn')
-  redis.call('HSET', K_SEM, 'dmore', 1) -- the next dispatch walks every channel
+  hdel(K_SEM, 'rn')
+  hset(K_SEM, 'dmore', 1) -- the next dispatch walks every channel
   return grant_all(conf, now)
 end
 

@@ -17,8 +17,8 @@ local function op_acquire(conf, now, a, i)
   ttl = lease_ttl(conf, ttl)
   -- the same idempotency key returns its live lease, whatever else changed
   if k ~= '' then
-    local lid = redis.call('HGET', K_IDEM, k)
-    local raw = lid and redis.call('HGET', K_LEASES, lid)
+    local lid = hget(K_IDEM, k)
+    local raw = lid and hget(K_LEASES, lid)
     if raw then return {'ok', raw} end
   end
   if w > conf.max or (RL > 0 and w > RL) then return {E_WEIGHT_TOO_LARGE, ''} end
@@ -39,15 +39,15 @@ local function op_acquire(conf, now, a, i)
     end
   end
   if wait <= 0 then return {'no_permit', ''} end
-  local seq = redis.call('HINCRBY', K_SEM, 'wseq', 1)
+  local seq = hincrby(K_SEM, 'wseq', 1)
   local wt = {id = id, c = c, w = w, ttl = ttl, k = k, n = a[i + 6], d = now + wait + tonumber(a[i + 7]), s = seq}
   if a[i + 8] ~= '' then wt.ss = a[i + 8] end
-  redis.call('HSET', K_WDATA, id, cjson.encode(wt))
+  hset(K_WDATA, id, cjson.encode(wt))
   redis.call('ZADD', K_WAITERS, seq, id)
   redis.call('ZADD', K_CQ, 0, cq_member(wt))
   redis.call('ZADD', K_WDL, wt.d, id)
   due_add(wt.d)
-  redis.call('HINCRBY', K_WCOUNT, 'c:' .. c, 1)
+  hincrby(K_WCOUNT, 'c:' .. c, 1)
   WN = set_counter('wn', 1)
   return {'wait', ''}
 end
@@ -57,7 +57,7 @@ end
 -- of an inflight job ends the job done (a Finished event); the freed
 -- permits go to head waiters.
 local function op_release(conf, now, id)
-  local raw = redis.call('HGET', K_LEASES, id)
+  local raw = hget(K_LEASES, id)
   if not raw then return {E_LEASE_NOT_FOUND, ''} end
   local l = drop_lease(id, raw)
   if l.j then
@@ -77,22 +77,22 @@ end
 -- still-queued waiter leaves the queue (and the waiters behind it may be
 -- granted); a granted lease is handed over either way.
 local function op_claim(conf, now, id, cancel)
-  if redis.call('HGET', K_GRANTED, id) == TOO_LARGE then
-    redis.call('HDEL', K_GRANTED, id)
+  if hget(K_GRANTED, id) == TOO_LARGE then
+    hdel(K_GRANTED, id)
     redis.call('ZREM', K_WDL, id)
     return {E_WEIGHT_TOO_LARGE, ''}
   end
-  if redis.call('HDEL', K_GRANTED, id) == 1 then
+  if hdel1(K_GRANTED, id) == 1 then
     redis.call('ZREM', K_WDL, id)
-    local lease = redis.call('HGET', K_LEASES, id)
+    local lease = hget(K_LEASES, id)
     if lease then return {'granted', lease} end
     return {'gone', ''}
   end
-  local raw = redis.call('HGET', K_WDATA, id)
+  local raw = hget(K_WDATA, id)
   if not raw then
     -- granted to this Store in another call's reply (the lease has the
     -- waiter's id): the caller may take it from here as well
-    local lease = redis.call('HGET', K_LEASES, id)
+    local lease = hget(K_LEASES, id)
     if lease then return {'granted', lease} end
     return {'gone', ''}
   end
@@ -105,15 +105,15 @@ end
 
 -- {job id hex32, record, lease JSON or ''} of a job, nil when unknown
 local function job_view(seq)
-  local raw = redis.call('HGET', K_JOBS, seq)
+  local raw = hget(K_JOBS, seq)
   if not raw then return nil end
   local m = cjson.decode(string.sub(raw, 1, string.find(raw, '\n', 1, true) - 1))
   local lease = ''
-  if m.l then lease = redis.call('HGET', K_LEASES, m.l) or '' end
+  if m.l then lease = hget(K_LEASES, m.l) or '' end
   return {job_id(seq), raw, lease}
 end
 
 -- does a job id's salt belong to this semaphore (as created now)?
 local function salt_ok(salt)
-  return salt ~= '' and redis.call('HGET', K_SEM, 'js') == salt
+  return salt ~= '' and hget(K_SEM, 'js') == salt
 end

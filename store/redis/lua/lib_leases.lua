@@ -23,11 +23,11 @@ local function new_lease(id, c, w, ttl, k, now, j, g, ss)
     redis.call('ZADD', K_SBIND, 0, ss .. '\0L' .. id)
   end
   local raw = cjson.encode(l)
-  redis.call('HSET', K_LEASES, id, raw)
+  hset(K_LEASES, id, raw)
   redis.call('ZADD', K_HOLDERS, l.e, id)
   due_add(l.e)
   add_used(c, w)
-  if k ~= '' then redis.call('HSET', K_IDEM, k, id) end
+  if k ~= '' then hset(K_IDEM, k, id) end
   return raw, l
 end
 
@@ -63,13 +63,13 @@ end
 -- its JSON when the caller has just read it
 local function drop_lease(id, raw)
   redis.call('ZREM', K_HOLDERS, id)
-  raw = raw or redis.call('HGET', K_LEASES, id)
+  raw = raw or hget(K_LEASES, id)
   if not raw then return nil end
   local l = cjson.decode(raw)
-  redis.call('HDEL', K_LEASES, id)
+  hdel(K_LEASES, id)
   add_used(l.c, -l.w)
-  if l.k ~= '' and redis.call('HGET', K_IDEM, l.k) == id then redis.call('HDEL', K_IDEM, l.k) end
-  if l.g and redis.call('HDEL', K_GRANTED, id) == 1 then redis.call('ZREM', K_WDL, id) end
+  if l.k ~= '' and hget(K_IDEM, l.k) == id then hdel(K_IDEM, l.k) end
+  if l.g and hdel1(K_GRANTED, id) == 1 then redis.call('ZREM', K_WDL, id) end
   if l.s then unbind(l) end
   return l
 end
@@ -80,10 +80,10 @@ local function unqueue(w, keep_deadline)
   TOUCHED[w.c] = true
   redis.call('ZREM', K_WAITERS, w.id)
   redis.call('ZREM', K_CQ, cq_member(w))
-  redis.call('HDEL', K_WDATA, w.id)
+  hdel(K_WDATA, w.id)
   if not keep_deadline then redis.call('ZREM', K_WDL, w.id) end
   local f = 'c:' .. w.c
-  if redis.call('HINCRBY', K_WCOUNT, f, -1) <= 0 then redis.call('HDEL', K_WCOUNT, f) end
+  if hincrby(K_WCOUNT, f, -1) <= 0 then hdel(K_WCOUNT, f) end
   WN = set_counter('wn', -1)
 end
 
@@ -102,7 +102,7 @@ local function head(conf, c, now)
       id = redis.call('ZRANGE', K_WAITERS, 0, 0)[1]
       if not id then return nil end
     end
-    local raw = redis.call('HGET', K_WDATA, id)
+    local raw = hget(K_WDATA, id)
     if not raw then
       -- cannot happen (the structures change together); heal anyway
       redis.call('ZREM', K_WAITERS, id)
@@ -133,7 +133,7 @@ local function grant_domain(conf, c, now)
       -- weight): it leaves the queue, and its claim answers
       -- SD_WEIGHT_TOO_LARGE (op_claim) until its deadline
       unqueue(w, true)
-      redis.call('HSET', K_GRANTED, w.id, TOO_LARGE)
+      hset(K_GRANTED, w.id, TOO_LARGE)
       redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
       w = head(conf, c, now)
     end
@@ -145,7 +145,7 @@ local function grant_domain(conf, c, now)
     else
       unqueue(w, true)
       new_lease(w.id, w.c, w.w, w.ttl, w.k, now, nil, 1, w.ss)
-      redis.call('HSET', K_GRANTED, w.id, w.n)
+      hset(K_GRANTED, w.id, w.n)
       redis.call('PUBLISH', NODE_PREFIX .. w.n, w.id)
     end
     n = n + 1
@@ -156,7 +156,7 @@ end
 local function grant_all(conf, now)
   if conf.scope ~= SCOPE_CHANNEL then return grant_domain(conf, '', now) end
   local n = 0
-  for _, f in ipairs(redis.call('HKEYS', K_WCOUNT)) do
+  for _, f in ipairs(hall('HKEYS', K_WCOUNT)) do
     n = n + grant_domain(conf, string.sub(f, 3), now)
   end
   return n

@@ -38,25 +38,25 @@ end
 local function rate_trim(dp, now)
   local cutoff = dp .. string.format('%013x', now - RP) .. '\255'
   local last = redis.call('ZRANGE', K_RLOG, '[' .. cutoff, '[' .. dp, 'BYLEX', 'REV', 'LIMIT', 0, 1)[1]
-  local n = tonumber(redis.call('HGET', K_RUSED, 'n' .. dp) or 0)
+  local n = tonumber(hget(K_RUSED, 'n' .. dp) or 0)
   if last then
     redis.call('ZREMRANGEBYLEX', K_RLOG, '[' .. dp, '[' .. cutoff)
     local l = rate_cum(last)
     if l >= n then
-      redis.call('HDEL', K_RUSED, 'n' .. dp, 'l' .. dp) -- the window is empty
+      hdel(K_RUSED, 'n' .. dp, 'l' .. dp) -- the window is empty
       return 0
     end
-    redis.call('HSET', K_RUSED, 'l' .. dp, l)
+    hset(K_RUSED, 'l' .. dp, l)
     return n - l
   end
-  return n - tonumber(redis.call('HGET', K_RUSED, 'l' .. dp) or 0)
+  return n - tonumber(hget(K_RUSED, 'l' .. dp) or 0)
 end
 
 -- the instant (ms) at which w more units fit in domain dp holding used
 -- units: when the grant that brings the units that leave to enough leaves
 local function rate_next(dp, used, w)
   local need = used + w - RL -- units that must leave first
-  local base = tonumber(redis.call('HGET', K_RUSED, 'l' .. dp) or 0)
+  local base = tonumber(hget(K_RUSED, 'l' .. dp) or 0)
   local from = '[' .. dp
   while true do
     local ms = redis.call('ZRANGE', K_RLOG, from, '[' .. dp .. '\255', 'BYLEX', 'LIMIT', 0, 64)
@@ -86,7 +86,7 @@ end
 local function rate_take(conf, c, w, now)
   if RL <= 0 then return end
   local dp = rate_prefix(conf, c)
-  local cum = redis.call('HINCRBY', K_RUSED, 'n' .. dp, w)
+  local cum = hincrby(K_RUSED, 'n' .. dp, w)
   redis.call('ZADD', K_RLOG, 0, dp .. string.format('%013x', now) .. string.format('%016x', cum))
 end
 
@@ -104,5 +104,5 @@ end
 
 -- drops the whole window (rate removed, scope changed, semaphore deleted)
 local function rate_clear()
-  redis.call('DEL', K_RLOG, K_RUSED)
+  hdrop('DEL', K_RLOG, K_RUSED)
 end

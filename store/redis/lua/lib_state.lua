@@ -140,14 +140,15 @@ local function begin(keys, args)
   IX, IX_LOW, IX_EXACT = math.huge, false, false
   U, WN, JQ = 0, 0, 0
   RL, RP, RN, RATE_AT = 0, 0, 0, math.huge
+  cache_reset()
 end
 
 -- adds d to the counter field f of the semaphore's hash; returns the new
 -- value (a counter at 0 is not stored)
 local function set_counter(f, d)
-  local v = redis.call('HINCRBY', K_SEM, f, d)
+  local v = hincrby(K_SEM, f, d)
   if v <= 0 then
-    redis.call('HDEL', K_SEM, f)
+    hdel(K_SEM, f)
     return 0
   end
   return v
@@ -169,50 +170,51 @@ local LAYOUT = '2'
 -- the counters of the semaphore's hash (see U) and ix, computed from the
 -- data; sets them in the hash
 local function recount()
-  local u, byc = 0, redis.call('HGETALL', K_USED)
+  local u, byc = 0, hall('HGETALL', K_USED)
   for i = 1, #byc, 2 do
     if string.sub(byc[i], 1, 2) == 'c:' then u = u + tonumber(byc[i + 1]) end
   end
-  redis.call('HDEL', K_USED, 't') -- layout 1 kept the total here
+  hdel(K_USED, 't') -- layout 1 kept the total here
   U, WN = u, redis.call('ZCARD', K_WAITERS)
   JQ = 0
-  local jc = redis.call('HGETALL', K_JCNT)
+  local jc = hall('HGETALL', K_JCNT)
   for i = 1, #jc, 2 do
     if string.sub(jc[i], 1, 2) == 'q:' then JQ = JQ + tonumber(jc[i + 1]) end
   end
-  redis.call('HDEL', K_JCNT, 'q') -- layout 1 kept the total here
+  hdel(K_JCNT, 'q') -- layout 1 kept the total here
   for f, v in pairs({u = U, wn = WN, jq = JQ}) do
-    if v > 0 then redis.call('HSET', K_SEM, f, v) else redis.call('HDEL', K_SEM, f) end
+    if v > 0 then hset(K_SEM, f, v) else hdel(K_SEM, f) end
   end
   IX = 0 -- unknown: expire() looks, done() sets ix from the data
-  redis.call('HDEL', K_SEM, 'ix')
+  hdel(K_SEM, 'ix')
 end
 
 -- config of the semaphore, or nil when it does not exist. A semaphore
 -- written by an earlier layout gets its counters computed first.
 local function load_conf()
-  local v = redis.call('HMGET', K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn')
+  local v = hmget(K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
+    'rr', 'js', 'jn', 'dmore') -- the last ones only cached, for the calls that need them
   if not v[1] then return nil end
   IX = tonumber(v[6]) or math.huge
   RL, RP, RN = tonumber(v[11] or 0) or 0, tonumber(v[12] or 0) or 0, tonumber(v[13] or 0) or 0
   U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
   if v[10] ~= LAYOUT then
     recount()
-    redis.call('HSET', K_SEM, 'v', LAYOUT)
+    hset(K_SEM, 'v', LAYOUT)
   end
   return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3]), ma = tonumber(v[4] or 0) or 0,
     susp = v[5] == '1'}
 end
 
 local function used(field)
-  return tonumber(redis.call('HGET', K_USED, field) or 0)
+  return tonumber(hget(K_USED, field) or 0)
 end
 
 local function add_used(c, delta)
   if delta < 0 then TOUCHED[c] = true end
   U = set_counter('u', delta)
   local f = 'c:' .. c
-  if redis.call('HINCRBY', K_USED, f, delta) <= 0 then redis.call('HDEL', K_USED, f) end
+  if hincrby(K_USED, f, delta) <= 0 then hdel(K_USED, f) end
 end
 
 -- does weight w fit in channel c's capacity domain?

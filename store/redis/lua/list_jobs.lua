@@ -26,7 +26,7 @@ if ARGV[7] ~= '' then
   if not string.match(ARGV[7], '^%d+$') then return done(conf, now, {'ok', {}, ''}, true) end
   after = tonumber(ARGV[7])
 end
-local v = redis.call('HMGET', K_SEM, 'jn', 'jlo')
+local v = hmget(K_SEM, 'jn', 'jlo')
 local jn, lo = tonumber(v[1] or 0), tonumber(v[2] or 1)
 local from = after + 1
 local fromlo = from <= lo
@@ -36,7 +36,7 @@ while seq <= jn and seq - from < budget do
   local hi = math.min(seq + 127, jn)
   local fields = {}
   for s = seq, hi do fields[#fields + 1] = s end
-  local raws = redis.call('HMGET', K_JOBS, unpack(fields))
+  local raws = hmget(K_JOBS, unpack(fields))
   for i = 1, #fields do
     local raw = raws[i]
     if raw then
@@ -45,11 +45,11 @@ while seq <= jn and seq - from < budget do
       local m = cjson.decode(string.sub(raw, 1, string.find(raw, '\n', 1, true) - 1))
       if (st == '' or m.s == st) and (ch == '' or job_chan(m) == ch) then
         if #items == limit then
-          if fromlo and firstlive > lo then redis.call('HSET', K_SEM, 'jlo', firstlive) end
+          if fromlo and firstlive > lo then hset(K_SEM, 'jlo', firstlive) end
           return done(conf, now, {'ok', items, tostring(last)}, true)
         end
         local lease = ''
-        if m.l then lease = redis.call('HGET', K_LEASES, m.l) or '' end
+        if m.l then lease = hget(K_LEASES, m.l) or '' end
         items[#items + 1] = {job_id(s), raw, lease}
         last = s
       end
@@ -59,7 +59,7 @@ while seq <= jn and seq - from < budget do
 end
 if fromlo then
   local nlo = firstlive or seq
-  if nlo > lo then redis.call('HSET', K_SEM, 'jlo', nlo) end
+  if nlo > lo then hset(K_SEM, 'jlo', nlo) end
 end
 local next = ''
 if seq <= jn then next = tostring(seq - 1) end

@@ -16,7 +16,7 @@ local now = now_ms()
 expire(conf, now)
 local c, after, limit = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local sel = {}
-for _, raw in ipairs(redis.call('HVALS', K_LEASES)) do
+for _, raw in ipairs(hall('HVALS', K_LEASES)) do
   local l = cjson.decode(raw)
   if l.f > after and (c == '' or l.c == c) then sel[#sel + 1] = {l.f, raw} end
 end

@@ -15,8 +15,8 @@ expire(conf, now)
 dispatch(conf, now)
 local st, n = ARGV[5], 0
 local function forget(seq, m)
-  if m.k and redis.call('HGET', K_JIDEM, m.k) == tostring(seq) then redis.call('HDEL', K_JIDEM, m.k) end
-  redis.call('HDEL', K_JOBS, seq)
+  if m.k and hget(K_JIDEM, m.k) == tostring(seq) then hdel(K_JIDEM, m.k) end
+  hdel(K_JOBS, seq)
   n = n + 1
 end
 if st == 'S' then
@@ -24,7 +24,7 @@ if st == 'S' then
     local q = q_meta(c)
     if q then
       for cn = q.hc, q.tc do
-        local s = redis.call('HGET', K_JQ, q_chunk(c, cn)) or ''
+        local s = hget(K_JQ, q_chunk(c, cn)) or ''
         local i0 = 0
         if cn == q.hc then i0 = q.hi end
         for i = i0, #s / QW - 1 do
@@ -35,10 +35,10 @@ if st == 'S' then
       end
     end
     q_drop(c)
-    redis.call('HDEL', K_JCNT, 'q:' .. c)
+    hdel(K_JCNT, 'q:' .. c)
   end
-  redis.call('HDEL', K_JCNT, 'q')
-  redis.call('HDEL', K_SEM, 'jq')
+  hdel(K_JCNT, 'q')
+  hdel(K_SEM, 'jq')
   JQ = 0
 else
   for _, seq in ipairs(redis.call('ZRANGE', K_JFIN, 0, -1)) do

@@ -12,23 +12,23 @@
 -- Returns {'ok', created (0/1), flat HGETALL of the semaphore hash, due, events, grants}.
 local created = redis.call('EXISTS', K_SEM) == 0
 local now = now_ms()
-local old_scope = redis.call('HGET', K_SEM, 'scope')
-redis.call('HSET', K_SEM, 'name', ARGV[5], 'max', ARGV[6], 'scope', ARGV[7], 'lt', ARGV[8],
+local old_scope = hget(K_SEM, 'scope')
+hset(K_SEM, 'name', ARGV[5], 'max', ARGV[6], 'scope', ARGV[7], 'lt', ARGV[8],
   'ma', ARGV[9], 'osl', ARGV[10], 'ode', ARGV[11], 'extra', ARGV[12], 'ua', now)
 if tonumber(ARGV[13]) > 0 then
   -- a changed limit or period keeps the grants in the window; a changed
   -- scope starts the windows anew (their domains changed)
-  redis.call('HSET', K_SEM, 'rl', ARGV[13], 'rp', ARGV[14])
+  hset(K_SEM, 'rl', ARGV[13], 'rp', ARGV[14])
   if old_scope and old_scope ~= ARGV[7] then rate_clear() end
 else
-  redis.call('HDEL', K_SEM, 'rl', 'rp', 'rn')
+  hdel(K_SEM, 'rl', 'rp', 'rn')
   rate_clear()
 end
-if created then redis.call('HSET', K_SEM, 'ca', now, 'susp', 0, 'v', LAYOUT) end
+if created then hset(K_SEM, 'ca', now, 'susp', 0, 'v', LAYOUT) end
 local conf = load_conf()
 expire(conf, now)
 grant_all(conf, now)
 dispatch(conf, now, nil, true)
 local c = 0
 if created then c = 1 end
-return done(conf, now, {'ok', c, redis.call('HGETALL', K_SEM)}, true)
+return done(conf, now, {'ok', c, hall('HGETALL', K_SEM)}, true)

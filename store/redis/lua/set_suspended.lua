@@ -10,8 +10,8 @@
 local conf = load_conf()
 if not conf then return fail(E_SEMAPHORE_NOT_FOUND) end
 local now = now_ms()
-redis.call('HSET', K_SEM, 'susp', ARGV[5], 'ua', now)
+hset(K_SEM, 'susp', ARGV[5], 'ua', now)
 conf.susp = ARGV[5] == '1'
 expire(conf, now)
 dispatch(conf, now, nil, true)
-return done(conf, now, {'ok', redis.call('HGETALL', K_SEM)}, true)
+return done(conf, now, {'ok', hall('HGETALL', K_SEM)}, true)

@@ -16,8 +16,8 @@ if not conf then return fail(E_SEMAPHORE_NOT_FOUND) end
 local now = now_ms()
 expire(conf, now)
 dispatch(conf, now)
-local used = redis.call('HGETALL', K_USED)
-local jobs = redis.call('HGETALL', K_JCNT)
+local used = hall('HGETALL', K_USED)
+local jobs = hall('HGETALL', K_JCNT)
 if JQ > 0 then jobs[#jobs + 1] = 'q'; jobs[#jobs + 1] = tostring(JQ) end
 if U > 0 then used[#used + 1] = 't'; used[#used + 1] = tostring(U) end
 -- the rate windows: {channel ('' the whole semaphore), units, next ms (0:
@@ -26,7 +26,7 @@ local rate = {}
 if RL > 0 then
   local doms = {}
   if conf.scope == SCOPE_CHANNEL then
-    for _, f in ipairs(redis.call('HKEYS', K_RUSED)) do
+    for _, f in ipairs(hall('HKEYS', K_RUSED)) do
       if string.sub(f, 1, 2) == 'nC' then doms[#doms + 1] = string.sub(f, 7) end
     end
   else
@@ -40,4 +40,4 @@ if RL > 0 then
   end
 end
 return done(conf, now, {'ok', conf.max, conf.scope, used,
-  redis.call('HGETALL', K_WCOUNT), redis.call('ZCARD', K_WAITERS), jobs, rate}, true)
+  hall('HGETALL', K_WCOUNT), redis.call('ZCARD', K_WAITERS), jobs, rate}, true)

@@ -17,12 +17,12 @@ IX = 0 -- look at every lease whatever ix says; done() sets ix exactly
 local now = now_ms()
 local expired = expire(conf, now)
 for _, id in ipairs(redis.call('ZRANGE', K_WDL, '-inf', now, 'BYSCORE')) do
-  if redis.call('HEXISTS', K_GRANTED, id) == 1 then
+  if hexists(K_GRANTED, id) == 1 then
     drop_lease(id)
-    redis.call('HDEL', K_GRANTED, id)
+    hdel(K_GRANTED, id)
     redis.call('ZREM', K_WDL, id)
   else
-    local raw = redis.call('HGET', K_WDATA, id)
+    local raw = hget(K_WDATA, id)
     if raw then unqueue(cjson.decode(raw), false) else redis.call('ZREM', K_WDL, id) end
   end
 end

@@ -1,0 +1,153 @@
+-- lib_cache.lua: a write-back cache of the semaphore's hashes for one call
+-- (the first part of the function library, see lib_state.lua).
+--
+-- Every hash command of the library goes through these helpers. A read
+-- asks Redis once per field and call; a write only changes the cache; the
+-- wrapper of every registered function (scripts.go) calls hflush() after
+-- its body, which sends each hash's writes as one HSET and one HDEL. A
+-- call that touches a job record, a queue chunk and a counter five times
+-- thus sends each once. Redis runs one function at a time, so no one sees
+-- the hashes between a write and its flush; a call that fails with a Lua
+-- error writes nothing. Commands that read a whole hash (hall) flush it
+-- first; a key deleted (hdrop) forgets its cached fields.
+
+local HC -- HC[key] = {v = {field -> value string or false (absent)}, d = {field -> true (dirty)}}
+
+local function cache_reset() HC = {} end
+
+local function hc(k)
+  local c = HC[k]
+  if not c then
+    c = {v = {}, d = {}}
+    HC[k] = c
+  end
+  return c
+end
+
+-- the string Redis would store for v (it formats a Lua number with %.17g;
+-- %d, quicker, gives the same for an integer below 2^53)
+local function hstr(v)
+  if type(v) == 'number' then
+    if v % 1 == 0 and v > -9007199254740992 and v < 9007199254740992 then return string.format('%d', v) end
+    return string.format('%.17g', v)
+  end
+  return v
+end
+
+-- the value of field f of hash k, or false (as redis.call('HGET') gives)
+local function hget(k, f)
+  f = hstr(f)
+  local c = hc(k)
+  local v = c.v[f]
+  if v == nil then
+    v = redis.call('HGET', k, f)
+    c.v[f] = v
+  end
+  return v
+end
+
+-- the values of fields ..., as HMGET gives them; one HMGET for the fields
+-- not cached yet
+local function hmget(k, ...)
+  local c, fs, miss = hc(k), {...}, {}
+  for i, f in ipairs(fs) do
+    fs[i] = hstr(f)
+    if c.v[fs[i]] == nil then miss[#miss + 1] = fs[i] end
+  end
+  for i = 1, #miss, 1000 do
+    local j = math.min(i + 999, #miss)
+    local got = redis.call('HMGET', k, unpack(miss, i, j))
+    for x = i, j do c.v[miss[x]] = got[x - i + 1] end
+  end
+  local out = {}
+  for i, f in ipairs(fs) do out[i] = c.v[f] end
+  return out
+end
+
+-- HSET k f1 v1 f2 v2 ...
+local function hset(k, ...)
+  local c, a = hc(k), {...}
+  for i = 1, #a, 2 do
+    local f = hstr(a[i])
+    c.v[f], c.d[f] = hstr(a[i + 1]), true
+  end
+end
+
+local function hexists(k, f) return hget(k, f) and 1 or 0 end
+
+-- HDEL k f1 f2 ...
+local function hdel(k, ...)
+  local c = hc(k)
+  for _, f in ipairs({...}) do
+    f = hstr(f)
+    c.v[f], c.d[f] = false, true
+  end
+end
+
+-- HDEL k f; returns 1 when f existed, else 0
+local function hdel1(k, f)
+  local n = hexists(k, f)
+  hdel(k, f)
+  return n
+end
+
+local function hincrby(k, f, d)
+  local v = tonumber(hget(k, f) or 0) + d
+  hset(k, f, v)
+  return v
+end
+
+
+local function hsetnx(k, f, v)
+  if hget(k, f) then return 0 end
+  hset(k, f, v)
+  return 1
+end
+
+-- fields per HSET, HDEL or HMGET (unpack's stack is bounded)
+local HCHUNK = 1000
+
+-- cmd k with the arguments in list a, at most n per command
+local function send(cmd, k, a, n)
+  for i = 1, #a, n do
+    redis.call(cmd, k, unpack(a, i, math.min(i + n - 1, #a)))
+  end
+end
+
+-- sends the writes cached for hash k
+local function hflush_key(k, c)
+  local set, del = {}, {}
+  for f in pairs(c.d) do
+    local v = c.v[f]
+    if v then
+      set[#set + 1] = f
+      set[#set + 1] = v
+    else
+      del[#del + 1] = f
+    end
+  end
+  send('HSET', k, set, 2 * HCHUNK)
+  send('HDEL', k, del, HCHUNK)
+  c.d = {}
+end
+
+-- sends every cached write (the function wrapper calls it last)
+local function hflush()
+  for k, c in pairs(HC) do
+    if next(c.d) then hflush_key(k, c) end
+  end
+end
+
+-- a command reading all of hash k (HGETALL, HKEYS, HVALS, HLEN), after
+-- its cached writes are sent
+local function hall(cmd, k)
+  local c = HC[k]
+  if c and next(c.d) then hflush_key(k, c) end
+  return redis.call(cmd, k)
+end
+
+-- DEL or UNLINK of keys ...; their cached fields are forgotten
+local function hdrop(cmd, ...)
+  for _, k in ipairs({...}) do HC[k] = nil end
+  return redis.call(cmd, ...)
+end
