@@ -381,11 +381,10 @@ func (b *bench) direct() error {
 			func(w int) (int, error) { return 1, lockPair(ctx, lc, fmt.Sprintf("peerbench:lock:%d", w), false) })
 		b.throughput(g1, "bsm/redislock, one lock shared by all clients, polling 10–50 ms", "pairs/s", "maxValue 1, contended", false,
 			func(int) (int, error) { return 1, lockPair(ctx, lc, "peerbench:lock:shared", true) })
-
-		if b.want(g1 + " asynq") {
-			if err := b.asynq(); err != nil {
-				b.add(row{group: g1, name: "asynq enqueue → process", unit: "jobs/s", note: label(err)})
-			}
+	}
+	if b.want(g1 + " asynq") { // "peer asynq" runs it alone
+		if err := b.asynq(); err != nil {
+			b.add(row{group: g1, name: "asynq enqueue → process", unit: "jobs/s", note: label(err)})
 		}
 	}
 	return nil
