@@ -92,6 +92,29 @@ type EnqueueParams struct {
 	Parent         *JobRef
 }
 
+// EnqueueItem is one job of EnqueueJobs.
+type EnqueueItem struct {
+	Channel        string // "" = DefaultChannel
+	Payload        []byte // raw JSON
+	IdempotencyKey string // as in EnqueueParams; also matches an earlier item of the same batch
+}
+
+// EnqueueBatchParams are the inputs of EnqueueJobs.
+type EnqueueBatchParams struct {
+	Tenant    string
+	Semaphore string
+	Jobs      []EnqueueItem // at least one
+	// MaxQueued: ErrQueueFull, and nothing enqueued, when the jobs the batch
+	// creates do not all fit under this many scheduled jobs (0 = no limit).
+	MaxQueued int64
+}
+
+// EnqueueResult is the outcome of one item of EnqueueJobs.
+type EnqueueResult struct {
+	Job     Job
+	Created bool // false: the item's idempotency key matched an existing job (or an earlier item)
+}
+
 // DispatchParams are the inputs of DispatchJobs.
 type DispatchParams struct {
 	Tenant    string
@@ -217,6 +240,13 @@ type JobStore interface {
 	// The job is returned as it is at the end of the operation (inflight
 	// when dispatched at once); an idempotent replay is never ErrQueueFull.
 	EnqueueJob(ctx context.Context, p EnqueueParams) (job Job, created bool, err error)
+	// EnqueueJobs adds the jobs of a batch in order, in one atomic
+	// operation, all or nothing: ErrSemaphoreNotFound, or ErrQueueFull when
+	// the jobs it creates do not all fit under MaxQueued. One result per
+	// item, in order, each job as at the end of the operation. An item whose
+	// idempotency key matches an existing job, or an earlier item of the
+	// batch, creates nothing and returns that job.
+	EnqueueJobs(ctx context.Context, p EnqueueBatchParams) ([]EnqueueResult, error)
 	// DispatchJobs dispatches what fits now (also reported in JobEvents).
 	DispatchJobs(ctx context.Context, p DispatchParams) ([]Job, error)
 	// GetJob returns ErrJobNotFound for an unknown (or forgotten) job.

@@ -322,6 +322,70 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 	return j.snapshot(), true, nil
 }
 
+// EnqueueJobs implements store.JobStore: all the batch's jobs are added
+// under one lock, after the queue limit is checked for all of them.
+func (s *Store) EnqueueJobs(ctx context.Context, p store.EnqueueBatchParams) ([]store.EnqueueResult, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	sem, err := s.semaphore(p.Tenant, p.Semaphore)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	s.refresh(sem, now)
+	// which items create a job: no existing job and no earlier item has
+	// their idempotency key
+	seen := make(map[string]bool)
+	fresh := int64(0)
+	for _, it := range p.Jobs {
+		if it.IdempotencyKey != "" {
+			if _, ok := sem.jobs.idem[it.IdempotencyKey]; ok || seen[it.IdempotencyKey] {
+				continue
+			}
+			seen[it.IdempotencyKey] = true
+		}
+		fresh++
+	}
+	if p.MaxQueued > 0 && fresh > 0 && sem.jobs.queued()+fresh > p.MaxQueued {
+		return nil, store.ErrQueueFull
+	}
+	added := make([]*jobEntry, len(p.Jobs))
+	isNew := make([]bool, len(p.Jobs))
+	for i, it := range p.Jobs {
+		if it.IdempotencyKey != "" {
+			if id, ok := sem.jobs.idem[it.IdempotencyKey]; ok {
+				added[i] = sem.jobs.byID[id]
+				continue
+			}
+		}
+		isNew[i] = true
+		ch := it.Channel
+		if ch == "" {
+			ch = store.DefaultChannel
+		}
+		j := &jobEntry{job: store.Job{
+			Tenant:         p.Tenant,
+			ID:             store.NewJobID(sem.key.name),
+			Semaphore:      sem.key.name,
+			Channel:        ch,
+			Payload:        bytes.Clone(it.Payload),
+			IdempotencyKey: it.IdempotencyKey,
+			CreatedAt:      now,
+		}}
+		sem.jobs.add(j)
+		s.schedule(sem, j, false, now)
+		added[i] = j
+	}
+	s.dispatch(sem, 0, now)
+	out := make([]store.EnqueueResult, len(p.Jobs))
+	for i, j := range added {
+		out[i] = store.EnqueueResult{Job: j.snapshot(), Created: isNew[i]}
+	}
+	return out, nil
+}
+
 // DispatchJobs implements store.JobStore.
 func (s *Store) DispatchJobs(ctx context.Context, p store.DispatchParams) ([]store.Job, error) {
 	if err := s.lock(ctx); err != nil {

@@ -26,6 +26,10 @@ const (
 	// batchInflight calls per semaphore at most in flight at once: while
 	// one is on the wire or in Redis, the next one fills up.
 	batchInflight = 2
+	// batchMaxArgs bounds the arguments of one call: it stops taking
+	// operations at this many (a batch enqueue of 1,000 jobs alone has
+	// 3,006), though it always takes one.
+	batchMaxArgs = 8192
 	// batchTimeout bounds one call; it runs detached from the callers'
 	// contexts (a caller that leaves is cleaned up after, see batchOp).
 	batchTimeout = 10 * time.Second
@@ -147,7 +151,11 @@ func (s *Store) nextBatch(key string, b *semBatch) []*batchOp {
 		}
 		return nil
 	}
-	n := min(len(b.queue), batchMax)
+	n, args := 0, 0
+	for n < len(b.queue) && n < batchMax && (n == 0 || args+len(b.queue[n].args) <= batchMaxArgs) {
+		args += len(b.queue[n].args)
+		n++
+	}
 	ops := b.queue[:n:n]
 	if n == len(b.queue) {
 		b.queue = nil

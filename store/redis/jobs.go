@@ -245,6 +245,45 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 	return j, created == 1, err
 }
 
+// EnqueueJobs adds a batch of jobs, all or nothing, in one call (batched
+// with concurrent calls, see batch.go).
+func (s *Store) EnqueueJobs(ctx context.Context, p store.EnqueueBatchParams) ([]store.EnqueueResult, error) {
+	if len(p.Jobs) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, 6+3*len(p.Jobs))
+	args = append(args, "E", newSalt(), max(p.MaxQueued, 0), ms(store.JobRetention), forgetBatch, len(p.Jobs))
+	for _, it := range p.Jobs {
+		ch := it.Channel
+		if ch == "" {
+			ch = store.DefaultChannel
+		}
+		args = append(args, ch, string(it.Payload), it.IdempotencyKey)
+	}
+	r, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{args: args})
+	if err != nil {
+		return nil, err
+	}
+	var created, views []any
+	if len(r.vals) == 3 {
+		created, _ = r.vals[1].([]any)
+		views, _ = r.vals[2].([]any)
+	}
+	if len(created) != len(p.Jobs) || len(views) != len(p.Jobs) {
+		return nil, fmt.Errorf("redisstore: bad batch enqueue result of %d jobs", len(p.Jobs))
+	}
+	out := make([]store.EnqueueResult, len(p.Jobs))
+	for i := range out {
+		j, err := decodeJob(p.Tenant, p.Semaphore, views[i])
+		if err != nil {
+			return nil, err
+		}
+		c, _ := created[i].(int64)
+		out[i] = store.EnqueueResult{Job: j, Created: c == 1}
+	}
+	return out, nil
+}
+
 // DispatchJobs dispatches what fits now.
 func (s *Store) DispatchJobs(ctx context.Context, p store.DispatchParams) ([]store.Job, error) {
 	_, ev, err := s.runEv(ctx, fnDispatch, p.Tenant, p.Semaphore, p.Max)

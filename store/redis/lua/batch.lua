@@ -19,6 +19,10 @@
 --   'e' enqueue: job-id salt, channel, payload, idempotency key, max
 --       scheduled jobs, parent JobRef JSON (see op_enqueue), job retention
 --       ms, max terminal jobs forgotten
+--   'E' enqueue of a batch, all or nothing: job-id salt, max scheduled
+--       jobs, job retention ms, max terminal jobs forgotten, the number of
+--       jobs n, then n times channel, payload, idempotency key (see
+--       op_enqueue_batch)
 --   't' transition: job-id salt, job seq, action, lease id, route, error,
 --       hold ttl ms, child JobRef JSON, bound session, its subscription's
 --       channel (see op_transition), quiet ('1': no job view in the result)
@@ -49,16 +53,29 @@ while i <= #ARGV do
   elseif op == 'p' then
     r = conf and op_claim(conf, now, ARGV[i + 1], false) or {E_SEMAPHORE_NOT_FOUND, ''}
     i = i + 2
-  elseif op == 'e' then
+  elseif op == 'e' or op == 'E' then
+    -- the job retention and the max forgotten
+    local ret, fmax = ARGV[i + 7], ARGV[i + 8]
+    if op == 'E' then ret, fmax = ARGV[i + 3], ARGV[i + 4] end
     if conf and not trimmed then
       -- once per call: forget old terminal jobs, and dispatch what an
       -- expiry freed (so the queue-full check counts what really waits)
       trimmed = true
-      trim_finished(now, tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]))
+      trim_finished(now, tonumber(ret), tonumber(fmax))
       dispatch(conf, now)
     end
-    r = conf and op_enqueue(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
-    i = i + 9
+    if op == 'e' then
+      r = conf and op_enqueue(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
+      i = i + 9
+    else
+      -- op_enqueue_batch reads salt, max, n at i+1, i+2, i+3: shift past
+      -- the retention and max forgotten
+      local a = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 5]}
+      local n = tonumber(ARGV[i + 5])
+      for x = 1, 3 * n do a[3 + x] = ARGV[i + 5 + x] end
+      r = conf and op_enqueue_batch(conf, now, a, 1) or {E_SEMAPHORE_NOT_FOUND, ''}
+      i = i + 6 + 3 * n
+    end
   elseif op == 't' then
     r = conf and op_transition(conf, now, ARGV, i + 1) or {E_JOB_NOT_FOUND, ''}
     if ARGV[i + 11] == '1' and r.v then r.v, r[2] = nil, '' end
@@ -71,5 +88,10 @@ end
 if conf then dispatch(conf, now) end
 for _, r in ipairs(out) do
   if r.v then r[#r + 1] = job_view(r.v) or '' end
+  if r.vs then
+    local views = {}
+    for x, seq in ipairs(r.vs) do views[x] = job_view(seq) or '' end
+    r[#r + 1] = views
+  end
 end
 return done(conf, now, {'ok', out}, true)

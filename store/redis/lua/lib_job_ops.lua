@@ -35,6 +35,38 @@ local function op_enqueue(conf, now, a, i)
 end
 
 
+-- enqueue of a batch, all or nothing (args a[i..]: job-id salt used if
+-- the semaphore has none yet, max scheduled jobs of the semaphore (0: no
+-- limit), the number of jobs n, then n times channel, payload, idempotency
+-- key ('')): {'ok', {created 0/1, ...}} + vs the seqs in order, or
+-- SD_QUEUE_FULL when the jobs it would create do not all fit (nothing is
+-- enqueued then). An item whose key matches an existing job or an earlier
+-- item returns that job, created 0.
+local function op_enqueue_batch(conf, now, a, i)
+  local maxq, n = tonumber(a[i + 1]), tonumber(a[i + 2])
+  local seen, fresh = {}, 0
+  for x = 0, n - 1 do
+    local k = a[i + 5 + 3 * x]
+    if k == '' then
+      fresh = fresh + 1
+    elseif not seen[k] then
+      seen[k] = true
+      local old = hget(K_JIDEM, k)
+      if not (old and hexists(K_JOBS, old) == 1) then fresh = fresh + 1 end
+    end
+  end
+  if maxq > 0 and fresh > 0 and JQ + fresh > maxq then return {E_QUEUE_FULL, ''} end
+  local created, seqs = {}, {}
+  local one = {a[i], '', '', '', 0, ''}
+  for x = 0, n - 1 do
+    local b = i + 3 + 3 * x
+    one[2], one[3], one[4] = a[b], a[b + 1], a[b + 2]
+    local r = op_enqueue(conf, now, one, 1)
+    created[#created + 1], seqs[#seqs + 1] = r[2], r.v
+  end
+  return {'ok', created, vs = seqs}
+end
+
 -- transition: one action on a job (args a[i..i+9]: job-id salt, job seq,
 -- action (delivered release fail retry suspend cancel requeue handoff),
 -- lease id the job must still hold ('' = no check), route, error, hold ttl
