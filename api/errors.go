@@ -112,6 +112,9 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		c.Response().Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 	}
 	body := ErrorBody{Error: ErrorDetail{Code: code, Message: message}}
+	if be := (*semaphore.BatchItemError)(nil); errors.As(err, &be) {
+		body.Error.Index = &be.Index
+	}
 	if c.Request().Method == http.MethodHead {
 		err = c.NoContent(status)
 	} else {

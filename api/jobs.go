@@ -18,6 +18,24 @@ func (s *Server) enqueue(c echo.Context) error {
 	if err := decodeBody(c, s.maxBody, &req, false); err != nil {
 		return err
 	}
+	if req.Jobs != nil {
+		if req.Payload != nil || req.Channel != "" || req.IdempotencyKey != "" {
+			return errorf(CodeInvalidRequest, "send either payload, channel and idempotencyKey (one job) or jobs (a batch), not both")
+		}
+		in := make([]semaphore.EnqueueInput, len(req.Jobs))
+		for i, j := range req.Jobs {
+			in[i] = semaphore.EnqueueInput{Channel: j.Channel, Payload: j.Payload, IdempotencyKey: j.IdempotencyKey}
+		}
+		res, err := s.svc.EnqueueBatch(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), in)
+		if err != nil {
+			return err
+		}
+		out := EnqueueBatchResponse{Jobs: make([]JobJSON, len(res))}
+		for i, r := range res {
+			out.Jobs[i] = jobJSON(r.Job)
+		}
+		return c.JSON(http.StatusAccepted, out)
+	}
 	// a missing payload is refused by the service, as for every caller
 	j, _, err := s.svc.Enqueue(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.EnqueueInput{
 		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,

@@ -55,10 +55,12 @@ type ErrorBody struct {
 	Error ErrorDetail `json:"error"`
 }
 
-// ErrorDetail is the inside of ErrorBody.
+// ErrorDetail is the inside of ErrorBody. Index is set when one job of a
+// batch enqueue was refused: its place in "jobs", from 0.
 type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	Index   *int   `json:"index,omitempty"`
 }
 
 // Duration is a time.Duration that travels as a Go duration string ("30s").
@@ -301,12 +303,27 @@ var statusOf = map[string]int{
 
 // ---- async jobs (worker) ----
 
-// EnqueueRequest is the body of POST /v1/semaphores/{name}/jobs. payload is
-// required (any JSON value, null included; at most 256 KiB).
+// EnqueueRequest is the body of POST /v1/semaphores/{name}/jobs: one job
+// (payload is required: any JSON value, null included; at most 256 KiB), or
+// instead a batch in jobs (1 to 1,000 of them, enqueued all or nothing).
 type EnqueueRequest struct {
 	Channel        string          `json:"channel,omitempty"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+	Jobs           []EnqueueJob    `json:"jobs,omitempty"`
+}
+
+// EnqueueJob is one job of a batch enqueue.
+type EnqueueJob struct {
+	Channel        string          `json:"channel,omitempty"`
+	Payload        json.RawMessage `json:"payload"`
+	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+}
+
+// EnqueueBatchResponse answers a batch enqueue: the jobs in the batch's
+// order (a replayed idempotency key gives the existing job).
+type EnqueueBatchResponse struct {
+	Jobs []JobJSON `json:"jobs"`
 }
 
 // JobRefJSON points at a related job: the parent of a child job created by

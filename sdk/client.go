@@ -227,6 +227,9 @@ type APIError struct {
 	// acquire without wait was refused for the semaphore's rate, on 429
 	// rate_limited, and on any status that carries it. 0 when absent.
 	RetryAfter time.Duration
+	// Index is the place (from 0) of the job that made a batch enqueue
+	// fail with 400 (EnqueueBatch), -1 otherwise.
+	Index int
 }
 
 func (e *APIError) Error() string {
@@ -326,16 +329,20 @@ func StatusCode(err error) int {
 }
 
 func decodeError(resp *http.Response) error {
-	e := &APIError{StatusCode: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"))}
+	e := &APIError{StatusCode: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After")), Index: -1}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	var body struct {
 		Error *struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
+			Index   *int   `json:"index"`
 		} `json:"error"`
 	}
 	if json.Unmarshal(raw, &body) == nil && body.Error != nil && body.Error.Code != "" {
 		e.Code, e.Message = body.Error.Code, body.Error.Message
+		if body.Error.Index != nil {
+			e.Index = *body.Error.Index
+		}
 		return e
 	}
 	msg := strings.TrimSpace(string(raw))

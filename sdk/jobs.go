@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -94,6 +95,47 @@ func (c *Client) Enqueue(ctx context.Context, semaphore string, payload any, opt
 	}
 	in := enqueueWire{Channel: opts.Channel, Payload: raw, IdempotencyKey: opts.IdempotencyKey}
 	return c.jobCall(ctx, http.MethodPost, c.endpoint(nil, "v1", "semaphores", semaphore, "jobs"), in)
+}
+
+// MaxEnqueueBatch is the most jobs one EnqueueBatch takes.
+const MaxEnqueueBatch = 1000
+
+// BatchJob is one job of EnqueueBatch: its payload (encoded as for
+// Enqueue) and options.
+type BatchJob struct {
+	Payload any
+	EnqueueOptions
+}
+
+// EnqueueBatch hands 1 to MaxEnqueueBatch jobs to semaphore in one request
+// and one atomic operation, all or nothing: it returns the jobs in the
+// batch's order (a job whose idempotency key names an existing job, or an
+// earlier job of the batch, is that job). A bad job refuses the batch: an
+// *APIError with Index set to its place; new jobs that do not all fit in
+// the queue → IsQueueFull, and nothing is enqueued. The request body is
+// bounded by the server's --max-body (1 MiB by default).
+func (c *Client) EnqueueBatch(ctx context.Context, semaphore string, jobs []BatchJob) ([]Job, error) {
+	in := struct {
+		Jobs []enqueueWire `json:"jobs"`
+	}{Jobs: make([]enqueueWire, len(jobs))}
+	for i, j := range jobs {
+		raw, err := encodePayload(j.Payload)
+		if err != nil {
+			return nil, fmt.Errorf("jobs[%d]: %w", i, err)
+		}
+		in.Jobs[i] = enqueueWire{Channel: j.Channel, Payload: raw, IdempotencyKey: j.IdempotencyKey}
+	}
+	var out struct {
+		Jobs []jobWire `json:"jobs"`
+	}
+	if err := c.do(ctx, http.MethodPost, c.endpoint(nil, "v1", "semaphores", semaphore, "jobs"), in, &out); err != nil {
+		return nil, err
+	}
+	res := make([]Job, len(out.Jobs))
+	for i, j := range out.Jobs {
+		res[i] = j.toSDK()
+	}
+	return res, nil
 }
 
 // GetJob returns a job of the caller's tenant; an unknown (or forgotten)

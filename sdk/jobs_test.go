@@ -186,3 +186,45 @@ func jobIDs(jobs []sdk.Job) []string {
 	}
 	return out
 }
+
+func TestClient_EnqueueBatch(t *testing.T) {
+	t.Parallel()
+	_, c := setup(t)
+	ctx := t.Context()
+	_, err := c.PutSemaphore(ctx, "batch", sdk.SemaphoreConfig{MaxValue: 1})
+	require.NoError(t, err)
+	_, err = c.Suspend(ctx, "batch")
+	require.NoError(t, err)
+	first, err := c.Enqueue(ctx, "batch", 0, sdk.EnqueueOptions{IdempotencyKey: "k0"})
+	require.NoError(t, err)
+
+	jobs, err := c.EnqueueBatch(ctx, "batch", []sdk.BatchJob{
+		{Payload: map[string]int{"n": 1}},
+		{Payload: json.RawMessage(`"two"`), EnqueueOptions: sdk.EnqueueOptions{Channel: "eu", IdempotencyKey: "k2"}},
+		{Payload: 3, EnqueueOptions: sdk.EnqueueOptions{IdempotencyKey: "k0"}},
+		{Payload: "dup", EnqueueOptions: sdk.EnqueueOptions{IdempotencyKey: "k2"}},
+	})
+	require.NoError(t, err)
+	require.Len(t, jobs, 4)
+	require.JSONEq(t, `{"n":1}`, string(jobs[0].Payload))
+	require.Equal(t, "eu", jobs[1].Channel)
+	require.Equal(t, first.ID, jobs[2].ID, "k0 names the existing job")
+	require.Equal(t, jobs[1].ID, jobs[3].ID, "k2 names the batch's second job")
+	page, err := c.ListJobs(ctx, "batch", sdk.ListJobsOptions{})
+	require.NoError(t, err)
+	require.Len(t, page.Jobs, 3)
+
+	_, err = c.EnqueueBatch(ctx, "batch", []sdk.BatchJob{{Payload: 1}, {Payload: json.RawMessage(`{bad`)}})
+	require.Error(t, err, "bad JSON is refused before sending")
+	_, err = c.EnqueueBatch(ctx, "batch", []sdk.BatchJob{{Payload: 1}, {Payload: 2, EnqueueOptions: sdk.EnqueueOptions{Channel: "not a name"}}})
+	var ae *sdk.APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 400, ae.StatusCode)
+	require.Equal(t, 1, ae.Index, "the server names the refused job")
+	_, err = c.EnqueueBatch(ctx, "batch", nil)
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, -1, ae.Index)
+	page, err = c.ListJobs(ctx, "batch", sdk.ListJobsOptions{})
+	require.NoError(t, err)
+	require.Len(t, page.Jobs, 3, "refused batches enqueue nothing")
+}

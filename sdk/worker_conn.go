@@ -457,9 +457,9 @@ func reply(f inFrame, ok bool) (inFrame, error) {
 	}
 	switch {
 	case f.Type == "error":
-		return f, &APIError{Code: f.Code, Message: f.Message}
+		return f, &APIError{Code: f.Code, Message: f.Message, Index: -1}
 	case f.Type == "rejected" && f.Error != nil:
-		return f, &APIError{Code: f.Error.Code, Message: f.Error.Message, RetryAfter: time.Duration(max(f.Error.RetryAfter, 0)) * time.Second}
+		return f, &APIError{Code: f.Error.Code, Message: f.Error.Message, RetryAfter: time.Duration(max(f.Error.RetryAfter, 0)) * time.Second, Index: -1}
 	}
 	return f, nil
 }

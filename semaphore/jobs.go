@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 
 	"github.com/semaphored/semaphored/store"
 )
@@ -36,34 +38,98 @@ func (s *Service) Enqueue(ctx context.Context, tenant, name string, in EnqueueIn
 	if err := checkName("semaphore", name); err != nil {
 		return store.Job{}, false, err
 	}
-	channel, err := channelOrDefault(in.Channel)
+	it, err := s.checkEnqueue(in)
 	if err != nil {
 		return store.Job{}, false, err
 	}
-	payload := bytes.TrimSpace(in.Payload)
-	if len(payload) == 0 {
-		return store.Job{}, false, invalid(CodeInvalidRequest, "payload", "payload is required (any JSON value)")
-	}
-	if !json.Valid(payload) {
-		return store.Job{}, false, invalid(CodeInvalidRequest, "payload", "payload is not valid JSON")
-	}
-	if len(payload) > s.maxPayloadBytes {
-		return store.Job{}, false, invalid(CodePayloadTooLarge, "payload", "payload is %d bytes, more than the limit of %d", len(payload), s.maxPayloadBytes)
-	}
-	if err := checkPayloadNumbers(payload); err != nil {
-		return store.Job{}, false, err
-	}
-	if err := checkIdempotencyKey(in.IdempotencyKey); err != nil {
-		return store.Job{}, false, err
-	}
 	job, created, err = s.store.EnqueueJob(ctx, store.EnqueueParams{
-		Tenant: tenant, Semaphore: name, Channel: channel, Payload: payload,
-		IdempotencyKey: in.IdempotencyKey, MaxQueued: s.maxQueued,
+		Tenant: tenant, Semaphore: name, Channel: it.Channel, Payload: it.Payload,
+		IdempotencyKey: it.IdempotencyKey, MaxQueued: s.maxQueued,
 	})
 	if err == nil && created {
 		s.metrics.jobsEnqueued.Inc()
 	}
 	return job, created, err
+}
+
+// MaxEnqueueBatch is the most jobs one batch enqueue takes.
+const MaxEnqueueBatch = 1000
+
+// BatchItemError is the refusal of one job of a batch enqueue: Index is
+// its place in the batch (from 0). It wraps the job's ValidationError,
+// whose field and message name it ("jobs[3].payload").
+type BatchItemError struct {
+	Index int
+	Err   *ValidationError
+}
+
+func (e *BatchItemError) Error() string { return e.Err.Error() }
+func (e *BatchItemError) Unwrap() error { return e.Err }
+
+// EnqueueBatch accepts up to MaxEnqueueBatch jobs into one semaphore in one
+// atomic operation, all or nothing (SPEC §3 batch enqueue): every job is
+// checked first, and a bad one refuses the batch with a BatchItemError; a
+// batch whose new jobs do not all fit under the queue limit is refused
+// with store.ErrQueueFull. The results are in the batch's order.
+func (s *Service) EnqueueBatch(ctx context.Context, tenant, name string, in []EnqueueInput) ([]store.EnqueueResult, error) {
+	if err := checkName("semaphore", name); err != nil {
+		return nil, err
+	}
+	if len(in) == 0 || len(in) > MaxEnqueueBatch {
+		return nil, invalid(CodeInvalidRequest, "jobs", "jobs must hold 1 to %d jobs, got %d", MaxEnqueueBatch, len(in))
+	}
+	items := make([]store.EnqueueItem, len(in))
+	for i, x := range in {
+		it, err := s.checkEnqueue(x)
+		if err != nil {
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				at := fmt.Sprintf("jobs[%d]", i)
+				return nil, &BatchItemError{Index: i, Err: &ValidationError{
+					Code: ve.Code, Field: at + "." + ve.Field, Message: at + ": " + ve.Message,
+				}}
+			}
+			return nil, err
+		}
+		items[i] = it
+	}
+	res, err := s.store.EnqueueJobs(ctx, store.EnqueueBatchParams{
+		Tenant: tenant, Semaphore: name, Jobs: items, MaxQueued: s.maxQueued,
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range res {
+		if r.Created {
+			s.metrics.jobsEnqueued.Inc()
+		}
+	}
+	return res, nil
+}
+
+// checkEnqueue validates one job as a client sends it.
+func (s *Service) checkEnqueue(in EnqueueInput) (store.EnqueueItem, error) {
+	channel, err := channelOrDefault(in.Channel)
+	if err != nil {
+		return store.EnqueueItem{}, err
+	}
+	payload := bytes.TrimSpace(in.Payload)
+	if len(payload) == 0 {
+		return store.EnqueueItem{}, invalid(CodeInvalidRequest, "payload", "payload is required (any JSON value)")
+	}
+	if !json.Valid(payload) {
+		return store.EnqueueItem{}, invalid(CodeInvalidRequest, "payload", "payload is not valid JSON")
+	}
+	if len(payload) > s.maxPayloadBytes {
+		return store.EnqueueItem{}, invalid(CodePayloadTooLarge, "payload", "payload is %d bytes, more than the limit of %d", len(payload), s.maxPayloadBytes)
+	}
+	if err := checkPayloadNumbers(payload); err != nil {
+		return store.EnqueueItem{}, err
+	}
+	if err := checkIdempotencyKey(in.IdempotencyKey); err != nil {
+		return store.EnqueueItem{}, err
+	}
+	return store.EnqueueItem{Channel: channel, Payload: payload, IdempotencyKey: in.IdempotencyKey}, nil
 }
 
 // GetJob returns a job of the tenant.
