@@ -183,7 +183,7 @@ func main() {
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
 	flag.IntVar(&cfg.clients, "clients", 64, "concurrent clients")
-	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|sync websocket|websocket|rate|memory per queued job>"`)
+	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|batch funnel|sync websocket|websocket|rate|memory per queued job>"`)
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (logs, binary, redis data)")
 	flag.IntVar(&cfg.handoffN, "handoff-samples", 100, "hand-off samples per round")
 	flag.BoolVar(&cfg.cmdstats, "cmdstats", false, "log Redis INFO commandstats (reset per section) to stderr after each section")
@@ -489,8 +489,13 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 		b.add(p99)
 	}
 	if b.want(g + " funnel") {
-		if err := b.funnel(g, e, onRedis); err != nil {
-			b.add(row{group: g, name: "async funnel over webhook", unit: "jobs/s", note: label(err)})
+		if err := b.funnel(g, e, onRedis, 1); err != nil {
+			b.add(row{group: g, name: nFunnel, unit: "jobs/s", note: label(err)})
+		}
+	}
+	if b.want(g + " batch funnel") {
+		if err := b.funnel(g, e, onRedis, 100); err != nil {
+			b.add(row{group: g, name: nFunnelBatch, unit: "jobs/s", note: label(err)})
 		}
 	}
 	if b.hasHub() && b.want(g+" "+kWSSync) {
@@ -520,22 +525,30 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 	return nil
 }
 
-func (b *bench) funnel(g string, e *sdEnv, cmds bool) error {
-	logf("%s: async funnel over webhook", g)
-	f, err := newFunnel(b.ctx, e, "funnel", 100, b.cfg.clients)
+// funnel measures the webhook funnel: jobs enqueued one per request, or
+// with batch > 1 that many per request (batch enqueue).
+func (b *bench) funnel(g string, e *sdEnv, cmds bool, batch int) error {
+	name, sem, prefix, how := nFunnel, "funnel", "async funnel", fmt.Sprintf("%d enqueuers", b.cfg.clients)
+	if batch > 1 {
+		name, sem, prefix = nFunnelBatch, "funnelbatch", "async funnel, batch enqueue"
+		how = fmt.Sprintf("%d enqueuers sending %d jobs per request", batchEnqueuers, batch)
+	}
+	logf("%s: %s over webhook", g, prefix)
+	f, err := newFunnel(b.ctx, e, sem, 100, b.cfg.clients)
 	if err != nil {
 		return err
 	}
+	f.batch = batch
 	defer f.close()
 	rate, err := f.round(b.ctx, 1000, b.cfg.clients) // warm-up
 	if err != nil {
 		return err
 	}
 	n := b.sizeRound(rate)
-	r := row{group: g, name: "async funnel: enqueue → webhook delivered → released via API", unit: "jobs/s",
-		note: fmt.Sprintf("maxValue 100, 100-byte payload, %d jobs/round, 64 enqueuers, 64 releasers", n)}
-	cr := row{group: g, name: "async funnel: Redis commands per job, in-script included", unit: "cmds/job", note: "INFO commandstats delta / jobs"}
-	ur := row{group: g, name: "async funnel: Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs"}
+	r := row{group: g, name: name, unit: "jobs/s",
+		note: fmt.Sprintf("maxValue 100, 100-byte payload, %d jobs/round, %s, 64 releasers", n, how)}
+	cr := row{group: g, name: prefix + ": Redis commands per job, in-script included", unit: "cmds/job", note: "INFO commandstats delta / jobs"}
+	ur := row{group: g, name: prefix + ": Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs"}
 	for range b.cfg.rounds {
 		var before int64
 		var cpu0 float64

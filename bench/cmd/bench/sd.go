@@ -173,7 +173,12 @@ type funnel struct {
 	err      error
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+	batch    int // jobs per enqueue request (0, 1: one job, no batch)
 }
+
+// batchEnqueuers send the batches of a batch funnel: a few producers with
+// many jobs each, as batch enqueue is meant for.
+const batchEnqueuers = 8
 
 func newFunnel(ctx context.Context, e *sdEnv, sem string, maxValue int64, releasers int) (*funnel, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -285,8 +290,60 @@ func (e *sdEnv) enqueue(ctx context.Context, sem string, n, clients int) error {
 	return first
 }
 
-// round enqueues n jobs and returns jobs/s from the first enqueue until
-// the n-th job was released.
+// batchBody is a batch enqueue body of n jobs shaped like jobBody's.
+func batchBody(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"jobs":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"payload":"` + strings.Repeat("x", 98) + `"}`)
+	}
+	b.WriteString(`]}`)
+	return []byte(b.String())
+}
+
+// enqueueBatches enqueues n jobs on sem in batches of size from clients
+// goroutines (the last batch may be smaller).
+func (e *sdEnv) enqueueBatches(ctx context.Context, sem string, n, size, clients int) error {
+	full := batchBody(size)
+	var next atomic.Int64
+	errc := make(chan error, clients)
+	for range clients {
+		go func() {
+			for {
+				end := next.Add(int64(size))
+				if end-int64(size) >= int64(n) {
+					break
+				}
+				body := full
+				if end > int64(n) {
+					body = batchBody(int(int64(n) - (end - int64(size))))
+				}
+				st, rb, err := e.call(ctx, http.MethodPost, "/v1/semaphores/"+sem+"/jobs", body)
+				if err == nil && st != http.StatusAccepted {
+					err = fmt.Errorf("batch enqueue: %d %s", st, strings.TrimSpace(string(rb)))
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	var first error
+	for range clients {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// round enqueues n jobs (in batches of f.batch when above 1) and returns
+// jobs/s from the first enqueue until the n-th job was released.
 func (f *funnel) round(ctx context.Context, n, clients int) (float64, error) {
 	reached := make(chan struct{})
 	f.mu.Lock()
@@ -294,7 +351,11 @@ func (f *funnel) round(ctx context.Context, n, clients int) (float64, error) {
 	f.reached = reached
 	f.mu.Unlock()
 	start := time.Now()
-	if err := f.e.enqueue(ctx, f.sem, n, clients); err != nil {
+	enqueue := func() error { return f.e.enqueue(ctx, f.sem, n, clients) }
+	if f.batch > 1 {
+		enqueue = func() error { return f.e.enqueueBatches(ctx, f.sem, n, f.batch, batchEnqueuers) }
+	}
+	if err := enqueue(); err != nil {
 		return 0, err
 	}
 	select {
