@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 )
@@ -126,6 +127,113 @@ func checkKeys(data []byte, v any) error {
 		return nil
 	}
 	fields := jsonFields(t)
+	if err, ok := scanKeys(data, fields); ok {
+		return err
+	}
+	return checkKeysSlow(data, fields)
+}
+
+// scanKeys is checkKeys over the bytes of valid JSON, without the
+// allocations of a token decoder (it runs on every request body). ok is
+// false when a key holds an escape or invalid UTF-8: checkKeysSlow decodes
+// it then.
+func scanKeys(data []byte, fields map[string]bool) (err error, ok bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return nil, true // null: nothing was set
+	}
+	var seen [8]string // request objects have a few keys
+	n := 0
+	var more map[string]bool
+	i = skipSpace(data, i+1)
+	for i < len(data) && data[i] == '"' {
+		end := i + 1
+		for end < len(data) && data[end] != '"' {
+			if data[end] == '\\' {
+				return nil, false
+			}
+			end++
+		}
+		key := data[i+1 : end]
+		if !utf8.Valid(key) {
+			return nil, false // encoding/json would read U+FFFD
+		}
+		if !fields[string(key)] {
+			return errorf(CodeInvalidJSON, "unknown field %q", shorten(string(key), 140)), true
+		}
+		dup := more[string(key)]
+		for _, k := range seen[:n] {
+			dup = dup || k == string(key)
+		}
+		if dup {
+			return errorf(CodeInvalidJSON, "field %q appears twice", key), true
+		}
+		if n < len(seen) {
+			seen[n] = string(key)
+			n++
+		} else {
+			if more == nil {
+				more = make(map[string]bool)
+			}
+			more[string(key)] = true
+		}
+		i = skipSpace(data, end+1) // at ':'
+		i = skipValue(data, skipSpace(data, i+1))
+		i = skipSpace(data, i)
+		if i < len(data) && data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+	}
+	return nil, true
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index just past the JSON value that starts at i.
+func skipValue(data []byte, i int) int {
+	depth := 0
+	for ; i < len(data); i++ {
+		switch c := data[i]; c {
+		case '"':
+			for i++; i < len(data) && data[i] != '"'; i++ {
+				if data[i] == '\\' {
+					i++
+				}
+			}
+			if depth == 0 {
+				return i + 1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i // the end of the enclosing object
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',':
+			if depth == 0 {
+				return i
+			}
+		case ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return i
+}
+
+// checkKeysSlow is checkKeys with encoding/json's tokenizer, for keys that
+// hold escapes.
+func checkKeysSlow(data []byte, fields map[string]bool) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return nil // null: nothing was set
