@@ -7,6 +7,7 @@ require (
 	github.com/anishathalye/porcupine v1.3.1
 	github.com/coder/websocket v1.8.15
 	github.com/getkin/kin-openapi v0.152.0
+	github.com/goccy/go-json v0.10.5
 	github.com/google/cel-go v0.31.0
 	github.com/google/uuid v1.6.0
 	github.com/labstack/echo/v4 v4.16.0

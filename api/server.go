@@ -106,6 +106,7 @@ func New(cfg Config) (*Server, error) {
 	s.e.HideBanner = true
 	s.e.HidePort = true
 	s.e.HTTPErrorHandler = s.errorHandler
+	s.e.JSONSerializer = jsonSerializer{}
 	// One middleware around every request, matched or not: echo wraps it
 	// around the route's handler anew on each request.
 	s.e.Use(s.observe)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	gojson "github.com/goccy/go-json"
+
 	"github.com/semaphored/semaphored/store"
 )
 
@@ -100,7 +102,7 @@ func decodeJob(tenant, semaphore string, v any) (store.Job, error) {
 		return store.Job{}, fmt.Errorf("redisstore: bad job record")
 	}
 	var m jobMeta
-	if err := json.Unmarshal(metaRaw, &m); err != nil {
+	if err := gojson.Unmarshal(metaRaw, &m); err != nil {
 		return store.Job{}, fmt.Errorf("redisstore: bad job record: %w", err)
 	}
 	j := store.Job{
