@@ -95,12 +95,11 @@ func (e *sdEnv) call(ctx context.Context, method, path string, body []byte) (int
 	return resp.StatusCode, b, err
 }
 
-// handoffRound takes n samples of release → next waiter granted on a
-// maxValue-1 semaphore: a holder holds the permit, a waiter (wait 10s) is
-// seen queued (state.waiting == 1), then the clock runs from just before
-// the holder's release is sent until the waiter's acquire reply arrived.
-// The waiter holds the permit for the next sample.
-func (e *sdEnv) handoffRound(ctx context.Context, sem string, n int) ([]time.Duration, error) {
+// handoffRound measures n hand-offs on sem (maxValue 1) with queued
+// acquires waiting: each sample releases the holder and times until the
+// head waiter's acquire returns; a new waiter then joins the back, so the
+// queue stays at queued.
+func (e *sdEnv) handoffRound(ctx context.Context, sem string, n, queued int) ([]time.Duration, error) {
 	holder, err := e.worker.Acquire(ctx, sem, sdk.AcquireOptions{TTL: time.Minute})
 	if err != nil {
 		return nil, fmt.Errorf("first acquire: %w", err)
@@ -110,25 +109,35 @@ func (e *sdEnv) handoffRound(ctx context.Context, sem string, n int) ([]time.Dur
 		at  time.Time
 		err error
 	}
-	lat := make([]time.Duration, 0, n)
-	for range n {
-		got := make(chan res, 1)
+	got := make(chan res, queued+n)
+	spawn := func() {
 		go func() {
-			l, err := e.worker.Acquire(ctx, sem, sdk.AcquireOptions{TTL: time.Minute, Wait: 10 * time.Second})
+			l, err := e.worker.Acquire(ctx, sem, sdk.AcquireOptions{TTL: time.Minute, Wait: 30 * time.Second})
 			got <- res{l, time.Now(), err}
 		}()
+	}
+	waitQueued := func() error {
 		for deadline := time.Now().Add(5 * time.Second); ; {
 			s, err := e.admin.GetSemaphore(ctx, sem)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			if s.State != nil && s.State.Waiting == 1 {
-				break
+			if s.State != nil && s.State.Waiting == int64(queued) {
+				return nil
 			}
 			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("waiter not queued after 5s")
+				return fmt.Errorf("%d waiters not queued after 5s", queued)
 			}
 			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	for range queued {
+		spawn()
+	}
+	lat := make([]time.Duration, 0, n)
+	for range n {
+		if err := waitQueued(); err != nil {
+			return nil, err
 		}
 		t0 := time.Now()
 		if _, err := e.worker.Release(ctx, holder.ID); err != nil {
@@ -138,13 +147,29 @@ func (e *sdEnv) handoffRound(ctx context.Context, sem string, n int) ([]time.Dur
 		select {
 		case r = <-got:
 		case <-time.After(15 * time.Second):
-			return nil, fmt.Errorf("waiter not answered 15s after the release")
+			return nil, fmt.Errorf("no waiter answered 15s after the release")
 		}
 		if r.err != nil {
 			return nil, fmt.Errorf("waiting acquire: %w", r.err)
 		}
 		lat = append(lat, r.at.Sub(t0))
 		holder = r.l
+		spawn()
+	}
+	// the queued waiters take the permit in turn: release each
+	for range queued {
+		if _, err := e.worker.Release(ctx, holder.ID); err != nil {
+			return nil, err
+		}
+		select {
+		case r := <-got:
+			if r.err != nil {
+				return nil, fmt.Errorf("waiting acquire: %w", r.err)
+			}
+			holder = r.l
+		case <-time.After(15 * time.Second):
+			return nil, fmt.Errorf("the waiters were not served after the round")
+		}
 	}
 	if _, err := e.worker.Release(ctx, holder.ID); err != nil {
 		return nil, err
