@@ -152,7 +152,7 @@ func (d *dispatcher) finished(j store.Job) {
 		if err != nil || parent.Status != store.JobInflight || parent.Child == nil || parent.Child.ID != j.ID || parent.Lease == nil {
 			return
 		}
-		p := store.TransitionParams{Tenant: j.Tenant, JobID: j.Parent.ID, Action: store.ActRelease, LeaseID: parent.Lease.ID}
+		p := store.TransitionParams{Tenant: j.Tenant, JobID: j.Parent.ID, Action: store.ActRelease, LeaseID: parent.Lease.ID, Quiet: true}
 		if j.Status != store.JobDone {
 			p.Action = store.ActFail
 			p.Error = fmt.Sprintf("child job %s in semaphore %s ended %s", j.ID, j.Semaphore, j.Status)
@@ -366,6 +366,7 @@ func (d *dispatcher) checkHops(ctx context.Context, j store.Job) error {
 // means the job moved on (expired and retried, cancelled): nothing to do.
 func (d *dispatcher) transition(ctx context.Context, log *slog.Logger, j store.Job, p store.TransitionParams) {
 	p.Tenant, p.JobID, p.LeaseID = j.Tenant, j.ID, j.Lease.ID
+	p.Quiet = true                          // the job is not read back
 	_, err := d.store.TransitionJob(ctx, p) // a terminal job comes back in JobEvents.Finished
 	switch {
 	case err == nil:
