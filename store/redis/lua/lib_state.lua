@@ -191,9 +191,22 @@ end
 
 -- config of the semaphore, or nil when it does not exist. A semaphore
 -- written by an earlier layout gets its counters computed first.
+-- the fields load_conf reads (the last ones only cached, for the calls
+-- that need them)
+local CONF_FIELDS = {'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
+  'rr', 'js', 'jn', 'dmore'}
+
 local function load_conf()
-  local v = hmget(K_SEM, 'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
-    'rr', 'js', 'jn', 'dmore') -- the last ones only cached, for the calls that need them
+  local v
+  if HC[K_SEM] then -- the call wrote the hash already (put_semaphore)
+    v = hmget(K_SEM, unpack(CONF_FIELDS))
+  else
+    -- the first read of the call: straight into the cache (the common
+    -- case, without hmget's per-field work)
+    v = redis.call('HMGET', K_SEM, unpack(CONF_FIELDS))
+    local c = hc(K_SEM)
+    for i = 1, #CONF_FIELDS do c.v[CONF_FIELDS[i]] = v[i] end
+  end
   if not v[1] then return nil end
   IX = tonumber(v[6]) or math.huge
   RL, RP, RN = tonumber(v[11] or 0) or 0, tonumber(v[12] or 0) or 0, tonumber(v[13] or 0) or 0
