@@ -172,6 +172,7 @@ func (w *world) run() {
 		{"Extend", 3, areaSem, w.extend},
 		{"Release", 3, areaSem, w.release},
 		{"EnqueueJob", 6, areaJobs, w.enqueue},
+		{"EnqueueJobs", 3, areaJobs, w.enqueueBatch},
 		{"TransitionJob", 14, areaJobs, w.transition},
 		{"DispatchJobs", 1, areaJobs, w.dispatchJobs},
 		{"GetJob", 1, areaJobs, w.getJob},

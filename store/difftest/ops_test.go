@@ -446,6 +446,38 @@ func (w *world) enqueue() {
 	})
 }
 
+func (w *world) enqueueBatch() {
+	tenant, name := w.drawSem()
+	p := store.EnqueueBatchParams{
+		Tenant: tenant, Semaphore: name,
+		MaxQueued: pick(w, "batchMaxQueued", o[int64](0), o[int64](0), o[int64](2), o[int64](4)),
+	}
+	n := pick(w, "batchSize", o(1), o(2), o(3), o(5))
+	for range n {
+		p.Jobs = append(p.Jobs, store.EnqueueItem{
+			Channel:        pick(w, "channel", o(""), o(store.DefaultChannel), o("a"), o("b")),
+			Payload:        pick(w, "payload", o([]byte(`{"n":1}`)), o([]byte(`[1,2]`))),
+			IdempotencyKey: pick(w, "idempotencyKey", o(""), o(""), o("j1"), o("j2")),
+		})
+	}
+	w.touch(tenant, name)
+	items := make([]string, len(p.Jobs))
+	for i, it := range p.Jobs {
+		items[i] = fmt.Sprintf("{channel=%q payload=%s key=%q}", it.Channel, it.Payload, it.IdempotencyKey)
+	}
+	desc := fmt.Sprintf("EnqueueJobs(%s/%s maxQueued=%d jobs=%s)", tenant, name, p.MaxQueued, strings.Join(items, " "))
+	w.op(desc, func(s *side, r *rec) {
+		res, err := s.st.EnqueueJobs(w.ctx, p)
+		if r.err("", err) {
+			r.add("results", len(res))
+			for i, x := range res {
+				r.job(fmt.Sprintf("job%d.", i), x.Job)
+				r.add(fmt.Sprintf("created%d", i), x.Created)
+			}
+		}
+	})
+}
+
 func (w *world) transition() {
 	if len(w.jobs) == 0 && w.mostly("enqueueFirst", 4) {
 		w.enqueue() // nothing to act on yet
