@@ -20,6 +20,7 @@ import (
 type apiError struct {
 	Code    string
 	Message string
+	Index   *int // the refused job of a batch enqueue (ErrorDetail.Index)
 }
 
 func (e *apiError) Error() string { return e.Code + ": " + e.Message }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -83,7 +84,11 @@ func TestEnqueueBatch_BadInput(t *testing.T) {
 		{"bad channel", map[string]any{"jobs": []any{map[string]any{"payload": 1, "channel": "no spaces"}, good}}, 400, CodeInvalidRequest, 0, "jobs[0]: channel"},
 		{"long key", map[string]any{"jobs": []any{good, map[string]any{"payload": 1, "idempotencyKey": strings.Repeat("k", 300)}}}, 400, CodeInvalidRequest, 1, "jobs[1]: idempotencyKey"},
 		{"huge number", map[string]any{"jobs": []any{good, good, good, map[string]any{"payload": json1e999{}}}}, 400, CodeInvalidJSON, 3, "jobs[3]: "},
-		{"unknown field", map[string]any{"jobs": []any{map[string]any{"payload": 1, "weight": 2}}}, 400, CodeInvalidJSON, -1, "weight"},
+		{"unknown field", map[string]any{"jobs": []any{good, map[string]any{"payload": 1, "weight": 2}}}, 400, CodeInvalidJSON, 1, `jobs[1]: unknown field "weight"`},
+		{"key in capitals", map[string]any{"jobs": []any{map[string]any{"PAYLOAD": 1}}}, 400, CodeInvalidJSON, 0, `jobs[0]: unknown field "PAYLOAD"`},
+		{"repeated key", json.RawMessage(`{"jobs":[{"payload":1},{"payload":1,"payload":2}]}`), 400, CodeInvalidJSON, 1, `jobs[1]: field "payload" appears twice`},
+		{"job not an object", map[string]any{"jobs": []any{good, 5}}, 400, CodeInvalidJSON, 1, "jobs[1]: "},
+		{"null job", map[string]any{"jobs": []any{good, nil}}, 400, CodeInvalidRequest, 1, "jobs[1]: payload is required"},
 		{"both shapes", map[string]any{"payload": 1, "jobs": []any{good}}, 400, CodeInvalidRequest, -1, "not both"},
 		{"jobs not a list", map[string]any{"jobs": map[string]any{"payload": 1}}, 400, CodeInvalidJSON, -1, "jobs"},
 	}

@@ -114,6 +114,8 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	body := ErrorBody{Error: ErrorDetail{Code: code, Message: message}}
 	if be := (*semaphore.BatchItemError)(nil); errors.As(err, &be) {
 		body.Error.Index = &be.Index
+	} else if ae := (*apiError)(nil); errors.As(err, &ae) {
+		body.Error.Index = ae.Index
 	}
 	if c.Request().Method == http.MethodHead {
 		err = c.NoContent(status)

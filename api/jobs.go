@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -23,7 +25,15 @@ func (s *Server) enqueue(c echo.Context) error {
 			return errorf(CodeInvalidRequest, "send either payload, channel and idempotencyKey (one job) or jobs (a batch), not both")
 		}
 		in := make([]semaphore.EnqueueInput, len(req.Jobs))
-		for i, j := range req.Jobs {
+		for i, raw := range req.Jobs {
+			var j EnqueueJob
+			if err := decodeJSON(raw, &j); err != nil {
+				var ae *apiError
+				if errors.As(err, &ae) {
+					return &apiError{Code: ae.Code, Message: fmt.Sprintf("jobs[%d]: %s", i, ae.Message), Index: &i}
+				}
+				return err
+			}
 			in[i] = semaphore.EnqueueInput{Channel: j.Channel, Payload: j.Payload, IdempotencyKey: j.IdempotencyKey}
 		}
 		res, err := s.svc.EnqueueBatch(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), in)

@@ -310,7 +310,9 @@ type EnqueueRequest struct {
 	Channel        string          `json:"channel,omitempty"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
-	Jobs           []EnqueueJob    `json:"jobs,omitempty"`
+	// Jobs holds the batch's jobs as sent; each is decoded as an
+	// EnqueueJob, as strictly as a whole body (its keys included).
+	Jobs []json.RawMessage `json:"jobs,omitempty"`
 }
 
 // EnqueueJob is one job of a batch enqueue.
