@@ -379,3 +379,45 @@ func TestRedis_JobDispatchBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(chans-1), n, "the released channel's queue is empty and left the round")
 }
+
+// TestStore_PurgeManyJobs: a purge of more jobs than lib_cache.lua keeps
+// writes for (HMAX) sends them in parts within the one call, and forgets
+// every job and idempotency key.
+func TestStore_PurgeManyJobs(t *testing.T) {
+	s := newTestStore(t)
+	ctx := t.Context()
+	_, _, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: testTenant, Name: "many",
+		Config: store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeTotal, LeaseTimeout: time.Minute, MaxAttempts: 1}})
+	require.NoError(t, err)
+	_, err = s.SetSuspended(ctx, testTenant, "many", true)
+	require.NoError(t, err)
+	const batches = 10
+	var last store.Job
+	for b := range batches {
+		items := make([]store.EnqueueItem, 1000)
+		for i := range items {
+			items[i] = store.EnqueueItem{Payload: []byte(`{"n":1}`), IdempotencyKey: fmt.Sprintf("k%d-%d", b, i)}
+		}
+		res, err := s.EnqueueJobs(ctx, store.EnqueueBatchParams{Tenant: testTenant, Semaphore: "many", Jobs: items})
+		require.NoError(t, err)
+		last = res[len(res)-1].Job
+	}
+	st, err := s.State(ctx, testTenant, "many")
+	require.NoError(t, err)
+	require.Equal(t, int64(batches*1000), st.Queued)
+	n, err := s.PurgeJobs(ctx, testTenant, "many", store.JobScheduled)
+	require.NoError(t, err)
+	require.Equal(t, batches*1000, n)
+	st, err = s.State(ctx, testTenant, "many")
+	require.NoError(t, err)
+	require.Zero(t, st.Queued)
+	_, err = s.GetJob(ctx, testTenant, last.ID)
+	require.ErrorIs(t, err, store.ErrJobNotFound)
+	jobs, err := s.client.HLen(ctx, s.keys.sem(testTenant, "many")[12]).Result()
+	require.NoError(t, err)
+	require.Zero(t, jobs, "no job record left")
+	res, err := s.EnqueueJobs(ctx, store.EnqueueBatchParams{Tenant: testTenant, Semaphore: "many",
+		Jobs: []store.EnqueueItem{{Payload: []byte(`1`), IdempotencyKey: "k9-999"}}})
+	require.NoError(t, err)
+	require.True(t, res[0].Created, "the purged job's key is free again")
+}

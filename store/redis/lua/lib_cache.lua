@@ -18,10 +18,26 @@ local function cache_reset() HC = {} end
 local function hc(k)
   local c = HC[k]
   if not c then
-    c = {v = {}, d = {}}
+    c = {v = {}, d = {}, n = 0}
     HC[k] = c
   end
   return c
+end
+
+-- a hash with this many cached writes is sent at once and its cache
+-- emptied, so that a call over many fields (a purge of a million jobs)
+-- holds a bounded part of them in Lua memory
+local HMAX = 4096
+local hflush_key
+
+-- records a write of field f (value v: a string, or false for a delete)
+local function hwrite(k, c, f, v)
+  if not c.d[f] then c.n = c.n + 1 end
+  c.v[f], c.d[f] = v, true
+  if c.n >= HMAX then
+    hflush_key(k, c)
+    c.v = {}
+  end
 end
 
 -- the string Redis would store for v (it formats a Lua number with %.17g;
@@ -67,10 +83,7 @@ end
 -- HSET k f1 v1 f2 v2 ...
 local function hset(k, ...)
   local c, a = hc(k), {...}
-  for i = 1, #a, 2 do
-    local f = hstr(a[i])
-    c.v[f], c.d[f] = hstr(a[i + 1]), true
-  end
+  for i = 1, #a, 2 do hwrite(k, c, hstr(a[i]), hstr(a[i + 1])) end
 end
 
 local function hexists(k, f) return hget(k, f) and 1 or 0 end
@@ -78,10 +91,7 @@ local function hexists(k, f) return hget(k, f) and 1 or 0 end
 -- HDEL k f1 f2 ...
 local function hdel(k, ...)
   local c = hc(k)
-  for _, f in ipairs({...}) do
-    f = hstr(f)
-    c.v[f], c.d[f] = false, true
-  end
+  for _, f in ipairs({...}) do hwrite(k, c, hstr(f), false) end
 end
 
 -- HDEL k f; returns 1 when f existed, else 0
@@ -115,7 +125,7 @@ local function send(cmd, k, a, n)
 end
 
 -- sends the writes cached for hash k
-local function hflush_key(k, c)
+function hflush_key(k, c)
   local set, del = {}, {}
   for f in pairs(c.d) do
     local v = c.v[f]
@@ -128,7 +138,7 @@ local function hflush_key(k, c)
   end
   send('HSET', k, set, 2 * HCHUNK)
   send('HDEL', k, del, HCHUNK)
-  c.d = {}
+  c.d, c.n = {}, 0
 end
 
 -- sends every cached write (the function wrapper calls it last)
