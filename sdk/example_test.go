@@ -230,3 +230,39 @@ func ExampleClient_Enqueue() {
 	// released: done <nil>
 	// status: done
 }
+
+// A burst of jobs goes in one request, all or nothing: a bad job refuses
+// the batch and names its place; a repeated idempotency key is the same job.
+func ExampleClient_EnqueueBatch() {
+	srv := mustStartServer()
+	defer srv.Close()
+	ctx := context.Background()
+	c, _ := sdk.New(srv.URL, adminKey)
+	if _, err := c.PutSemaphore(ctx, "emails", sdk.SemaphoreConfig{MaxValue: 1}); err != nil {
+		panic(err)
+	}
+	_, _ = c.Suspend(ctx, "emails") // nothing is delivered in this example: the jobs stay queued
+
+	batch := []sdk.BatchJob{
+		{Payload: map[string]string{"to": "a@example.com"}, EnqueueOptions: sdk.EnqueueOptions{IdempotencyKey: "mail-1"}},
+		{Payload: map[string]string{"to": "b@example.com"}, EnqueueOptions: sdk.EnqueueOptions{Channel: "eu"}},
+		{Payload: map[string]string{"to": "a@example.com"}, EnqueueOptions: sdk.EnqueueOptions{IdempotencyKey: "mail-1"}},
+	}
+	jobs, err := c.EnqueueBatch(ctx, "emails", batch)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(len(jobs), "answers;", "first and third the same job:", jobs[0].ID == jobs[2].ID)
+
+	_, err = c.EnqueueBatch(ctx, "emails", []sdk.BatchJob{{Payload: 1}, {Payload: 2, EnqueueOptions: sdk.EnqueueOptions{Channel: "not a name"}}})
+	var ae *sdk.APIError
+	if errors.As(err, &ae) {
+		fmt.Println(ae.StatusCode, ae.Code, "at index", ae.Index)
+	}
+	page, _ := c.ListJobs(ctx, "emails", sdk.ListJobsOptions{})
+	fmt.Println("queued:", len(page.Jobs))
+	// Output:
+	// 3 answers; first and third the same job: true
+	// 400 invalid_request at index 1
+	// queued: 2
+}
