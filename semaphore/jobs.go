@@ -67,7 +67,7 @@ func (e *BatchItemError) Error() string { return e.Err.Error() }
 func (e *BatchItemError) Unwrap() error { return e.Err }
 
 // EnqueueBatch accepts up to MaxEnqueueBatch jobs into one semaphore in one
-// atomic operation, all or nothing (SPEC §3 batch enqueue): every job is
+// atomic operation, all or nothing (OpenAPI enqueueJob, the README): every job is
 // checked first, and a bad one refuses the batch with a BatchItemError; a
 // batch whose new jobs do not all fit under the queue limit is refused
 // with store.ErrQueueFull. The results are in the batch's order.
