@@ -284,104 +284,78 @@ func (s *Store) jobSemaphore(tenant, id string) (*semaphore, error) {
 // the end of the operation: inflight, with its lease, when a permit was
 // free. A replay of an idempotency key returns the existing job.
 func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Job, bool, error) {
-	if err := s.lock(ctx); err != nil {
-		return store.Job{}, false, err
-	}
-	defer s.unlock()
-	sem, err := s.semaphore(p.Tenant, p.Semaphore)
+	item := store.EnqueueItem{Channel: p.Channel, Payload: p.Payload, IdempotencyKey: p.IdempotencyKey}
+	res, err := s.enqueue(ctx, p.Tenant, p.Semaphore, []store.EnqueueItem{item}, p.MaxQueued, p.Parent)
 	if err != nil {
 		return store.Job{}, false, err
 	}
-	now := s.now()
-	s.refresh(sem, now)
-	if p.IdempotencyKey != "" {
-		if id, ok := sem.jobs.idem[p.IdempotencyKey]; ok {
-			return sem.jobs.byID[id].snapshot(), false, nil
-		}
-	}
-	if p.MaxQueued > 0 && sem.jobs.queued() >= p.MaxQueued {
-		return store.Job{}, false, store.ErrQueueFull
-	}
-	ch := p.Channel
-	if ch == "" {
-		ch = store.DefaultChannel
-	}
-	j := &jobEntry{job: store.Job{
-		Tenant:         p.Tenant,
-		ID:             store.NewJobID(sem.key.name),
-		Semaphore:      sem.key.name,
-		Channel:        ch,
-		Payload:        bytes.Clone(p.Payload),
-		IdempotencyKey: p.IdempotencyKey,
-		Parent:         copyRef(p.Parent),
-		CreatedAt:      now,
-	}}
-	sem.jobs.add(j)
-	s.schedule(sem, j, false, now)
-	s.dispatch(sem, 0, now)
-	return j.snapshot(), true, nil
+	return res[0].Job, res[0].Created, nil
 }
 
 // EnqueueJobs implements store.JobStore: all the batch's jobs are added
 // under one lock, after the queue limit is checked for all of them.
 func (s *Store) EnqueueJobs(ctx context.Context, p store.EnqueueBatchParams) ([]store.EnqueueResult, error) {
+	return s.enqueue(ctx, p.Tenant, p.Semaphore, p.Jobs, p.MaxQueued, nil)
+}
+
+// enqueue adds items in order under one lock, all or nothing: an item
+// whose idempotency key names an existing job (or an earlier item) returns
+// that job; ErrQueueFull when the jobs it creates do not all fit under
+// maxQueued (0: no limit). New jobs get parent. What fits is dispatched
+// after the last one.
+func (s *Store) enqueue(ctx context.Context, tenant, name string, items []store.EnqueueItem, maxQueued int64, parent *store.JobRef) ([]store.EnqueueResult, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
 	defer s.unlock()
-	sem, err := s.semaphore(p.Tenant, p.Semaphore)
+	sem, err := s.semaphore(tenant, name)
 	if err != nil {
 		return nil, err
 	}
 	now := s.now()
 	s.refresh(sem, now)
-	// which items create a job: no existing job and no earlier item has
-	// their idempotency key
 	seen := make(map[string]bool)
 	fresh := int64(0)
-	for _, it := range p.Jobs {
-		if it.IdempotencyKey != "" {
-			if _, ok := sem.jobs.idem[it.IdempotencyKey]; ok || seen[it.IdempotencyKey] {
+	for _, it := range items {
+		if k := it.IdempotencyKey; k != "" {
+			if _, ok := sem.jobs.idem[k]; ok || seen[k] {
 				continue
 			}
-			seen[it.IdempotencyKey] = true
+			seen[k] = true
 		}
 		fresh++
 	}
-	if p.MaxQueued > 0 && fresh > 0 && sem.jobs.queued()+fresh > p.MaxQueued {
+	if maxQueued > 0 && fresh > 0 && sem.jobs.queued()+fresh > maxQueued {
 		return nil, store.ErrQueueFull
 	}
-	added := make([]*jobEntry, len(p.Jobs))
-	isNew := make([]bool, len(p.Jobs))
-	for i, it := range p.Jobs {
-		if it.IdempotencyKey != "" {
-			if id, ok := sem.jobs.idem[it.IdempotencyKey]; ok {
-				added[i] = sem.jobs.byID[id]
-				continue
-			}
+	out := make([]store.EnqueueResult, len(items))
+	added := make([]*jobEntry, len(items))
+	for i, it := range items {
+		if id, ok := sem.jobs.idem[it.IdempotencyKey]; ok && it.IdempotencyKey != "" {
+			added[i] = sem.jobs.byID[id]
+			continue
 		}
-		isNew[i] = true
 		ch := it.Channel
 		if ch == "" {
 			ch = store.DefaultChannel
 		}
 		j := &jobEntry{job: store.Job{
-			Tenant:         p.Tenant,
+			Tenant:         tenant,
 			ID:             store.NewJobID(sem.key.name),
 			Semaphore:      sem.key.name,
 			Channel:        ch,
 			Payload:        bytes.Clone(it.Payload),
 			IdempotencyKey: it.IdempotencyKey,
+			Parent:         copyRef(parent),
 			CreatedAt:      now,
 		}}
-		sem.jobs.add(j)
+		sem.jobs.add(j) // registers its key for the items after it
 		s.schedule(sem, j, false, now)
-		added[i] = j
+		added[i], out[i].Created = j, true
 	}
 	s.dispatch(sem, 0, now)
-	out := make([]store.EnqueueResult, len(p.Jobs))
 	for i, j := range added {
-		out[i] = store.EnqueueResult{Job: j.snapshot(), Created: isNew[i]}
+		out[i].Job = j.snapshot()
 	}
 	return out, nil
 }
