@@ -68,13 +68,8 @@ while i <= #ARGV do
       r = conf and op_enqueue(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
       i = i + 9
     else
-      -- op_enqueue_batch reads salt, max, n at i+1, i+2, i+3: shift past
-      -- the retention and max forgotten
-      local a = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 5]}
-      local n = tonumber(ARGV[i + 5])
-      for x = 1, 3 * n do a[3 + x] = ARGV[i + 5 + x] end
-      r = conf and op_enqueue_batch(conf, now, a, 1) or {E_SEMAPHORE_NOT_FOUND, ''}
-      i = i + 6 + 3 * n
+      r = conf and op_enqueue_batch(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
+      i = i + 6 + 3 * tonumber(ARGV[i + 5])
     end
   elseif op == 't' then
     r = conf and op_transition(conf, now, ARGV, i + 1) or {E_JOB_NOT_FOUND, ''}

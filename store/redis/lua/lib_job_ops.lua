@@ -37,16 +37,17 @@ end
 
 -- enqueue of a batch, all or nothing (args a[i..]: job-id salt used if
 -- the semaphore has none yet, max scheduled jobs of the semaphore (0: no
--- limit), the number of jobs n, then n times channel, payload, idempotency
--- key ('')): {'ok', {created 0/1, ...}} + vs the seqs in order, or
--- SD_QUEUE_FULL when the jobs it would create do not all fit (nothing is
--- enqueued then). An item whose key matches an existing job or an earlier
--- item returns that job, created 0.
+-- limit), job retention ms and max terminal jobs forgotten (read by
+-- batch.lua), the number of jobs n, then n times channel, payload,
+-- idempotency key ('')): {'ok', {created 0/1, ...}} + vs the seqs in
+-- order, or SD_QUEUE_FULL when the jobs it would create do not all fit
+-- (nothing is enqueued then). An item whose key matches an existing job or
+-- an earlier item returns that job, created 0.
 local function op_enqueue_batch(conf, now, a, i)
-  local maxq, n = tonumber(a[i + 1]), tonumber(a[i + 2])
+  local maxq, n, first = tonumber(a[i + 1]), tonumber(a[i + 4]), i + 5
   local seen, fresh = {}, 0
   for x = 0, n - 1 do
-    local k = a[i + 5 + 3 * x]
+    local k = a[first + 3 * x + 2]
     if k == '' then
       fresh = fresh + 1
     elseif not seen[k] then
@@ -57,9 +58,11 @@ local function op_enqueue_batch(conf, now, a, i)
   end
   if maxq > 0 and fresh > 0 and JQ + fresh > maxq then return {E_QUEUE_FULL, ''} end
   local created, seqs = {}, {}
+  -- op_enqueue's arguments: salt, channel, payload, key, no limit (checked
+  -- above), no parent
   local one = {a[i], '', '', '', 0, ''}
   for x = 0, n - 1 do
-    local b = i + 3 + 3 * x
+    local b = first + 3 * x
     one[2], one[3], one[4] = a[b], a[b + 1], a[b + 2]
     local r = op_enqueue(conf, now, one, 1)
     created[#created + 1], seqs[#seqs + 1] = r[2], r.v
