@@ -287,32 +287,9 @@ func (f *funnel) close() {
 // string: 98 characters and its quotes).
 var jobBody = []byte(`{"payload":"` + strings.Repeat("x", 98) + `"}`)
 
-// enqueue enqueues n jobs on sem from clients goroutines.
+// enqueue enqueues n jobs on sem from clients goroutines, one per request.
 func (e *sdEnv) enqueue(ctx context.Context, sem string, n, clients int) error {
-	var next atomic.Int64
-	errc := make(chan error, clients)
-	for range clients {
-		go func() {
-			for next.Add(1) <= int64(n) {
-				st, body, err := e.call(ctx, http.MethodPost, "/v1/semaphores/"+sem+"/jobs", jobBody)
-				if err == nil && st != http.StatusAccepted {
-					err = fmt.Errorf("enqueue: %d %s", st, strings.TrimSpace(string(body)))
-				}
-				if err != nil {
-					errc <- err
-					return
-				}
-			}
-			errc <- nil
-		}()
-	}
-	var first error
-	for range clients {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return e.enqueueBatches(ctx, sem, n, 1, clients)
 }
 
 // batchBody is a batch enqueue body of n jobs shaped like jobBody's.
@@ -329,26 +306,34 @@ func batchBody(n int) []byte {
 	return []byte(b.String())
 }
 
-// enqueueBatches enqueues n jobs on sem in batches of size from clients
-// goroutines (the last batch may be smaller).
+// enqueueBatches enqueues n jobs on sem from clients goroutines, size per
+// request (1: jobBody, the single-job form; above: a batch enqueue, the
+// last batch possibly smaller).
 func (e *sdEnv) enqueueBatches(ctx context.Context, sem string, n, size, clients int) error {
-	full := batchBody(size)
+	body := func(k int) []byte {
+		if size == 1 {
+			return jobBody
+		}
+		return batchBody(k)
+	}
+	full := body(size)
 	var next atomic.Int64
 	errc := make(chan error, clients)
 	for range clients {
 		go func() {
 			for {
 				end := next.Add(int64(size))
-				if end-int64(size) >= int64(n) {
+				start := end - int64(size)
+				if start >= int64(n) {
 					break
 				}
-				body := full
+				b := full
 				if end > int64(n) {
-					body = batchBody(int(int64(n) - (end - int64(size))))
+					b = body(int(int64(n) - start))
 				}
-				st, rb, err := e.call(ctx, http.MethodPost, "/v1/semaphores/"+sem+"/jobs", body)
+				st, rb, err := e.call(ctx, http.MethodPost, "/v1/semaphores/"+sem+"/jobs", b)
 				if err == nil && st != http.StatusAccepted {
-					err = fmt.Errorf("batch enqueue: %d %s", st, strings.TrimSpace(string(rb)))
+					err = fmt.Errorf("enqueue: %d %s", st, strings.TrimSpace(string(rb)))
 				}
 				if err != nil {
 					errc <- err
