@@ -29,7 +29,7 @@ func FuzzCheckKeys(f *testing.F) {
 		if !json.Valid(data) {
 			return
 		}
-		got, ok := scanKeys(data, fields)
+		ok, got := scanKeys(data, fields)
 		if !ok {
 			return
 		}
@@ -55,7 +55,7 @@ func TestScanKeys(t *testing.T) {
 		`{"payload":1,"payload":2}`:             `field "payload" appears twice`,
 		many:                                    `field "channel" appears twice`,
 	} {
-		err, ok := scanKeys([]byte(body), fields)
+		ok, err := scanKeys([]byte(body), fields)
 		require.True(t, ok, body)
 		if want == "" {
 			require.NoError(t, err, body)
@@ -63,7 +63,7 @@ func TestScanKeys(t *testing.T) {
 			require.ErrorContains(t, err, want, body)
 		}
 	}
-	_, ok := scanKeys([]byte(`{"pay\u006coad":1}`), fields)
+	ok, _ := scanKeys([]byte(`{"pay\u006coad":1}`), fields)
 	require.False(t, ok, "an escaped key goes to the token decoder")
 }
 

@@ -128,7 +128,7 @@ func checkKeys(data []byte, v any) error {
 		return nil
 	}
 	fields := jsonFields(t)
-	if err, ok := scanKeys(data, fields); ok {
+	if ok, err := scanKeys(data, fields); ok {
 		return err
 	}
 	return checkKeysSlow(data, fields)
@@ -138,10 +138,10 @@ func checkKeys(data []byte, v any) error {
 // allocations of a token decoder (it runs on every request body). ok is
 // false when a key holds an escape or invalid UTF-8: checkKeysSlow decodes
 // it then.
-func scanKeys(data []byte, fields map[string]bool) (err error, ok bool) {
+func scanKeys(data []byte, fields map[string]bool) (ok bool, err error) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
-		return nil, true // null: nothing was set
+		return true, nil // null: nothing was set
 	}
 	var seen [8]string // request objects have a few keys
 	n := 0
@@ -151,23 +151,23 @@ func scanKeys(data []byte, fields map[string]bool) (err error, ok bool) {
 		end := i + 1
 		for end < len(data) && data[end] != '"' {
 			if data[end] == '\\' {
-				return nil, false
+				return false, nil
 			}
 			end++
 		}
 		key := data[i+1 : end]
 		if !utf8.Valid(key) {
-			return nil, false // encoding/json would read U+FFFD
+			return false, nil // encoding/json would read U+FFFD
 		}
 		if !fields[string(key)] {
-			return errorf(CodeInvalidJSON, "unknown field %q", shorten(string(key), 140)), true
+			return true, errorf(CodeInvalidJSON, "unknown field %q", shorten(string(key), 140))
 		}
 		dup := more[string(key)]
 		for _, k := range seen[:n] {
 			dup = dup || k == string(key)
 		}
 		if dup {
-			return errorf(CodeInvalidJSON, "field %q appears twice", key), true
+			return true, errorf(CodeInvalidJSON, "field %q appears twice", key)
 		}
 		if n < len(seen) {
 			seen[n] = string(key)
@@ -185,7 +185,7 @@ func scanKeys(data []byte, fields map[string]bool) (err error, ok bool) {
 			i = skipSpace(data, i+1)
 		}
 	}
-	return nil, true
+	return true, nil
 }
 
 func skipSpace(data []byte, i int) int {
