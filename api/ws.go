@@ -114,15 +114,7 @@ func (s *Server) serveWS(c echo.Context) error {
 	if err != nil {
 		return nil // Accept answered the request (400, 426, ...)
 	}
-	k := callerKey(c)
-	w := &wsConn{srv: s, tenant: k.Tenant}
-	p := hub.ServeParams{
-		Tenant: k.Tenant,
-		KeyID:  k.ID,
-		Open:   w.welcome,
-		Handle: w.handle,
-		End:    s.svc.SessionLost,
-	}
+	p := s.sessionParams(c, "")
 	// The connection is the hub's now: the handler returns, so that this
 	// request's goroutine, its deep stack and net/http's state for it are
 	// freed while the session lives on (an idle session costs less). The
@@ -137,21 +129,58 @@ func (s *Server) serveWS(c echo.Context) error {
 	return nil
 }
 
+// sessionParams are the callbacks of a session opened by the request c,
+// resuming the session of the token resume if it is set.
+func (s *Server) sessionParams(c echo.Context, resume string) hub.ServeParams {
+	k := callerKey(c)
+	w := &wsConn{srv: s, tenant: k.Tenant}
+	return hub.ServeParams{
+		Tenant: k.Tenant,
+		KeyID:  k.ID,
+		Open:   w.opener(c.Request().Context(), resume),
+		Handle: w.handle,
+		End:    s.svc.SessionLost,
+	}
+}
+
 // wsConn is the protocol state of one connection.
 type wsConn struct {
 	srv    *Server
 	tenant string
 }
 
-func (w *wsConn) welcome(sess *hub.Session, resumeToken string) {
-	sess.Send(WsFrame{
-		Type: "welcome", Session: sess.ID(), ResumeToken: resumeToken,
-		Heartbeat: new(Duration(w.srv.hub.Heartbeat())), Protocol: WsProtocol,
-	})
+// opener returns the Open callback of a session: it sends welcome, or,
+// with a resume token (SSE and long-poll may resume as they open), it
+// resumes that session and sends resumed.
+func (w *wsConn) opener(ctx context.Context, resume string) func(sess *hub.Session, out hub.Replier, resumeToken string) error {
+	return func(sess *hub.Session, out hub.Replier, resumeToken string) error {
+		if resume != "" {
+			old, err := sess.Resume(ctx, resume)
+			if err != nil {
+				return err
+			}
+			out.Send(resumedFrame("", old))
+			return nil
+		}
+		out.Send(WsFrame{
+			Type: "welcome", Session: sess.ID(), ResumeToken: resumeToken,
+			Heartbeat: new(Duration(w.srv.hub.Heartbeat())), Protocol: WsProtocol,
+		})
+		return nil
+	}
+}
+
+// resumedFrame is the reply to a resume: the session and what it holds.
+func resumedFrame(id string, old store.Session) WsFrame {
+	f := WsFrame{Type: "resumed", ID: id, Session: old.ID, Leases: old.Leases, Jobs: old.Jobs}
+	for _, sub := range old.Subscriptions {
+		f.Subscriptions = append(f.Subscriptions, WsSubscriptionJSON{Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
+	}
+	return f
 }
 
 // wsHandlers are the client frame types.
-var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *hub.Session, id string, data []byte){
+var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte){
 	"resume":      (*wsConn).resume,
 	"ping":        (*wsConn).ping,
 	"acquire":     (*wsConn).acquire,
@@ -165,9 +194,9 @@ var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *hub.Sessi
 
 // handle answers one client frame. A bad frame gets an error frame; the
 // session stays up.
-func (w *wsConn) handle(ctx context.Context, sess *hub.Session, typ websocket.MessageType, data []byte) {
-	if typ != websocket.MessageText {
-		w.fail(sess, "", errorf(CodeInvalidJSON, "frames must be JSON text, got a binary frame"))
+func (w *wsConn) handle(ctx context.Context, sess *hub.Session, out hub.Replier, data []byte, binary bool) {
+	if binary {
+		w.fail(out, "", errorf(CodeInvalidJSON, "frames must be JSON text, got a binary frame"))
 		return
 	}
 	var head struct {
@@ -175,35 +204,35 @@ func (w *wsConn) handle(ctx context.Context, sess *hub.Session, typ websocket.Me
 		ID   string `json:"id"`
 	}
 	if err := json.Unmarshal(data, &head); err != nil {
-		w.fail(sess, "", jsonError(err))
+		w.fail(out, "", jsonError(err))
 		return
 	}
 	if head.Type == "" {
-		w.fail(sess, head.ID, errorf(CodeInvalidRequest, "type is required"))
+		w.fail(out, head.ID, errorf(CodeInvalidRequest, "type is required"))
 		return
 	}
 	h, ok := wsHandlers[head.Type]
 	if !ok {
-		w.fail(sess, head.ID, errorf(CodeUnknownFrame, "unknown frame type %q", shorten(head.Type, 64)))
+		w.fail(out, head.ID, errorf(CodeUnknownFrame, "unknown frame type %q", shorten(head.Type, 64)))
 		return
 	}
-	h(w, ctx, sess, head.ID, data)
+	h(w, ctx, sess, out, head.ID, data)
 }
 
 // decode decodes a frame strictly (unknown fields, wrong types): on error
 // it answers with an error frame and returns false.
-func (w *wsConn) decode(sess *hub.Session, id string, data []byte, v any) bool {
+func (w *wsConn) decode(out hub.Replier, id string, data []byte, v any) bool {
 	if err := decodeJSON(data, v); err != nil {
-		w.fail(sess, id, err)
+		w.fail(out, id, err)
 		return false
 	}
 	return true
 }
 
 // fail answers an error frame {code, message}.
-func (w *wsConn) fail(sess *hub.Session, id string, err error) {
+func (w *wsConn) fail(out hub.Replier, id string, err error) {
 	code, message := w.classify(err)
-	sess.Send(WsFrame{Type: "error", ID: id, Code: code, Message: message})
+	out.Send(WsFrame{Type: "error", ID: id, Code: code, Message: message})
 }
 
 // classify maps an error to its wire code, as the HTTP API does.
@@ -224,37 +253,33 @@ func (w *wsConn) classify(err error) (code, message string) {
 	return code, message
 }
 
-func (w *wsConn) resume(ctx context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) resume(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsResumeFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	if req.Token == "" {
-		w.fail(sess, id, errorf(CodeInvalidRequest, "token is required"))
+		w.fail(out, id, errorf(CodeInvalidRequest, "token is required"))
 		return
 	}
 	old, err := sess.Resume(ctx, req.Token)
 	if err != nil {
-		w.fail(sess, id, err)
+		w.fail(out, id, err)
 		return
 	}
-	f := WsFrame{Type: "resumed", ID: id, Session: old.ID, Leases: old.Leases, Jobs: old.Jobs}
-	for _, sub := range old.Subscriptions {
-		f.Subscriptions = append(f.Subscriptions, WsSubscriptionJSON{Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
-	}
-	sess.Send(f)
+	out.Send(resumedFrame(id, old))
 }
 
-func (w *wsConn) ping(_ context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) ping(_ context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsPingFrame
-	if w.decode(sess, id, data, &req) {
-		sess.Send(WsFrame{Type: "pong", ID: id})
+	if w.decode(out, id, data, &req) {
+		out.Send(WsFrame{Type: "pong", ID: id})
 	}
 }
 
-func (w *wsConn) acquire(ctx context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) acquire(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsAcquireFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	in := AcquireRequest{Channel: req.Channel, Weight: req.Weight, TTL: req.TTL, Wait: req.Wait}.input()
@@ -265,61 +290,61 @@ func (w *wsConn) acquire(ctx context.Context, sess *hub.Session, id string, data
 				return // the connection ended while waiting
 			}
 			code, message := w.classify(err)
-			sess.Send(WsFrame{Type: "rejected", ID: id, Error: &WsErrorJSON{Code: code, Message: message, RetryAfter: retryAfter(err)}})
+			out.Send(WsFrame{Type: "rejected", ID: id, Error: &WsErrorJSON{Code: code, Message: message, RetryAfter: retryAfter(err)}})
 			return
 		}
 		sess.LeaseAcquired(l.ID)
-		sess.Send(WsFrame{Type: "acquired", ID: id, Lease: new(leaseJSON(l))})
+		out.Send(WsFrame{Type: "acquired", ID: id, Lease: new(leaseJSON(l))})
 	}
 	if in.Wait == nil || *in.Wait <= 0 {
 		sess.Run(run)
 		return
 	}
 	if !sess.Go(run) {
-		w.fail(sess, id, errorf(CodeRateLimited, "too many acquires waiting on this connection"))
+		w.fail(out, id, errorf(CodeRateLimited, "too many acquires waiting on this connection"))
 	}
 }
 
-func (w *wsConn) extend(ctx context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) extend(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsExtendFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	switch {
 	case req.Lease == "":
-		w.fail(sess, id, errorf(CodeInvalidRequest, "lease is required"))
+		w.fail(out, id, errorf(CodeInvalidRequest, "lease is required"))
 		return
 	case req.TTL == nil:
-		w.fail(sess, id, errorf(CodeInvalidRequest, "ttl is required"))
+		w.fail(out, id, errorf(CodeInvalidRequest, "ttl is required"))
 		return
 	}
 	sess.Run(func(ctx context.Context) {
 		l, err := w.srv.svc.Extend(ctx, w.tenant, req.Lease, time.Duration(*req.TTL))
 		if err != nil {
-			w.fail(sess, id, err)
+			w.fail(out, id, err)
 			return
 		}
-		sess.Send(WsFrame{Type: "extended", ID: id, Lease: new(leaseJSON(l))})
+		out.Send(WsFrame{Type: "extended", ID: id, Lease: new(leaseJSON(l))})
 	})
 }
 
-func (w *wsConn) release(ctx context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) release(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsReleaseFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	switch {
 	case req.Lease != "" && req.Job != "":
-		w.fail(sess, id, errorf(CodeInvalidRequest, "give lease or job, not both"))
+		w.fail(out, id, errorf(CodeInvalidRequest, "give lease or job, not both"))
 	case req.Lease != "":
 		sess.Run(func(ctx context.Context) {
 			l, err := w.srv.svc.Release(ctx, w.tenant, req.Lease)
 			if err != nil {
-				w.fail(sess, id, err)
+				w.fail(out, id, err)
 				return
 			}
 			sess.LeaseReleased(l.ID)
-			sess.Send(WsFrame{Type: "released", ID: id, Lease: new(leaseJSON(l))})
+			out.Send(WsFrame{Type: "released", ID: id, Lease: new(leaseJSON(l))})
 		})
 	case req.Job != "":
 		sess.Run(func(ctx context.Context) {
@@ -330,77 +355,83 @@ func (w *wsConn) release(ctx context.Context, sess *hub.Session, id string, data
 			}
 			j, err := w.srv.svc.ReleaseJob(ctx, w.tenant, req.Job)
 			if err != nil {
-				w.fail(sess, id, err)
+				w.fail(out, id, err)
 				return
 			}
 			// the reply goes first: the room it frees may push the next job at once
-			sess.Send(WsFrame{Type: "released", ID: id, Job: new(jobJSON(j))})
+			out.Send(WsFrame{Type: "released", ID: id, Job: new(jobJSON(j))})
 			sess.JobReleased(j.ID)
 		})
 	default:
-		w.fail(sess, id, errorf(CodeInvalidRequest, "lease or job is required"))
+		w.fail(out, id, errorf(CodeInvalidRequest, "lease or job is required"))
 	}
 }
 
-func (w *wsConn) subscribe(ctx context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) subscribe(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsSubscribeFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	sub, err := w.srv.svc.CheckSubscription(ctx, w.tenant, req.Semaphore, req.Channel, req.Prefetch)
 	if err != nil {
-		w.fail(sess, id, err)
+		w.fail(out, id, err)
 		return
 	}
 	if err := sess.Subscribe(ctx, sub); err != nil {
-		w.fail(sess, id, err)
+		w.fail(out, id, err)
 		return
 	}
-	sess.Send(WsFrame{Type: "subscribed", ID: id, Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
+	out.Send(WsFrame{Type: "subscribed", ID: id, Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
 }
 
-func (w *wsConn) unsubscribe(ctx context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) unsubscribe(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsUnsubscribeFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	if req.Semaphore == "" {
-		w.fail(sess, id, errorf(CodeInvalidRequest, "semaphore is required"))
+		w.fail(out, id, errorf(CodeInvalidRequest, "semaphore is required"))
 		return
 	}
 	if err := sess.Unsubscribe(ctx, req.Semaphore, req.Channel); err != nil {
-		w.fail(sess, id, err)
+		w.fail(out, id, err)
 		return
 	}
-	sess.Send(WsFrame{Type: "unsubscribed", ID: id, Semaphore: req.Semaphore, Channel: req.Channel})
+	out.Send(WsFrame{Type: "unsubscribed", ID: id, Semaphore: req.Semaphore, Channel: req.Channel})
 }
 
-// ack has no reply on success (the push waits for it, not the client).
-func (w *wsConn) ack(_ context.Context, sess *hub.Session, id string, data []byte) {
+// ack has no reply on success on a stream (the push waits for it, not
+// the client); in a reply body (posted frames) it answers acked.
+func (w *wsConn) ack(_ context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsAckFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	if req.Job == "" {
-		w.fail(sess, id, errorf(CodeInvalidRequest, "job is required"))
+		w.fail(out, id, errorf(CodeInvalidRequest, "job is required"))
 		return
 	}
 	if !sess.Ack(req.Job) {
-		w.fail(sess, id, errorf(CodeJobNotFound, "job %q was not pushed to this session, or its ack came too late", shorten(req.Job, 200)))
+		w.fail(out, id, errorf(CodeJobNotFound, "job %q was not pushed to this session, or its ack came too late", shorten(req.Job, 200)))
+		return
+	}
+	if out.InBody() {
+		// a reply body has one reply per frame
+		out.Send(WsFrame{Type: "acked", ID: id})
 	}
 }
 
-func (w *wsConn) enqueue(ctx context.Context, sess *hub.Session, id string, data []byte) {
+func (w *wsConn) enqueue(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
 	var req WsEnqueueFrame
-	if !w.decode(sess, id, data, &req) {
+	if !w.decode(out, id, data, &req) {
 		return
 	}
 	j, _, err := w.srv.svc.Enqueue(ctx, w.tenant, req.Semaphore, semaphore.EnqueueInput{
 		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,
 	})
 	if err != nil {
-		w.fail(sess, id, err)
+		w.fail(out, id, err)
 		return
 	}
-	sess.Send(WsFrame{Type: "enqueued", ID: id, Job: new(jobJSON(j))})
+	out.Send(WsFrame{Type: "enqueued", ID: id, Job: new(jobJSON(j))})
 }

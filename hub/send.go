@@ -1,16 +1,15 @@
 package hub
 
 import (
-	"context"
 	"encoding/json"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // This file is the send side of a session's connection: the bounded send
 // queue with its backpressure, and the writer goroutine that drains it,
-// corked (cork.go).
+// each batch in one write of its transport (corked on a websocket). A
+// pulled transport (long-poll) has no writer: its polls take the queue
+// (take).
 
 // Send queues a frame (marshalled to JSON). When the connection's send
 // queue is full it waits for room (the caller, often the connection's
@@ -41,7 +40,10 @@ func (s *Session) sendRaw(b []byte) bool {
 		}
 		if len(s.queue) < s.hub.cfg.SendQueue {
 			s.queue = append(s.queue, b)
-			if !s.writing {
+			if s.tr.pulled() {
+				close(s.queued) // a waiting poll takes it
+				s.queued = make(chan struct{})
+			} else if !s.writing {
 				s.writing = true
 				s.writers.Add(1)
 				go s.writer()
@@ -83,20 +85,7 @@ func (s *Session) writer() {
 		s.room = make(chan struct{})
 		s.wmu.Unlock()
 
-		if s.cork != nil {
-			s.cork.cork()
-		}
-		var err error
-		for _, msg := range batch {
-			if err = s.write(msg); err != nil {
-				break
-			}
-		}
-		if s.cork != nil {
-			if uerr := s.cork.uncork(s.hub.cfg.WriteTimeout); err == nil {
-				err = uerr
-			}
-		}
+		err := s.tr.write(s.ctx, batch)
 		clear(batch)
 		s.wmu.Lock()
 		if s.spare == nil && cap(batch) <= 2*s.hub.cfg.SendQueue {
@@ -105,7 +94,7 @@ func (s *Session) writer() {
 		s.wmu.Unlock()
 		if err != nil {
 			s.setReason(reasonSlow)
-			_ = s.conn.CloseNow()
+			s.tr.closeNow()
 			s.wmu.Lock()
 			s.writing = false
 			s.wmu.Unlock()
@@ -114,9 +103,17 @@ func (s *Session) writer() {
 	}
 }
 
-// write writes one frame under WriteTimeout.
-func (s *Session) write(msg []byte) error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.hub.cfg.WriteTimeout)
-	defer cancel()
-	return s.conn.Write(ctx, websocket.MessageText, msg)
+// take empties the send queue for a poll: the frames, and a channel that
+// is closed when the next frame is queued (when there were none).
+func (s *Session) take() ([][]byte, <-chan struct{}) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if len(s.queue) == 0 {
+		return nil, s.queued
+	}
+	batch := s.queue
+	s.queue = nil
+	close(s.room) // senders waiting for room go on
+	s.room = make(chan struct{})
+	return batch, nil
 }

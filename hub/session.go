@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -44,25 +43,29 @@ const (
 	reasonSlow                         // send queue full for WriteTimeout, or a write failed
 	reasonDisplaced                    // the session was resumed by another connection
 	reasonRevoked                      // its API key was revoked: the session ends
+	reasonEnded                        // the client ended the session (DELETE)
 )
 
-// Session is one websocket connection of this instance and the session it
-// carries (which may change once, by resume). Its methods are safe for
+// Session is one connection of this instance (a websocket, an SSE stream
+// or a run of long polls: its transport) and the session it carries
+// (which may change once, by resume). Its methods are safe for
 // concurrent use.
 type Session struct {
 	hub    *Hub
-	conn   *websocket.Conn
-	cork   *corkConn // coalesces the writes of a burst (nil: none)
+	tr     transport
+	proto  ServeParams
 	tenant string
 	// The send queue: frames waiting to be written, at most SendQueue. A
 	// writer goroutine runs while it is not empty (none for an idle
-	// session), started by the frame that finds none running.
+	// session), started by the frame that finds none running; a pulled
+	// transport (long-poll) has no writer: its polls take the queue.
 	wmu     sync.Mutex
 	queue   [][]byte
 	spare   [][]byte      // the writer's last batch, for reuse
 	writing bool          // a writer runs
 	ended   bool          // the connection ended: nothing is queued any more
 	room    chan struct{} // closed (and replaced) when the writer takes the queue
+	queued  chan struct{} // closed (and replaced) when a frame is queued (pulled transports)
 	writers sync.WaitGroup
 	ctx     context.Context // ends when the connection ends
 	cancel  context.CancelFunc
@@ -83,7 +86,18 @@ type Session struct {
 	jobs    ledger
 }
 
-// ServeParams are the callbacks of Serve: the request/reply protocol is
+// Replier takes the replies to client frames: the session itself (they
+// go on its stream, with the pushed frames), or, for frames posted over
+// HTTP, the reply body of that request (Hub.Post).
+type Replier interface {
+	// Send queues a reply (marshalled to JSON); false when it was not.
+	Send(frame any) bool
+	// InBody reports whether replies go in a reply body, exactly one per
+	// client frame, rather than on the stream.
+	InBody() bool
+}
+
+// ServeParams are a session's callbacks: the request/reply protocol is
 // the API's, the hub runs the connection and the session.
 type ServeParams struct {
 	Tenant string
@@ -91,14 +105,19 @@ type ServeParams struct {
 	// revocation closes the session (Hub.RevokeKey).
 	KeyID string
 	// Open is called once the session exists in the store, before any
-	// frame is read (it sends welcome).
-	Open func(s *Session, resumeToken string)
-	// Handle is called for every frame the client sends, in order, in the
-	// connection's read goroutine. ctx ends with the connection.
-	Handle func(ctx context.Context, s *Session, typ websocket.MessageType, data []byte)
-	// End is called when the client closed the connection normally (close
-	// status 1000): it gave its session up, which has been removed from the
-	// store; sess is what it held, for onSessionLost to apply at once.
+	// frame is read: it sends welcome to out (or resumes a session and
+	// sends resumed). An error ends the fresh session; the connection is
+	// not opened (SSE, long-poll: the request gets the error).
+	Open func(s *Session, out Replier, resumeToken string) error
+	// Handle is called for every frame the client sends, in order: in the
+	// connection's read goroutine (websocket), or in the request that
+	// posted it. Its replies go to out. ctx ends with the connection.
+	// binary: a websocket binary frame.
+	Handle func(ctx context.Context, s *Session, out Replier, data []byte, binary bool)
+	// End is called when the client ended its session (websocket close
+	// status 1000, DELETE of an SSE or long-poll session): it gave it up,
+	// and it has been removed from the store; sess is what it held, for
+	// onSessionLost to apply at once.
 	End func(ctx context.Context, sess store.Session)
 }
 
@@ -108,30 +127,27 @@ func HashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Serve runs an accepted connection as a new session until it ends, and
-// returns then. The session is created in the store, connected on this
-// node; a frame over MaxMessageBytes closes the connection (1009), no frame
-// for 3 heartbeats closes it (1008). When the connection ends, the session
-// is lost (resumable within the grace period) unless the client closed it
-// normally (then it is ended and p.End called) or it was resumed by another
-// connection.
-func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
-	conn := c.ws
+// errStopping: the hub is stopping; no session opens.
+var errStopping = errors.New("hub: server shutting down")
+
+// open creates a session on transport tr, connected on this node, and
+// calls p.Open with out (nil: the session). The session's context is a
+// child of ctx. On error the transport is closed and nothing is left.
+func (h *Hub) open(ctx context.Context, tr transport, p ServeParams, out Replier) (*Session, error) {
 	h.mu.Lock()
 	if h.stopped {
 		h.mu.Unlock()
-		_ = conn.Close(CloseGoingAway, "server shutting down")
-		return ErrStopped
+		tr.close(CloseGoingAway, "server shutting down")
+		return nil, errStopping
 	}
 	h.serves.Add(1)
 	h.mu.Unlock()
-	defer h.serves.Done()
 
-	conn.SetReadLimit(h.cfg.MaxMessageBytes)
 	token := randomID(32)
 	s := &Session{
-		hub: h, conn: conn, cork: c.cork, tenant: p.Tenant, keyID: p.KeyID, id: randomID(16),
+		hub: h, tr: tr, proto: p, tenant: p.Tenant, keyID: p.KeyID, id: randomID(16),
 		room:    make(chan struct{}),
+		queued:  make(chan struct{}),
 		slots:   make(chan struct{}, maxWaiting),
 		workers: make(chan struct{}, maxRequests),
 		leases:  make(map[string]bool),
@@ -140,14 +156,18 @@ func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
 		jobs:    newLedger(),
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
-	defer s.cancel()
+	fail := func(err error) (*Session, error) {
+		s.cancel()
+		h.serves.Done()
+		return nil, err
+	}
 	err := h.store.PutSession(ctx, store.Session{
 		Tenant: p.Tenant, ID: s.id, Node: h.node, ResumeTokenHash: HashToken(token), Grace: h.cfg.Grace,
 		KeyID: p.KeyID,
 	})
 	if err != nil {
-		_ = conn.Close(websocket.StatusInternalError, "session store unavailable")
-		return fmt.Errorf("hub: creating the session: %w", err)
+		tr.close(websocket.StatusInternalError, "session store unavailable")
+		return fail(fmt.Errorf("hub: creating the session: %w", err))
 	}
 	h.mu.Lock()
 	stopped := h.stopped
@@ -156,38 +176,47 @@ func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
 	}
 	h.mu.Unlock()
 	if stopped {
-		_ = conn.Close(CloseGoingAway, "server shutting down")
-		cctx, cancel := cleanupCtx()
-		_, _ = h.store.EndSession(cctx, store.SessionParams{Tenant: p.Tenant, Session: s.id})
-		cancel()
-		return ErrStopped
+		tr.close(CloseGoingAway, "server shutting down")
+		h.dropFresh(s)
+		return fail(errStopping)
 	}
-
+	if out == nil {
+		out = s
+	}
 	if p.Open != nil {
-		p.Open(s, token)
+		if err := p.Open(s, out, token); err != nil {
+			h.mu.Lock()
+			if h.sessions[s.id] == s {
+				delete(h.sessions, s.id)
+			}
+			h.mu.Unlock()
+			s.mu.Lock()
+			resumed := s.resumed
+			s.mu.Unlock()
+			if !resumed {
+				h.dropFresh(s)
+			}
+			return fail(err)
+		}
 	}
+	return s, nil
+}
 
-	silence := 3 * h.cfg.Heartbeat
-	timer := time.AfterFunc(silence, func() {
-		s.close(reasonHeartbeat, ClosePolicy, "no frame for 3 heartbeats")
-	})
-	var readErr error
-	for {
-		typ, data, err := conn.Read(s.ctx)
-		if err != nil {
-			readErr = err
-			break
-		}
-		// The silence clock stops while a frame is handled: a handler
-		// waiting for room in the send queue (backpressure) is the
-		// server's wait, not the client's silence.
-		timer.Stop()
-		if p.Handle != nil {
-			p.Handle(s.ctx, s, typ, data)
-		}
-		timer.Reset(silence)
-	}
-	timer.Stop()
+// dropFresh ends a session that never served a frame.
+func (h *Hub) dropFresh(s *Session) {
+	cctx, cancel := cleanupCtx()
+	defer cancel()
+	_, _ = h.store.EndSession(cctx, store.SessionParams{Tenant: s.tenant, Session: s.ID()})
+}
+
+// finish ends a session's connection once its transport is done with it
+// (the websocket's reader returned, the SSE stream ended, the long polls
+// stopped): it stops the writer and the requests, and applies the end to
+// the session in the store. normal: the client gave the session up. It
+// is called once, by the goroutine that open's caller runs the session
+// in.
+func (h *Hub) finish(s *Session, normal bool) {
+	defer h.serves.Done()
 	s.cancel()
 	s.wmu.Lock()
 	s.ended = true // no writer starts after this
@@ -195,13 +224,12 @@ func (h *Hub) Serve(ctx context.Context, c *Conn, p ServeParams) error {
 	s.writers.Wait()
 	s.closeOnce.Do(func() {}) // a close from now on has nothing to do
 	s.tasks.Wait()
-	_ = conn.CloseNow()
-	h.endSession(s, readErr, p)
-	return nil
+	s.tr.closeNow()
+	h.endSession(s, normal)
 }
 
 // endSession applies the end of a connection to its session in the store.
-func (h *Hub) endSession(s *Session, readErr error, p ServeParams) {
+func (h *Hub) endSession(s *Session, normal bool) {
 	h.moving.Lock()
 	defer h.moving.Unlock()
 	s.mu.Lock()
@@ -223,16 +251,16 @@ func (h *Hub) endSession(s *Session, readErr error, p ServeParams) {
 	ctx, cancel := cleanupCtx()
 	defer cancel()
 	sp := store.SessionParams{Tenant: s.tenant, Session: id}
-	if reason == reasonRevoked || (reason == reasonNone && websocket.CloseStatus(readErr) == websocket.StatusNormalClosure) {
+	if reason == reasonRevoked || reason == reasonEnded || (reason == reasonNone && normal) {
 		sess, err := h.store.EndSession(ctx, sp)
 		if err != nil {
 			if !errors.Is(err, store.ErrSessionNotFound) {
-				h.log.Warn("ending a websocket session failed; it ends after the grace period", "session", id, "err", err)
+				h.log.Warn("ending a session failed; it ends after the grace period", "session", id, "err", err)
 			}
 			return
 		}
-		if p.End != nil {
-			p.End(ctx, sess)
+		if s.proto.End != nil {
+			s.proto.End(ctx, sess)
 		}
 		return
 	}
@@ -244,7 +272,7 @@ func (h *Hub) endSession(s *Session, readErr error, p ServeParams) {
 	// (checked again atomically: a resume elsewhere may come in between)
 	sp.Node = h.node
 	if err := h.store.LoseSession(ctx, sp, h.cfg.Grace); err != nil && !errors.Is(err, store.ErrSessionNotFound) {
-		h.log.Warn("marking a websocket session lost failed", "session", id, "err", err)
+		h.log.Warn("marking a session lost failed", "session", id, "err", err)
 	}
 }
 
@@ -300,21 +328,22 @@ func (s *Session) Go(f func(ctx context.Context)) bool {
 
 func (s *Session) setReason(r closeReason) {
 	s.mu.Lock()
-	if s.reason == reasonNone || r == reasonDisplaced || r == reasonRevoked {
+	if s.reason == reasonNone || r == reasonDisplaced || r == reasonRevoked || r == reasonEnded {
 		s.reason = r
 	}
 	s.mu.Unlock()
 }
 
-// close closes the connection with a close frame, once, in the background
-// (the close handshake waits for the client).
+// close closes the connection, once, in the background, telling the
+// client why where the transport can (a websocket close frame, a closed
+// frame on an SSE stream or to a waiting poll).
 func (s *Session) close(r closeReason, code websocket.StatusCode, text string) {
 	s.setReason(r)
 	s.closeOnce.Do(func() {
 		s.tasks.Add(1)
 		go func() {
 			defer s.tasks.Done()
-			_ = s.conn.Close(code, text)
+			s.tr.close(code, text)
 		}()
 	})
 }
