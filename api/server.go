@@ -185,6 +185,13 @@ func (s *Server) registerRoutes(g prometheus.Gatherer, serveMetrics bool) {
 	if s.hub != nil {
 		v1(http.MethodPost, "/ws/tickets", worker, s.createTicket)
 		add(http.MethodGet, "/v1/ws", s.serveWS, auth(s.authenticateWS)...)
+		// The fallback transports (sessions.go) authenticate as /v1/ws
+		// does: a key, or a ticket for a browser's EventSource.
+		add(http.MethodGet, "/v1/sse", s.serveSSE, auth(s.authenticateWS)...)
+		add(http.MethodPost, "/v1/sessions", s.openSession, auth(s.authenticateWS)...)
+		add(http.MethodGet, "/v1/sessions/:id/frames", s.pollFrames, auth(s.authenticateWS)...)
+		add(http.MethodPost, "/v1/sessions/:id/frames", s.postFrames, auth(s.authenticateWS)...)
+		add(http.MethodDelete, "/v1/sessions/:id", s.endSession, auth(s.authenticateWS)...)
 	}
 
 	if serveMetrics {

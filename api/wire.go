@@ -44,10 +44,12 @@ const (
 	CodeInvalidState = "invalid_state" // 409: wrong job transition
 	CodeQueueFull    = "queue_full"    // 429: the semaphore's queue is full
 
-	// Codes only websocket error frames carry (SPEC §6); no HTTP status.
+	// Codes of the sessions (SPEC §6). Only session_not_found has an HTTP
+	// status (404, on the session routes); the others come in frames.
 	CodeUnknownFrame    = "unknown_frame"     // a frame type the server does not know
-	CodeSessionNotFound = "session_not_found" // resume: unknown token, or its grace period ran out
+	CodeSessionNotFound = "session_not_found" // unknown session or resume token, another tenant's, grace period over
 	CodeNotSubscribed   = "not_subscribed"    // unsubscribe from something not subscribed
+	CodeSessionClosed   = "session_closed"    // a posted frame the session's connection ended before answering
 )
 
 // ErrorBody is every error response: {"error": {"code", "message"}}.
@@ -299,6 +301,7 @@ var statusOf = map[string]int{
 	CodeJobNotFound:       http.StatusNotFound,
 	CodeInvalidState:      http.StatusConflict,
 	CodeQueueFull:         http.StatusTooManyRequests,
+	CodeSessionNotFound:   http.StatusNotFound,
 }
 
 // ---- async jobs (worker) ----

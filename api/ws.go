@@ -159,7 +159,7 @@ func (w *wsConn) opener(ctx context.Context, resume string) func(sess *hub.Sessi
 			if err != nil {
 				return err
 			}
-			out.Send(resumedFrame("", old))
+			out.Send(w.resumedFrame("", old))
 			return nil
 		}
 		out.Send(WsFrame{
@@ -170,9 +170,11 @@ func (w *wsConn) opener(ctx context.Context, resume string) func(sess *hub.Sessi
 	}
 }
 
-// resumedFrame is the reply to a resume: the session and what it holds.
-func resumedFrame(id string, old store.Session) WsFrame {
-	f := WsFrame{Type: "resumed", ID: id, Session: old.ID, Leases: old.Leases, Jobs: old.Jobs}
+// resumedFrame is the reply to a resume: the session and what it holds,
+// and the heartbeat (a session resumed as it opens has no welcome).
+func (w *wsConn) resumedFrame(id string, old store.Session) WsFrame {
+	f := WsFrame{Type: "resumed", ID: id, Session: old.ID, Leases: old.Leases, Jobs: old.Jobs,
+		Heartbeat: new(Duration(w.srv.hub.Heartbeat()))}
 	for _, sub := range old.Subscriptions {
 		f.Subscriptions = append(f.Subscriptions, WsSubscriptionJSON{Semaphore: sub.Semaphore, Channel: sub.Channel, Prefetch: sub.Prefetch})
 	}
@@ -267,7 +269,7 @@ func (w *wsConn) resume(ctx context.Context, sess *hub.Session, out hub.Replier,
 		w.fail(out, id, err)
 		return
 	}
-	out.Send(resumedFrame(id, old))
+	out.Send(w.resumedFrame(id, old))
 }
 
 func (w *wsConn) ping(_ context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {

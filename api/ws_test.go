@@ -35,6 +35,8 @@ type wsOptions struct {
 	grace      time.Duration
 	ackTimeout time.Duration
 	maxMessage int64
+	sendQueue  int
+	writeTime  time.Duration // the hub's WriteTimeout
 	origins    []string
 	redis      bool // each node its own Redis store on one shared Redis (else one memory store)
 	// wrap, when set, wraps each node's store (a stub of some calls).
@@ -53,8 +55,13 @@ type wsEnv struct {
 	nodes  []*wsNode
 	admin  string
 	worker string
-	hooks  chan webhookCall // jobs received by the webhook receiver
-	hook   string           // its URL
+	opKey  store.APIKey // the operator's
+	// schemaless: tclients opened from now on do not check the frames
+	// they receive against the schema (it costs much for big payloads
+	// under the race detector)
+	schemaless bool
+	hooks      chan webhookCall // jobs received by the webhook receiver
+	hook       string           // its URL
 }
 
 type webhookCall struct {
@@ -126,6 +133,7 @@ func setupWS(t *testing.T, n int, o wsOptions) *wsEnv {
 		wsHub, err := hub.New(hub.Config{
 			Store: st, Node: "node" + string(rune('A'+i)), Logger: testLogger(t),
 			Heartbeat: o.heartbeat, Grace: o.grace, AckTimeout: o.ackTimeout, MaxMessageBytes: o.maxMessage,
+			SendQueue: o.sendQueue, WriteTimeout: o.writeTime,
 		})
 		require.NoError(t, err)
 		svcStore := st
@@ -163,6 +171,7 @@ func setupWS(t *testing.T, n int, o wsOptions) *wsEnv {
 	require.NoError(t, err)
 	opKey, err := svc.Authenticate(ctx, operator)
 	require.NoError(t, err)
+	e.opKey = opKey
 	_, _, admin, err := svc.CreateTenant(ctx, opKey, "acme")
 	require.NoError(t, err)
 	adminKey, err := svc.Authenticate(ctx, admin)

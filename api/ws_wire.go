@@ -119,7 +119,7 @@ type WsFrame struct {
 	ID            string               `json:"id,omitempty"`
 	Session       string               `json:"session,omitempty"`     // welcome, resumed
 	ResumeToken   string               `json:"resumeToken,omitempty"` // welcome
-	Heartbeat     *Duration            `json:"heartbeat,omitempty"`   // welcome
+	Heartbeat     *Duration            `json:"heartbeat,omitempty"`   // welcome, resumed
 	Protocol      int                  `json:"protocol,omitempty"`    // welcome
 	Leases        []string             `json:"leases,omitempty"`      // resumed: ids of the session's leases
 	Jobs          []string             `json:"jobs,omitempty"`        // resumed: ids of its unreleased jobs
@@ -132,4 +132,8 @@ type WsFrame struct {
 	Error         *WsErrorJSON         `json:"error,omitempty"` // rejected
 	Code          string               `json:"code,omitempty"`  // error
 	Message       string               `json:"message,omitempty"`
+	// closed (SSE and long-poll; the hub writes it): the close code a
+	// websocket would get, and why.
+	CloseCode int    `json:"closeCode,omitempty"`
+	Reason    string `json:"reason,omitempty"`
 }

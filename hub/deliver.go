@@ -34,6 +34,11 @@ const (
 	// msgKeyRevoked tells every node that an API key was revoked: each
 	// closes the sessions opened with it (Hub.RevokeKey).
 	msgKeyRevoked = "key_revoked"
+	// msgSessionOp hands a call on a session (posted frames, a poll, its
+	// end) to the node holding it, which answers msgSessionReply with the
+	// same request id (post.go).
+	msgSessionOp    = "session_op"
+	msgSessionReply = "session_reply"
 )
 
 type keyRevokedBody struct {
@@ -81,14 +86,16 @@ type jobFrame struct {
 // least loaded first (fewest unreleased jobs, ties broken at random). A
 // session on this node gets the job frame directly; a session elsewhere
 // through its node, over the bus. The first session that acks within
-// AckTimeout takes it (nil). A session that does not ack, or has gone, is
-// not offered the job again; when every subscriber with room has been
-// tried, or none is subscribed, the error wraps ErrNoSubscriber and the
-// dispatcher moves the job on. nil means the delivery is recorded too
-// (the job is inflight on the websocket route, bound to the session that
-// took it): the dispatcher records nothing more. While every subscriber not yet tried holds
-// its prefetch, Deliver waits for room until ctx ends (the job's lease
-// ends it), so a job is never pushed beyond a session's prefetch.
+// AckTimeout takes it (nil). A session that does not ack is not offered
+// the job again; when every subscriber with room has been tried, or none
+// is subscribed, the error wraps ErrNoSubscriber and the dispatcher moves
+// the job on. nil means the delivery is recorded too (the job is inflight
+// on the websocket route, bound to the session that took it): the
+// dispatcher records nothing more. While every subscriber not yet tried
+// holds its prefetch, or is lost within its grace period (its connection
+// dropped: it may be resumed, on any transport), Deliver waits until ctx
+// ends (the job's lease ends it), so a job is never pushed beyond a
+// session's prefetch, and a worker's reconnect does not fail it.
 func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error {
 	if job.Lease == nil {
 		return errors.New("websocket: job without lease")
@@ -144,6 +151,12 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 		refresh = false
 		full := false
 		for _, c := range candidates(h.withLocalLoads(subs, key), tried) {
+			if c.Lost {
+				// It may be resumed within its grace: wait for it rather
+				// than fail the route (a worker reconnecting).
+				full = true
+				continue
+			}
 			if c.Inflight >= c.Prefetch {
 				full = true
 				continue
@@ -172,6 +185,13 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 				full = true // another push holds its room: wait for it
 				continue
 			}
+			if errors.Is(err, errGone) {
+				// Its connection ended (or moved) meanwhile: it is lost
+				// and may be resumed, or connected elsewhere. Look again
+				// after a wait; the list then says which.
+				full = true
+				continue
+			}
 			tried[c.Session] = true
 			h.log.Debug("websocket session did not take the job", "job", job.ID, "session", c.Session, "node", c.Node, "err", err)
 		}
@@ -194,8 +214,9 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 			}
 			return errNoneSubscribed
 		}
-		// Every subscriber left holds its prefetch: wait for a release here
-		// (pushed) or elsewhere (polled, backing off to 1s).
+		// Every subscriber left holds its prefetch, or is lost and may come
+		// back: wait for a release or a resume here (pushed) or elsewhere
+		// (polled, backing off to 1s).
 		// A local release is known here at once; room on another
 		// instance is found by reading the list again when the timer fires.
 		t := time.NewTimer(wait)
@@ -408,6 +429,15 @@ func (h *Hub) onMessage(m store.NodeMessage) {
 			return
 		}
 		h.closeKey(b.Tenant, b.Key)
+	case msgSessionOp:
+		var b sessionOpBody
+		if err := json.Unmarshal(m.Body, &b); err != nil {
+			h.log.Warn("bad session call message", "from", m.From, "err", err)
+			return
+		}
+		h.goTracked(func() { h.answerOp(m.From, b) })
+	case msgSessionReply:
+		h.onSessionReply(m.Body)
 	default:
 		h.log.Debug("node bus message of an unknown type dropped", "type", m.Type, "from", m.From)
 	}

@@ -148,11 +148,12 @@ type Hub struct {
 	mu        sync.Mutex
 	started   bool
 	stopped   bool
-	sessions  map[string]*Session       // by session id
-	waiters   map[string]chan nodeReply // remote deliveries waiting for ack/nack, by request id
-	capacity  chan struct{}             // closed (and replaced) when a local session frees room
-	order     map[orderKey][]int64      // deliveries not yet placed, by key, their tokens sorted (deliver.go)
-	subsCache map[orderKey]cachedSubs   // subscribers by semaphore channel (deliver.go)
+	sessions  map[string]*Session              // by session id
+	waiters   map[string]chan nodeReply        // remote deliveries waiting for ack/nack, by request id
+	opWaiters map[string]chan sessionReplyBody // session calls handed to other nodes (post.go), by request id
+	capacity  chan struct{}                    // closed (and replaced) when a local session frees room
+	order     map[orderKey][]int64             // deliveries not yet placed, by key, their tokens sorted (deliver.go)
+	subsCache map[orderKey]cachedSubs          // subscribers by semaphore channel (deliver.go)
 }
 
 // New returns a hub; it does nothing until Start.
@@ -166,6 +167,7 @@ func New(cfg Config) (*Hub, error) {
 		ctx: ctx, cancel: cancel,
 		sessions:  make(map[string]*Session),
 		waiters:   make(map[string]chan nodeReply),
+		opWaiters: make(map[string]chan sessionReplyBody),
 		capacity:  make(chan struct{}),
 		order:     make(map[orderKey][]int64),
 		subsCache: make(map[orderKey]cachedSubs),

@@ -54,7 +54,7 @@ func (s *Session) sendRaw(b []byte) bool {
 		room := s.room
 		s.wmu.Unlock()
 		if t == nil {
-			t = time.NewTimer(s.hub.cfg.WriteTimeout)
+			t = time.NewTimer(s.stallLimit())
 		}
 		select {
 		case <-room:
@@ -65,6 +65,17 @@ func (s *Session) sendRaw(b []byte) bool {
 			return false
 		}
 	}
+}
+
+// stallLimit is how long a full send queue may stay full before the
+// client counts as one that stopped reading: WriteTimeout, and for a
+// pulled transport (long-poll), whose client comes back for its frames
+// once per round trip, at least a heartbeat.
+func (s *Session) stallLimit() time.Duration {
+	if s.tr.pulled() {
+		return max(s.hub.cfg.WriteTimeout, s.hub.cfg.Heartbeat)
+	}
+	return s.hub.cfg.WriteTimeout
 }
 
 // writer writes the queued frames until the queue is empty, then ends.

@@ -69,6 +69,7 @@ type Session struct {
 	writers sync.WaitGroup
 	ctx     context.Context // ends when the connection ends
 	cancel  context.CancelFunc
+	done    chan struct{} // closed once the connection's end is applied (finish)
 
 	keyID     string
 	slots     chan struct{}  // waiting acquires running (Go)
@@ -148,6 +149,7 @@ func (h *Hub) open(ctx context.Context, tr transport, p ServeParams, out Replier
 		hub: h, tr: tr, proto: p, tenant: p.Tenant, keyID: p.KeyID, id: randomID(16),
 		room:    make(chan struct{}),
 		queued:  make(chan struct{}),
+		done:    make(chan struct{}),
 		slots:   make(chan struct{}, maxWaiting),
 		workers: make(chan struct{}, maxRequests),
 		leases:  make(map[string]bool),
@@ -217,6 +219,7 @@ func (h *Hub) dropFresh(s *Session) {
 // in.
 func (h *Hub) finish(s *Session, normal bool) {
 	defer h.serves.Done()
+	defer close(s.done)
 	s.cancel()
 	s.wmu.Lock()
 	s.ended = true // no writer starts after this

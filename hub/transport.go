@@ -44,7 +44,7 @@ type transport interface {
 // connection, with the close code a websocket would have got.
 type closedFrame struct {
 	Type   string `json:"type"` // "closed"
-	Code   int    `json:"code"`
+	Code   int    `json:"closeCode"`
 	Reason string `json:"reason"`
 }
 

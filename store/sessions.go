@@ -45,9 +45,13 @@ type Subscription struct {
 // Subscriber is one candidate session of the websocket route, with its load.
 type Subscriber struct {
 	Session  string
-	Node     string
+	Node     string // "" when Lost
 	Prefetch int
 	Inflight int // jobs pushed to it on this subscription and not yet released
+	// Lost: the session is lost and within its grace period: it is not
+	// connected, but may be resumed (the route waits for it rather than
+	// failing while it is the only one).
+	Lost bool
 }
 
 // SessionParams identifies a session.
@@ -125,8 +129,10 @@ type SessionStore interface {
 	// Subscribers lists the connected sessions subscribed to the semaphore
 	// whose subscription matches the channel (its own channel or ""), with
 	// their load, for the websocket route to pick the least loaded. Only
-	// sessions on nodes with a live Heartbeat are listed; a session has one
-	// entry, its exact-channel subscription preferred over "".
+	// sessions on nodes with a live Heartbeat are listed, and, marked
+	// Lost, the lost sessions still within their grace period (not those
+	// connected on a dead node); a session has one entry, its
+	// exact-channel subscription preferred over "".
 	Subscribers(ctx context.Context, tenant, semaphore, channel string) ([]Subscriber, error)
 	// LoseSession marks a connected session lost (its connection dropped):
 	// it leaves the subscriber registry and ends at now+grace unless resumed.

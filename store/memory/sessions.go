@@ -375,7 +375,7 @@ func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel stri
 	out := []store.Subscriber{}
 	for key := range st.bySem[semKey{tenant, semaphore}] {
 		e := st.sessions[key]
-		if e == nil || e.lost() || !st.nodeAlive(e.s.Node, now) {
+		if e == nil || e.gone(now) || (!e.lost() && !st.nodeAlive(e.s.Node, now)) {
 			continue
 		}
 		for _, k := range []subKey{{semaphore, channel}, {semaphore, ""}} {
@@ -385,6 +385,7 @@ func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel stri
 					Node:     e.s.Node,
 					Prefetch: e.s.Subscriptions[i].Prefetch,
 					Inflight: e.inflight(k),
+					Lost:     e.lost(),
 				})
 				break
 			}

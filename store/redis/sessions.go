@@ -377,7 +377,7 @@ func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel stri
 					continue
 				}
 				if !found || e.channel == channel {
-					best, found = store.Subscriber{Session: id, Node: r.Node, Prefetch: sub.Prefetch, Inflight: e.inflight}, true
+					best, found = store.Subscriber{Session: id, Node: r.Node, Prefetch: sub.Prefetch, Inflight: e.inflight, Lost: r.Lost != 0}, true
 				}
 			}
 		}

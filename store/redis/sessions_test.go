@@ -51,7 +51,7 @@ func TestRedis_SessionRegistryIsAHint(t *testing.T) {
 	require.False(t, n, "pruned on the way")
 
 	require.NoError(t, s.LoseSession(ctx, p, time.Minute))
-	require.Empty(t, subscribers(t, s), "a lost session is no subscriber")
+	require.Equal(t, []store.Subscriber{{Session: "a", Prefetch: 1, Lost: true}}, subscribers(t, s), "a lost session is listed as lost")
 	ok, err := s.client.HExists(ctx, reg, regField("a", "")).Result()
 	require.NoError(t, err)
 	require.True(t, ok, "a lost session keeps its entry for its resume")

@@ -437,7 +437,8 @@ func testLoseResume(t *testing.T, f *fixture) {
 	before := time.Now()
 	require.NoError(t, f.st.LoseSession(f.ctx, store.SessionParams{Tenant: f.tenant, Session: "a", Node: "n1"}, longTTL))
 	after := time.Now()
-	require.Empty(t, f.subscribers("s", "c"), "a lost session is no subscriber")
+	require.Equal(t, []store.Subscriber{{Session: "a", Prefetch: 2, Inflight: 1, Lost: true}}, f.subscribers("s", "c"),
+		"a lost session within its grace is listed as lost: it may come back")
 	lost := f.getSession("a")
 	require.Empty(t, lost.Node)
 	requireBetween(t, before, after, lost.LostAt, "LostAt")
@@ -758,7 +759,7 @@ func testSharedResume(t *testing.T, a, b *fixture) {
 	require.Equal(t, []store.Subscriber{{Session: "x", Node: "n1", Prefetch: 3, Inflight: 1}}, b.subscribers("s", "c"))
 
 	require.NoError(t, a.st.LoseSession(a.ctx, a.sp("x"), longTTL))
-	require.Empty(t, b.subscribers("s", "c"))
+	require.Equal(t, []store.Subscriber{{Session: "x", Prefetch: 3, Inflight: 1, Lost: true}}, b.subscribers("s", "c"))
 	r, err := b.st.ResumeSession(b.ctx, b.tenant, "tok-x", "n2")
 	require.NoError(t, err)
 	require.Equal(t, []string{l1.ID}, r.Leases)

@@ -678,12 +678,17 @@ func (m *sessModel) pickJob(rt *rapid.T, statuses ...store.JobStatus) *sjob {
 func (m *sessModel) wantSubscribers(sem, ch string) []store.Subscriber {
 	out := []store.Subscriber{}
 	for _, s := range m.sessions {
-		if s.state != sessConnected || m.nodes[s.node].state != nodeAlive {
+		lost := s.state == sessLost && !s.gone
+		if !lost && (s.state != sessConnected || m.nodes[s.node].state != nodeAlive) {
 			continue
+		}
+		node := ""
+		if !lost {
+			node = m.nodes[s.node].id
 		}
 		for _, c := range []string{ch, ""} {
 			if p, ok := s.sub(sem, c); ok {
-				out = append(out, store.Subscriber{Session: s.id, Node: m.nodes[s.node].id, Prefetch: p, Inflight: m.inflight(s, sem, c)})
+				out = append(out, store.Subscriber{Session: s.id, Node: node, Prefetch: p, Inflight: m.inflight(s, sem, c), Lost: lost})
 				break
 			}
 		}
