@@ -12,8 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // This file is the websocket worker (SPEC §6): one live connection to
@@ -54,7 +52,7 @@ func init() {
 
 // closeResumed is the close code of a connection whose session another
 // connection resumed.
-const closeResumed websocket.StatusCode = 4001
+const closeResumed = 4001
 
 // Defaults of the worker's options.
 const (
@@ -78,6 +76,8 @@ type ConnectEvent struct {
 	Resumed bool
 	// Reconnect: not the worker's first connection.
 	Reconnect bool
+	// Transport is the transport the connection is on.
+	Transport Transport
 }
 
 // WorkerOption configures a Worker.
@@ -92,6 +92,10 @@ type workerConfig struct {
 	onConnect    func(ConnectEvent)
 	closeTimeout time.Duration
 	userAgent    string
+	transport    Transport
+	// transportRetry: how often a worker on a fallback transport probes
+	// the better ones.
+	transportRetry time.Duration
 }
 
 // WithInstances adds the base URLs of other semaphored instances sharing
@@ -169,20 +173,21 @@ type Worker struct {
 	seq       atomic.Uint64
 	closeOnce sync.Once
 
-	mu      sync.Mutex
-	cur     *wsConn       // nil while disconnected
-	ready   chan struct{} // closed when cur is set
-	token   string        // resume token of the session
-	session string
-	err     error // why the worker stopped for good
-	closing bool  // Close began: no new jobs
-	closed  bool  // Close closed the connection: no reconnect
-	subs    map[subKey]*subscription
-	leases  map[string]*heldLease
-	running map[string]*jobRun // by job id
+	mu         sync.Mutex
+	cur        *wsConn       // nil while disconnected
+	ready      chan struct{} // closed when cur is set
+	token      string        // resume token of the session
+	session    string
+	err        error      // why the worker stopped for good
+	closing    bool       // Close began: no new jobs
+	closed     bool       // Close closed the connection: no reconnect
+	transports transports // auto: which transport to try (worker_transport.go)
+	subs       map[subKey]*subscription
+	leases     map[string]*heldLease
+	running    map[string]*jobRun // by job id
 }
 
-// target is one instance: its base URL and websocket URL.
+// target is one instance: its base URL (http or https) and websocket URL.
 type target struct{ base, ws string }
 
 // NewWorker returns a worker of the server at baseURL, authenticating with
@@ -193,9 +198,14 @@ func NewWorker(baseURL, apiKey string, opts ...WorkerOption) (*Worker, error) {
 		closeTimeout: DefaultCloseTimeout, httpClient: http.DefaultClient,
 		log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		userAgent: "semaphored-go-sdk/" + Version,
+		transport: TransportAuto, transportRetry: DefaultTransportRetry,
 	}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	levels, err := transportLevels(cfg.transport)
+	if err != nil {
+		return nil, err
 	}
 	if apiKey == "" {
 		return nil, errors.New("sdk: NewWorker needs an API key")
@@ -209,7 +219,7 @@ func NewWorker(baseURL, apiKey string, opts ...WorkerOption) (*Worker, error) {
 		if err != nil {
 			return nil, err
 		}
-		targets = append(targets, target{base: strings.TrimRight(b, "/"), ws: u})
+		targets = append(targets, target{base: httpBase(u), ws: u})
 	}
 	w := &Worker{
 		cfg: cfg, targets: targets,
@@ -220,6 +230,7 @@ func NewWorker(baseURL, apiKey string, opts ...WorkerOption) (*Worker, error) {
 		leases:  make(map[string]*heldLease),
 		running: make(map[string]*jobRun),
 	}
+	w.transports.levels = levels
 	w.ctx, w.cancel = context.WithCancelCause(context.Background())
 	w.jobCtx, w.jobCancel = context.WithCancel(context.Background())
 	w.loops.Add(1)
@@ -229,6 +240,15 @@ func NewWorker(baseURL, apiKey string, opts ...WorkerOption) (*Worker, error) {
 		w.run()
 	}()
 	return w, nil
+}
+
+// httpBase turns the websocket URL of /v1/ws back into the instance's
+// HTTP base URL.
+func httpBase(ws string) string {
+	u, _ := url.Parse(ws)
+	u.Scheme = strings.Replace(u.Scheme, "ws", "http", 1)
+	u.Path = strings.TrimSuffix(u.Path, "/v1/ws")
+	return u.String()
 }
 
 // wsEndpoint turns a base URL into the websocket URL of /v1/ws.
@@ -301,7 +321,9 @@ func (w *Worker) Close() error {
 		cur := w.cur
 		w.mu.Unlock()
 		if cur != nil {
-			_ = cur.conn.Close(websocket.StatusNormalClosure, "worker closed")
+			ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+			cur.link.end(ctx)
+			cancel()
 		}
 		w.cancel(ErrWorkerClosed)
 		w.loops.Wait()

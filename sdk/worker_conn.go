@@ -20,12 +20,15 @@ import (
 // reading and writing frames, and the request/reply multiplexer (frames
 // carry an id the reply echoes).
 
-// wsConn is one connection and the requests waiting for its replies.
+// wsConn is one connection (over any transport: its link) and the
+// requests waiting for its replies.
 type wsConn struct {
-	conn     *websocket.Conn
-	ctx      context.Context // ends with the connection
-	cancel   context.CancelFunc
-	lastRead atomic.Int64 // unix nanos of the last frame read
+	link      link
+	target    target          // the instance it is connected to
+	ctx       context.Context // ends with the connection
+	cancel    context.CancelFunc
+	heartbeat time.Duration
+	upgrade   atomic.Bool // a better transport answered: reconnect on it
 
 	mu      sync.Mutex
 	pending map[string]chan inFrame
@@ -36,9 +39,7 @@ func (c *wsConn) write(v any) error {
 	if err != nil {
 		return fmt.Errorf("sdk: encode frame: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, writeTimeout)
-	defer cancel()
-	if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
+	if err := c.link.send(c.ctx, b, false); err != nil {
 		return ErrConnectionLost
 	}
 	return nil
@@ -47,10 +48,11 @@ func (c *wsConn) write(v any) error {
 // run connects, serves the connection until it ends, and reconnects, until
 // the worker closes or stops for good.
 func (w *Worker) run() {
-	idx, attempt, connected := 0, 0, false
+	idx, attempt, early, connected := 0, 0, 0, false
 	for w.ctx.Err() == nil {
 		tg := w.targets[idx]
-		c, ev, err := w.connect(tg, connected)
+		tr := w.transports.current()
+		c, ev, err := w.connect(tg, tr, connected)
 		if err != nil {
 			if w.ctx.Err() != nil {
 				return
@@ -59,7 +61,10 @@ func (w *Worker) run() {
 				w.stop(err)
 				return
 			}
-			w.cfg.log.Info("semaphored worker: connect failed", "url", tg.base, "err", err)
+			w.cfg.log.Info("semaphored worker: connect failed", "url", tg.base, "transport", tr, "err", err)
+			if w.transports.fallBack(true) {
+				continue // the next transport, at once
+			}
 			idx = (idx + 1) % len(w.targets)
 			w.sleep(attempt)
 			attempt++
@@ -69,6 +74,7 @@ func (w *Worker) run() {
 		if w.cfg.onConnect != nil {
 			w.cfg.onConnect(ev)
 		}
+		began := time.Now()
 		err = w.serve(c)
 		w.mu.Lock()
 		closed := w.closed
@@ -76,15 +82,29 @@ func (w *Worker) run() {
 		if closed || w.ctx.Err() != nil {
 			return
 		}
-		switch websocket.CloseStatus(err) {
+		switch closeCode(err) {
 		case closeResumed:
 			w.stop(ErrSessionDisplaced)
 			return
-		case websocket.StatusGoingAway:
+		case int(websocket.StatusGoingAway):
 			idx = (idx + 1) % len(w.targets) // that instance shuts down: try another
 		}
-		w.cfg.log.Info("semaphored worker: connection lost, reconnecting", "url", tg.base, "err", err)
-		w.sleep(0)
+		if c.upgrade.Load() {
+			w.cfg.log.Info("semaphored worker: a better transport answers, moving the session to it", "from", tr)
+			continue
+		}
+		// A connection that keeps dying within its first heartbeat (a
+		// proxy that cuts it) counts as one that cannot be opened.
+		if time.Since(began) < c.heartbeat {
+			early++
+			if early >= 2 && w.transports.fallBack(false) {
+				early = 0
+			}
+		} else {
+			early = 0
+		}
+		w.cfg.log.Info("semaphored worker: connection lost, reconnecting", "url", tg.base, "transport", tr, "err", err)
+		w.sleep(early)
 	}
 }
 
@@ -120,77 +140,119 @@ func isPermanent(err error) bool {
 	return errors.As(err, &e) && (e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden)
 }
 
-// connect dials base, reads welcome and, when the worker had a session,
-// resumes it. On return without error the connection is the worker's
-// current one.
-func (w *Worker) connect(tg target, reconnect bool) (*wsConn, ConnectEvent, error) {
-	ctx, cancel := context.WithTimeout(w.ctx, dialTimeout)
-	defer cancel()
-	conn, resp, err := websocket.Dial(ctx, tg.ws, &websocket.DialOptions{HTTPClient: w.cfg.httpClient, HTTPHeader: w.header})
+// dial opens a link of transport tr to tg and returns it with the
+// server's first frame: resumed when token resumed the session, else
+// welcome (a fresh session).
+func (w *Worker) dial(ctx context.Context, tg target, tr Transport, token string) (link, inFrame, error) {
+	var (
+		l   link
+		err error
+	)
+	switch tr {
+	case TransportSSE, TransportLongPoll:
+		// these resume as they open; a token the server no longer knows
+		// opens a fresh session instead
+		l, err = w.dialHTTP(ctx, tg, tr, token)
+		if token != "" && errors.Is(err, ErrSessionNotFound) {
+			w.cfg.log.Info("semaphored worker: session not resumed, starting a fresh one")
+			l, err = w.dialHTTP(ctx, tg, tr, "")
+		}
+		if err != nil {
+			return nil, inFrame{}, err
+		}
+		first, err := readFrame(ctx, l)
+		if err == nil && first.Type != "welcome" && first.Type != "resumed" {
+			err = fmt.Errorf("sdk: %s: want welcome, got %q", tr, first.Type)
+		}
+		if err != nil {
+			l.closeNow()
+			return nil, inFrame{}, err
+		}
+		l.setSession(first.Session)
+		return l, first, nil
+	}
+	l, err = dialWebsocket(ctx, w, tg)
 	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols && resp.StatusCode >= 400 {
-			err = decodeError(resp)
-		}
-		if resp != nil && resp.Body != nil {
-			_ = resp.Body.Close()
-		}
-		return nil, ConnectEvent{}, err
+		return nil, inFrame{}, err
 	}
-	conn.SetReadLimit(maxFrameBytes)
-	fail := func(err error) (*wsConn, ConnectEvent, error) {
-		_ = conn.CloseNow()
-		return nil, ConnectEvent{}, err
+	fail := func(err error) (link, inFrame, error) {
+		l.closeNow()
+		return nil, inFrame{}, err
 	}
-	welcome, err := readFrame(ctx, conn)
+	welcome, err := readFrame(ctx, l)
 	if err != nil {
 		return fail(err)
 	}
 	if welcome.Type != "welcome" {
 		return fail(fmt.Errorf("sdk: websocket: want welcome, got %q", welcome.Type))
 	}
-	heartbeat := defaultHeartbeat
-	if welcome.Heartbeat != nil && *welcome.Heartbeat > 0 {
-		heartbeat = time.Duration(*welcome.Heartbeat)
+	if token == "" {
+		return l, welcome, nil
 	}
+	id := "resume-" + strconv.FormatUint(w.seq.Add(1), 10)
+	b, _ := json.Marshal(map[string]string{"type": "resume", "id": id, "token": token})
+	if err := l.send(ctx, b, false); err != nil {
+		return fail(err)
+	}
+	for {
+		f, err := readFrame(ctx, l)
+		if err != nil {
+			return fail(err)
+		}
+		if f.ID != id {
+			continue
+		}
+		if f.Type != "resumed" {
+			w.cfg.log.Info("semaphored worker: session not resumed, starting a fresh one", "code", f.Code)
+			return l, welcome, nil
+		}
+		if f.Heartbeat == nil {
+			f.Heartbeat = welcome.Heartbeat
+		}
+		return l, f, nil
+	}
+}
+
+func (w *Worker) dialHTTP(ctx context.Context, tg target, tr Transport, token string) (link, error) {
+	if tr == TransportSSE {
+		return dialSSE(ctx, w, tg, token)
+	}
+	return dialLongPoll(ctx, w, tg, token)
+}
+
+// connect dials tg on transport tr, resuming the worker's session if it
+// has one. On return without error the connection is the worker's
+// current one.
+func (w *Worker) connect(tg target, tr Transport, reconnect bool) (*wsConn, ConnectEvent, error) {
+	ctx, cancel := context.WithTimeout(w.ctx, dialTimeout)
+	defer cancel()
 	w.mu.Lock()
 	token := w.token
 	w.mu.Unlock()
-	session, resumed := welcome.Session, false
-	var restored inFrame
-	if token != "" {
-		id := "resume-" + strconv.FormatUint(w.seq.Add(1), 10)
-		b, _ := json.Marshal(map[string]string{"type": "resume", "id": id, "token": token})
-		if err := conn.Write(ctx, websocket.MessageText, b); err != nil {
-			return fail(err)
-		}
-		for {
-			f, err := readFrame(ctx, conn)
-			if err != nil {
-				return fail(err)
-			}
-			if f.ID != id {
-				continue
-			}
-			if f.Type == "resumed" {
-				session, resumed, restored = f.Session, true, f
-			} else {
-				w.cfg.log.Info("semaphored worker: session not resumed, starting a fresh one", "code", f.Code)
-			}
-			break
-		}
+	l, first, err := w.dial(ctx, tg, tr, token)
+	if err != nil {
+		return nil, ConnectEvent{}, err
 	}
-	if !resumed {
-		token = welcome.ResumeToken
+	heartbeat := defaultHeartbeat
+	if first.Heartbeat != nil && *first.Heartbeat > 0 {
+		heartbeat = time.Duration(*first.Heartbeat)
+	}
+	session, resumed := first.Session, first.Type == "resumed"
+	var restored inFrame
+	if resumed {
+		restored = first
+	} else {
+		token = first.ResumeToken
 	}
 
 	cctx, ccancel := context.WithCancel(w.ctx)
-	c := &wsConn{conn: conn, ctx: cctx, cancel: ccancel, pending: make(map[string]chan inFrame)}
-	c.lastRead.Store(time.Now().UnixNano())
+	c := &wsConn{link: l, target: tg, ctx: cctx, cancel: ccancel, heartbeat: heartbeat, pending: make(map[string]chan inFrame)}
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		ccancel()
-		return fail(ErrWorkerClosed)
+		l.closeNow()
+		return nil, ConnectEvent{}, ErrWorkerClosed
 	}
 	w.token, w.session = token, session
 	// what to restore is fixed before calls can use the connection
@@ -208,17 +270,17 @@ func (w *Worker) connect(tg target, reconnect bool) (*wsConn, ConnectEvent, erro
 		defer w.loops.Done()
 		w.restore(c, subs, orphans)
 	}()
-	return c, ConnectEvent{URL: tg.base, Session: session, Resumed: resumed, Reconnect: reconnect}, nil
+	return c, ConnectEvent{URL: tg.base, Session: session, Resumed: resumed, Reconnect: reconnect, Transport: tr}, nil
 }
 
-func readFrame(ctx context.Context, conn *websocket.Conn) (inFrame, error) {
-	_, data, err := conn.Read(ctx)
+func readFrame(ctx context.Context, l link) (inFrame, error) {
+	data, err := l.recv(ctx)
 	if err != nil {
 		return inFrame{}, err
 	}
 	var f inFrame
 	if err := json.Unmarshal(data, &f); err != nil {
-		return inFrame{}, fmt.Errorf("sdk: websocket: malformed frame from the server: %w", err)
+		return inFrame{}, fmt.Errorf("sdk: malformed frame from the server: %w", err)
 	}
 	return f, nil
 }
@@ -228,11 +290,10 @@ func (w *Worker) serve(c *wsConn) error {
 	var err error
 	for {
 		var data []byte
-		_, data, err = c.conn.Read(c.ctx)
+		data, err = c.link.recv(c.ctx)
 		if err != nil {
 			break
 		}
-		c.lastRead.Store(time.Now().UnixNano())
 		var f inFrame
 		if jerr := json.Unmarshal(data, &f); jerr != nil {
 			w.cfg.log.Warn("semaphored worker: malformed frame from the server", "err", jerr)
@@ -241,7 +302,7 @@ func (w *Worker) serve(c *wsConn) error {
 		w.handle(c, f)
 	}
 	c.cancel()
-	_ = c.conn.CloseNow()
+	c.link.closeNow()
 	w.mu.Lock()
 	if w.cur == c {
 		w.cur = nil
@@ -294,23 +355,39 @@ func (w *Worker) handle(c *wsConn, f inFrame) {
 	}
 }
 
-// ping sends a ping every heartbeat/2 and drops a connection that has been
-// silent for 3 heartbeats (the server is gone without closing).
+// ping keeps the connection alive: it sends a ping every heartbeat/2
+// (long-poll: its polls are the heartbeat), drops a connection the server
+// has not been heard on for 3 heartbeats (deaf: a proxy may have cut the
+// stream without closing it), and, on a fallback transport, probes the
+// better ones now and then (transports.probe).
 func (w *Worker) ping(c *wsConn, heartbeat time.Duration) {
 	t := time.NewTicker(heartbeat / 2)
 	defer t.Stop()
+	since := time.Now()
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
 		}
-		if time.Since(time.Unix(0, c.lastRead.Load())) > 3*heartbeat {
-			w.cfg.log.Warn("semaphored worker: no frame from the server for 3 heartbeats, reconnecting")
-			_ = c.conn.CloseNow()
+		if time.Since(c.link.heard()) > 3*heartbeat {
+			w.cfg.log.Warn("semaphored worker: the server was not heard for 3 heartbeats, reconnecting", "transport", c.link.kind())
+			c.link.closeNow()
+			// the pooled connections went the same way: do not reuse them
+			w.cfg.httpClient.CloseIdleConnections()
 			return
 		}
-		_ = c.write(map[string]string{"type": "ping", "id": "ping-" + strconv.FormatUint(w.seq.Add(1), 10)})
+		if c.link.kind() != TransportLongPoll {
+			_ = c.write(map[string]string{"type": "ping", "id": "ping-" + strconv.FormatUint(w.seq.Add(1), 10)})
+		}
+		if time.Since(since) >= w.cfg.transportRetry {
+			since = time.Now()
+			if w.probeBetter(c) {
+				c.upgrade.Store(true)
+				c.link.closeNow()
+				return
+			}
+		}
 	}
 }
 
@@ -423,10 +500,12 @@ func (w *Worker) callCtx(ctx context.Context, c *wsConn, req any) (inFrame, erro
 		delete(c.pending, id)
 		return true
 	}
-	wctx, cancel := context.WithTimeout(c.ctx, writeTimeout)
-	err = c.conn.Write(wctx, websocket.MessageText, b)
-	cancel()
-	if err != nil {
+	_, alone := req.(acquireFrame)
+	if alone {
+		a := req.(acquireFrame)
+		alone = a.Wait != nil && *a.Wait > 0
+	}
+	if err = c.link.send(c.ctx, b, alone); err != nil {
 		forget()
 		return inFrame{}, ErrConnectionLost
 	}

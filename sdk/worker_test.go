@@ -80,6 +80,9 @@ func newWorker(t *testing.T, url string, opts ...sdk.WorkerOption) (*sdk.Worker,
 	if os.Getenv("SDK_TEST_LOG") != "" {
 		opts = append(opts, sdk.WithWorkerLogger(slog.New(slog.NewTextHandler(os.Stderr, nil)).With("worker", t.Name())))
 	}
+	if tr := os.Getenv("SDK_TEST_TRANSPORT"); tr != "" {
+		opts = append(opts, sdk.WithTransport(sdk.Transport(tr)))
+	}
 	opts = append([]sdk.WorkerOption{
 		sdk.WithReconnectBackoff(10*time.Millisecond, 200*time.Millisecond),
 		sdk.WithConnectHook(func(ev sdk.ConnectEvent) { connects <- ev }),
