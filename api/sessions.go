@@ -54,7 +54,7 @@ func streamDeadlines(c echo.Context) {
 // events, until the client goes or the server closes it.
 func (s *Server) serveSSE(c echo.Context) error {
 	streamDeadlines(c)
-	err := s.hub.ServeSSE(c.Request().Context(), c.Response(), s.sessionParams(c, c.QueryParam("resume")))
+	err := s.hub.ServeSSE(c.Response(), c.Request(), s.sessionParams(c, c.QueryParam("resume")))
 	if errors.Is(err, hub.ErrStopped) {
 		return echo.NewHTTPError(http.StatusServiceUnavailable)
 	}
