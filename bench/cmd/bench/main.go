@@ -61,6 +61,9 @@ type bench struct {
 	ctx  context.Context
 	rc   *redis.Client // to the benchmark's Redis
 	addr string        // of that Redis
+	// fresh starts another server like the one being measured (same
+	// binary and store), for scenarios that need a process of their own.
+	fresh func(tag string) (*proc, string, error)
 }
 
 func (b *bench) add(r row) *row {
@@ -183,7 +186,7 @@ func main() {
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
 	flag.IntVar(&cfg.clients, "clients", 64, "concurrent clients")
-	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|batch funnel|sync websocket|websocket|rate|memory per queued job>"`)
+	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|batch funnel|sync websocket|websocket|transports|rate|memory per queued job>"`)
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (logs, binary, redis data)")
 	flag.IntVar(&cfg.handoffN, "handoff-samples", 100, "hand-off samples per round")
 	flag.BoolVar(&cfg.cmdstats, "cmdstats", false, "log Redis INFO commandstats (reset per section) to stderr after each section")
@@ -296,6 +299,7 @@ func run(cfg config) error {
 			continue
 		}
 		b.resetStats()
+		b.fresh = func(tag string) (*proc, string, error) { return startSemaphored(bin, dir, url, st+"-"+tag) }
 		err = b.semaphored(st, base, sp)
 		b.logStats("semaphored " + st)
 		sp.stop()
@@ -509,6 +513,18 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 		}
 		if err := b.wsIdleRSS(g, e, sp.cmd.Process.Pid); err != nil {
 			b.add(row{group: g, name: "server RSS per idle websocket session", unit: "KiB/session", note: label(err)})
+		}
+	}
+	if b.hasFallback() && b.want(g+" "+kTransports) {
+		for _, tr := range []sdk.Transport{sdk.TransportWebsocket, sdk.TransportSSE, sdk.TransportLongPoll} {
+			if err := b.transportFunnel(g, e, tr); err != nil {
+				b.add(row{group: g, name: nTransportFunnel(tr), unit: "jobs/s", note: label(err)})
+			}
+		}
+		for _, kind := range []string{"websocket", "SSE"} {
+			if err := b.idleFresh(g, kind); err != nil {
+				b.add(row{group: g, name: nIdleFresh(kind), unit: "KiB/session", note: label(err)})
+			}
 		}
 	}
 	if b.want(g + " rate") {

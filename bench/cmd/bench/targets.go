@@ -5,6 +5,8 @@ import (
 	"io"
 	"math"
 	"strings"
+
+	"github.com/semaphored/semaphored/sdk"
 )
 
 // Names of the rows the performance targets compare.
@@ -83,6 +85,20 @@ func (b *bench) printTargets(w io.Writer) {
 		target{"Redis store sync pairs/s over HTTP / memory store's", b.find(gRedis, nUnc) / b.find(gMemory, nUnc), "×",
 			func(v float64) bool { return v >= 0.9 }, "≥ 0.9×"},
 	)
+	// Issue 13: the fallback transports against the websocket, each
+	// store's rows measured side by side on one server.
+	for _, g := range []string{gRedis, gMemory} {
+		st := strings.TrimSuffix(strings.TrimPrefix(g, "semaphored ("), ")")
+		ws := b.find(g, nTransportFunnel(sdk.TransportWebsocket))
+		ts = append(ts,
+			target{"funnel to SSE workers / to websocket workers (SDK, " + st + ")", b.find(g, nTransportFunnel(sdk.TransportSSE)) / ws, "×",
+				func(v float64) bool { return v >= 0.7 }, "≥ 0.7×"},
+			target{"funnel to long-poll workers / to websocket workers (SDK, " + st + ")", b.find(g, nTransportFunnel(sdk.TransportLongPoll)) / ws, "×",
+				func(v float64) bool { return v >= 0.4 }, "≥ 0.4×"},
+			target{"server RSS of an idle SSE session / of an idle websocket session (" + st + ")", b.find(g, nIdleFresh("SSE")) / b.find(g, nIdleFresh("websocket")), "×",
+				func(v float64) bool { return v <= 1.5 }, "≤ 1.5×"},
+		)
+	}
 	fmt.Fprintln(w, "## Targets, from the medians above")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| target | measured | wanted | met |")
