@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -274,5 +276,100 @@ func TestSessions_Backpressure(t *testing.T) {
 				require.Equal(t, "released", r[1].Type, "%+v", r[1])
 			}
 		}
+	})
+}
+
+// SSE and long-poll over HTTP/2 with TLS: the stream runs through the
+// handler (no hijack), posts and polls share the one connection.
+func TestSessions_HTTP2(t *testing.T) {
+	e := setupWS(t, 1, wsOptions{})
+	e.put("work", map[string]any{"maxValue": 2})
+	ts := httptest.NewUnstartedServer(e.nodes[0].handler)
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	hc := ts.Client()
+	do := func(ctx context.Context, method, path string, body string) *http.Response {
+		t.Helper()
+		var r io.Reader
+		if body != "" {
+			r = strings.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, ts.URL+path, r)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+e.worker)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		require.Equal(t, 2, resp.ProtoMajor, "HTTP/2")
+		return resp
+	}
+	frames := func(resp *http.Response) []WsFrame {
+		t.Helper()
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		var out struct{ Frames []WsFrame }
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		return out.Frames
+	}
+
+	t.Run("sse", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		resp := do(ctx, http.MethodGet, "/v1/sse", "")
+		defer resp.Body.Close()
+		require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+		require.Equal(t, "no", resp.Header.Get("X-Accel-Buffering"))
+		events := make(chan WsFrame, 16)
+		go func() {
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+					var f WsFrame
+					if json.Unmarshal([]byte(data), &f) == nil {
+						events <- f
+					}
+				}
+			}
+			close(events)
+		}()
+		next := func() WsFrame {
+			select {
+			case f := <-events:
+				return f
+			case <-time.After(5 * time.Second):
+				t.Fatal("no event within 5s")
+				return WsFrame{}
+			}
+		}
+		welcome := next()
+		require.Equal(t, "welcome", welcome.Type)
+		path := "/v1/sessions/" + welcome.Session + "/frames"
+		require.Equal(t, "subscribed", frames(do(ctx, http.MethodPost, path, `{"type":"subscribe","id":"1","semaphore":"work"}`))[0].Type)
+		j := e.enqueue("work", "h2")
+		f := next()
+		require.Equal(t, j.ID, f.Job.ID)
+		r := frames(do(ctx, http.MethodPost, path, `[{"type":"ack","id":"2","job":"`+j.ID+`"},{"type":"release","id":"3","job":"`+j.ID+`"}]`))
+		require.Equal(t, "acked", r[0].Type)
+		require.Equal(t, "done", r[1].Job.Status)
+	})
+	t.Run("long-poll", func(t *testing.T) {
+		ctx := t.Context()
+		resp := do(ctx, http.MethodPost, "/v1/sessions", "")
+		var welcome WsFrame
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&welcome))
+		resp.Body.Close()
+		require.Equal(t, http.StatusCreated, resp.StatusCode)
+		path := "/v1/sessions/" + welcome.Session + "/frames"
+		require.Equal(t, "subscribed", frames(do(ctx, http.MethodPost, path, `{"type":"subscribe","id":"1","semaphore":"work"}`))[0].Type)
+		j := e.enqueue("work", "h2")
+		got := frames(do(ctx, http.MethodGet, path+"?wait=5s", ""))
+		require.Len(t, got, 1)
+		require.Equal(t, j.ID, got[0].Job.ID)
+		r := frames(do(ctx, http.MethodPost, path, `[{"type":"ack","id":"2","job":"`+j.ID+`"},{"type":"release","id":"3","job":"`+j.ID+`"}]`))
+		require.Equal(t, "done", r[1].Job.Status)
+		resp = do(ctx, http.MethodDelete, "/v1/sessions/"+welcome.Session, "")
+		resp.Body.Close()
+		require.Equal(t, http.StatusNoContent, resp.StatusCode)
 	})
 }

@@ -44,7 +44,8 @@ type wsOptions struct {
 }
 
 type wsNode struct {
-	url string // http://…
+	url     string // http://…
+	handler http.Handler
 	svc *semaphore.Service
 	hub *hub.Hub
 }
@@ -163,7 +164,7 @@ func setupWS(t *testing.T, n int, o wsOptions) *wsEnv {
 			hs.Close()
 			svc.Stop()
 		})
-		e.nodes = append(e.nodes, &wsNode{url: hs.URL, svc: svc, hub: wsHub})
+		e.nodes = append(e.nodes, &wsNode{url: hs.URL, handler: srv.Handler(), svc: svc, hub: wsHub})
 	}
 
 	svc := e.nodes[0].svc
