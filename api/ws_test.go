@@ -46,8 +46,8 @@ type wsOptions struct {
 type wsNode struct {
 	url     string // http://…
 	handler http.Handler
-	svc *semaphore.Service
-	hub *hub.Hub
+	svc     *semaphore.Service
+	hub     *hub.Hub
 }
 
 type wsEnv struct {
