@@ -14,13 +14,15 @@ import (
 	"time"
 )
 
-// This file is the websocket worker (SPEC §6): one live connection to
-// GET /v1/ws over which a process takes permits and receives jobs. The
-// connection is kept up by the worker: it reconnects with exponential
-// backoff and full jitter, resumes its session (leases, subscriptions and
-// held jobs survive a dropped connection within the server's grace
-// period), pings at the heartbeat the server announces, and keeps its
-// leases alive.
+// This file is the worker (SPEC §6): one live connection to a session
+// over which a process takes permits and receives jobs — a websocket
+// (GET /v1/ws), or, behind proxies that break websockets, an SSE stream or
+// long polls (worker_link.go, worker_transport.go). The connection is kept
+// up by the worker: it reconnects with exponential backoff and full
+// jitter, resumes its session (leases, subscriptions and held jobs survive
+// a dropped connection within the server's grace period), pings at the
+// heartbeat the server announces, drops a connection it no longer hears
+// the server on, and keeps its leases alive.
 
 // Errors of the websocket worker.
 var (
@@ -151,8 +153,8 @@ func WithCloseTimeout(d time.Duration) WorkerOption {
 	}
 }
 
-// Worker is a websocket connection to semaphored that survives
-// reconnections. Create it with NewWorker; it connects in the background,
+// Worker is a connection to semaphored (websocket, SSE or long-poll: see
+// WithTransport) that survives reconnections. Create it with NewWorker; it connects in the background,
 // and every call waits (bounded by its context) for a connection. Its
 // methods are safe for concurrent use: the calls of any number of
 // goroutines share the one connection, each request carrying an id that

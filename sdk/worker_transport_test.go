@@ -1,6 +1,8 @@
 package sdk_test
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -195,4 +197,41 @@ func TestWorker_ConnectionsCutEarly(t *testing.T) {
 	log.wait(t, len(ids))
 	waitStatus(t, c, ids, sdk.JobDone)
 	require.Positive(t, p.Cuts.Load())
+}
+
+// A worker behind a proxy that breaks websockets: WithTransport picks
+// the transport (TransportAuto, the default, falls back by itself), and
+// Health reports the one in use.
+func ExampleWithTransport() {
+	srv := mustStartServer()
+	defer srv.Close()
+	ctx := context.Background()
+	admin, _ := sdk.New(srv.URL, adminKey)
+	if _, err := admin.PutSemaphore(ctx, "reports", sdk.SemaphoreConfig{MaxValue: 2}); err != nil {
+		panic(err)
+	}
+
+	// Long-poll passes any proxy: plain requests and responses.
+	w, err := sdk.NewWorker(srv.URL, adminKey, sdk.WithTransport(sdk.TransportLongPoll))
+	if err != nil {
+		panic(err)
+	}
+	defer w.Close()
+	handled := make(chan string)
+	err = w.Subscribe(ctx, "reports", "", 1, func(ctx context.Context, job sdk.Job) error {
+		handled <- string(job.Payload)
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	if _, err := admin.Enqueue(ctx, "reports", "weekly", sdk.EnqueueOptions{}); err != nil {
+		panic(err)
+	}
+	fmt.Println("handled", <-handled)
+	h := w.Health()
+	fmt.Println("connected:", h.Connected, "transport:", h.Transport, "heard lately:", time.Since(h.LastFrame) < time.Minute)
+	// Output:
+	// handled "weekly"
+	// connected: true transport: longpoll heard lately: true
 }
