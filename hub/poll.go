@@ -88,17 +88,10 @@ func (t *pollTransport) touch(silence time.Duration) {
 // posted frames.
 func (h *Hub) OpenPoll(ctx context.Context, p ServeParams, out Replier) (*Session, error) {
 	t := &pollTransport{stop: make(chan struct{})}
-	silence := 3 * h.cfg.Heartbeat
-	var s *Session
-	ready := make(chan struct{})
-	t.silence = time.AfterFunc(silence, func() {
-		<-ready
-		if s != nil {
-			s.close(reasonHeartbeat, ClosePolicy, "no poll for 3 heartbeats")
-		}
-	})
+	var bind func(*Session)
+	t.silence, bind = h.silenceClock("no poll for 3 heartbeats")
 	s, err := h.open(context.WithoutCancel(ctx), t, p, out)
-	close(ready)
+	bind(s)
 	if err != nil {
 		t.silence.Stop()
 		if err == errStopping {

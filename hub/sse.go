@@ -170,17 +170,10 @@ func (h *Hub) ServeSSE(w http.ResponseWriter, r *http.Request, p ServeParams) er
 		// the session outlives the handler, as a websocket's does
 		ctx = context.WithoutCancel(ctx)
 	}
-	silence := 3 * h.cfg.Heartbeat
-	var s *Session
-	ready := make(chan struct{})
-	t.silence = time.AfterFunc(silence, func() {
-		<-ready
-		if s != nil {
-			s.close(reasonHeartbeat, ClosePolicy, "no frame for 3 heartbeats")
-		}
-	})
+	var bind func(*Session)
+	t.silence, bind = h.silenceClock("no frame for 3 heartbeats")
 	s, err := h.open(ctx, t, p, nil)
-	close(ready)
+	bind(s)
 	if err != nil {
 		t.silence.Stop()
 		t.stop()

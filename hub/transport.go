@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -51,6 +52,26 @@ type closedFrame struct {
 func marshalClosed(code websocket.StatusCode, reason string) []byte {
 	b, _ := json.Marshal(closedFrame{Type: "closed", Code: int(code), Reason: reason})
 	return b
+}
+
+// silenceClock is the heartbeat rule of a transport whose client is heard
+// through calls (posted frames, polls): a timer that closes the session
+// after 3 heartbeats unless it is reset. The transport holds the timer
+// from before the session opens (a call may come at once); bind hands it
+// the session once open returned (nil when open failed).
+func (h *Hub) silenceClock(why string) (timer *time.Timer, bind func(*Session)) {
+	var s *Session
+	ready := make(chan struct{})
+	timer = time.AfterFunc(3*h.cfg.Heartbeat, func() {
+		<-ready
+		if s != nil {
+			s.close(reasonHeartbeat, ClosePolicy, why)
+		}
+	})
+	return timer, func(sess *Session) {
+		s = sess
+		close(ready)
+	}
 }
 
 // Transport is the kind of connection the session is on now.
