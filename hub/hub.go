@@ -1,11 +1,13 @@
-// Package hub is the websocket hub of one semaphored instance (a node):
-// the sessions whose connections it holds, the node's heartbeat in the
+// Package hub is the session hub of one semaphored instance (a node):
+// the sessions whose connections it holds — websockets (ws.go), SSE
+// streams (sse.go) and long polls (poll.go), each a transport under one
+// session core (session.go, transport.go) — the node's heartbeat in the
 // store, the websocket route of the dispatcher (semaphore.WebsocketRoute),
 // and the node bus over which other instances hand it jobs for its
-// sessions (deliver.go). The connection of one session is session.go;
-// what a session was pushed and holds is its ledger (ledger.go), a plain
-// type tested without a socket. The request/reply protocol on top is the
-// API's (api/ws.go).
+// sessions (deliver.go) and the calls made on them through other
+// instances (post.go). What a session was pushed and holds is its ledger
+// (ledger.go), a plain type tested without a socket. The request/reply
+// protocol on top is the API's (api/ws.go, api/sessions.go).
 package hub
 
 import (
