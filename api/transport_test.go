@@ -439,13 +439,17 @@ var transportScenarios = []struct {
 	{"cross-instance", scenarioCrossInstance},
 }
 
+// TestTransports runs every scenario on every transport, on one memory
+// store and on Redis (each instance its own store on one Redis).
 func TestTransports(t *testing.T) {
 	for _, sc := range transportScenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			for _, kind := range transports {
 				t.Run(kind, func(t *testing.T) {
-					t.Parallel()
-					sc.run(t, kind, sc.name == "cross-instance")
+					forStores(t, func(t *testing.T, redis bool) {
+						t.Parallel()
+						sc.run(t, kind, redis)
+					})
 				})
 			}
 		})
@@ -635,9 +639,10 @@ func scenarioEnd(t *testing.T, kind string, redis bool) {
 	require.Error(t, err, "an ended session cannot be resumed")
 }
 
-// scenarioCrossInstance: two instances on one Redis. A session held by
+// scenarioCrossInstance: two instances on one store. A session held by
 // node B gets a job enqueued through node A; for SSE and long-poll its
-// frames and polls also go through node A (forwarded to B).
+// frames and polls also go through node A (forwarded to B over the node
+// bus).
 func scenarioCrossInstance(t *testing.T, kind string, redis bool) {
 	e := setupWS(t, 2, wsOptions{redis: redis})
 	e.put("work", map[string]any{"maxValue": 4})
