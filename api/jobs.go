@@ -9,6 +9,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
@@ -100,9 +101,19 @@ func (s *Server) jobAction(act func(svc *semaphore.Service, ctx context.Context,
 		if err := decodeBody(c, s.maxBody, &struct{}{}, true); err != nil {
 			return err
 		}
-		j, err := act(s.svc, c.Request().Context(), callerKey(c).Tenant, c.Param("id"))
+		tenant, id := callerKey(c).Tenant, c.Param("id")
+		var held []hub.Held
+		if s.hub != nil {
+			held = s.hub.Holding(tenant, id)
+		}
+		j, err := act(s.svc, c.Request().Context(), tenant, id)
 		if err != nil {
 			return err
+		}
+		if s.hub != nil && j.Status != store.JobInflight {
+			// A session of this instance that held the job lets it go at
+			// once (its prefetch frees); one elsewhere within a heartbeat.
+			s.hub.JobLeft(held)
 		}
 		return c.JSON(http.StatusOK, JobResponse{Job: jobJSON(j)})
 	}

@@ -166,3 +166,25 @@ func TestWS_FIFOAtPrefetch(t *testing.T) {
 		}
 	})
 }
+
+// A job a session holds that is cancelled (or released, or requeued)
+// over HTTP frees the session's prefetch at once, not at the next check
+// of held jobs a heartbeat later; a job taken again meanwhile is kept.
+func TestWS_HTTPJobActionFreesPrefetch(t *testing.T) {
+	for _, kind := range transports {
+		t.Run(kind, func(t *testing.T) {
+			e := setupWS(t, 1, wsOptions{heartbeat: time.Minute})
+			e.put("work", map[string]any{"maxValue": 5})
+			c := e.open(kind, 0, "")
+			require.Equal(t, "subscribed", c.call(map[string]any{"type": "subscribe", "semaphore": "work", "prefetch": 1}).Type)
+			first := e.enqueue("work", 1)
+			require.Equal(t, first.ID, c.take().Job.ID)
+			second := e.enqueue("work", 2)
+			c.quiet(200 * time.Millisecond) // prefetch 1: held by the first
+			e.http().expect(http.StatusOK, "", http.MethodPost, "/v1/jobs/"+first.ID+"/cancel", e.worker, nil)
+			f, err := c.nextWithin(5 * time.Second) // well within the minute's heartbeat
+			require.NoError(t, err)
+			require.Equal(t, second.ID, f.Job.ID)
+		})
+	}
+}

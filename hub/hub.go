@@ -378,6 +378,41 @@ func (h *Hub) session(id string) *Session {
 	return h.sessions[id]
 }
 
+// Held is a job a session of this instance holds, under a lease ("" for
+// one restored by resume).
+type Held struct {
+	s            *Session
+	job, lease string
+}
+
+// Holding lists the sessions of this instance that hold the job, before
+// a change made to it over HTTP (see JobLeft).
+func (h *Hub) Holding(tenant, jobID string) []Held {
+	var out []Held
+	for _, s := range h.localSessions() {
+		if s.tenant != tenant {
+			continue
+		}
+		if lease, ok := s.heldJobs()[jobID]; ok {
+			out = append(out, Held{s: s, job: jobID, lease: lease})
+		}
+	}
+	return out
+}
+
+// JobLeft tells the sessions Holding found that the job moved on without
+// them (released, cancelled or requeued over HTTP): each forgets it, so
+// its room frees at once instead of at the next check of held jobs
+// (every Heartbeat). A session that took the job again meanwhile, under a
+// new lease, keeps it.
+func (h *Hub) JobLeft(held []Held) {
+	for _, x := range held {
+		if lease, ok := x.s.heldJobs()[x.job]; ok && lease == x.lease {
+			h.jobLeft(x.s, x.job)
+		}
+	}
+}
+
 // freed wakes deliveries waiting for a subscriber with room.
 func (h *Hub) freed() {
 	h.mu.Lock()
