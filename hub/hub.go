@@ -381,7 +381,7 @@ func (h *Hub) session(id string) *Session {
 // Held is a job a session of this instance holds, under a lease ("" for
 // one restored by resume).
 type Held struct {
-	s            *Session
+	s          *Session
 	job, lease string
 }
 
