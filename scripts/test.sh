@@ -4,8 +4,9 @@
 #
 #   bash scripts/test.sh
 #
-# Needs Go. Installs redis-server, jq and curl with apt-get when missing
-# (sudo only when not root). Starts its own redis-server on a free loopback port (never
+# Needs Go. Installs redis-server, jq, curl and Node.js (with npm, for the
+# TypeScript SDK's tests) with apt-get when missing (sudo only when not
+# root). Starts its own redis-server on a free loopback port (never
 # 6379), AOF on, in a temporary directory, killed on exit.
 #
 # Environment: FUZZTIME (default 20000x: executions, not seconds; go1.26's
@@ -55,6 +56,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [[ ${#missing[@]} -gt 0 ]]; then
 	log "not found: ${missing[*]}: installing with apt-get"
 	sudo=""
@@ -131,6 +134,18 @@ go vet ./...
 step="go test"
 log "go test -race -count=1 -timeout ${TEST_TIMEOUT} ./..."
 go test -race -count=1 -timeout "$TEST_TIMEOUT" ./... </dev/null
+
+step="sdk/js"
+# The TypeScript SDK: built with tsc, tested with Node's own runner against
+# semaphored binaries it starts (memory store, and this Redis).
+log "sdk/js: npm ci, tsc, node --test (Node $(node --version))"
+go build -o "$tmp/semaphored" ./cmd/semaphored
+(
+	cd sdk/js
+	npm ci --no-audit --no-fund --loglevel=error </dev/null
+	npx --no-install tsc -p tsconfig.json
+	SEMAPHORED_BIN="$tmp/semaphored" timeout 600 node --test test/ </dev/null
+)
 
 step="fuzz"
 # Every func FuzzXxx(f *testing.F) in a _test.go file, as "dir name" lines.
