@@ -90,6 +90,8 @@ interface HeldLease {
   ttlMs: number;
   timer?: ReturnType<typeof setTimeout>;
   lost: boolean;
+  /** onLost is called once if the lease is lost (expired, or gone with the session). */
+  onLost?: () => void;
 }
 
 interface JobRun {
@@ -191,6 +193,29 @@ export class Worker {
     this.leases.set(lease.id, held);
     this.keepAlive(held);
     return lease;
+  }
+
+  /**
+   * withLease runs fn while holding a permit bound to the session: it
+   * acquires (waiting as opts.wait says), keeps the lease alive, aborts the
+   * signal it hands fn if the lease is lost, and releases it in finally.
+   */
+  async withLease<T>(semaphore: string, fn: (lease: Lease, signal: AbortSignal) => Promise<T> | T, opts: AcquireOptions = {}): Promise<T> {
+    const lease = await this.acquire(semaphore, opts);
+    const ctl = new AbortController();
+    const held = this.leases.get(lease.id);
+    if (held) held.onLost = () => ctl.abort(new LeaseLostError(lease.id));
+    try {
+      return await fn(lease, ctl.signal);
+    } finally {
+      if (!ctl.signal.aborted) {
+        try {
+          await this.release(lease.id);
+        } catch (err) {
+          if (!(err instanceof ApiError && err.code === "lease_not_found")) throw err;
+        }
+      }
+    }
   }
 
   async extend(leaseId: string, ttl: Duration): Promise<Lease> {
@@ -462,6 +487,7 @@ export class Worker {
         l.lost = true;
         if (l.timer) clearTimeout(l.timer);
         this.leases.delete(id);
+        l.onLost?.();
       }
     }
     return { subs, orphans };
@@ -679,7 +705,7 @@ export class Worker {
         if (err instanceof ApiError && err.code === "lease_not_found") {
           l.lost = true;
           this.leases.delete(l.id);
-          onLost?.();
+          (onLost ?? l.onLost)?.();
           return;
         }
         if (err instanceof WorkerClosedError || this.stopped) return;

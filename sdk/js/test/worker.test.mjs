@@ -61,6 +61,27 @@ for (const store of stores()) {
       });
     }
 
+    test("withLease over the session: held while fn runs, released after, aborted when lost", async () => {
+      await admin.putSemaphore("wwl", { maxValue: 1 });
+      const w = new Worker(srv.url, ADMIN, { minBackoffMs: 10 });
+      try {
+        const got = await w.withLease("wwl", async (lease) => {
+          assert.equal((await admin.getSemaphore("wwl")).state.inUse, 1);
+          return lease.id;
+        }, { ttl: "1s" });
+        assert.ok(got);
+        assert.equal((await admin.getSemaphore("wwl")).state.inUse, 0);
+        const reason = await w.withLease("wwl", async (lease, signal) => {
+          await admin.release(lease.id); // released from elsewhere
+          await eventually(() => signal.aborted, "signal aborted");
+          return signal.reason;
+        }, { ttl: "1s" });
+        assert.equal(reason.name, "LeaseLostError");
+      } finally {
+        await w.close();
+      }
+    });
+
     test("a thrown handler error fails the job, or requeues it", async () => {
       await admin.putSemaphore("errs", { maxValue: 2 });
       const w = new Worker(srv.url, ADMIN, { minBackoffMs: 10 });
