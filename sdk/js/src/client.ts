@@ -229,8 +229,14 @@ export class Client {
     return this.request("POST", "/v1/ws/tickets");
   }
 
+  /** health resolves while the server answers (GET /healthz). */
   async health(): Promise<void> {
     await this.request("GET", "/healthz");
+  }
+
+  /** ready resolves while the server can reach its store (GET /readyz); an ApiError (503) when not. */
+  async ready(): Promise<void> {
+    await this.request("GET", "/readyz");
   }
 }
 

@@ -18,6 +18,8 @@ export interface WorkerOptions {
   /** How to connect: "auto" (default: websocket, then SSE, then long-poll), or one transport. */
   transport?: Transport;
   fetch?: typeof fetch;
+  /** Base URLs of other instances sharing the store: on a failed connect, or an instance going away, the worker tries the next; its session resumes through any of them. */
+  instances?: string[];
   /** A WebSocket constructor. Default: the global one (a ticket authenticates it), else the ws package in Node. */
   WebSocket?: WebSocketCtor;
   /** Whether WebSocket takes an options object with headers (the ws package does). */
@@ -33,6 +35,8 @@ export interface WorkerOptions {
 }
 
 export interface ConnectEvent {
+  /** Base URL of the instance connected to. */
+  url: string;
   session: string;
   /** The previous session came back with its leases, jobs and subscriptions. */
   resumed: boolean;
@@ -109,7 +113,8 @@ const DIAL_TIMEOUT = 10_000;
 export class Worker {
   readonly client: Client;
   private readonly opts: Required<Pick<WorkerOptions, "minBackoffMs" | "maxBackoffMs" | "transportRetryMs" | "closeTimeoutMs">> & WorkerOptions;
-  private readonly base: string;
+  private readonly bases: string[];
+  private idx = 0;
   private readonly key: string;
   private readonly fetchFn: typeof fetch;
   private readonly levels: LinkKind[];
@@ -132,7 +137,7 @@ export class Worker {
 
   constructor(baseUrl: string, apiKey: string, opts: WorkerOptions = {}) {
     this.client = new Client(baseUrl, apiKey, { fetch: opts.fetch });
-    this.base = this.client.baseUrl;
+    this.bases = [this.client.baseUrl, ...(opts.instances ?? []).map((u) => new Client(u, apiKey).baseUrl)];
     this.key = apiKey;
     this.fetchFn = opts.fetch ?? globalThis.fetch.bind(globalThis);
     this.opts = { minBackoffMs: 100, maxBackoffMs: 10_000, transportRetryMs: 60_000, closeTimeoutMs: 10_000, ...opts };
@@ -287,8 +292,9 @@ export class Worker {
           this.stop(err);
           return;
         }
-        this.log("info", `connect failed (${tr})`, String(err));
+        this.log("info", `connect failed (${this.bases[this.idx]}, ${tr})`, String(err));
         if (this.fallBack(true)) continue;
+        this.idx = (this.idx + 1) % this.bases.length;
         await this.sleep(attempt++);
         continue;
       }
@@ -307,6 +313,7 @@ export class Worker {
         this.stop(new SessionDisplacedError());
         return;
       }
+      if (end.code === 1001) this.idx = (this.idx + 1) % this.bases.length; // that instance shuts down
       if (c.upgrade) continue;
       if (Date.now() - began < c.heartbeatMs) {
         early++;
@@ -371,7 +378,7 @@ export class Worker {
 
   private dialContext(c: Conn): DialContext {
     return {
-      base: this.base,
+      base: this.bases[this.idx],
       key: this.key,
       fetch: this.fetchFn,
       WebSocket: this.wsCtor,
@@ -465,7 +472,7 @@ export class Worker {
     for (const w of this.readyWaiters.splice(0)) w();
     this.startTimer(c);
     void this.restore(c, subs, orphans);
-    return [c, { session: this.sessionId, resumed, reconnect, transport: c.link!.kind }];
+    return [c, { url: this.bases[this.idx], session: this.sessionId, resumed, reconnect, transport: c.link!.kind }];
   }
 
   private disconnected(c: Conn): void {

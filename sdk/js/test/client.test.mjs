@@ -107,6 +107,8 @@ for (const store of stores()) {
       assert.ok((await admin.listTenants()).some((x) => x.id === t.tenant.id));
       const tk = await admin.createTicket();
       assert.ok(tk.ticket);
+      await admin.health();
+      await admin.ready();
     });
   });
 }

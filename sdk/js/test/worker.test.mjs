@@ -149,6 +149,20 @@ for (const store of stores()) {
       }
     });
 
+    test("instances: a worker whose first instance is down connects to the next", async () => {
+      await admin.putSemaphore("inst", { maxValue: 1 });
+      const events = [];
+      const down = "http://127.0.0.1:9"; // discard port: refused
+      const w = new Worker(down, ADMIN, { instances: [srv.url], onConnect: (ev) => events.push(ev), minBackoffMs: 10, maxBackoffMs: 50 });
+      try {
+        await w.subscribe("inst", () => {});
+        assert.equal(events[0].url, srv.url);
+        await waitDone(admin, await enqueueN(admin, "inst", 2));
+      } finally {
+        await w.close();
+      }
+    });
+
     test("a refused key stops the worker", async () => {
       const w = new Worker(srv.url, "sk_not_a_key_0123456789abcdef0123456789");
       await assert.rejects(w.subscribe("x", () => {}), (e) => e instanceof ApiError && e.status === 401);
