@@ -141,6 +141,12 @@ func (d *dispatcher) stop() {
 // job holding its parent's permit, ends the parent the same way.
 func (d *dispatcher) finished(j store.Job) {
 	d.metrics.jobsFinished.WithLabelValues(string(j.Status)).Inc()
+	d.endParent(j)
+}
+
+// endParent ends the parent a terminal child job holds the permit of, the
+// way the child ended.
+func (d *dispatcher) endParent(j store.Job) {
 	if j.Parent == nil || !j.Parent.Hold || j.Tenant == "" {
 		return
 	}
@@ -272,6 +278,14 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 		if err == nil {
 			if done != nil {
 				d.transition(ctx, log, j, *done)
+				if done.Action == store.ActHandOff && done.Child != nil && done.Child.Hold {
+					// The child may have ended before the hand-off was
+					// recorded (a route that fails at once): its end found
+					// no child on the parent then. Look again now.
+					if c, err := d.store.GetJob(ctx, j.Tenant, done.Child.ID); err == nil && c.Status.Terminal() {
+						d.endParent(c)
+					}
+				}
 			}
 			return
 		}
