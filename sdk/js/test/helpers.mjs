@@ -41,6 +41,13 @@ export function stores() {
 
 let prefixSeq = 0;
 
+// Servers still running when the test process exits (a test that failed
+// before its after hook, a timeout) are killed with it.
+const running = new Set();
+process.once("exit", () => {
+  for (const p of running) p.kill("SIGKILL");
+});
+
 /** startServer runs semaphored on a free loopback port; stop() kills it. */
 export async function startServer(store = "memory") {
   const port = await freePort();
@@ -50,6 +57,8 @@ export async function startServer(store = "memory") {
   }
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("SEMAPHORED_")));
   const proc = spawn(binary(), args, { env, stdio: ["ignore", "ignore", "pipe"] });
+  running.add(proc);
+  proc.once("exit", () => running.delete(proc));
   let logs = "";
   proc.stderr.on("data", (d) => (logs += d));
   const url = `http://127.0.0.1:${port}`;
