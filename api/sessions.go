@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -192,7 +191,7 @@ func (s *Server) endSession(c echo.Context) error {
 func sessionError(err error) error {
 	if errors.Is(err, store.ErrSessionNotFound) {
 		msg := "session not found: unknown, another tenant's, or not connected (resume it with its token)"
-		if strings.Contains(err.Error(), "long-poll") {
+		if errors.Is(err, hub.ErrNotLongPoll) {
 			msg = "session not found: it is not a long-poll session"
 		}
 		return errorf(CodeSessionNotFound, "%s", msg)

@@ -93,6 +93,14 @@ func TestSessions_OtherTenant(t *testing.T) {
 				h.expect(http.StatusNotFound, CodeSessionNotFound, http.MethodGet, "/v1/sessions/"+c.session+"/frames?wait=0s", other, nil)
 				h.expect(http.StatusNotFound, CodeSessionNotFound, http.MethodDelete, "/v1/sessions/"+c.session, other, nil)
 			}
+			if kind == hub.TransportSSE {
+				// a poll of an SSE session, here and through the other instance
+				for node := range 2 {
+					h := &env{t: t, url: e.nodes[node].url, admin: e.admin, worker: e.worker}
+					r := h.expect(http.StatusNotFound, CodeSessionNotFound, http.MethodGet, "/v1/sessions/"+c.session+"/frames?wait=0s", e.worker, nil)
+					require.Contains(t, r.message(), "not a long-poll session", "node %d", node)
+				}
+			}
 			require.Equal(t, "pong", c.call(map[string]any{"type": "ping"}).Type, "the session is unharmed")
 			_, err := e.tryOpen(kind, 0, c.token, other)
 			require.ErrorContains(t, err, "404", "another tenant cannot resume it")

@@ -18,6 +18,15 @@ import (
 // call over the node bus to the one that does (msgSessionOp), and relays
 // its answer.
 
+// Errors of Post, Poll and End; both wrap store.ErrSessionNotFound.
+var (
+	// ErrNotConnected: the session is not connected on any instance (it
+	// is lost: resume it), or unknown, or another tenant's.
+	ErrNotConnected = fmt.Errorf("%w: it is not connected (resume it)", store.ErrSessionNotFound)
+	// ErrNotLongPoll: a poll of a session that is not a long-poll one.
+	ErrNotLongPoll = fmt.Errorf("%w: not a long-poll session", store.ErrSessionNotFound)
+)
+
 // opTimeout bounds a posted call the holding instance runs for another
 // instance: an acquire may wait up to a minute.
 const opTimeout = 90 * time.Second
@@ -43,6 +52,8 @@ type sessionReplyBody struct {
 	Frames  []json.RawMessage `json:"frames,omitempty"`
 	// Missing: the session is not connected on the answering node.
 	Missing bool `json:"missing,omitempty"`
+	// NotLongPoll: a poll of a session that is not a long-poll one.
+	NotLongPoll bool `json:"notLongPoll,omitempty"`
 }
 
 // bodyReplies gathers the replies to posted frames, one per frame.
@@ -158,7 +169,7 @@ func (h *Hub) Poll(ctx context.Context, tenant, id string, wait time.Duration) (
 	wait = min(max(wait, 0), MaxPollWait)
 	if s := h.local(tenant, id); s != nil {
 		if s.tr.kind() != TransportLongPoll {
-			return nil, fmt.Errorf("%w: not a long-poll session", store.ErrSessionNotFound)
+			return nil, ErrNotLongPoll
 		}
 		return raws(s.poll(ctx, wait)), nil
 	}
@@ -206,7 +217,7 @@ func (h *Hub) remoteOp(ctx context.Context, op sessionOpBody) (sessionReplyBody,
 		return sessionReplyBody{}, err
 	}
 	if cur.Node == "" || cur.Node == h.node {
-		return sessionReplyBody{}, fmt.Errorf("%w: it is not connected (resume it)", store.ErrSessionNotFound)
+		return sessionReplyBody{}, ErrNotConnected
 	}
 	op.Request = randomID(16)
 	ch := make(chan sessionReplyBody, 1)
@@ -233,8 +244,11 @@ func (h *Hub) remoteOp(ctx context.Context, op sessionOpBody) (sessionReplyBody,
 	defer t.Stop()
 	select {
 	case r := <-ch:
-		if r.Missing {
-			return r, fmt.Errorf("%w: it is not connected (resume it)", store.ErrSessionNotFound)
+		switch {
+		case r.NotLongPoll:
+			return r, ErrNotLongPoll
+		case r.Missing:
+			return r, ErrNotConnected
 		}
 		return r, nil
 	case <-t.C:
@@ -261,7 +275,7 @@ func (h *Hub) answerOp(from string, op sessionOpBody) {
 		reply.Frames = s.handlePosted(ctx, op.Frames)
 	case op.Op == opPoll:
 		if s.tr.kind() != TransportLongPoll {
-			reply.Missing = true
+			reply.NotLongPoll = true
 		} else {
 			reply.Frames = raws(s.poll(ctx, limit))
 		}

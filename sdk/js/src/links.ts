@@ -77,26 +77,6 @@ function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
   return { promise, resolve };
 }
 
-/** firstFrame waits for the link's first frame, within ms. */
-export function firstFrame(ctx: DialContext, timeoutMs: number): { ctx: DialContext; first: Promise<Frame> } {
-  const d = deferred<Frame>();
-  let got = false;
-  const timer = setTimeout(() => d.resolve({ type: "timeout" }), timeoutMs);
-  const inner: DialContext = {
-    ...ctx,
-    onFrame(f) {
-      if (!got) {
-        got = true;
-        clearTimeout(timer);
-        d.resolve(f);
-        return;
-      }
-      ctx.onFrame(f);
-    },
-  };
-  return { ctx: inner, first: d.promise };
-}
-
 // ---- websocket ----
 
 class WsLink implements Link {
