@@ -179,6 +179,28 @@ func TestKeys(t *testing.T) {
 	require.Len(t, list.Keys, before, "rejected requests created no key")
 }
 
+func TestWhoami(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	for key, want := range map[string]struct{ role, tenant string }{
+		e.worker:   {"worker", "acme"},
+		e.admin:    {"admin", "acme"},
+		e.operator: {"operator", "default"},
+	} {
+		var me KeyResponse
+		r := e.expect(http.StatusOK, "", http.MethodGet, "/v1/whoami", key, nil)
+		r.into(&me)
+		require.Equal(t, want.role, me.Key.Role)
+		require.Equal(t, want.tenant, me.Key.Tenant)
+		require.Equal(t, key[:11], me.Key.Prefix)
+		require.Regexp(t, `^key_`, me.Key.ID)
+		require.NotContains(t, string(r.Body), key, "never the secret")
+		require.NotContains(t, string(r.Body), `"secret"`)
+	}
+	e.expect(http.StatusUnauthorized, CodeUnauthorized, http.MethodGet, "/v1/whoami", "", nil)
+	e.expect(http.StatusUnauthorized, CodeUnauthorized, http.MethodGet, "/v1/whoami", "sk_unknown_0123456789abcdef0123456789abcdef", nil)
+}
+
 func TestTenantIsolation(t *testing.T) {
 	t.Parallel()
 	e := setup(t)

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -66,13 +67,29 @@ func (s *Server) listSemaphores(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	sems, next, err := s.svc.ListSemaphores(c.Request().Context(), callerKey(c).Tenant, c.QueryParam("cursor"), limit)
+	withState, err := queryBool(c, "state")
+	if err != nil {
+		return err
+	}
+	ctx, tenant := c.Request().Context(), callerKey(c).Tenant
+	sems, next, err := s.svc.ListSemaphores(ctx, tenant, c.QueryParam("cursor"), limit)
 	if err != nil {
 		return err
 	}
 	out := SemaphoreListResponse{Semaphores: make([]SemaphoreJSON, 0, len(sems)), NextCursor: next}
 	for _, sem := range sems {
-		out.Semaphores = append(out.Semaphores, semaphoreJSON(sem, nil))
+		if !withState {
+			out.Semaphores = append(out.Semaphores, semaphoreJSON(sem, nil))
+			continue
+		}
+		st, err := s.svc.State(ctx, tenant, sem.Name)
+		if errors.Is(err, store.ErrSemaphoreNotFound) {
+			continue // deleted since the page was read
+		}
+		if err != nil {
+			return err
+		}
+		out.Semaphores = append(out.Semaphores, semaphoreJSON(sem, &st))
 	}
 	return c.JSON(http.StatusOK, out)
 }
@@ -194,6 +211,12 @@ func (s *Server) createKey(c echo.Context) error {
 	key := keyJSON(k)
 	key.Secret = secret
 	return c.JSON(http.StatusCreated, KeyResponse{Key: key})
+}
+
+// whoami answers the caller's own key, for any role: a client (the
+// console) learns what it may show.
+func (s *Server) whoami(c echo.Context) error {
+	return c.JSON(http.StatusOK, KeyResponse{Key: keyJSON(callerKey(c))})
 }
 
 func (s *Server) listKeys(c echo.Context) error {
@@ -320,6 +343,20 @@ func keyJSON(k store.APIKey) KeyJSON {
 
 // queryLimit reads ?limit= (absent: 0, the service's default). An explicit
 // value must be 1 to semaphore.MaxListLimit.
+// queryBool reads an optional boolean query parameter: "true" or "false",
+// absent or empty meaning false.
+func queryBool(c echo.Context, name string) (bool, error) {
+	switch v := c.QueryParam(name); v {
+	case "", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	default:
+		return false, &semaphore.ValidationError{Code: CodeInvalidRequest, Field: name,
+			Message: fmt.Sprintf("%s must be true or false, got %q", name, shorten(v, 64))}
+	}
+}
+
 func queryLimit(c echo.Context) (int, error) {
 	v := c.QueryParam("limit")
 	if v == "" {

@@ -116,6 +116,37 @@ func TestSemaphores_ListDelete(t *testing.T) {
 	var all SemaphoreListResponse
 	e.expect(http.StatusOK, "", http.MethodGet, "/v1/semaphores", e.admin, nil).into(&all)
 	require.Len(t, all.Semaphores, 2)
+	for _, sem := range all.Semaphores {
+		require.Nil(t, sem.State, "no state unless asked")
+	}
+}
+
+func TestSemaphores_ListWithState(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.put("a", map[string]any{"maxValue": 3})
+	e.put("b", map[string]any{"maxValue": 2})
+	e.acquire("a", map[string]any{"weight": 2, "channel": "gpu"})
+	e.expect(http.StatusAccepted, "", http.MethodPost, "/v1/semaphores/b/jobs", e.worker, map[string]any{"payload": 1})
+
+	var page SemaphoreListResponse
+	e.expect(http.StatusOK, "", http.MethodGet, "/v1/semaphores?state=true", e.admin, nil).into(&page)
+	require.Len(t, page.Semaphores, 2)
+	for _, sem := range page.Semaphores {
+		require.NotNil(t, sem.State, sem.Name)
+		require.Equal(t, *e.get(sem.Name).State, *sem.State, "%s: the same state as GET", sem.Name)
+	}
+	a := page.Semaphores[0].State
+	require.EqualValues(t, 2, a.InUse)
+	require.EqualValues(t, 1, a.Available)
+	require.EqualValues(t, 2, a.Channels["gpu"].InUse)
+
+	var plain SemaphoreListResponse
+	e.expect(http.StatusOK, "", http.MethodGet, "/v1/semaphores?state=false", e.admin, nil).into(&plain)
+	require.Nil(t, plain.Semaphores[0].State)
+	r := e.expect(http.StatusBadRequest, CodeInvalidRequest, http.MethodGet, "/v1/semaphores?state=yes", e.admin, nil)
+	require.Contains(t, r.message(), "state")
+	e.expect(http.StatusForbidden, CodeForbidden, http.MethodGet, "/v1/semaphores?state=true", e.worker, nil)
 }
 
 func TestSemaphores_SuspendResume(t *testing.T) {

@@ -178,6 +178,7 @@ func (s *Server) registerRoutes(g prometheus.Gatherer, serveMetrics bool) {
 	v1(http.MethodPost, "/tenants", operator, s.createTenant)
 	v1(http.MethodGet, "/tenants", operator, s.listTenants)
 
+	v1(http.MethodGet, "/whoami", worker, s.whoami)
 	v1(http.MethodPost, "/keys", admin, s.createKey)
 	v1(http.MethodGet, "/keys", admin, s.listKeys)
 	v1(http.MethodDelete, "/keys/:id", admin, s.deleteKey)

@@ -266,6 +266,12 @@ func TestClient_TenantsAndKeys(t *testing.T) {
 	require.NoError(t, err)
 	_, err = worker.ListKeys(ctx)
 	require.ErrorIs(t, err, sdk.ErrForbidden)
+	me, err := worker.Whoami(ctx)
+	require.NoError(t, err)
+	require.Equal(t, k.ID, me.ID)
+	require.Equal(t, sdk.RoleWorker, me.Role)
+	require.Equal(t, "acme", me.Tenant)
+	require.Empty(t, me.Secret)
 
 	del, err := acme.DeleteKey(ctx, k.ID)
 	require.NoError(t, err)

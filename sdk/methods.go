@@ -237,6 +237,18 @@ func (c *Client) ListKeys(ctx context.Context) ([]Key, error) {
 	return ks, nil
 }
 
+// Whoami returns the caller's own key, without its secret: its role and
+// tenant. Any role may call it.
+func (c *Client) Whoami(ctx context.Context) (Key, error) {
+	var out struct {
+		Key keyWire `json:"key"`
+	}
+	if err := c.do(ctx, http.MethodGet, c.endpoint(nil, "v1", "whoami"), nil, &out); err != nil {
+		return Key{}, err
+	}
+	return Key(out.Key), nil
+}
+
 // DeleteKey revokes a key at once and returns it.
 func (c *Client) DeleteKey(ctx context.Context, id string) (Key, error) {
 	var out struct {

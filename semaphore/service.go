@@ -236,6 +236,15 @@ func (s *Service) GetSemaphore(ctx context.Context, tenant, name string) (store.
 	return sem, st, nil
 }
 
+// State returns a snapshot of a semaphore's usage (ErrSemaphoreNotFound
+// when it does not exist).
+func (s *Service) State(ctx context.Context, tenant, name string) (store.SemaphoreState, error) {
+	if !ValidName(name) {
+		return store.SemaphoreState{}, store.ErrSemaphoreNotFound
+	}
+	return s.store.State(ctx, tenant, name)
+}
+
 // ListSemaphores pages through the tenant's semaphores by name. limit 0
 // means DefaultListLimit; at most MaxListLimit.
 func (s *Service) ListSemaphores(ctx context.Context, tenant, cursor string, limit int) ([]store.Semaphore, string, error) {

@@ -15,7 +15,7 @@ import {
   type Lease,
   type ListJobsOptions,
   type ListLeasesOptions,
-  type ListOptions,
+  type ListSemaphoresOptions,
   type Page,
   type Role,
   type Semaphore,
@@ -83,7 +83,8 @@ export class Client {
     return (await this.request<{ semaphore: Semaphore }>("GET", `/v1/semaphores/${seg(name)}`)).semaphore;
   }
 
-  async listSemaphores(opts: ListOptions = {}): Promise<Page<Semaphore>> {
+  /** listSemaphores pages through the semaphores; `state: true` adds each one's usage. */
+  async listSemaphores(opts: ListSemaphoresOptions = {}): Promise<Page<Semaphore>> {
     const r = await this.request<{ semaphores: Semaphore[]; nextCursor: string }>("GET", `/v1/semaphores${query(opts)}`);
     return { items: r.semaphores, nextCursor: r.nextCursor };
   }
@@ -210,6 +211,11 @@ export class Client {
 
   async listKeys(): Promise<Key[]> {
     return (await this.request<{ keys: Key[] }>("GET", "/v1/keys")).keys;
+  }
+
+  /** whoami returns the caller's own key (role and tenant), without its secret. Any role. */
+  async whoami(): Promise<Key> {
+    return (await this.request<{ key: Key }>("GET", "/v1/whoami")).key;
   }
 
   async deleteKey(id: string): Promise<Key> {

@@ -60,7 +60,7 @@ export interface Semaphore {
   suspended: boolean;
   createdAt: string;
   updatedAt: string;
-  /** On getSemaphore only. */
+  /** On getSemaphore, and on listSemaphores with `state: true`. */
   state?: SemaphoreState;
 }
 
@@ -136,6 +136,11 @@ export interface BatchJob<P = unknown> extends EnqueueOptions {
 export interface ListOptions {
   cursor?: string;
   limit?: number;
+}
+
+export interface ListSemaphoresOptions extends ListOptions {
+  /** Add each semaphore's `state` (as getSemaphore has it). */
+  state?: boolean;
 }
 
 export interface ListJobsOptions extends ListOptions {

@@ -25,6 +25,10 @@ for (const store of stores()) {
       assert.equal(got.state.inUse, 0);
       const page = await admin.listSemaphores({ limit: 100 });
       assert.ok(page.items.some((x) => x.name === "sems"));
+      assert.equal(page.items.find((x) => x.name === "sems").state, undefined, "no state unless asked");
+      await admin.acquire("sems", { weight: 2 });
+      const withState = await admin.listSemaphores({ limit: 100, state: true });
+      assert.equal(withState.items.find((x) => x.name === "sems").state.inUse, 2);
       assert.equal((await admin.suspend("sems")).suspended, true);
       assert.equal((await admin.resume("sems")).suspended, false);
       await admin.deleteSemaphore("sems");
@@ -97,6 +101,10 @@ for (const store of stores()) {
       assert.ok(k.secret.startsWith("sk_"));
       assert.ok((await admin.listKeys()).some((x) => x.id === k.id));
       const w = new Client(srv.url, k.secret);
+      const me = await w.whoami();
+      assert.equal(me.id, k.id);
+      assert.equal(me.role, "worker");
+      assert.equal(me.secret, undefined);
       const denied = await w.putSemaphore("nope", { maxValue: 1 }).catch((e) => e);
       assert.equal(denied.status, 403);
       assert.ok(denied.isForbidden);
