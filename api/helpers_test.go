@@ -46,7 +46,9 @@ var spec struct {
 func loadSpec(t testing.TB) (*openapi3.T, routers.Router) {
 	t.Helper()
 	spec.once.Do(func() {
-		openapi3filter.RegisterBodyDecoder("application/yaml", openapi3filter.FileBodyDecoder)
+		for _, ct := range []string{"application/yaml", "text/html", "text/javascript", "text/css", "image/svg+xml", "text/plain"} {
+			openapi3filter.RegisterBodyDecoder(ct, openapi3filter.FileBodyDecoder)
+		}
 		loader := openapi3.NewLoader()
 		doc, err := loader.LoadFromData(OpenAPI)
 		if err != nil {
@@ -82,6 +84,14 @@ func checkResponse(t testing.TB, req *http.Request, status int, header http.Head
 	rreq := req.Clone(context.Background())
 	rreq.URL.Path = req.URL.EscapedPath()
 	route, params, err := router.FindRoute(rreq)
+	if err == nil && strings.HasSuffix(rreq.URL.Path, "/") != strings.HasSuffix(route.Path, "/") {
+		// The legacy router ignores a trailing slash; "/console/" and
+		// "/console" are different operations.
+		if item := doc.Paths.Value(rreq.URL.Path); item != nil && item.GetOperation(req.Method) != nil {
+			route = &routers.Route{Spec: doc, Path: rreq.URL.Path, PathItem: item, Method: req.Method, Operation: item.GetOperation(req.Method)}
+			params = nil
+		}
+	}
 	if err != nil || isNoRoute(status, body) {
 		require.Contains(t, []int{http.StatusNotFound, http.StatusMethodNotAllowed}, status,
 			"%s %s is not in openapi.yaml but answered %d", req.Method, req.URL.Path, status)

@@ -27,6 +27,22 @@ func TestOps(t *testing.T) {
 	require.Equal(t, OpenAPI, r.Body)
 	require.Contains(t, r.Header.Get("Content-Type"), "yaml")
 
+	// The console needs no key: its page asks for one.
+	r = e.do(http.MethodGet, "/console/", "", nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	require.Contains(t, string(r.Body), `<div id="app">`)
+	require.Contains(t, r.Header.Get("Content-Security-Policy"), "default-src 'none'")
+	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/console/app.js", "", nil).Status)
+	require.Equal(t, http.StatusNotFound, e.do(http.MethodGet, "/console/nope.js", "", nil).Status)
+	require.Equal(t, http.StatusNotFound, e.do(http.MethodGet, "/console/a/b.js", "", nil).Status)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get(e.url + "/console")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusMovedPermanently, resp.StatusCode)
+	require.Equal(t, "/console/", resp.Header.Get("Location"))
+	noFollow.CloseIdleConnections()
+
 	e.expect(http.StatusNotFound, CodeJobNotFound, http.MethodGet, "/v1/jobs/abc", e.worker, nil)
 	m := string(e.expect(http.StatusOK, "", http.MethodGet, "/metrics", e.operator, nil).Body)
 	for _, want := range []string{
@@ -111,7 +127,7 @@ func TestOpenAPI_CoversRoutes(t *testing.T) {
 		require.NotNil(t, item.GetOperation(r.Method), "route %s %s is not in openapi.yaml", r.Method, path)
 		n++
 	}
-	require.Equal(t, 26, n)
+	require.Equal(t, 30, n)
 
 	// Every error code of wire.go is in the document's enum, and back.
 	codes := doc.Components.Schemas["Error"].Value.Properties["error"].Value.Properties["code"].Value.Enum

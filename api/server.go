@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/semaphored/semaphored/console"
 	"github.com/semaphored/semaphored/hub"
 	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
@@ -202,6 +203,19 @@ func (s *Server) registerRoutes(g prometheus.Gatherer, serveMetrics bool) {
 	add(http.MethodGet, "/healthz", s.healthz)
 	add(http.MethodGet, "/readyz", s.readyz)
 	add(http.MethodGet, "/openapi.yaml", s.openapi)
+	// The console's files; the page calls the API above with the user's key.
+	// Paths it has no file for are the API's 404, as any unknown path.
+	ui := console.New()
+	serveUI := func(c echo.Context) error {
+		if !ui.Has(c.Request().URL.Path) {
+			return echo.ErrNotFound
+		}
+		ui.ServeHTTP(c.Response(), c.Request())
+		return nil
+	}
+	for _, p := range []string{"/console", "/console/", "/console/:file"} {
+		add(http.MethodGet, p, serveUI)
+	}
 }
 
 // keyContext is the context of an authenticated request: the request's
