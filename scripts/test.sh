@@ -4,9 +4,9 @@
 #
 #   bash scripts/test.sh
 #
-# Needs Go. Installs redis-server, jq, curl and Node.js (with npm, for the
-# TypeScript SDK's tests) with apt-get when missing (sudo only when not
-# root). Starts its own redis-server on a free loopback port (never
+# Needs Go. Installs redis-server, jq, curl, Node.js (with npm, for the
+# TypeScript SDK's and the console's tests) and Chromium (for the console's
+# browser tests) with apt-get when missing (sudo only when not root). Starts its own redis-server on a free loopback port (never
 # 6379), AOF on, in a temporary directory, killed on exit.
 #
 # Environment: FUZZTIME (default 20000x: executions, not seconds; go1.26's
@@ -58,6 +58,11 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Chromium for the console's browser tests (tests/console_test.go). Set
+# CHROMIUM to use another Chromium or Chrome binary.
+if [[ -z "${CHROMIUM:-}" ]] && ! command -v chromium >/dev/null 2>&1; then
+	missing+=(chromium fonts-liberation)
+fi
 if [[ ${#missing[@]} -gt 0 ]]; then
 	log "not found: ${missing[*]}: installing with apt-get"
 	sudo=""
@@ -145,6 +150,18 @@ go build -o "$tmp/semaphored" ./cmd/semaphored
 	npm ci --no-audit --no-fund --loglevel=error </dev/null
 	npx --no-install tsc -p tsconfig.json
 	SEMAPHORED_BIN="$tmp/semaphored" timeout 600 node --test test/*.test.mjs </dev/null
+)
+
+step="console"
+# The web console: type-checked, and its committed build (console/dist,
+# embedded in the binary) compared with a fresh build of its sources. The
+# browser tests ran above with go test (tests/console_test.go).
+log "console: npm ci, tsc, node --test"
+(
+	cd console
+	npm ci --no-audit --no-fund --loglevel=error </dev/null
+	npx --no-install tsc -p tsconfig.json
+	timeout 300 node --test test/*.test.mjs </dev/null
 )
 
 step="fuzz"
