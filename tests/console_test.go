@@ -495,23 +495,28 @@ func takeScreenshots(t *testing.T, p *page, op *sdk.Client) {
 		require.NoError(t, err)
 	}
 
-	shoot := func(name string, width, height int64, mobile bool) {
+	// shoot writes a PNG of the whole page, or of the first screen only.
+	shoot := func(name string, width, height int64, mobile, whole bool) {
 		opts := []chromedp.EmulateViewportOption{chromedp.EmulateScale(1)}
 		if mobile {
 			opts = []chromedp.EmulateViewportOption{chromedp.EmulateScale(2), chromedp.EmulateMobile}
 		}
 		p.do(chromedp.EmulateViewport(width, height, opts...), chromedp.Sleep(300*time.Millisecond))
-		png, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100))
+		shot := chromedp.CaptureScreenshot()
+		if whole {
+			shot = chromedp.FullScreenshot(100)
+		}
+		png, err := chromedp.Run(p.ctx, shot)
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name), png, 0o644))
 	}
 	p.goTo("#/semaphores")
 	p.waitFor("the busy list", `document.querySelector('tr.semaphore[data-name="render-farm"] .usage-text')?.textContent === "4 / 4"`)
-	shoot("console-desktop.png", 1280, 720, false)
-	shoot("console-phone.png", 390, 844, true)
+	shoot("console-desktop.png", 1280, 720, false, true)
+	shoot("console-phone.png", 390, 844, true, true)
 	p.goTo("#/semaphores/openai-api")
 	p.waitFor("openai-api", `document.querySelector("#usage-text")?.textContent === "9 / 12 in use"`)
-	shoot("console-semaphore-desktop.png", 1280, 900, false)
-	shoot("console-semaphore-phone.png", 390, 844, true)
+	shoot("console-semaphore-desktop.png", 1280, 900, false, true)
+	shoot("console-semaphore-phone.png", 390, 844, true, false)
 	p.do(chromedp.EmulateReset())
 }
