@@ -3,7 +3,7 @@
 
 import type { Key, Role, Tenant } from "../../sdk/js/src/types.js";
 import { KeyedList, h, relTime, show, table, td } from "./dom.js";
-import { action, section, type Ctx, type View } from "./ui.js";
+import { action, onSubmit, section, type Ctx, type View } from "./ui.js";
 
 /** secretBox shows a new secret once, with the warning that goes with it. */
 function secretBox(): { el: HTMLElement; set(label: string, secret: string): void } {
@@ -53,20 +53,10 @@ export function keysView(ctx: Ctx): View {
   const create = h("button", { type: "submit", class: "primary" }, "Create key");
   const secret = secretBox();
   const form = h("form", { class: "inline", id: "key-form" }, h("label", { for: "key-name" }, "Name"), nameInput, h("label", { for: "key-role" }, "Role"), roleSelect, create);
-  form.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    create.disabled = true;
-    ctx.client
-      .createKey(roleSelect.value as Role, nameInput.value.trim())
-      .then((k) => {
-        secret.set(`The secret of ${k.name} (${k.role}): `, k.secret ?? "");
-        nameInput.value = "";
-      })
-      .catch((e: unknown) => ctx.notify.error(e))
-      .finally(() => {
-        create.disabled = false;
-        ctx.refresh();
-      });
+  onSubmit(ctx, form, async () => {
+    const k = await ctx.client.createKey(roleSelect.value as Role, nameInput.value.trim());
+    secret.set(`The secret of ${k.name} (${k.role}): `, k.secret ?? "");
+    nameInput.value = "";
   });
 
   return {
@@ -95,20 +85,10 @@ export function tenantsView(ctx: Ctx): View {
   const create = h("button", { type: "submit", class: "primary" }, "Create tenant");
   const secret = secretBox();
   const form = h("form", { class: "inline", id: "tenant-form" }, h("label", { for: "tenant-name" }, "Name"), nameInput, create);
-  form.addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    create.disabled = true;
-    ctx.client
-      .createTenant(nameInput.value.trim())
-      .then((r) => {
-        secret.set(`The admin key of ${r.tenant.name}: `, r.key.secret ?? "");
-        nameInput.value = "";
-      })
-      .catch((e: unknown) => ctx.notify.error(e))
-      .finally(() => {
-        create.disabled = false;
-        ctx.refresh();
-      });
+  onSubmit(ctx, form, async () => {
+    const r = await ctx.client.createTenant(nameInput.value.trim());
+    secret.set(`The admin key of ${r.tenant.name}: `, r.key.secret ?? "");
+    nameInput.value = "";
   });
   return {
     el: h("div", { class: "view" }, section("Tenants", t.el), section("New tenant", form, secret.el)),

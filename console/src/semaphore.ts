@@ -6,7 +6,7 @@ import { KeyedList, bar, h, show, table, td, text } from "./dom.js";
 import { jobsPanel } from "./jobs.js";
 import { leasesPanel } from "./leases.js";
 import { rateText } from "./semaphores.js";
-import { action, section, type Ctx, type View } from "./ui.js";
+import { action, onSubmit, section, type Ctx, type View } from "./ui.js";
 
 export function semaphoreView(ctx: Ctx, name: string): View {
   const admin = ctx.me.role !== "worker";
@@ -93,26 +93,13 @@ function usagePanel(ctx: Ctx, name: string): { el: HTMLElement; update(sem: Sema
   maxInput.addEventListener("input", () => (editing = true));
   const save = h("button", { type: "submit", class: "primary" }, "Save");
   const form = h("form", { class: "inline", id: "max-value-form" }, h("label", { for: "max-value" }, "maxValue"), maxInput, save);
-  form.addEventListener("submit", (ev) => {
-    ev.preventDefault();
+  onSubmit(ctx, form, async () => {
     if (!current) return;
     const v = Number(maxInput.value);
-    if (!Number.isInteger(v) || v < 1) {
-      ctx.notify.error(new Error("maxValue must be a whole number of at least 1."));
-      return;
-    }
-    save.disabled = true;
-    ctx.client
-      .putSemaphore(name, { ...configOf(current), maxValue: v })
-      .then((s) => {
-        editing = false;
-        ctx.notify.ok(`maxValue of ${name} is now ${s.maxValue}.`);
-      })
-      .catch((e: unknown) => ctx.notify.error(e))
-      .finally(() => {
-        save.disabled = false;
-        ctx.refresh();
-      });
+    if (!Number.isInteger(v) || v < 1) throw new Error("maxValue must be a whole number of at least 1.");
+    const s = await ctx.client.putSemaphore(name, { ...configOf(current), maxValue: v });
+    editing = false;
+    ctx.notify.ok(`maxValue of ${name} is now ${s.maxValue}.`);
   });
   const suspend = action(ctx, "Suspend", () => ctx.client.suspend(name), { class: "warn", title: "Stop dispatching queued jobs (jobs are still accepted)" });
   suspend.id = "suspend";

@@ -107,6 +107,23 @@ export function action(ctx: Ctx, label: string, fn: () => Promise<unknown>, opts
   return b;
 }
 
+/** onSubmit runs fn when the form is submitted, its submit button disabled
+ * meanwhile; a failure is shown by ctx.notify, and the screen refreshes
+ * after either. */
+export function onSubmit(ctx: Ctx, form: HTMLFormElement, fn: () => Promise<unknown>): void {
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const button = form.querySelector<HTMLButtonElement>("button[type=submit]");
+    if (button) button.disabled = true;
+    fn()
+      .catch((e: unknown) => ctx.notify.error(e))
+      .finally(() => {
+        if (button) button.disabled = false;
+        ctx.refresh();
+      });
+  });
+}
+
 /** section wraps a screen's part under a heading. */
 export function section(title: string, ...children: (Node | null)[]): HTMLElement {
   return h("section", { class: "panel" }, h("h2", {}, title), ...children);
