@@ -139,6 +139,7 @@ class App implements Ctx {
     const view = this.view;
     if (!view) return;
     this.running = true;
+    let delay = every;
     view
       .refresh()
       .then(() => {
@@ -151,6 +152,8 @@ class App implements Ctx {
           this.stop(describe(e) + " Sign in with another key.");
           return;
         }
+        // A key over its rate limit waits as long as the server asks.
+        if (e instanceof ApiError && e.status === 429 && e.retryAfter) delay = Math.max(every, e.retryAfter * 1000);
         if (view !== this.view) return;
         this.setLive(!(e instanceof TypeError));
         text(this.viewError, describe(e));
@@ -164,7 +167,7 @@ class App implements Ctx {
           this.refresh();
           return;
         }
-        if (!document.hidden) this.timer = window.setTimeout(() => this.refresh(), every);
+        if (!document.hidden) this.timer = window.setTimeout(() => this.refresh(), delay);
       });
   }
 
