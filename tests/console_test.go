@@ -434,6 +434,10 @@ func testConsole(t *testing.T, inst *instance, screenshots bool) {
 			p.waitFor(hash+" denied", `!!document.querySelector("#denied")`)
 			require.False(t, p.exists("table"), "%s: no data", hash)
 		}
+		// A malformed address is a readable "not found", not an exception
+		// (noProblems checks at the end).
+		p.goTo("#/semaphores/%E0%A4%A/x")
+		p.waitFor("not found", `document.querySelector("#message")?.textContent.includes("There is no screen")`)
 		// It may look at a semaphore's jobs, not at its usage or settings.
 		p.goTo("#/")
 		p.do(chromedp.SendKeys(chromedp.CSS("#lookup-name"), "acme-jobs"), submit("#lookup-form"))

@@ -109,17 +109,17 @@ class App implements Ctx {
   };
 
   private readonly route = (): void => {
-    const path = decodeURIComponent(location.hash.replace(/^#/, "")) || "/";
+    const path = location.hash.replace(/^#/, "") || "/";
     const role = this.me.role;
     const admin = role === "admin" || role === "operator";
     let view: View;
-    const parts = path.split("/").filter(Boolean);
+    const parts = path.split("/").filter(Boolean).map(decodePart);
     if (parts.length === 0) view = admin ? semaphoresView(this) : lookupView(this);
     else if (parts[0] === "semaphores" && parts.length === 1) view = admin ? semaphoresView(this) : denied("The list of semaphores needs an admin key.");
     else if (parts[0] === "semaphores" && parts.length === 2) view = semaphoreView(this, parts[1]);
     else if (parts[0] === "keys" && parts.length === 1) view = admin ? keysView(this) : denied("API keys are managed with an admin key.");
     else if (parts[0] === "tenants" && parts.length === 1) view = role === "operator" ? tenantsView(this) : denied("Tenants are managed with an operator key.");
-    else view = message("Not found", `There is no screen at ${path}.`);
+    else view = message("Not found", `There is no screen at ${parts.join("/")}.`);
     for (const a of this.nav.querySelectorAll("a")) a.classList.toggle("active", a.getAttribute("href") === `#/${parts[0] ?? ""}` || (parts.length === 0 && a.getAttribute("href") === (admin ? "#/semaphores" : "#/")));
     this.view = view;
     this.notify.clear();
@@ -174,6 +174,16 @@ class App implements Ctx {
   private setLive(ok: boolean): void {
     text(this.live, ok ? `live · ${new Date().toLocaleTimeString()}` : "server unreachable, retrying");
     this.live.classList.toggle("down", !ok);
+  }
+}
+
+/** decodePart decodes one segment of the location's hash; a malformed
+ * escape stays as it is (no screen has that name). */
+function decodePart(p: string): string {
+  try {
+    return decodeURIComponent(p);
+  } catch {
+    return p;
   }
 }
 
