@@ -111,7 +111,7 @@ export function bar(): { el: HTMLElement; set(used: number, max: number): void }
   };
 }
 
-/** ago says how long ago (or, for a future time, in how long) t is. */
+/** relTime says how long ago (or, for a future time, in how long) t is. */
 export function relTime(t: string | null | undefined, now = Date.now()): string {
   if (!t) return "—";
   const ms = Date.parse(t) - now;
