@@ -5,14 +5,18 @@
 // subscriptions and held jobs survive a dropped connection within the
 // server's grace period), pings at the server's heartbeat, drops a
 // connection it no longer hears the server on (deaf), and keeps its
-// leases alive.
+// leases alive. This file is the connection and the calls; the jobs of its
+// subscriptions are in jobs.ts, its session-bound leases in leases.ts.
 
 import { Client, acquireBody } from "./client.js";
 import { ApiError, ConnectionLostError, LeaseLostError, SessionDisplacedError, WorkerClosedError } from "./errors.js";
+import { Jobs, subKey, type Handler, type SubscribeOptions, type Subscription } from "./jobs.js";
+import { Leases } from "./leases.js";
 import { dialLongPoll, dialSSE, dialWebSocket, type DialContext, type Frame, type Link, type LinkKind, type Transport, type WebSocketCtor } from "./links.js";
 import { durationMs, durationString, type AcquireOptions, type Duration, type EnqueueOptions, type Job, type Lease } from "./types.js";
 
 export type { Transport, LinkKind, WebSocketCtor } from "./links.js";
+export type { Handler, SubscribeOptions } from "./jobs.js";
 
 export interface WorkerOptions {
   /** How to connect: "auto" (default: websocket, then SSE, then long-poll), or one transport. */
@@ -53,31 +57,6 @@ export interface Health {
   lastFrame: Date | null;
 }
 
-/** A job handler. The signal aborts when the job's lease is lost, the server refused the ack, or the worker closes. */
-export type Handler<P = unknown> = (job: Job<P>, signal: AbortSignal) => Promise<void> | void;
-
-export interface SubscribeOptions {
-  channel?: string;
-  /** At most this many unreleased jobs at once (default 1). */
-  prefetch?: number;
-  /**
-   * What a thrown handler error does: "retry" (default, as the Go SDK: the
-   * job keeps its lease until it expires, then the server retries it,
-   * counting an attempt, up to maxAttempts), "fail" (cancelled at once),
-   * or "requeue" (cancelled and requeued at once, at the back of its
-   * queue with its attempts reset).
-   */
-  onError?: "retry" | "fail" | "requeue";
-}
-
-interface Subscription {
-  semaphore: string;
-  channel: string;
-  prefetch: number;
-  handler: Handler<any>;
-  onError: "retry" | "fail" | "requeue";
-}
-
 interface Conn {
   link?: Link;
   pending: Map<string, { resolve: (f: Frame) => void; reject: (e: unknown) => void }>;
@@ -89,23 +68,6 @@ interface Conn {
   timer?: ReturnType<typeof setInterval>;
 }
 
-interface HeldLease {
-  id: string;
-  ttlMs: number;
-  timer?: ReturnType<typeof setTimeout>;
-  lost: boolean;
-  /** onLost is called once if the lease is lost (expired, or gone with the session). */
-  onLost?: () => void;
-}
-
-interface JobRun {
-  job: Job;
-  ctl: AbortController;
-  lease: HeldLease;
-  done: Promise<void>;
-}
-
-const ACK = "ack:";
 const DEFAULT_HEARTBEAT = 10_000;
 const DIAL_TIMEOUT = 10_000;
 
@@ -127,9 +89,8 @@ export class Worker {
   private closing = false;
   private stopped = false;
   private stopErr?: unknown;
-  private readonly subs = new Map<string, Subscription>();
-  private readonly leases = new Map<string, HeldLease>();
-  private readonly running = new Map<string, JobRun>();
+  private readonly leases: Leases;
+  private readonly jobs: Jobs;
   private wsCtor?: WebSocketCtor;
   private wsHeaders = false;
   private readonly loop: Promise<void>;
@@ -144,6 +105,16 @@ export class Worker {
     const t = opts.transport ?? "auto";
     if (!["auto", "websocket", "sse", "longpoll"].includes(t)) throw new TypeError(`semaphored: unknown transport ${t}`);
     this.levels = t === "auto" ? ["websocket", "sse", "longpoll"] : [t as LinkKind];
+    const call = (frame: Record<string, unknown>, alone?: boolean): Promise<Frame> => this.call(frame, alone);
+    this.leases = new Leases(call, () => this.stopped);
+    this.jobs = new Jobs({
+      client: this.client,
+      leases: this.leases,
+      call,
+      log: (level, ...args) => this.log(level, ...args),
+      closing: () => this.closing,
+      stopped: () => this.stopped,
+    });
     this.loop = this.run();
   }
 
@@ -170,19 +141,19 @@ export class Worker {
   async subscribe<P = unknown>(semaphore: string, handler: Handler<P>, opts: SubscribeOptions = {}): Promise<void> {
     const s: Subscription = { semaphore, channel: opts.channel ?? "", prefetch: opts.prefetch ?? 1, handler, onError: opts.onError ?? "retry" };
     const k = subKey(s.semaphore, s.channel);
-    const prev = this.subs.get(k);
-    this.subs.set(k, s);
+    const prev = this.jobs.subs.get(k);
+    this.jobs.subs.set(k, s);
     try {
       await this.call({ type: "subscribe", semaphore, channel: s.channel || undefined, prefetch: s.prefetch });
     } catch (err) {
-      if (prev) this.subs.set(k, prev);
-      else this.subs.delete(k);
+      if (prev) this.jobs.subs.set(k, prev);
+      else this.jobs.subs.delete(k);
       throw err;
     }
   }
 
   async unsubscribe(semaphore: string, channel = ""): Promise<void> {
-    this.subs.delete(subKey(semaphore, channel));
+    this.jobs.subs.delete(subKey(semaphore, channel));
     await this.call({ type: "unsubscribe", semaphore, channel: channel || undefined });
   }
 
@@ -194,9 +165,7 @@ export class Worker {
     const f = await this.call({ type: "acquire", semaphore, ...body }, waits);
     const lease = f.lease!;
     const ttlMs = opts.ttl !== undefined ? durationMs(opts.ttl) : Date.parse(lease.expiresAt) - Date.parse(lease.acquiredAt);
-    const held: HeldLease = { id: lease.id, ttlMs, lost: false };
-    this.leases.set(lease.id, held);
-    this.keepAlive(held);
+    this.leases.hold(lease.id, ttlMs);
     return lease;
   }
 
@@ -231,9 +200,7 @@ export class Worker {
   }
 
   async release(leaseId: string): Promise<Lease> {
-    const held = this.leases.get(leaseId);
-    if (held?.timer) clearTimeout(held.timer);
-    this.leases.delete(leaseId);
+    this.leases.forget(leaseId);
     return (await this.call({ type: "release", lease: leaseId })).lease!;
   }
 
@@ -250,10 +217,9 @@ export class Worker {
   async close(): Promise<void> {
     if (this.closing) return this.loop;
     this.closing = true;
-    for (const r of this.running.values()) r.ctl.abort(new WorkerClosedError());
-    const all = Promise.all([...this.running.values()].map((r) => r.done));
-    await within(all, this.opts.closeTimeoutMs);
-    for (const l of this.leases.values()) if (l.timer) clearTimeout(l.timer);
+    this.jobs.abortAll(new WorkerClosedError());
+    await within(this.jobs.settled(), this.opts.closeTimeoutMs);
+    this.leases.stopAll();
     this.stopped = true;
     const c = this.cur;
     if (c?.link) await c.link.end();
@@ -271,7 +237,7 @@ export class Worker {
     this.stopErr = err;
     this.stopped = true;
     this.log("error", "stopped", err);
-    for (const r of this.running.values()) r.ctl.abort(err);
+    this.jobs.abortAll(err);
     this.wakeSleeper();
     for (const w of this.readyWaiters.splice(0)) w();
   }
@@ -485,18 +451,8 @@ export class Worker {
 
   /** diff compares the worker's state with a resumed session (none: fresh). */
   private diff(r?: Frame): { subs: Subscription[]; orphans: string[] } {
-    const known = new Set((r?.subscriptions ?? []).map((s) => subKey(s.semaphore, s.channel)));
-    const subs = [...this.subs.entries()].filter(([k]) => !known.has(k)).map(([, s]) => s);
-    const held = new Set(r?.leases ?? []);
-    const orphans = [...held].filter((id) => !this.leases.has(id));
-    for (const [id, l] of this.leases) {
-      if (!held.has(id)) {
-        l.lost = true;
-        if (l.timer) clearTimeout(l.timer);
-        this.leases.delete(id);
-        l.onLost?.();
-      }
-    }
+    const subs = this.jobs.missing(r?.subscriptions ?? []);
+    const orphans = this.leases.reconcile(r?.leases ?? []);
     return { subs, orphans };
   }
 
@@ -604,7 +560,7 @@ export class Worker {
     });
   }
 
-  // ---- frames and jobs ----
+  // ---- frames ----
 
   private onFrame(c: Conn, f: Frame): void {
     if (!c.ready) {
@@ -613,7 +569,7 @@ export class Worker {
       return;
     }
     if (f.type === "job") {
-      this.onJob(c, f);
+      this.jobs.onJob((frame) => c.link!.send(frame), f);
       return;
     }
     if (f.id) {
@@ -627,99 +583,9 @@ export class Worker {
     if (f.type === "acquired" && f.lease) {
       // its caller is gone: give the permit back
       void this.call({ type: "release", lease: f.lease.id }).catch(() => undefined);
-    } else if (f.type === "error" && f.id?.startsWith(ACK)) {
-      const [jobId, leaseId] = f.id.slice(ACK.length).split(":");
-      const run = this.running.get(jobId);
-      if (run && run.job.lease?.id === leaseId) run.ctl.abort(new Error("semaphored: ack refused: the job went to another worker"));
+    } else {
+      this.jobs.ackRefused(f);
     }
-  }
-
-  private onJob(c: Conn, f: Frame): void {
-    const job = f.job;
-    if (!job?.lease) return;
-    const s = this.subs.get(subKey(job.semaphore, job.channel)) ?? this.subs.get(subKey(job.semaphore, ""));
-    if (!s || this.closing) return; // no ack: the server offers it elsewhere
-    const ack = (): void => {
-      try {
-        c.link!.send(JSON.stringify({ type: "ack", id: `${ACK}${job.id}:${job.lease!.id}`, job: job.id }));
-      } catch {
-        // not acked: the server offers it elsewhere
-      }
-    };
-    const prev = this.running.get(job.id);
-    if (prev && prev.job.lease?.id === job.lease.id) {
-      ack(); // pushed again while it runs
-      return;
-    }
-    const ttlMs = Math.max(Date.parse(job.lease.expiresAt) - Date.parse(job.lease.acquiredAt), 1000);
-    const held: HeldLease = { id: job.lease.id, ttlMs, lost: false };
-    const ctl = new AbortController();
-    const run: JobRun = { job, ctl, lease: held, done: Promise.resolve() };
-    this.running.set(job.id, run);
-    ack();
-    run.done = this.runJob(s, run);
-  }
-
-  private async runJob(s: Subscription, run: JobRun): Promise<void> {
-    const { job, ctl, lease } = run;
-    this.keepAlive(lease, () => ctl.abort(new LeaseLostError(lease.id)));
-    let failed: unknown;
-    try {
-      await s.handler(job, ctl.signal);
-    } catch (err) {
-      failed = err ?? new Error("handler failed");
-    } finally {
-      if (lease.timer) clearTimeout(lease.timer);
-      lease.lost = true; // no more keep-alive
-    }
-    try {
-      if (failed === undefined) {
-        if (!ctl.signal.aborted || ctl.signal.reason instanceof WorkerClosedError) await this.releaseJob(job.id);
-        return;
-      }
-      if (ctl.signal.aborted && !(ctl.signal.reason instanceof WorkerClosedError)) return; // not ours any more
-      this.log("warn", `handler of job ${job.id} failed`, failed);
-      if (s.onError === "fail" || s.onError === "requeue") {
-        await this.client.cancelJob(job.id);
-        if (s.onError === "requeue") await this.client.requeueJob(job.id);
-      }
-    } catch (err) {
-      this.log("warn", `settling job ${job.id} failed`, err);
-    } finally {
-      if (this.running.get(job.id) === run) this.running.delete(job.id);
-    }
-  }
-
-  /** releaseJob releases a job over the session, again after a reconnect. */
-  private async releaseJob(id: string): Promise<void> {
-    for (;;) {
-      try {
-        await this.call({ type: "release", job: id });
-        return;
-      } catch (err) {
-        if (!(err instanceof ConnectionLostError) || this.stopped) throw err;
-      }
-    }
-  }
-
-  /** keepAlive extends a lease every ttl/3 until it is released or lost. */
-  private keepAlive(l: HeldLease, onLost?: () => void): void {
-    const tick = async (): Promise<void> => {
-      if (l.lost) return;
-      try {
-        await this.call({ type: "extend", lease: l.id, ttl: durationString(l.ttlMs) });
-      } catch (err) {
-        if (err instanceof ApiError && err.code === "lease_not_found") {
-          l.lost = true;
-          this.leases.delete(l.id);
-          (onLost ?? l.onLost)?.();
-          return;
-        }
-        if (err instanceof WorkerClosedError || this.stopped) return;
-      }
-      if (!l.lost) l.timer = setTimeout(tick, l.ttlMs / 3);
-    };
-    l.timer = setTimeout(tick, l.ttlMs / 3);
   }
 }
 
@@ -731,8 +597,4 @@ export async function within(p: Promise<unknown>, ms: number): Promise<void> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-function subKey(semaphore: string, channel: string): string {
-  return `${semaphore}\u0000${channel}`;
 }
