@@ -278,6 +278,10 @@ func testConsole(t *testing.T, inst *instance, screenshots bool) {
 		_, err = op.Resume(ctx, "orders")
 		require.NoError(t, err)
 
+		// A config change made elsewhere just before the save is kept: the
+		// save starts from the config as it is then, not as last shown.
+		_, err = op.PutSemaphore(ctx, "orders", sdk.SemaphoreConfig{MaxValue: 3, MaxAttempts: 7, Routes: json.RawMessage(`[{"type":"websocket","channel":"gpu"}]`)})
+		require.NoError(t, err)
 		p.do(
 			chromedp.SetValue(chromedp.CSS("#max-value"), "5"),
 			submit("#max-value-form"),
@@ -286,6 +290,7 @@ func testConsole(t *testing.T, inst *instance, screenshots bool) {
 		sem, err = op.GetSemaphore(ctx, "orders")
 		require.NoError(t, err)
 		require.EqualValues(t, 5, sem.MaxValue)
+		require.Equal(t, 7, sem.MaxAttempts, "the change made elsewhere is kept")
 		require.JSONEq(t, `[{"type":"websocket","channel":"gpu"}]`, string(sem.Routes), "the rest of the config is kept")
 
 		// Bad input changes nothing and says why.

@@ -47,7 +47,6 @@ interface ChannelLine {
 
 /** usagePanel shows the totals and channels, and the settings an admin may change. */
 function usagePanel(ctx: Ctx, name: string): { el: HTMLElement; update(sem: Semaphore): void } {
-  let current: Semaphore | null = null;
   const b = bar();
   const nums: Record<string, HTMLElement> = {};
   const rateLabel = h("span");
@@ -94,10 +93,13 @@ function usagePanel(ctx: Ctx, name: string): { el: HTMLElement; update(sem: Sema
   const save = h("button", { type: "submit", class: "primary" }, "Save");
   const form = h("form", { class: "inline", id: "max-value-form" }, h("label", { for: "max-value" }, "maxValue"), maxInput, save);
   onSubmit(ctx, form, async () => {
-    if (!current) return;
     const v = Number(maxInput.value);
     if (!Number.isInteger(v) || v < 1) throw new Error("maxValue must be a whole number of at least 1.");
-    const s = await ctx.client.putSemaphore(name, { ...configOf(current), maxValue: v });
+    // PUT replaces the whole config: start from the config as it is now,
+    // not as the last refresh saw it, so that a change made meanwhile
+    // elsewhere is kept (the window left is one round trip).
+    const now = await ctx.client.getSemaphore(name);
+    const s = await ctx.client.putSemaphore(name, { ...configOf(now), maxValue: v });
     editing = false;
     ctx.notify.ok(`maxValue of ${name} is now ${s.maxValue}.`);
   });
@@ -111,7 +113,6 @@ function usagePanel(ctx: Ctx, name: string): { el: HTMLElement; update(sem: Sema
   return {
     el,
     update(sem) {
-      current = sem;
       const st = sem.state!;
       const perChannel = sem.maxValueScope === "channel";
       b.set(st.inUse, sem.maxValue);
