@@ -1068,7 +1068,11 @@ func (e *faultEnv) checkReady() {
 				if !s.sent.Before(o[0]) && !s.sent.After(o[1]) {
 					slowest = max(slowest, s.answered.Sub(s.sent))
 				}
-				if down == nil && !s.sent.Before(o[0]) && s.status == http.StatusServiceUnavailable {
+				// The first 503 answered after the outage began, also to a
+				// poll sent just before it: a poll in flight at the start
+				// waits out its own ping timeout, and one sent after it
+				// would only be answered a second timeout later.
+				if down == nil && !s.answered.Before(o[0]) && s.status == http.StatusServiceUnavailable {
 					down = s
 				}
 				if up == nil && !s.sent.Before(o[1]) && s.status == http.StatusOK {
