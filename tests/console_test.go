@@ -293,11 +293,15 @@ func testConsole(t *testing.T, inst *instance, screenshots bool) {
 		require.Equal(t, 7, sem.MaxAttempts, "the change made elsewhere is kept")
 		require.JSONEq(t, `[{"type":"websocket","channel":"gpu"}]`, string(sem.Routes), "the rest of the config is kept")
 
-		// Bad input changes nothing and says why.
-		p.do(
-			chromedp.SetValue(chromedp.CSS("#max-value"), "0"),
-			submit("#max-value-form"),
-		)
+		// Bad input is refused by the form and changes nothing, also after
+		// the next refresh (the live line shows its time).
+		p.do(chromedp.SetValue(chromedp.CSS("#max-value"), "0"))
+		valid, err := chromedp.Run(p.ctx, chromedp.Evaluate[bool](`document.querySelector("#max-value").validity.valid`))
+		require.NoError(t, err)
+		require.False(t, valid, "0 is not a valid maxValue")
+		before := p.text("#live")
+		p.do(submit("#max-value-form"))
+		p.waitFor("a refresh after the submit", fmt.Sprintf(`document.querySelector("#live").textContent !== %q`, before))
 		sem, err = op.GetSemaphore(ctx, "orders")
 		require.NoError(t, err)
 		require.EqualValues(t, 5, sem.MaxValue)

@@ -136,7 +136,7 @@ function usagePanel(ctx: Ctx, name: string): { el: HTMLElement; update(sem: Sema
 
 /** configOf is the config of a semaphore as PUT takes it back, so that a
  * change of maxValue keeps everything else. */
-export function configOf(s: Semaphore): SemaphoreConfig {
+function configOf(s: Semaphore): SemaphoreConfig {
   return {
     maxValue: s.maxValue,
     maxValueScope: s.maxValueScope as SemaphoreConfig["maxValueScope"],

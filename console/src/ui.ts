@@ -96,13 +96,7 @@ export function action(ctx: Ctx, label: string, fn: () => Promise<unknown>, opts
       return;
     }
     disarm();
-    b.disabled = true;
-    fn()
-      .catch((e: unknown) => ctx.notify.error(e))
-      .finally(() => {
-        b.disabled = false;
-        ctx.refresh();
-      });
+    run(ctx, b, fn);
   });
   return b;
 }
@@ -113,15 +107,20 @@ export function action(ctx: Ctx, label: string, fn: () => Promise<unknown>, opts
 export function onSubmit(ctx: Ctx, form: HTMLFormElement, fn: () => Promise<unknown>): void {
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    const button = form.querySelector<HTMLButtonElement>("button[type=submit]");
-    if (button) button.disabled = true;
-    fn()
-      .catch((e: unknown) => ctx.notify.error(e))
-      .finally(() => {
-        if (button) button.disabled = false;
-        ctx.refresh();
-      });
+    run(ctx, form.querySelector<HTMLButtonElement>("button[type=submit]"), fn);
   });
+}
+
+/** run runs fn with button disabled meanwhile; a failure is shown by
+ * ctx.notify, and the screen refreshes after either. */
+function run(ctx: Ctx, button: HTMLButtonElement | null, fn: () => Promise<unknown>): void {
+  if (button) button.disabled = true;
+  fn()
+    .catch((e: unknown) => ctx.notify.error(e))
+    .finally(() => {
+      if (button) button.disabled = false;
+      ctx.refresh();
+    });
 }
 
 /** section wraps a screen's part under a heading. */
