@@ -34,7 +34,10 @@ function loginScreen(message = ""): void {
     ev.preventDefault();
     submit.disabled = true;
     const key = input.value.trim();
-    signIn(key)
+    signIn(key, (e) => {
+      text(error, describe(e) + " Signing in again shortly…");
+      show(error, true);
+    })
       .catch((e: unknown) => {
         text(error, describe(e));
         show(error, true);
@@ -45,11 +48,26 @@ function loginScreen(message = ""): void {
   input.focus();
 }
 
-async function signIn(key: string): Promise<void> {
+/** How many times sign-in waits out a 429 before it shows the error. */
+const signInTries = 10;
+
+/** signIn checks the key with whoami and starts the app. A key over its
+ * rate limit waits as long as the server asks (Retry-After) and tries
+ * again, as the refresh loop does; waiting() is told each time. */
+async function signIn(key: string, waiting: (e: ApiError) => void = () => {}): Promise<void> {
   const client = new Client(location.origin, key);
-  const me = await client.whoami();
-  sessionStorage.setItem(storageKey, key);
-  new App(client, me).start();
+  for (let tries = 1; ; tries++) {
+    try {
+      const me = await client.whoami();
+      sessionStorage.setItem(storageKey, key);
+      new App(client, me).start();
+      return;
+    } catch (e: unknown) {
+      if (!(e instanceof ApiError) || e.status !== 429 || tries >= signInTries) throw e;
+      waiting(e);
+      await new Promise((resolve) => window.setTimeout(resolve, Math.max(every, (e.retryAfter ?? 1) * 1000)));
+    }
+  }
 }
 
 function signOut(message = ""): void {
