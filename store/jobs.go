@@ -70,9 +70,13 @@ type Job struct {
 	IdempotencyKey string
 	Parent         *JobRef // set on a child job created by a semaphore route
 	Child          *JobRef // set on a parent that handed off to a child job
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
-	FinishedAt     time.Time // zero until terminal
+	// Worker is the session an inflight job is bound to (dispatched to it
+	// by room, see WorkerRoute), with the node holding its connection when
+	// it was dispatched; nil when the job is not bound to a session.
+	Worker     *Worker
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	FinishedAt time.Time // zero until terminal
 }
 
 // NewJobID returns a fresh job id carrying the semaphore's name.
@@ -162,6 +166,10 @@ const (
 	// ActRequeue: a terminal job → scheduled at the back of its queue,
 	// attempts reset to 0, error cleared.
 	ActRequeue JobAction = "requeue"
+	// ActReturn: inflight → scheduled at the head of its queue, the
+	// attempt not counted, the permit freed: the delivery never reached a
+	// worker (the session it was bound to was gone or did not ack).
+	ActReturn JobAction = "return"
 	// ActHandOff: the inflight job was handed to Child (semaphore route).
 	// With Child.Hold false it ends done at once (permit freed); with Hold
 	// true it stays inflight with its lease set to HoldTTL, until
@@ -190,6 +198,17 @@ type TransitionParams struct {
 	// Quiet: the caller does not use the returned job, only the error; a
 	// store may return a zero Job (and spare reading it back).
 	Quiet bool
+}
+
+// RouteWebsocket is the route of a job dispatched to a worker session
+// (WorkerRoute).
+const RouteWebsocket = "websocket"
+
+// Worker is the websocket session a job is bound to.
+type Worker struct {
+	Session string
+	Channel string // the channel of the subscription it came through ("" = every channel)
+	Node    string // the node that held the session's connection at dispatch
 }
 
 // SessionBinding names the websocket session a job was delivered to and

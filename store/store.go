@@ -81,8 +81,32 @@ type SemaphoreConfig struct {
 	OnSessionLost   string
 	OnDeliveryError string
 	// Rate, when set, limits grants per sliding window (SPEC §2.6, §4).
-	Rate  *RateLimit
-	Extra []byte // opaque JSON (routes, mapping), stored verbatim
+	Rate *RateLimit
+	// Workers, when set, says the route chain begins with the websocket
+	// route: jobs are dispatched only to a subscribed session with room
+	// (see WorkerRoute). nil: jobs are dispatched when a permit is free and
+	// the caller delivers them.
+	Workers *WorkerRoute
+	Extra   []byte // opaque JSON (routes, mapping), stored verbatim
+}
+
+// WorkerRoute is what the store knows of a semaphore's websocket route
+// (the first of its chain), to dispatch jobs by the room of the sessions
+// subscribed to it (no job holds a permit while no worker can take it).
+//
+// A session's subscription to the semaphore and channel C (or to every
+// channel, "") has room while it is connected and fewer jobs are bound to
+// it than its Prefetch. A job of channel c goes to the subscriptions of
+// Channel, or of c when Channel is "": dispatching it takes a permit only
+// when one of them has room, and binds the job to the least loaded one in
+// the same atomic operation (Job.Worker, route "websocket"). When none
+// has room, a Fallback job is dispatched unbound (the caller offers it to
+// the more stable routes that follow); otherwise it stays scheduled and
+// its channel's queue waits, FIFO, for room: a Subscribe, a resumed
+// session, or a bound job's end dispatches it.
+type WorkerRoute struct {
+	Channel  string // the subscription channel the route delivers to ("" = each job's own)
+	Fallback bool   // a more stable route follows the websocket route
 }
 
 // RateLimit: at most Limit weight units granted in any sliding window of

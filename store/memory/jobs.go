@@ -32,6 +32,9 @@ func (j *jobEntry) snapshot() store.Job {
 	if j.lease != nil {
 		l := j.lease.lease
 		job.Lease = &l
+		if e := j.lease; e.session != "" {
+			job.Worker = &store.Worker{Session: e.session, Channel: e.bindChannel, Node: e.bindNode}
+		}
 	}
 	return job
 }
@@ -159,8 +162,9 @@ func (q *jobQueues) remove(j *jobEntry) {
 
 // nextChannel returns the channel to dispatch from next at now, if any: its
 // head job has a free permit and room in the rate window. A head that has
-// no room blocks its own domain only.
-func (s *semaphore) nextChannel(now time.Time) (string, bool) {
+// no room blocks its own domain only; channels in skip (whose head waits
+// for a worker with room) are passed over.
+func (s *semaphore) nextChannel(now time.Time, skip map[string]bool) (string, bool) {
 	chans := s.jobs.channels
 	n := len(chans)
 	start, found := slices.BinarySearch(chans, s.jobs.cursor)
@@ -169,11 +173,14 @@ func (s *semaphore) nextChannel(now time.Time) (string, bool) {
 	}
 	for i := range n {
 		ch := chans[(start+i)%n]
+		if skip[ch] {
+			continue
+		}
 		if !s.hasWaiters(ch) && s.grantable(ch, 1, now) {
 			return ch, true
 		}
 		if !s.channelScoped() {
-			return "", false // one capacity domain: if one channel cannot, none can
+			return "", false // one capacity domain: if one cannot, none can
 		}
 	}
 	return "", false
@@ -184,18 +191,36 @@ func (s *semaphore) maxAttempts() int { return s.info.Config.MaxAttempts }
 
 // dispatch moves up to limit (≤ 0: DefaultDispatchBatch) scheduled jobs
 // that fit to inflight, records them as Dispatched events and returns them.
-// Every operation on a semaphore ends with it, so it also sets the rate
-// timer for what the rate still holds back (rate.go).
+// With a worker route (store.WorkerRoute) a job goes only to a subscribed
+// session with room, bound to it. Every operation on a semaphore ends with
+// it, so it also sets the rate timer for what the rate still holds back
+// (rate.go).
 func (s *Store) dispatch(sem *semaphore, limit int, now time.Time) []store.Job {
 	defer s.armRateTimer(sem, now)
 	if limit <= 0 {
 		limit = store.DefaultDispatchBatch
 	}
 	var out []store.Job
+	var noRoom map[string]bool // channels whose head waits for a worker
+	wr := sem.info.Config.Workers
 	for len(out) < limit && !sem.info.Suspended {
-		ch, ok := sem.nextChannel(now)
+		ch, ok := sem.nextChannel(now, noRoom)
 		if !ok {
 			break
+		}
+		var w *roomEntry
+		if wr != nil {
+			rc := wr.Channel
+			if rc == "" {
+				rc = ch
+			}
+			if w = s.roomFor(sem.key, rc); w == nil && !wr.Fallback {
+				if noRoom == nil {
+					noRoom = make(map[string]bool)
+				}
+				noRoom[ch] = true
+				continue
+			}
 		}
 		j := sem.jobs.queues[ch].Front().Value.(*jobEntry)
 		sem.jobs.unqueue(j)
@@ -207,8 +232,13 @@ func (s *Store) dispatch(sem *semaphore, limit int, now time.Time) []store.Job {
 		j.job.Status = store.JobInflight
 		j.job.Attempts++
 		j.job.UpdatedAt = now
-		out = append(out, j.snapshot())
-		s.pending.Dispatched = append(s.pending.Dispatched, j.snapshot())
+		if w != nil {
+			j.job.Route = store.RouteWebsocket
+			s.bindLease(sem.key.tenant, e, w.session, w.channel)
+		}
+		snap := j.snapshot()
+		out = append(out, snap)
+		s.pending.Dispatched = append(s.pending.Dispatched, snap)
 	}
 	return out
 }
@@ -532,12 +562,17 @@ func (s *Store) apply(sem *semaphore, j *jobEntry, p store.TransitionParams, now
 			msg = fmt.Sprintf(store.MsgGaveUp, j.job.Attempts)
 		}
 		s.retryOrTimeout(sem, j, msg, now)
-	case store.ActSuspend:
+	case store.ActSuspend, store.ActReturn:
 		if !inflight {
 			return invalidState(p.Action, status)
 		}
 		s.dropJobLease(sem, j)
 		j.job.Attempts = max(j.job.Attempts-1, 0)
+		if p.Action == store.ActReturn {
+			j.job.Route = ""
+			s.schedule(sem, j, true, now)
+			break
+		}
 		s.schedule(sem, j, true, now)
 		sem.info.Suspended = true
 		sem.info.UpdatedAt = now

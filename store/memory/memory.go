@@ -150,8 +150,7 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 		return store.Semaphore{}, false, err
 	}
 	now := s.now()
-	cfg := p.Config
-	cfg.Extra = bytes.Clone(cfg.Extra)
+	cfg := copySemaphore(store.Semaphore{Config: p.Config}).Config
 	key := semKey{p.Tenant, p.Name}
 	sem, ok := s.sems[key]
 	if !ok {
@@ -309,5 +308,13 @@ func (s *Store) Close() error {
 // copySemaphore returns a copy that shares no memory with the store.
 func copySemaphore(sem store.Semaphore) store.Semaphore {
 	sem.Config.Extra = bytes.Clone(sem.Config.Extra)
+	if r := sem.Config.Rate; r != nil {
+		c := *r
+		sem.Config.Rate = &c
+	}
+	if w := sem.Config.Workers; w != nil {
+		c := *w
+		sem.Config.Workers = &c
+	}
 	return sem
 }

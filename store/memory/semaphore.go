@@ -49,6 +49,7 @@ type leaseEntry struct {
 	// subscription to bindChannel (sessions.go)
 	session     string
 	bindChannel string
+	bindNode    string // the session's node when the job was bound to it
 }
 
 func newSemaphore(key semKey, info store.Semaphore) *semaphore {

@@ -264,11 +264,12 @@ func (e *sessEntry) useSemaphore(sem string) {
 // runs inside the lease or job operation that grants or delivers it; a
 // session that is gone keeps no binding. s.mu is held.
 func (s *Store) bindLease(tenant string, l *leaseEntry, session, channel string) {
-	l.session, l.bindChannel = session, channel
+	l.session, l.bindChannel, l.bindNode = session, channel, ""
 	e, ok := s.sess().sessions[sessKey{tenant, session}]
 	if !ok {
 		return
 	}
+	l.bindNode = e.s.Node
 	e.useSemaphore(l.lease.Semaphore)
 	if l.job != nil {
 		id := l.job.job.ID
@@ -287,7 +288,7 @@ func (s *Store) bindLease(tenant string, l *leaseEntry, session, channel string)
 // another route). s.mu is held.
 func (s *Store) unbindLease(tenant string, l *leaseEntry) {
 	session := l.session
-	l.session, l.bindChannel = "", ""
+	l.session, l.bindChannel, l.bindNode = "", "", ""
 	e, ok := s.sess().sessions[sessKey{tenant, session}]
 	if !ok {
 		return
@@ -324,7 +325,7 @@ func (s *Store) Subscribe(ctx context.Context, p store.SubscribeParams) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	st := s.sess()
 	e, err := st.live(store.SessionParams{Tenant: p.Tenant, Session: p.Session}, s.now())
 	if err != nil {
@@ -339,6 +340,9 @@ func (s *Store) Subscribe(ctx context.Context, p store.SubscribeParams) error {
 	}
 	e.useSemaphore(sub.Semaphore)
 	st.indexSub(sessKey{p.Tenant, p.Session}, sub.Semaphore)
+	if !e.lost() {
+		s.dispatchFor(p.Tenant, []string{sub.Semaphore}, s.now())
+	}
 	return nil
 }
 
@@ -395,6 +399,51 @@ func (s *Store) Subscribers(ctx context.Context, tenant, semaphore, channel stri
 	return out, nil
 }
 
+// roomEntry is a subscription with room for one more job.
+type roomEntry struct{ session, channel string }
+
+// roomFor picks the subscription a job of the semaphore sem, routed to
+// channel rc, is bound to at dispatch (store.WorkerRoute): among the
+// connected sessions whose subscription to rc (preferred) or to every
+// channel has fewer bound jobs than its prefetch, the least loaded, ties
+// by session id. nil when none has room. A session of a node whose
+// heartbeat expired is offered as in the Redis store (which cannot see
+// node presence there): its push fails and the session is marked lost.
+// s.mu is held.
+func (s *Store) roomFor(sem semKey, rc string) *roomEntry {
+	st := s.sess()
+	var best *roomEntry
+	bestLoad := 0
+	for key := range st.bySem[sem] {
+		e := st.sessions[key]
+		if e == nil || e.lost() {
+			continue
+		}
+		for _, k := range []subKey{{sem.name, rc}, {sem.name, ""}} {
+			i := e.subIndex(k)
+			if i < 0 {
+				continue
+			}
+			load := e.inflight(k)
+			if load < max(e.s.Subscriptions[i].Prefetch, 1) && (best == nil || load < bestLoad || (load == bestLoad && key.id < best.session)) {
+				best, bestLoad = &roomEntry{key.id, k.channel}, load
+			}
+			break
+		}
+	}
+	return best
+}
+
+// dispatchFor dispatches the jobs of the semaphores in sems of the tenant
+// (a session's room changed: it subscribed or resumed). s.mu is held.
+func (s *Store) dispatchFor(tenant string, sems []string, now time.Time) {
+	for _, name := range sems {
+		if sem, ok := s.sems[semKey{tenant, name}]; ok && sem.info.Config.Workers != nil {
+			s.refresh(sem, now)
+		}
+	}
+}
+
 func (st *sessionState) nodeAlive(node string, now time.Time) bool {
 	exp, ok := st.nodes[node]
 	return ok && now.Before(exp)
@@ -435,7 +484,7 @@ func (s *Store) ResumeSession(ctx context.Context, tenant, resumeTokenHash, node
 	if err := s.lock(ctx); err != nil {
 		return store.Session{}, err
 	}
-	defer s.mu.Unlock()
+	defer s.unlock()
 	st := s.sess()
 	now := s.now()
 	id, ok := st.tokens[tokKey{tenant, resumeTokenHash}]
@@ -454,6 +503,11 @@ func (s *Store) ResumeSession(ctx context.Context, tenant, resumeTokenHash, node
 	}
 	e.s.Node = node
 	e.s.LostAt, e.s.GraceUntil = time.Time{}, time.Time{}
+	sems := make([]string, 0, len(e.s.Subscriptions))
+	for _, sub := range e.s.Subscriptions {
+		sems = append(sems, sub.Semaphore)
+	}
+	s.dispatchFor(tenant, sems, now)
 	return copySession(e.s), nil
 }
 

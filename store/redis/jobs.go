@@ -54,6 +54,9 @@ type jobMeta struct {
 	K  string   `json:"k"`
 	P  *refJSON `json:"p"`
 	H  *refJSON `json:"h"`
+	SS string   `json:"ss"` // the session the job is bound to
+	SC string   `json:"sc"` // ... through its subscription to this channel
+	SN string   `json:"sn"` // ... on this node (bound at dispatch)
 	CA float64  `json:"ca"`
 	UA float64  `json:"ua"`
 	FA float64  `json:"fa"`
@@ -123,6 +126,9 @@ func decodeJob(tenant, semaphore string, v any) (store.Job, error) {
 	}
 	if m.C != nil {
 		j.Channel = *m.C
+	}
+	if m.SS != "" {
+		j.Worker = &store.Worker{Session: m.SS, Channel: m.SC, Node: m.SN}
 	}
 	if m.UA == 0 {
 		j.UpdatedAt = j.CreatedAt

@@ -36,8 +36,10 @@ import "strings"
 //
 // Sessions (sessions.go):
 //
-//	P:{<tenant>/<name>}:subs       hash: subscriber registry of the semaphore, a hint:
-//	                               "<session>\0<channel>" -> "1"
+//	P:{<tenant>/<name>}:subs       hash: subscriber registry of the semaphore:
+//	                               "<session>\0<channel>" -> "<prefetch> <node>"
+//	                               (node "" while the session is lost); a hint for
+//	                               Subscribers, the room of dispatch (lib_dispatch.lua)
 //	P:{nodes}                      zset: node id -> heartbeat expiry ms
 //	P:{nodes}:sess                 hash: "<tenant>/<id>" -> session record JSON (sesslib.lua)
 //	P:{nodes}:bynode               zset (scores 0): "<node>\0<tenant>/<id>", sessions per node
@@ -90,6 +92,7 @@ const (
 	kSBind
 	kRLog
 	kRUsed
+	kSubs
 	numSemKeys
 )
 
@@ -97,6 +100,7 @@ var semKeySuffixes = [numSemKeys]string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
 	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind", ":rlog", ":rused",
+	":subs",
 }
 
 // sem returns the KEYS of every per-semaphore script.
@@ -137,9 +141,10 @@ func (k keys) nodeChannel(node string) string  { return k.nodeChannelPrefix() + 
 // Store, which evicts it from its key cache.
 func (k keys) keysRevokedChannel() string { return k.p + ":keys:revoked" }
 
-// subs is a semaphore's subscriber registry, in the semaphore's slot.
+// subs is a semaphore's subscriber registry, in the semaphore's slot
+// (also sem's kSubs).
 func (k keys) subs(tenant, name string) string {
-	return k.p + ":{" + semMember(tenant, name) + "}:subs"
+	return k.p + ":{" + semMember(tenant, name) + "}" + semKeySuffixes[kSubs]
 }
 
 // sessMember is a session's member in the global session index.

@@ -33,6 +33,7 @@ var (
 	fnPutSemaphore    = semFunc("put_semaphore.lua")
 	fnDeleteSemaphore = semFunc("delete_semaphore.lua")
 	fnSetSuspended    = semFunc("set_suspended.lua")
+	fnSetSub          = semFunc("set_sub.lua")
 	fnDispatch        = semFunc("dispatch.lua")
 	fnGetJob          = semFunc("get_job.lua")
 	fnListJobs        = semFunc("list_jobs.lua")
@@ -84,7 +85,7 @@ var libFiles = []string{
 	"batch.lua", "extend.lua", "cancel_wait.lua", "sweep.lua",
 	"state.lua", "put_semaphore.lua", "delete_semaphore.lua", "set_suspended.lua",
 	"dispatch.lua", "get_job.lua", "list_jobs.lua", "purge_jobs.lua",
-	"list_leases.lua",
+	"list_leases.lua", "set_sub.lua",
 }
 
 // library is the function library: its name carries a hash of its code, so

@@ -22,9 +22,16 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	if c.Rate != nil {
 		rl, rp = c.Rate.Limit, ms(c.Rate.Period)
 	}
+	wr := ""
+	if w := c.Workers; w != nil {
+		wr = "0" + w.Channel
+		if w.Fallback {
+			wr = "1" + w.Channel
+		}
+	}
 	res, err := s.run(ctx, fnPutSemaphore, p.Tenant, p.Name,
 		p.Name, c.MaxValue, c.MaxValueScope, ms(c.LeaseTimeout), c.MaxAttempts,
-		c.OnSessionLost, c.OnDeliveryError, string(c.Extra), rl, rp)
+		c.OnSessionLost, c.OnDeliveryError, string(c.Extra), rl, rp, wr)
 	if err != nil {
 		return store.Semaphore{}, false, err
 	}
@@ -232,6 +239,9 @@ func decodeSemaphore(name string, m map[string]string) store.Semaphore {
 	}
 	if e := m["extra"]; e != "" {
 		sem.Config.Extra = []byte(e)
+	}
+	if wr, ok := m["wr"]; ok && wr != "" {
+		sem.Config.Workers = &store.WorkerRoute{Fallback: wr[0] == '1', Channel: wr[1:]}
 	}
 	if rl := atoi(m["rl"]); rl > 0 {
 		sem.Config.Rate = &store.RateLimit{Limit: rl, Period: time.Duration(atoi(m["rp"])) * time.Millisecond}

@@ -274,18 +274,25 @@ func (s *Store) withBindings(ctx context.Context, sess store.Session) (store.Ses
 func regField(session, channel string) string { return session + "\x00" + channel }
 
 // registerSubs writes the record's subscriptions to their semaphores'
-// registries (idempotent: the registry is a hint, see the top of this
-// file).
+// registries with the session's node as the record has it ("" while lost),
+// each in its semaphore's own function (set_sub.lua), which dispatches the
+// jobs the session's room lets go.
 func (s *Store) registerSubs(ctx context.Context, r *sessRecord) error {
-	if len(r.Subs) == 0 {
-		return nil
-	}
-	pipe := s.client.Pipeline()
 	for _, sub := range r.Subs {
-		pipe.HSet(ctx, s.keys.subs(r.Tenant, sub.Semaphore), regField(r.ID, sub.Channel), "1")
+		if err := s.setSub(ctx, r.Tenant, sub.Semaphore, regField(r.ID, sub.Channel), regValue(sub.Prefetch, r.Node)); err != nil {
+			return err
+		}
 	}
-	_, err := pipe.Exec(ctx)
-	return translate(err, nil)
+	return nil
+}
+
+// regValue is a subscription's value in its semaphore's registry.
+func regValue(prefetch int, node string) string { return strconv.Itoa(max(prefetch, 1)) + " " + node }
+
+// setSub sets (value "" removes) one registry entry (set_sub.lua).
+func (s *Store) setSub(ctx context.Context, tenant, semaphore, field, value string) error {
+	_, err := s.run(ctx, fnSetSub, tenant, semaphore, field, value)
+	return err
 }
 
 // unregisterSubs removes the record's subscriptions from their semaphores'
@@ -309,11 +316,11 @@ func (s *Store) unregisterSubs(ctx context.Context, r *sessRecord) {
 // (the record knows the session's node).
 func (s *Store) Subscribe(ctx context.Context, p store.SubscribeParams) error {
 	sub := p.Subscription
-	if _, err := s.runSess(ctx, scriptSessSubscribe, sessMember(p.Tenant, p.Session), sub.Semaphore, sub.Channel, max(sub.Prefetch, 1)); err != nil {
+	r, err := s.runSess(ctx, scriptSessSubscribe, sessMember(p.Tenant, p.Session), sub.Semaphore, sub.Channel, max(sub.Prefetch, 1))
+	if err != nil {
 		return err
 	}
-	err := s.client.HSet(ctx, s.keys.subs(p.Tenant, sub.Semaphore), regField(p.Session, sub.Channel), "1").Err()
-	return translate(err, nil)
+	return s.setSub(ctx, p.Tenant, sub.Semaphore, regField(p.Session, sub.Channel), regValue(sub.Prefetch, r.Node))
 }
 
 // Unsubscribe implements store.SessionStore; an unknown subscription is
@@ -322,8 +329,7 @@ func (s *Store) Unsubscribe(ctx context.Context, p store.SessionParams, sub stor
 	if _, err := s.runSess(ctx, scriptSessUnsubscribe, sessMember(p.Tenant, p.Session), sub.Semaphore, sub.Channel); err != nil {
 		return err
 	}
-	err := s.client.HDel(ctx, s.keys.subs(p.Tenant, sub.Semaphore), regField(p.Session, sub.Channel)).Err()
-	return translate(err, nil)
+	return s.setSub(ctx, p.Tenant, sub.Semaphore, regField(p.Session, sub.Channel), "")
 }
 
 // Subscribers implements store.SessionStore: the registry's entries that
@@ -415,8 +421,12 @@ func (s *Store) pruneRegistry(ctx context.Context, regKey string, gone []string,
 // renewed); with p.Node set, a session connected on another node is left
 // as it is.
 func (s *Store) LoseSession(ctx context.Context, p store.SessionParams, grace time.Duration) error {
-	_, err := s.runSess(ctx, scriptSessLose, sessMember(p.Tenant, p.Session), grace.Milliseconds(), p.Node)
-	return err
+	r, err := s.runSess(ctx, scriptSessLose, sessMember(p.Tenant, p.Session), grace.Milliseconds(), p.Node)
+	if err != nil {
+		return err
+	}
+	// Its subscriptions offer no room while it is lost.
+	return s.registerSubs(ctx, r)
 }
 
 // ResumeSession implements store.SessionStore. It also takes over a

@@ -148,6 +148,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Rate_State", testRateState},
 	}
 	tests = append(tests, sessionTests...)
+	tests = append(tests, workerTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

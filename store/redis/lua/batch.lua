@@ -5,7 +5,7 @@
 -- queued jobs (after every caller is served) for all of them. A lone call
 -- is a batch of one.
 --
--- KEYS: the 21 semaphore keys listed in lib_state.lua.
+-- KEYS: the 22 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5..] the operations, in order, each a letter and its arguments:
 --   'a' acquire: lease id (also the waiter id when it waits), channel,

@@ -19,6 +19,9 @@ local ACT_SUSPEND = 'suspend'
 local ACT_CANCEL = 'cancel'
 local ACT_REQUEUE = 'requeue'
 local ACT_HANDOFF = 'handoff'
+local ACT_RETURN = 'return'
+-- store.RouteWebsocket: the route of a job bound to a worker at dispatch
+local ROUTE_WEBSOCKET = 'websocket'
 -- job status letter (job records) -> store.JobStatus
 local JOB_STATUS_NAMES = {['C'] = 'cancelled', ['D'] = 'done', ['E'] = 'error', ['I'] = 'inflight', ['S'] = 'scheduled', ['T'] = 'timeout'}
 -- string.format(action, status name)

@@ -4,7 +4,7 @@
 -- monotonic when the name is created again (job ids differ by the salt of
 -- the new semaphore).
 --
--- KEYS: the 21 semaphore keys listed in lib_state.lua.
+-- KEYS: the 22 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.

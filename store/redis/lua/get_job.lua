@@ -1,7 +1,7 @@
 -- get_job.lua: read one job, after dropping expired leases and dispatching
 -- (a function of the function library (lib_*.lua)).
 --
--- KEYS: the 21 semaphore keys listed in lib_state.lua.
+-- KEYS: the 22 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] job-id salt, ARGV[6] job seq (both from the job id)
 --

@@ -25,9 +25,50 @@ local function next_chan(c)
   return r or redis.call('ZRANGE', K_JCH, '-', '+', 'BYLEX', 'LIMIT', 0, 1)[1]
 end
 
+-- the subscriber registry (K_SUBS) with each entry's load, the jobs bound
+-- on it: {s session, c channel, p prefetch, n node ('' lost), load} each,
+-- read once a call
+local function subs_load()
+  if ROOM then return ROOM end
+  ROOM = {}
+  local all = redis.call('HGETALL', K_SUBS)
+  for i = 1, #all, 2 do
+    local z = string.find(all[i], '\0', 1, true)
+    local p, n = string.match(all[i + 1], '^(%d+) (.*)$')
+    if z and p then
+      local s, c = string.sub(all[i], 1, z - 1), string.sub(all[i], z + 1)
+      local b = s .. '\0J' .. c
+      ROOM[#ROOM + 1] = {s = s, c = c, p = math.max(tonumber(p), 1), n = n,
+        load = redis.call('ZLEXCOUNT', K_SBIND, '[' .. b .. '\0', '(' .. b .. '\1')}
+    end
+  end
+  return ROOM
+end
+
+-- the registry entry a job routed to channel rc is bound to at dispatch
+-- (store.WorkerRoute): among connected sessions whose subscription to rc
+-- (preferred) or to every channel has fewer bound jobs than its prefetch,
+-- the least loaded, ties by session id; nil when none has room
+local function worker_for(rc)
+  local r = subs_load()
+  local exact = {}
+  for _, e in ipairs(r) do
+    if e.c == rc then exact[e.s] = true end
+  end
+  local best
+  for _, e in ipairs(r) do
+    if e.n ~= '' and (e.c == rc or (e.c == '' and not exact[e.s])) and e.load < e.p and
+      (not best or e.load < best.load or (e.load == best.load and e.s < best.s)) then
+      best = e
+    end
+  end
+  return best
+end
+
 -- moves the head job of channel c to inflight with a new lease of weight
--- 1; false when the queue held no scheduled job (it is dropped then)
-local function dispatch_one(conf, c, now)
+-- 1, bound to worker w (a subs_load entry) when given; false when the
+-- queue held no scheduled job (it is dropped then)
+local function dispatch_one(conf, c, now, w)
   while true do
     local seq, pos = q_pop(c)
     if not seq then
@@ -39,6 +80,10 @@ local function dispatch_one(conf, c, now)
       rate_take(conf, c, 1, now)
       local lraw, l = new_lease(nil, c, 1, lease_ttl(conf, 0), '', now, seq)
       m.s, m.q, m.l, m.a, m.ua = 'I', nil, l.id, (m.a or 0) + 1, now
+      if w then
+        bind_job(seq, m, w.s, w.c)
+        m.r, m.sn = ROUTE_WEBSOCKET, w.n
+      end
       unqueued(c)
       count_inflight(c, 1)
       ev(EV_D, seq, job_save(seq, m, pay), lraw)
@@ -51,7 +96,8 @@ end
 -- at: every channel with scheduled jobs (nil: walk the jch zset), or with
 -- scope channel and not all, only the touched ones (a list)
 local function dispatch_order(conf, at, all)
-  if all or conf.scope ~= SCOPE_CHANNEL or hexists(K_SEM, 'dmore') == 1 then return nil end
+  -- with a worker route, a job's end frees room for every channel
+  if all or conf.wr or conf.scope ~= SCOPE_CHANNEL or hexists(K_SEM, 'dmore') == 1 then return nil end
   -- ranks in jch give the byte order of names (Lua's < may follow the locale)
   local k = 0
   if at ~= '' then k = redis.call('ZLEXCOUNT', K_JCH, '-', '[' .. at) end
@@ -100,8 +146,14 @@ local function dispatch(conf, now, max, all)
     elseif head(conf, c, now) or not fits(conf, c, 1) or not room(conf, c, 1, now) then
       if conf.scope ~= SCOPE_CHANNEL then break end -- one domain: if one cannot, none can
       blocked[c], nblocked = true, nblocked + 1
-    elseif dispatch_one(conf, c, now) then
-      n, served = n + 1, c
+    else
+      local w
+      if conf.wr then w = worker_for(conf.wr.c ~= '' and conf.wr.c or c) end
+      if conf.wr and not w and not conf.wr.fb then
+        blocked[c], nblocked = true, nblocked + 1 -- its head waits for a worker with room
+      elseif dispatch_one(conf, c, now, w) then
+        n, served = n + 1, c
+      end
     end
     at = c
   end

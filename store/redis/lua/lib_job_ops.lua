@@ -71,7 +71,7 @@ local function op_enqueue_batch(conf, now, a, i)
 end
 
 -- transition: one action on a job (args a[i..i+9]: job-id salt, job seq,
--- action (delivered release fail retry suspend cancel requeue handoff),
+-- action (delivered release fail retry suspend return cancel requeue handoff),
 -- lease id the job must still hold ('' = no check), route, error, hold ttl
 -- ms (0: none), child JobRef JSON {s,i[,h]} (''), and for delivered the
 -- session the job's lease is bound to ('' none: an earlier binding ends)
@@ -157,15 +157,18 @@ local function op_transition(conf, now, a, i)
       local msg = a[i + 5]
       if msg == '' then msg = string.format(MSG_GAVE_UP, m.a or 0) end
       job_retry(conf, seq, m, pay, msg, now)
-    elseif act == ACT_SUSPEND then
+    elseif act == ACT_SUSPEND or act == ACT_RETURN then
       free()
       local n = (m.a or 0) - 1
       if n <= 0 then n = nil end
       m.a = n
+      if act == ACT_RETURN then m.r = nil end
       job_schedule(seq, m, true, now)
       job_save(seq, m, pay)
-      hset(K_SEM, 'susp', 1, 'ua', now)
-      conf.susp = true
+      if act == ACT_SUSPEND then
+        hset(K_SEM, 'susp', 1, 'ua', now)
+        conf.susp = true
+      end
     else
       return {E_INVALID_STATE, 'unknown action ' .. act}
     end

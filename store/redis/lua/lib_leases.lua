@@ -46,9 +46,19 @@ end
 
 -- binds inflight job seq (meta m) to session ss, counted on its
 -- subscription to channel sc (the caller saves m)
+-- keeps the loads of the registry read this call (ROOM) in line with a
+-- binding of session ss on channel sc that began (d 1) or ended (d -1)
+local function room_adjust(ss, sc, d)
+  if not ROOM then return end
+  for _, e in ipairs(ROOM) do
+    if e.s == ss and e.c == sc then e.load = e.load + d end
+  end
+end
+
 local function bind_job(seq, m, ss, sc)
   m.ss, m.sc = ss, sc
   redis.call('ZADD', K_SBIND, 0, job_member(seq, ss, sc))
+  room_adjust(ss, sc, 1)
 end
 
 -- ends the binding of job seq (meta m) to a session, if any: its lease
@@ -56,7 +66,8 @@ end
 local function unbind_job(seq, m)
   if not m.ss then return end
   redis.call('ZREM', K_SBIND, job_member(seq, m.ss, m.sc or ''))
-  m.ss, m.sc = nil, nil
+  room_adjust(m.ss, m.sc or '', -1)
+  m.ss, m.sc, m.sn = nil, nil, nil
 end
 
 -- ends a lease (release or expiry); returns the decoded lease or nil. raw:

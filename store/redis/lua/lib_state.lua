@@ -42,6 +42,9 @@
 --                       "<session>\0J<channel>\0" is that subscription's load
 --   KEYS[20] rlog       zset, all scores 0: the rate windows' grants (lib_rate.lua)
 --   KEYS[21] rused      hash: the rate windows' running totals (lib_rate.lua)
+--   KEYS[22] subs       hash: the subscriber registry, "<session>\0<channel>" ->
+--                       "<prefetch> <node>" (node '' while the session is lost):
+--                       the room jobs are dispatched by (lib_dispatch.lua room_for)
 --
 -- A sync lease bound to a session carries s (session) in its JSON, and
 -- drop_lease unbinds it; a job delivered to a session carries ss and sc
@@ -76,6 +79,7 @@ local K_GRANTED, K_IDEM
 local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
 local K_SBIND
 local K_RLOG, K_RUSED
+local K_SUBS
 local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
@@ -100,6 +104,9 @@ local EV_D, EV_F
 -- left with nothing more fitting by the previous call)
 local TOUCHED
 local JOB_SALT
+-- the subscriber registry of this call's semaphore with each entry's load,
+-- read once by the first dispatch that needs it (lib_dispatch.lua room)
+local ROOM
 
 -- The sweep index (sweep.go) must hold the semaphore at or below the due
 -- time (expiry or deadline) of each of its leases and waiters. The
@@ -134,9 +141,10 @@ local function begin(keys, args)
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
   K_SBIND = KEYS[19]
   K_RLOG, K_RUSED = KEYS[20], KEYS[21]
+  K_SUBS = KEYS[22]
   NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
   LOCAL_GRANTS = {}
-  EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
+  EV_D, EV_F, TOUCHED, JOB_SALT, ROOM = {}, {}, {}, nil, nil
   IX, IX_LOW, IX_EXACT = math.huge, false, false
   U, WN, JQ = 0, 0, 0
   RL, RP, RN, RATE_AT = 0, 0, 0, math.huge
@@ -194,7 +202,7 @@ end
 -- the fields load_conf reads (the last ones only cached, for the calls
 -- that need them)
 local CONF_FIELDS = {'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
-  'rr', 'js', 'jn', 'dmore'}
+  'wr', 'rr', 'js', 'jn', 'dmore'}
 
 local function load_conf()
   local v
@@ -215,8 +223,11 @@ local function load_conf()
     recount()
     hset(K_SEM, 'v', LAYOUT)
   end
+  -- wr: the worker route (store.WorkerRoute), "<fallback 0/1><channel>"
+  local wr
+  if v[14] then wr = {fb = string.sub(v[14], 1, 1) == '1', c = string.sub(v[14], 2)} end
   return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3]), ma = tonumber(v[4] or 0) or 0,
-    susp = v[5] == '1'}
+    susp = v[5] == '1', wr = wr}
 end
 
 local function used(field)

@@ -3,7 +3,7 @@
 -- the function library (lib_*.lua)). Scheduled jobs are found by walking the queues, terminal ones
 -- through the finished set.
 --
--- KEYS: the 21 semaphore keys listed in lib_state.lua.
+-- KEYS: the 22 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] status letter: S, D, E, T or C
 --

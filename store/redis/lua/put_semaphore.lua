@@ -2,12 +2,12 @@
 -- the function library (lib_*.lua)). Live leases are never revoked; a raised maxValue (or a scope
 -- change) grants head waiters at once, then dispatches queued jobs.
 --
--- KEYS: the 21 semaphore keys listed in lib_state.lua.
+-- KEYS: the 22 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] name, ARGV[6] maxValue, ARGV[7] scope, ARGV[8] leaseTimeout ms,
 -- ARGV[9] maxAttempts, ARGV[10] onSessionLost, ARGV[11] onDeliveryError,
 -- ARGV[12] extra (opaque JSON), ARGV[13] rate limit (0: none), ARGV[14]
--- rate period ms
+-- rate period ms, ARGV[15] worker route "<fallback 0/1><channel>" ('': none)
 --
 -- Returns {'ok', created (0/1), flat HGETALL of the semaphore hash, due, events, grants}.
 local created = redis.call('EXISTS', K_SEM) == 0
@@ -24,6 +24,7 @@ else
   hdel(K_SEM, 'rl', 'rp', 'rn')
   rate_clear()
 end
+if ARGV[15] ~= '' then hset(K_SEM, 'wr', ARGV[15]) else hdel(K_SEM, 'wr') end
 if created then hset(K_SEM, 'ca', now, 'susp', 0, 'v', LAYOUT) end
 local conf = load_conf()
 expire(conf, now)

@@ -5,7 +5,7 @@
 -- waiters of every domain, dispatch queued jobs, and forget terminal jobs
 -- past their retention.
 --
--- KEYS: the 21 semaphore keys listed in lib_state.lua.
+-- KEYS: the 22 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] job retention ms, ARGV[6] max terminal jobs forgotten
 --
