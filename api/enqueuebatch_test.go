@@ -24,7 +24,11 @@ func (e *env) enqueueBatch(name string, jobs ...map[string]any) []JobJSON {
 func TestEnqueueBatch(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	e.put("b", map[string]any{"maxValue": 1})
+	e.put("b", map[string]any{"maxValue": 1, "routes": []any{failingRoute}})
+	e.put("w", map[string]any{"maxValue": 1})
+	for _, j := range e.enqueueBatch("w", map[string]any{"payload": 1}, map[string]any{"payload": 2}) {
+		require.Equal(t, "scheduled", j.Status, "no worker subscribed: it waits")
+	}
 	jobs := e.enqueueBatch("b",
 		map[string]any{"payload": map[string]any{"n": 0}},
 		map[string]any{"payload": "one", "channel": "c1", "idempotencyKey": "k1"},

@@ -15,9 +15,12 @@ import (
 	"github.com/semaphored/semaphored/store/memory"
 )
 
+// failingRoute is a route that fails at once here (no webhook sender).
+var failingRoute = map[string]any{"type": "https", "url": "https://hooks.example.com/x"}
+
 // The service of these tests has no webhook sender and no websocket hub:
-// a job dispatched along its default chain (one websocket route) ends in
-// error at once. Jobs are kept scheduled by suspending their semaphore, and
+// a job of the default chain (one websocket route) waits for a worker that
+// never comes, and one of failingRoute ends in error at once. Jobs are kept scheduled by suspending their semaphore, and
 // inflight by a semaphore route with release: false into a suspended
 // target (the parent holds its permit while the child waits).
 
@@ -241,11 +244,21 @@ func TestJobs_EnqueueDispatched(t *testing.T) {
 	require.EqualValues(t, 1, e.get("h").State.InUse)
 	require.EqualValues(t, 1, e.get("h").State.Inflight)
 
+	// With no worker subscribed, a job of the websocket route waits: no
+	// permit, no attempt (decided in the enqueue's own operation).
+	e.put("noworker", map[string]any{"maxValue": 1})
+	j = e.enqueue("noworker", map[string]any{"payload": 1})
+	require.Equal(t, "scheduled", j.Status)
+	require.Equal(t, 0, j.Attempts)
+	require.Nil(t, j.Lease)
+	require.EqualValues(t, 0, e.get("noworker").State.InUse)
+	require.EqualValues(t, 1, e.get("noworker").State.Queued)
+
 	// With no route that can take it, a job ends in error.
-	e.put("nowhere", map[string]any{"maxValue": 1})
+	e.put("nowhere", map[string]any{"maxValue": 1, "routes": []any{failingRoute}})
 	j = e.enqueue("nowhere", map[string]any{"payload": 1})
 	j = e.waitJob(j.ID, func(j JobJSON) bool { return j.Status == "error" })
-	require.Equal(t, "every route failed: websocket: no websocket session took the job: no session is subscribed", *j.Error)
+	require.Equal(t, "every route failed: https: webhook delivery is not configured", *j.Error)
 	require.NotNil(t, j.FinishedAt)
 	require.Nil(t, j.Lease)
 }
@@ -398,7 +411,7 @@ func TestJobs_Transitions(t *testing.T) {
 
 	t.Run("error", func(t *testing.T) {
 		e := e.with(t)
-		e.put("fails", map[string]any{"maxValue": 1})
+		e.put("fails", map[string]any{"maxValue": 1, "routes": []any{failingRoute}})
 		j := e.enqueue("fails", map[string]any{"payload": 1})
 		j = e.waitJob(j.ID, func(j JobJSON) bool { return j.Status == "error" })
 		conflict("fails", j.ID, "release", "cancel")

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/semaphored/semaphored/routing"
@@ -55,6 +53,8 @@ type deliverBody struct {
 	Job       string          `json:"job"`
 	Lease     string          `json:"lease"`
 	Frame     json.RawMessage `json:"frame"` // the job frame, as the session receives it
+	// Bound: the store bound the job to the session at dispatch (offer.bound).
+	Bound bool `json:"bound,omitempty"`
 }
 
 // replyBody answers a deliver. Reason of a nack: "full" (the session holds
@@ -81,28 +81,23 @@ type jobFrame struct {
 	Job  wire.JobFrame `json:"job"`
 }
 
-// Deliver offers a dispatched job to the sessions subscribed to its
-// semaphore (and the route's channel, else the job's), on any node:
-// least loaded first (fewest unreleased jobs, ties broken at random). A
-// session on this node gets the job frame directly; a session elsewhere
-// through its node, over the bus. The first session that acks within
-// AckTimeout takes it (nil). A session that does not ack is not offered
-// the job again; when every subscriber with room has been tried, or none
-// is subscribed, the error wraps ErrNoSubscriber and the dispatcher moves
-// the job on. nil means the delivery is recorded too (the job is inflight
-// on the websocket route, bound to the session that took it): the
-// dispatcher records nothing more. While every subscriber not yet tried
-// holds its prefetch, or is lost within its grace period (its connection
-// dropped: it may be resumed, on any transport), Deliver waits until ctx
-// ends (the job's lease ends it), so a job is never pushed beyond a
-// session's prefetch, and a worker's reconnect does not fail it.
-func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error {
-	if job.Lease == nil {
-		return errors.New("websocket: job without lease")
-	}
-	channel := route.Channel
-	if channel == "" {
-		channel = job.Channel
+// ErrNotPushed is the failure of a push: the job never reached the
+// worker its store bound it to (the session is gone, lost, or did not ack
+// within AckTimeout). The session is marked lost in the store first, so
+// the job, returned to its queue, is not dispatched to it again.
+var ErrNotPushed = errors.New("the job did not reach its worker")
+
+// Push delivers a job its store dispatched to a worker (store.Job.Worker:
+// the session with room it is bound to, on the node that held it) and
+// waits for the session's ack: nil once acked. A session of this node gets
+// the job frame directly, a session elsewhere through its node, over the
+// bus. Jobs pushed to one session from this node go in their dispatch
+// order. An error wraps ErrNotPushed (and the session was marked lost, or
+// closed when it did not ack) or is ctx's cause.
+func (h *Hub) Push(ctx context.Context, job store.Job, payload json.RawMessage) error {
+	w := job.Worker
+	if job.Lease == nil || w == nil {
+		return errors.New("websocket: job without lease or worker")
 	}
 	if len(payload) == 0 {
 		payload = json.RawMessage("null")
@@ -119,132 +114,50 @@ func (h *Hub) Deliver(ctx context.Context, route routing.Route, job store.Job, p
 	if err != nil {
 		return fmt.Errorf("websocket: job frame: %w", err)
 	}
-	// Jobs of one (semaphore, channel) take the room of its sessions in
-	// the order they were dispatched (their lease's fencing token): only
-	// the first of them not yet placed with a session offers; the others
-	// wait behind it (FIFO on the websocket route, also when its sessions
-	// are at their prefetch and jobs hold permits meanwhile).
-	key := orderKey{job.Tenant, job.Semaphore, channel}
-	turn := h.queueUp(key, job.Lease.FencingToken)
+	// The jobs of one session take their turns in dispatch order (their
+	// lease's fencing token), each until its frame is queued.
+	turn := h.queueUp(orderKey{job.Tenant, job.Semaphore, w.Session}, job.Lease.FencingToken)
 	defer turn.leave()
-	o := offer{
-		tenant: job.Tenant, semaphore: job.Semaphore, channel: channel,
-		job: job.ID, lease: job.Lease.ID, frame: frame, placed: turn.leave, stalled: turn.pause,
-	}
-	tried := make(map[string]bool) // sessions that refused, did not ack or were gone
-	wait := 20 * time.Millisecond
-	refresh := false
-	for {
-		wake := h.capacityChanged() // before reading loads: a free after it wakes us
-		if !turn.first() {
-			select {
-			case <-wake:
-				continue
-			case <-ctx.Done():
-				return context.Cause(ctx)
-			}
+	for !turn.first() {
+		wake := h.capacityChanged()
+		if turn.first() {
+			break
 		}
-		subs, fresh, err := h.subscribers(ctx, key, refresh)
-		if err != nil {
-			return fmt.Errorf("websocket: listing subscribers: %w", err)
-		}
-		refresh = false
-		full := false
-		for _, c := range candidates(h.withLocalLoads(subs, key), tried) {
-			if c.Lost {
-				// It may be resumed within its grace: wait for it rather
-				// than fail the route (a worker reconnecting).
-				full = true
-				continue
-			}
-			if c.Inflight >= c.Prefetch {
-				full = true
-				continue
-			}
-			if c.Node == h.node {
-				err = h.offerLocal(ctx, c.Session, o)
-			} else {
-				// The turn is held while the other instance answers
-				// "reserved" (a bus round trip), but not longer than
-				// reserveWait (that instance may be gone: its answer
-				// then waits for AckTimeout): the jobs behind it go
-				// meanwhile, and it queues up again, at its place, if it
-				// must wait.
-				err = h.offerRemote(ctx, c.Node, c.Session, o)
-				if err != nil {
-					turn.rejoin()
-				}
-			}
-			if err == nil {
-				return nil
-			}
-			if ctx.Err() != nil {
-				return context.Cause(ctx)
-			}
-			if errors.Is(err, errFull) {
-				full = true // another push holds its room: wait for it
-				continue
-			}
-			if errors.Is(err, errGone) {
-				// Its connection ended (or moved) meanwhile: it is lost
-				// and may be resumed, or connected elsewhere. Look again
-				// after a wait; the list then says which.
-				full = true
-				continue
-			}
-			tried[c.Session] = true
-			h.log.Debug("websocket session did not take the job", "job", job.ID, "session", c.Session, "node", c.Node, "err", err)
-		}
-		if !full && !fresh {
-			// The list may predate a session that subscribed since: look
-			// again before the route fails.
-			refresh = true
-			continue
-		}
-		if !full {
-			if h.stopping() {
-				// Sessions of this instance are closing (shutdown), not
-				// gone for good: do not fail the job's route; its lease
-				// ends the delivery and the job is retried.
-				<-ctx.Done()
-				return context.Cause(ctx)
-			}
-			if len(tried) > 0 {
-				return fmt.Errorf("%w: %d subscribed session(s) did not ack within %s", ErrNoSubscriber, len(tried), h.cfg.AckTimeout)
-			}
-			return errNoneSubscribed
-		}
-		// Every subscriber left holds its prefetch, or is lost and may come
-		// back: wait for a release or a resume here (pushed) or elsewhere
-		// (polled, backing off to 1s).
-		// A local release is known here at once; room on another
-		// instance is found by reading the list again when the timer fires.
-		t := time.NewTimer(wait)
 		select {
 		case <-wake:
-		case <-t.C:
-			refresh = true
 		case <-ctx.Done():
-			t.Stop()
 			return context.Cause(ctx)
 		}
-		t.Stop()
-		wait = min(2*wait, time.Second)
 	}
-}
-
-// candidates returns the subscribers not yet tried, least loaded first,
-// ties in random order.
-func candidates(subs []store.Subscriber, tried map[string]bool) []store.Subscriber {
-	out := make([]store.Subscriber, 0, len(subs))
-	for _, s := range subs {
-		if !tried[s.Session] {
-			out = append(out, s)
+	o := offer{
+		tenant: job.Tenant, semaphore: job.Semaphore, channel: w.Channel,
+		job: job.ID, lease: job.Lease.ID, frame: frame, placed: turn.leave, stalled: turn.pause, bound: true,
+	}
+	node := w.Node
+	if s := h.session(w.Session); s != nil && s.tenant == job.Tenant {
+		node = h.node
+		err = h.offerLocal(ctx, w.Session, o)
+	} else if node == "" || node == h.node {
+		err = errGone
+	} else {
+		err = h.offerRemote(ctx, node, w.Session, o)
+	}
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	// Not pushed: no room is offered by the session from now on (a
+	// session connected elsewhere meanwhile is left as it is).
+	if node != "" {
+		lctx, cancel := cleanupCtx()
+		defer cancel()
+		if lerr := h.store.LoseSession(lctx, store.SessionParams{Tenant: job.Tenant, Session: w.Session, Node: node}, h.cfg.Grace); lerr != nil && !errors.Is(lerr, store.ErrSessionNotFound) {
+			h.log.Warn("marking a session that did not take its job lost failed", "session", w.Session, "err", lerr)
 		}
 	}
-	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	slices.SortStableFunc(out, func(a, b store.Subscriber) int { return a.Inflight - b.Inflight })
-	return out
+	return fmt.Errorf("%w: session %s: %w", ErrNotPushed, w.Session, err)
 }
 
 // offer is one job offered to a session.
@@ -258,6 +171,11 @@ type offer struct {
 	// whether its session has room within reserveWait.
 	stalled func()
 	frame   []byte
+	// bound: the store bound the job to the session at dispatch (it had
+	// room there); the push neither checks the prefetch again nor records
+	// the delivery. false: a deliver from an earlier build, which picked
+	// the session itself.
+	bound bool
 }
 
 // offerLocal pushes the job to a session of this node and waits for its
@@ -267,7 +185,7 @@ func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
 	if s == nil || s.tenant != o.tenant {
 		return errGone
 	}
-	p, sub, err := s.reserve(o.semaphore, o.channel, o.job, o.lease)
+	p, sub, err := s.reserve(o.semaphore, o.channel, o.job, o.lease, o.bound)
 	if err != nil {
 		return err
 	}
@@ -292,7 +210,16 @@ func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
 	}
 	// An ack that raced the failure wins: the client works on the job.
 	if !s.settle(o.job, p) {
+		if errors.Is(fail, errNoAck) && o.bound {
+			// A worker that does not ack what it has room for is broken:
+			// it is closed (it may resume) and offered no more jobs.
+			s.close(reasonNoAck, ClosePolicy, "no ack within "+h.cfg.AckTimeout.String())
+		}
 		return fail
+	}
+	if o.bound {
+		s.delivered(o.job, true) // bound in the store at dispatch
+		return nil
 	}
 	// Record the delivery, bound to the session, in the semaphore's own
 	// atomic call; a release of the job over the session waits for it.
@@ -342,7 +269,7 @@ func (h *Hub) offerRemote(ctx context.Context, node, sessionID string, o offer) 
 	}()
 	body, err := json.Marshal(deliverBody{
 		Request: req, Tenant: o.tenant, Session: sessionID, Semaphore: o.semaphore, Channel: o.channel,
-		Job: o.job, Lease: o.lease, Frame: o.frame,
+		Job: o.job, Lease: o.lease, Frame: o.frame, Bound: o.bound,
 	})
 	if err != nil {
 		return err
@@ -458,7 +385,7 @@ func (h *Hub) answerDeliver(from string, b deliverBody) {
 	}
 	err := h.offerLocal(ctx, b.Session, offer{
 		tenant: b.Tenant, semaphore: b.Semaphore, channel: b.Channel, job: b.Job, lease: b.Lease, frame: b.Frame,
-		placed: reserved,
+		placed: reserved, bound: b.Bound,
 	})
 	typ, reply := msgAck, replyBody{Request: b.Request}
 	switch {

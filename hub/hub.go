@@ -54,9 +54,6 @@ const (
 // (semaphore.ErrNoSubscriber), which the hub implements the route for.
 var ErrNoSubscriber = semaphore.ErrNoSubscriber
 
-// errNoneSubscribed is ErrNoSubscriber when no session is subscribed.
-var errNoneSubscribed = fmt.Errorf("%w: no session is subscribed", ErrNoSubscriber)
-
 // ErrStopped is returned by Serve after Stop.
 var ErrStopped = errors.New("hub: websocket hub stopped")
 
@@ -155,7 +152,6 @@ type Hub struct {
 	opWaiters map[string]chan sessionReplyBody // session calls handed to other nodes (post.go), by request id
 	capacity  chan struct{}                    // closed (and replaced) when a local session frees room
 	order     map[orderKey][]int64             // deliveries not yet placed, by key, their tokens sorted (deliver.go)
-	subsCache map[orderKey]cachedSubs          // subscribers by semaphore channel (deliver.go)
 }
 
 // New returns a hub; it does nothing until Start.
@@ -172,7 +168,6 @@ func New(cfg Config) (*Hub, error) {
 		opWaiters: make(map[string]chan sessionReplyBody),
 		capacity:  make(chan struct{}),
 		order:     make(map[orderKey][]int64),
-		subsCache: make(map[orderKey]cachedSubs),
 	}, nil
 }
 

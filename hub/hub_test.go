@@ -7,7 +7,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/semaphored/semaphored/routing"
 	"github.com/semaphored/semaphored/store"
 	"github.com/semaphored/semaphored/store/memory"
 )
@@ -54,7 +53,7 @@ func TestHub_StartStop(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "the node's heartbeat expires after Stop")
 }
 
-func TestHub_DeliverWithoutSubscriber(t *testing.T) {
+func TestHub_PushWithoutSession(t *testing.T) {
 	st := memory.New(memory.Options{})
 	defer st.Close()
 	h, err := New(Config{Store: st, Node: "n1"})
@@ -62,9 +61,10 @@ func TestHub_DeliverWithoutSubscriber(t *testing.T) {
 	require.NoError(t, h.Start(context.Background()))
 	defer h.Stop()
 	job := store.Job{Tenant: "t", ID: store.NewJobID("s"), Semaphore: "s", Channel: "default",
-		Lease: &store.Lease{ID: store.NewLeaseID("s"), Semaphore: "s"}}
-	err = h.Deliver(context.Background(), routing.Route{Type: routing.TypeWebsocket}, job, nil)
-	require.ErrorIs(t, err, ErrNoSubscriber)
-	job.Lease = nil
-	require.Error(t, h.Deliver(context.Background(), routing.Route{Type: routing.TypeWebsocket}, job, nil))
+		Lease:  &store.Lease{ID: store.NewLeaseID("s"), Semaphore: "s"},
+		Worker: &store.Worker{Session: "gone", Node: "n1"}}
+	err = h.Push(context.Background(), job, nil)
+	require.ErrorIs(t, err, ErrNotPushed, "a session not connected here")
+	job.Worker = nil
+	require.Error(t, h.Push(context.Background(), job, nil), "a job bound to no worker")
 }

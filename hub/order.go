@@ -2,13 +2,12 @@ package hub
 
 import "slices"
 
-// The order in which the jobs of one semaphore channel take its sessions'
-// room: their dispatch order (the fencing tokens of their leases), so that
-// a worker at its prefetch gets them FIFO (Deliver).
+// The order in which the jobs of one semaphore pushed to one session are
+// queued to it: their dispatch order (the fencing tokens of their leases),
+// so that a worker gets them FIFO (Push).
 
-// orderKey names the jobs that compete for the same sessions' room: one
-// semaphore and channel of one tenant.
-type orderKey struct{ tenant, semaphore, channel string }
+// orderKey names the jobs that go to one session from one semaphore.
+type orderKey struct{ tenant, semaphore, session string }
 
 // queueUp puts a delivery in its key's order by fencing token (the order
 // its semaphore dispatched it in).

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -44,6 +45,7 @@ const (
 	reasonDisplaced                    // the session was resumed by another connection
 	reasonRevoked                      // its API key was revoked: the session ends
 	reasonEnded                        // the client ended the session (DELETE)
+	reasonNoAck                        // it did not ack a job it had room for
 )
 
 // Session is one connection of this instance (a websocket, an SSE stream
@@ -401,7 +403,6 @@ func (s *Session) Subscribe(ctx context.Context, sub store.Subscription) error {
 	s.subs[subKey{sub.Semaphore, sub.Channel}] = sub
 	s.sems[sub.Semaphore] = true
 	s.mu.Unlock()
-	s.hub.forgetSubscribers(s.tenant, sub.Semaphore)
 	s.hub.freed()
 	return nil
 }
@@ -422,7 +423,6 @@ func (s *Session) Unsubscribe(ctx context.Context, semaphore, channel string) er
 	s.mu.Lock()
 	delete(s.subs, k)
 	s.mu.Unlock()
-	s.hub.forgetSubscribers(s.tenant, semaphore)
 	return nil
 }
 
@@ -527,26 +527,13 @@ var (
 	errNoAck = errors.New("no ack in time")
 )
 
-// loadFor returns the load and prefetch of the subscription a job of
-// (semaphore, channel) would be counted on; false when none matches.
-func (s *Session) loadFor(semaphore, channel string) (load, prefetch int, ok bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	k := subKey{semaphore, channel}
-	sub, ok := s.subs[k]
-	if !ok {
-		k = subKey{semaphore, ""}
-		if sub, ok = s.subs[k]; !ok {
-			return 0, 0, false
-		}
-	}
-	return s.jobs.load(k), max(sub.Prefetch, 1), true
-}
-
 // reserve counts a job about to be pushed against the session's prefetch
 // on the subscription that matches (semaphore, channel): the exact one,
 // else the one of every channel.
-func (s *Session) reserve(semaphore, channel, jobID, lease string) (*push, store.Subscription, error) {
+// With bound (the store bound the job to it at dispatch, by its room) the
+// prefetch is not checked again: the store's count is the truth, this
+// ledger may lag behind a release made elsewhere.
+func (s *Session) reserve(semaphore, channel, jobID, lease string, bound bool) (*push, store.Subscription, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := subKey{semaphore, channel}
@@ -557,7 +544,11 @@ func (s *Session) reserve(semaphore, channel, jobID, lease string) (*push, store
 			return nil, store.Subscription{}, errGone
 		}
 	}
-	p, err := s.jobs.reserve(k, sub.Prefetch, jobID, lease)
+	prefetch := sub.Prefetch
+	if bound {
+		prefetch = math.MaxInt
+	}
+	p, err := s.jobs.reserve(k, prefetch, jobID, lease)
 	return p, sub, err
 }
 

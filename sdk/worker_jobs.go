@@ -17,6 +17,10 @@ import (
 // the worker closes, or with cause ErrLeaseLost when the job's lease could
 // not be kept alive (another worker may get the job).
 //
+// A job is pushed only when the subscription has room (fewer than its
+// prefetch unreleased jobs): the server binds it to this worker when it
+// grants its permit, so its lease runs from the push.
+//
 // Returning nil releases the job: it ends done and its permit frees.
 // Returning an error (or panicking) does not release it: the worker stops
 // extending its lease, the lease expires after the semaphore's

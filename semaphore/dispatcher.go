@@ -26,13 +26,15 @@ type WebhookRoute interface {
 	Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error
 }
 
-// WebsocketRoute delivers a job to a websocket session subscribed to its
-// semaphore. It returns nil when a session acked the job and the delivery
-// is recorded (TransitionJob delivered, bound to the session), an error
-// when no session took it (the chain moves on). Without one the
-// dispatcher uses noWebsocket, which always fails.
+// WebsocketRoute pushes a job to the websocket session its store bound it
+// to at dispatch (store.Job.Worker: that session had room). It returns nil
+// once the session acked the job (the delivery is recorded: the binding
+// made at dispatch), else an error: the dispatcher then returns the job
+// to its queue without counting the attempt, or offers it to the more
+// stable routes that follow. Without one the dispatcher uses noWebsocket,
+// which always fails.
 type WebsocketRoute interface {
-	Deliver(ctx context.Context, route routing.Route, job store.Job, payload json.RawMessage) error
+	Push(ctx context.Context, job store.Job, payload json.RawMessage) error
 }
 
 // ErrNoSubscriber is the failure of a websocket route with no session to
@@ -41,7 +43,7 @@ var ErrNoSubscriber = errors.New("no websocket session took the job")
 
 type noWebsocket struct{}
 
-func (noWebsocket) Deliver(context.Context, routing.Route, store.Job, json.RawMessage) error {
+func (noWebsocket) Push(context.Context, store.Job, json.RawMessage) error {
 	return fmt.Errorf("%w: no session is subscribed", ErrNoSubscriber)
 }
 
@@ -242,6 +244,13 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 		log.Warn("loading semaphore config failed; the job is retried when its lease expires", "err", err)
 		return
 	}
+	if j.Worker == nil && sem.Config.Workers == nil && workerRoute(rc.Chain()) != nil {
+		// A config saved by an earlier build, which did not tell the store
+		// that its chain begins with the websocket route: tell it now, and
+		// let the job wait for a worker with room like any other.
+		d.adoptWorkerRoute(ctx, log, j)
+		return
+	}
 	payload := json.RawMessage(j.Payload)
 	chain := rc.Chain()
 	res, err := rc.Map(ctx, routing.MapInput{
@@ -266,7 +275,7 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 	}
 
 	var failures []string
-	for _, r := range chain {
+	for i, r := range chain {
 		start := time.Now()
 		done, err := d.offer(ctx, j, r, payload)
 		result := "accepted"
@@ -289,6 +298,16 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 			}
 			return
 		}
+		if r.Type == routing.TypeWebsocket && j.Worker != nil && i == len(chain)-1 {
+			// The worker the job was dispatched to never got it, and no
+			// route follows: back to the head of its queue, the attempt
+			// not counted, for the next worker with room (SPEC §2.9).
+			log.Info("push to its worker failed; the job waits for the next one", "session", j.Worker.Session, "err", err)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			d.transition(rctx, log, j, store.TransitionParams{Action: store.ActReturn})
+			cancel()
+			return
+		}
 		if ctx.Err() != nil {
 			return // lease over or stopping: retried after expiry
 		}
@@ -303,14 +322,41 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 	d.transition(ctx, log, j, store.TransitionParams{Action: store.ActFail, Error: msg})
 }
 
+// adoptWorkerRoute saves the semaphore's config with its worker route
+// (store.WorkerRoute), read afresh, and returns the job to its queue
+// without counting the attempt: the store then dispatches it by room.
+func (d *dispatcher) adoptWorkerRoute(ctx context.Context, log *slog.Logger, j store.Job) {
+	sem, err := d.store.GetSemaphore(ctx, j.Tenant, j.Semaphore)
+	if err == nil && sem.Config.Workers == nil {
+		var rc routing.Config
+		if rc, err = routing.DecodeExtraOptions(sem.Config.Extra, d.routing); err == nil {
+			cfg := sem.Config
+			if cfg.Workers = workerRoute(rc.Chain()); cfg.Workers != nil {
+				_, _, err = d.store.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: j.Tenant, Name: j.Semaphore, Config: cfg})
+			}
+		}
+	}
+	if err != nil {
+		log.Warn("saving the worker route of an earlier build's config failed", "err", err)
+	}
+	d.mu.Lock()
+	delete(d.configs, j.Tenant+"/"+j.Semaphore)
+	d.mu.Unlock()
+	d.transition(ctx, log, j, store.TransitionParams{Action: store.ActReturn})
+}
+
 // offer hands the job to one route. On success it returns the transition
 // that records it.
 func (d *dispatcher) offer(ctx context.Context, j store.Job, r routing.Route, payload json.RawMessage) (*store.TransitionParams, error) {
 	switch r.Type {
 	case routing.TypeWebsocket:
-		// The route records the delivery itself, bound to the session
-		// that took it, before the session may release the job.
-		if err := d.ws.Deliver(ctx, r, j, payload); err != nil {
+		// The store bound the job to a session with room at dispatch (on
+		// the first websocket route of the configured chain); without
+		// one, no session had room: the chain moves on.
+		if j.Worker == nil {
+			return nil, fmt.Errorf("%w: no session with room", ErrNoSubscriber)
+		}
+		if err := d.ws.Push(ctx, j, payload); err != nil {
 			return nil, err
 		}
 		return nil, nil

@@ -41,6 +41,7 @@ import (
 type denv struct {
 	t      *testing.T
 	svc    *semaphore.Service
+	st     store.Store
 	reg    *prometheus.Registry
 	tenant string
 }
@@ -93,7 +94,7 @@ func newDispatchEnv(t *testing.T, kind string) *denv {
 		sender.Close()
 		_ = st.Close()
 	})
-	return &denv{t: t, svc: svc, reg: reg, tenant: "acme"}
+	return &denv{t: t, svc: svc, st: st, reg: reg, tenant: "acme"}
 }
 
 // semCfg is a semaphore config; routes and mapping are JSON.
@@ -451,7 +452,7 @@ func TestDispatcher_ChainToSemaphore(t *testing.T) {
 		failing := newReceiver(t, status(http.StatusInternalServerError))
 		ok := newReceiver(t, status(http.StatusOK))
 		e.put("overflow", semCfg{MaxValue: 10, Routes: "[" + httpsRoute(ok.url, `,"attempts":1`) + "]"})
-		e.put("dead", semCfg{MaxValue: 10}) // no routes: websocket, nobody subscribed → error
+		e.put("dead", semCfg{MaxValue: 10, Routes: "[" + httpsRoute(failing.url, `,"attempts":1`) + "]"}) // its one route fails → error
 		chain := func(target string, release bool) string {
 			return fmt.Sprintf(`[{"type":"semaphore","target":%q,"release":%t},%s]`, target, release, httpsRoute(failing.url, `,"attempts":1`))
 		}
@@ -524,7 +525,7 @@ func TestDispatcher_ChainToSemaphore(t *testing.T) {
 			pj := e.waitJob(p.ID, store.JobError, 5*time.Second)
 			c := child(t, pj, "dead", true)
 			require.Equal(t, store.JobError, c.Status)
-			require.Contains(t, c.Error, semaphore.ErrNoSubscriber.Error())
+			require.Contains(t, c.Error, "every route failed")
 			require.Contains(t, pj.Error, c.ID)
 			require.Contains(t, pj.Error, "error")
 			e.waitIdle("tocrash", 5*time.Second)
@@ -845,5 +846,35 @@ func TestDispatcher_LeaseExpiry(t *testing.T) {
 		_, err := e.svc.ReleaseJob(context.Background(), e.tenant, j.ID)
 		require.ErrorIs(t, err, store.ErrInvalidState, "a timed out job cannot be released")
 		require.Equal(t, map[string]float64{"timeout": 1}, e.finished())
+	})
+}
+
+// TestDispatcher_AdoptsWorkerRoute: a config saved by an earlier build does
+// not tell the store that its chain begins with the websocket route; its
+// first dispatched job makes the dispatcher save that, and the job waits
+// for a worker with room, its attempt not counted.
+func TestDispatcher_AdoptsWorkerRoute(t *testing.T) {
+	t.Parallel()
+	forEachStore(t, func(t *testing.T, e *denv) {
+		ctx := context.Background()
+		_, _, err := e.st.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: e.tenant, Name: "old", Config: store.SemaphoreConfig{
+			MaxValue: 2, MaxValueScope: store.ScopeTotal, LeaseTimeout: time.Minute, MaxAttempts: 3,
+			OnSessionLost: "redeliver", OnDeliveryError: "fail",
+		}})
+		require.NoError(t, err)
+		j := e.enqueue("old", `1`)
+		require.Equal(t, store.JobInflight, j.Status, "dispatched as the earlier build did")
+		eventually(t, 5*time.Second, func() (bool, string) {
+			sem, err := e.st.GetSemaphore(ctx, e.tenant, "old")
+			got := e.job(j.ID)
+			return err == nil && sem.Config.Workers != nil && got.Status == store.JobScheduled && got.Attempts == 0,
+				fmt.Sprintf("workers %v, job %s after %d attempts", sem.Config.Workers, got.Status, got.Attempts)
+		})
+		require.Equal(t, &store.WorkerRoute{}, func() *store.WorkerRoute {
+			sem, err := e.st.GetSemaphore(ctx, e.tenant, "old")
+			require.NoError(t, err)
+			return sem.Config.Workers
+		}())
+		require.Zero(t, e.state("old").InUse)
 	})
 }

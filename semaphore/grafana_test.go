@@ -54,12 +54,13 @@ func exportedMetrics(t *testing.T) map[string]exportedMetric {
 	require.NoError(t, err)
 
 	// A semaphore with a rate, so that the collector reports every
-	// per-semaphore gauge; an acquire; a job, which the default route (a
-	// websocket, none here) fails once and for all.
+	// per-semaphore gauge; an acquire; a job, which its one route (a
+	// webhook, with no sender here) fails once and for all.
 	_, err = st.CreateTenant(ctx, store.Tenant{ID: "acme", Name: "acme"})
 	require.NoError(t, err)
 	_, _, err = svc.PutSemaphore(ctx, "acme", "orders", semaphore.ConfigInput{
 		MaxValue: ptr[int64](2), MaxAttempts: ptr(1), Rate: json.RawMessage(`{"limit": 100, "period": "1m"}`),
+		Routes: json.RawMessage(`[{"type": "https", "url": "https://hooks.example.com/x", "attempts": 1}]`),
 	})
 	require.NoError(t, err)
 	_, err = svc.Acquire(ctx, "acme", "orders", semaphore.AcquireInput{})

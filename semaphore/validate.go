@@ -178,7 +178,18 @@ func ValidateConfig(name string, in ConfigInput, opts routing.Options) (store.Se
 	if cfg.Extra, err = rc.EncodeExtra(); err != nil {
 		return cfg, rc, err
 	}
+	cfg.Workers = workerRoute(rc.Chain())
 	return cfg, rc, nil
+}
+
+// workerRoute is what the store needs of a chain that begins with the
+// websocket route, to dispatch its jobs by the room of the subscribed
+// sessions (store.WorkerRoute); nil for any other chain.
+func workerRoute(chain []routing.Route) *store.WorkerRoute {
+	if len(chain) == 0 || chain[0].Type != routing.TypeWebsocket {
+		return nil
+	}
+	return &store.WorkerRoute{Channel: chain[0].Channel, Fallback: len(chain) > 1}
 }
 
 // parseRate parses a config's rate: nil for none (absent, empty or null),

@@ -188,7 +188,9 @@ func (p *page) noProblems() {
 func TestConsole(t *testing.T) {
 	for _, storeName := range []string{"memory", "redis"} {
 		t.Run(storeName, func(t *testing.T) {
-			args := []string{"--admin-key", adminKey}
+			// --webhook-allow-private: a webhook to a closed loopback port
+			// fails at once (the dead-letter step)
+			args := []string{"--admin-key", adminKey, "--webhook-allow-private"}
 			if storeName == "redis" {
 				args = append(args, "--redis-url", testredis.URL(t), "--redis-prefix", "console-"+strings.TrimSuffix(testredis.Prefix(t), ":"))
 			}
@@ -321,7 +323,13 @@ func testConsole(t *testing.T, inst *instance, screenshots bool) {
 	})
 
 	step("requeue a dead-lettered job, cancel one, purge", func(t *testing.T) {
-		// No worker is subscribed: the websocket route fails, the job ends in error.
+		// A webhook on a closed port is the one route: the job ends in error.
+		sem, err := op.GetSemaphore(ctx, "orders")
+		require.NoError(t, err)
+		cfg := sem.SemaphoreConfig
+		cfg.Routes = json.RawMessage(`[{"type":"https","url":"http://127.0.0.1:1/hook","attempts":1}]`)
+		_, err = op.PutSemaphore(ctx, "orders", cfg)
+		require.NoError(t, err)
 		job, err := op.Enqueue(ctx, "orders", map[string]any{"n": 1}, sdk.EnqueueOptions{Channel: "gpu"})
 		require.NoError(t, err)
 		require.Eventually(t, func() bool {

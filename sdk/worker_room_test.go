@@ -1,0 +1,147 @@
+package sdk_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/semaphored/semaphored/sdk"
+)
+
+// A job takes a permit only when a worker has room for it (SPEC §2.9):
+// busy, slow, failing or absent workers never make a job end unrun.
+
+// jobIs returns the job, requiring its status and attempts.
+func jobIs(t *testing.T, c *sdk.Client, id string, st sdk.JobStatus, attempts int) sdk.Job {
+	t.Helper()
+	j, err := c.GetJob(t.Context(), id)
+	require.NoError(t, err)
+	require.Equal(t, st, j.Status, "job %s", id)
+	require.Equal(t, attempts, j.Attempts, "attempts of job %s", id)
+	return j
+}
+
+func TestWorker_JobWaitsForTheFirstWorker(t *testing.T) {
+	t.Parallel()
+	srv, c := setup(t)
+	ctx := t.Context()
+	_, err := c.PutSemaphore(ctx, "late", sdk.SemaphoreConfig{MaxValue: 2, LeaseTimeout: time.Second})
+	require.NoError(t, err)
+	ids := enqueueN(t, c, "late", 0, 3)
+	for _, id := range ids {
+		jobIs(t, c, id, sdk.JobScheduled, 0) // no worker yet: it waits, no permit taken
+	}
+	s, err := c.GetSemaphore(ctx, "late")
+	require.NoError(t, err)
+	require.Zero(t, s.State.InUse)
+	w, _ := newWorker(t, srv.URL)
+	log := newJobLog()
+	require.NoError(t, w.Subscribe(ctx, "late", "", 1, log.handler(0)))
+	log.wait(t, len(ids))
+	waitStatus(t, c, ids, sdk.JobDone)
+	for _, id := range ids {
+		jobIs(t, c, id, sdk.JobDone, 1)
+	}
+}
+
+func TestWorker_BusyWorkerDoesNotTimeJobsOut(t *testing.T) {
+	t.Parallel()
+	srv, c := setup(t)
+	ctx := t.Context()
+	// Job A works three times the leaseTimeout (its lease kept alive by the
+	// worker); B comes meanwhile: it must wait for the worker's room, not
+	// hold the second permit until its lease expires.
+	_, err := c.PutSemaphore(ctx, "busy", sdk.SemaphoreConfig{MaxValue: 2, LeaseTimeout: time.Second, MaxAttempts: 3})
+	require.NoError(t, err)
+	w, _ := newWorker(t, srv.URL)
+	started := make(chan string, 4)
+	release := make(chan struct{})
+	require.NoError(t, w.Subscribe(ctx, "busy", "", 1, func(ctx context.Context, j sdk.Job) error {
+		started <- j.ID
+		if j.Payload != nil && string(j.Payload) == `"A"` {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}))
+	a, err := c.Enqueue(ctx, "busy", "A", sdk.EnqueueOptions{})
+	require.NoError(t, err)
+	require.Equal(t, a.ID, <-started)
+	b, err := c.Enqueue(ctx, "busy", "B", sdk.EnqueueOptions{})
+	require.NoError(t, err)
+	// 3 s: three of B's leaseTimeouts, which would have spent all its
+	// attempts had it taken a permit.
+	deadline := time.After(3 * time.Second)
+	for waiting := true; waiting; {
+		select {
+		case id := <-started:
+			t.Fatalf("job %s pushed to a worker without room", id)
+		case <-deadline:
+			waiting = false
+		}
+	}
+	jobIs(t, c, b.ID, sdk.JobScheduled, 0)
+	s, err := c.GetSemaphore(ctx, "busy")
+	require.NoError(t, err)
+	require.EqualValues(t, 1, s.State.InUse, "B holds no permit while it waits")
+	close(release)
+	require.Equal(t, b.ID, <-started)
+	waitStatus(t, c, []string{a.ID, b.ID}, sdk.JobDone)
+	jobIs(t, c, a.ID, sdk.JobDone, 1)
+	jobIs(t, c, b.ID, sdk.JobDone, 1)
+}
+
+func TestWorker_FailedJobDoesNotStarveTheNext(t *testing.T) {
+	t.Parallel()
+	srv, c := setup(t)
+	ctx := t.Context()
+	_, err := c.PutSemaphore(ctx, "flaky2", sdk.SemaphoreConfig{MaxValue: 2, LeaseTimeout: time.Second, MaxAttempts: 3})
+	require.NoError(t, err)
+	w, _ := newWorker(t, srv.URL)
+	var failedOnce atomic.Bool
+	ran := make(chan string, 8)
+	require.NoError(t, w.Subscribe(ctx, "flaky2", "", 1, func(ctx context.Context, j sdk.Job) error {
+		ran <- j.ID
+		if string(j.Payload) == `"A"` && failedOnce.CompareAndSwap(false, true) {
+			return errors.New("transient failure")
+		}
+		return nil
+	}))
+	a, err := c.Enqueue(ctx, "flaky2", "A", sdk.EnqueueOptions{})
+	require.NoError(t, err)
+	require.Equal(t, a.ID, <-ran)
+	b, err := c.Enqueue(ctx, "flaky2", "B", sdk.EnqueueOptions{})
+	require.NoError(t, err)
+	waitStatus(t, c, []string{a.ID, b.ID}, sdk.JobDone)
+	jobIs(t, c, a.ID, sdk.JobDone, 2) // its failure spent one attempt
+	jobIs(t, c, b.ID, sdk.JobDone, 1) // B ran once, on its first attempt
+}
+
+func TestWorker_SlowWorkersUnderLoad(t *testing.T) {
+	t.Parallel()
+	srv, c := setup(t)
+	ctx := t.Context()
+	// The issue's load, scaled down: 4 workers of prefetch 1 behind 20
+	// permits, short leases, jobs of a fifth of the lease.
+	_, err := c.PutSemaphore(ctx, "load", sdk.SemaphoreConfig{MaxValue: 20, LeaseTimeout: time.Second, MaxAttempts: 3})
+	require.NoError(t, err)
+	log := newJobLog()
+	for range 4 {
+		w, _ := newWorker(t, srv.URL)
+		require.NoError(t, w.Subscribe(ctx, "load", "", 1, log.handler(50*time.Millisecond)))
+	}
+	ids := enqueueN(t, c, "load", 0, 40)
+	log.wait(t, len(ids))
+	waitStatus(t, c, ids, sdk.JobDone)
+	for _, id := range ids {
+		jobIs(t, c, id, sdk.JobDone, 1) // no attempt spent waiting for a worker
+	}
+	require.LessOrEqual(t, log.peak, 4, "never more jobs at once than the workers' room")
+}
