@@ -12,7 +12,8 @@ import (
 	"github.com/semaphored/semaphored/sdk"
 )
 
-// A job takes a permit only when a worker has room for it (SPEC §2.9):
+// A job takes a permit only when a worker has room for it (README,
+// "Websocket workers"):
 // busy, slow, failing or absent workers never make a job end unrun.
 
 // jobIs returns the job, requiring its status and attempts.

@@ -301,7 +301,7 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 		if r.Type == routing.TypeWebsocket && j.Worker != nil && i == len(chain)-1 {
 			// The worker the job was dispatched to never got it, and no
 			// route follows: back to the head of its queue, the attempt
-			// not counted, for the next worker with room (SPEC §2.9).
+			// not counted, for the next worker with room (store.WorkerRoute).
 			log.Info("push to its worker failed; the job waits for the next one", "session", j.Worker.Session, "err", err)
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			d.transition(rctx, log, j, store.TransitionParams{Action: store.ActReturn})
