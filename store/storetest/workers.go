@@ -66,6 +66,12 @@ func (f *fixture) requireWaiting(id string) {
 	require.Nil(f.t, j.Worker)
 }
 
+// returnJob returns an inflight job under its lease (ActReturn).
+func (f *fixture) returnJob(id, lease string) error {
+	_, err := f.st.TransitionJob(f.ctx, store.TransitionParams{Tenant: f.tenant, JobID: id, Action: store.ActReturn, LeaseID: lease})
+	return err
+}
+
 func testWorkersWaitForSubscriber(t *testing.T, f *fixture) {
 	f.putConfig("w", workerConfig(5, store.WorkerRoute{}))
 	a := f.enqueue("w", "")
@@ -147,20 +153,13 @@ func testWorkersReturn(t *testing.T, f *fixture) {
 	// The push never reached the worker: the job goes back to the head of
 	// its queue, its attempt not counted, its permit and room freed (so it
 	// is dispatched again at once, before b).
-	j, err := f.st.TransitionJob(f.ctx, store.TransitionParams{
-		Tenant: f.tenant, JobID: a.ID, Action: store.ActReturn, LeaseID: ja.Lease.ID,
-	})
-	require.NoError(t, err)
-	require.Equal(t, a.ID, j.ID)
+	require.NoError(t, f.returnJob(a.ID, ja.Lease.ID))
 	again := f.requireWorker(a.ID, "s1", "", 1)
 	require.NotEqual(t, ja.Lease.ID, again.Lease.ID, "a new lease")
 	f.requireWaiting(b.ID)
 	// With the session lost meanwhile it waits, first in line.
 	require.NoError(t, f.st.LoseSession(f.ctx, f.sp("s1"), longTTL))
-	_, err = f.st.TransitionJob(f.ctx, store.TransitionParams{
-		Tenant: f.tenant, JobID: a.ID, Action: store.ActReturn, LeaseID: again.Lease.ID,
-	})
-	require.NoError(t, err)
+	require.NoError(t, f.returnJob(a.ID, again.Lease.ID))
 	f.requireWaiting(a.ID)
 	f.requireJobs("w", 2, 0, 0)
 	f.connect("s2")
@@ -169,10 +168,7 @@ func testWorkersReturn(t *testing.T, f *fixture) {
 	f.requireWaiting(b.ID)
 	// Only an inflight job returns, and only under its lease.
 	require.ErrorIs(t, f.actErr(b.ID, store.ActReturn), store.ErrInvalidState)
-	_, err = f.st.TransitionJob(f.ctx, store.TransitionParams{
-		Tenant: f.tenant, JobID: a.ID, Action: store.ActReturn, LeaseID: ja.Lease.ID,
-	})
-	require.ErrorIs(t, err, store.ErrStaleLease)
+	require.ErrorIs(t, f.returnJob(a.ID, ja.Lease.ID), store.ErrStaleLease)
 }
 
 func testWorkersRouteChannel(t *testing.T, f *fixture) {
