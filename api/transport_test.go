@@ -436,6 +436,7 @@ var transportScenarios = []struct {
 }{
 	{"subscribe, push, ack and release", scenarioPush},
 	{"acquire and release", scenarioAcquire},
+	{"fail", scenarioFail},
 	{"drop and resume", scenarioResume},
 	{"lost: release", func(t *testing.T, kind string, redis bool) { scenarioLost(t, kind, redis, "release") }},
 	{"lost: redeliver", func(t *testing.T, kind string, redis bool) { scenarioLost(t, kind, redis, "redeliver") }},
@@ -550,6 +551,47 @@ func scenarioAcquire(t *testing.T, kind string, redis bool) {
 	bad := c.call(map[string]any{"type": "nonsense"})
 	require.Equal(t, CodeUnknownFrame, bad.Code)
 	require.Equal(t, "pong", c.call(map[string]any{"type": "ping"}).Type, "the session stays up after a bad frame")
+}
+
+// scenarioFail: a worker gives up a job with fail: the permit frees at
+// once (the next job comes), the message stays on the job, the job runs
+// again while attempts remain and then ends in error; retry false ends it
+// at once; a message over 1 KiB is cut.
+func scenarioFail(t *testing.T, kind string, redis bool) {
+	e := setupWS(t, 1, wsOptions{redis: redis})
+	e.put("work", map[string]any{"maxValue": 5, "maxAttempts": 2, "leaseTimeout": "1m"})
+	c := e.open(kind, 0, "")
+	require.Equal(t, "subscribed", c.call(map[string]any{"type": "subscribe", "semaphore": "work", "prefetch": 1}).Type)
+	a, b := e.enqueue("work", "a"), e.enqueue("work", "b")
+	require.Equal(t, a.ID, c.take().Job.ID)
+	r := c.call(map[string]any{"type": "fail", "job": a.ID, "error": "disk full"})
+	require.Equal(t, "failed", r.Type, "%+v", r)
+	require.Equal(t, "scheduled", r.Job.Status)
+	require.Equal(t, "disk full", *r.Job.Error)
+	require.Equal(t, 1, r.Job.Attempts)
+	// Its room went to b at once, not after a lease expiry.
+	require.Equal(t, b.ID, c.take().Job.ID)
+	c.release(b.ID)
+	again := c.take()
+	require.Equal(t, a.ID, again.Job.ID)
+	require.Equal(t, 2, again.Job.Attempts)
+	long := strings.Repeat("é", 600) // 1,200 bytes
+	r = c.call(map[string]any{"type": "fail", "job": a.ID, "error": long})
+	require.Equal(t, "failed", r.Type, "%+v", r)
+	require.Equal(t, "error", r.Job.Status, "attempts spent: error")
+	require.Equal(t, strings.Repeat("é", 512), *r.Job.Error, "cut to 1 KiB")
+	// retry false: error at once, attempts left or not.
+	d := e.enqueue("work", "d")
+	require.Equal(t, d.ID, c.take().Job.ID)
+	r = c.call(map[string]any{"type": "fail", "job": d.ID, "retry": false})
+	require.Equal(t, "error", r.Job.Status)
+	require.Equal(t, "failed by the worker", *r.Job.Error)
+	require.EqualValues(t, 0, e.inUse("work"))
+	// Only a job the session holds can be failed.
+	bad := c.call(map[string]any{"type": "fail", "job": d.ID})
+	require.Equal(t, "error", bad.Type)
+	require.Equal(t, CodeInvalidState, bad.Code)
+	require.Equal(t, CodeInvalidRequest, c.call(map[string]any{"type": "fail"}).Code)
 }
 
 // scenarioResume drops a session holding a lease, a subscription and a

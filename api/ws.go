@@ -188,6 +188,7 @@ var wsHandlers = map[string]func(w *wsConn, ctx context.Context, sess *hub.Sessi
 	"acquire":     (*wsConn).acquire,
 	"extend":      (*wsConn).extend,
 	"release":     (*wsConn).release,
+	"fail":        (*wsConn).failJob,
 	"subscribe":   (*wsConn).subscribe,
 	"unsubscribe": (*wsConn).unsubscribe,
 	"ack":         (*wsConn).ack,
@@ -367,6 +368,32 @@ func (w *wsConn) release(ctx context.Context, sess *hub.Session, out hub.Replier
 	default:
 		w.fail(out, id, errorf(CodeInvalidRequest, "lease or job is required"))
 	}
+}
+
+// failJob answers a fail frame: the worker gives up its attempt at a job
+// it holds (failed {job}).
+func (w *wsConn) failJob(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {
+	var req WsFailFrame
+	if !w.decode(out, id, data, &req) {
+		return
+	}
+	if req.Job == "" {
+		w.fail(out, id, errorf(CodeInvalidRequest, "job is required"))
+		return
+	}
+	retry := req.Retry == nil || *req.Retry
+	sess.Run(func(ctx context.Context) {
+		if err := sess.AwaitDelivered(ctx, req.Job); err != nil {
+			return // the connection ended
+		}
+		j, err := w.srv.svc.FailJob(ctx, w.tenant, req.Job, req.Error, retry)
+		if err != nil {
+			w.fail(out, id, err)
+			return
+		}
+		out.Send(WsFrame{Type: "failed", ID: id, Job: new(jobJSON(j))})
+		sess.JobReleased(j.ID)
+	})
 }
 
 func (w *wsConn) subscribe(ctx context.Context, sess *hub.Session, out hub.Replier, id string, data []byte) {

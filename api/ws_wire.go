@@ -57,6 +57,17 @@ type WsReleaseFrame struct {
 	Job   string `json:"job,omitempty"`
 }
 
+// WsFailFrame: {"type":"fail","job","error?","retry?"}: the worker gives up
+// this attempt now; retry (default true) lets the job run again while
+// attempts remain.
+type WsFailFrame struct {
+	Type  string `json:"type"`
+	ID    string `json:"id,omitempty"`
+	Job   string `json:"job"`
+	Error string `json:"error,omitempty"`
+	Retry *bool  `json:"retry,omitempty"`
+}
+
 // WsSubscribeFrame: {"type":"subscribe","semaphore","channel?","prefetch?"};
 // no channel: every channel of the semaphore.
 type WsSubscribeFrame struct {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/semaphored/semaphored/store"
 )
@@ -182,6 +183,39 @@ func (s *Service) ListJobs(ctx context.Context, tenant, name string, in ListJobs
 // ReleaseJob ends an inflight job as done, freeing its permit.
 func (s *Service) ReleaseJob(ctx context.Context, tenant, id string) (store.Job, error) {
 	return s.transitionJob(ctx, tenant, id, store.ActRelease)
+}
+
+// MaxFailError bounds the message a worker's fail keeps on its job (bytes;
+// a longer one is cut at a character boundary).
+const MaxFailError = 1024
+
+// FailJob ends a worker's attempt at an inflight job now (the fail frame):
+// its permit frees, msg (cut to MaxFailError) is kept on the job, and the
+// job is scheduled again while attempts remain, else it ends in error;
+// with retry false it ends in error at once.
+func (s *Service) FailJob(ctx context.Context, tenant, id, msg string, retry bool) (store.Job, error) {
+	if _, ok := store.ParseJobID(id); !ok {
+		return store.Job{}, store.ErrJobNotFound
+	}
+	act := store.ActFailRetry
+	if !retry {
+		act = store.ActFail
+	}
+	if msg == "" {
+		msg = "failed by the worker"
+	}
+	return s.store.TransitionJob(ctx, store.TransitionParams{Tenant: tenant, JobID: id, Action: act, Error: cutUTF8(msg, MaxFailError)})
+}
+
+// cutUTF8 returns at most n bytes of s, not splitting a character.
+func cutUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // CancelJob cancels a scheduled or inflight job.

@@ -152,6 +152,10 @@ const (
 	ActRelease JobAction = "release"
 	// ActFail: inflight → error with Error; the permit is freed.
 	ActFail JobAction = "fail"
+	// ActFailRetry: a worker failed this attempt (the fail frame): the
+	// permit is freed and Error kept on the job; inflight → scheduled at the
+	// back of its queue if Attempts < maxAttempts, else → error.
+	ActFailRetry JobAction = "failretry"
 	// ActRetry: inflight → scheduled at the back of its queue if Attempts <
 	// maxAttempts, else → timeout (Error set); the permit is freed. Used when
 	// a websocket session holding the job is lost (onSessionLost release).
@@ -184,7 +188,7 @@ type TransitionParams struct {
 	Action  JobAction
 	LeaseID string        // when set, the job must still hold this lease, else ErrStaleLease
 	Route   string        // ActDelivered, ActHandOff; ActRelease (a route that accepted and released at once)
-	Error   string        // ActFail
+	Error   string        // ActFail, ActFailRetry
 	HoldTTL time.Duration // ActDelivered, ActHandOff with Child.Hold
 	Child   *JobRef       // ActHandOff
 	// Bind, with ActDelivered: the websocket session that took the job.

@@ -552,6 +552,17 @@ func (s *Store) apply(sem *semaphore, j *jobEntry, p store.TransitionParams, now
 		} else {
 			s.finishJob(sem, j, store.JobError, p.Error, now)
 		}
+	case store.ActFailRetry:
+		if !inflight {
+			return invalidState(p.Action, status)
+		}
+		s.dropJobLease(sem, j)
+		if j.job.Attempts < sem.maxAttempts() {
+			j.job.Error = p.Error
+			s.schedule(sem, j, false, now)
+			break
+		}
+		s.finishJob(sem, j, store.JobError, p.Error, now)
 	case store.ActRetry:
 		if !inflight {
 			return invalidState(p.Action, status)

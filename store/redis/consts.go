@@ -85,6 +85,7 @@ func luaConsts() []luaConst {
 		{"ACT_REQUEUE", string(store.ActRequeue), ""},
 		{"ACT_HANDOFF", string(store.ActHandOff), ""},
 		{"ACT_RETURN", string(store.ActReturn), ""},
+		{"ACT_FAIL_RETRY", string(store.ActFailRetry), ""},
 		{"ROUTE_WEBSOCKET", store.RouteWebsocket, "store.RouteWebsocket: the route of a job bound to a worker at dispatch"},
 		{"JOB_STATUS_NAMES", statusNames, "job status letter (job records) -> store.JobStatus"},
 		{"MSG_INVALID_TRANSITION", store.MsgInvalidTransition, "string.format(action, status name)"},

@@ -285,3 +285,34 @@ func testJobStaleLease(t *testing.T, f *fixture) {
 	require.ErrorIs(t, err, store.ErrStaleLease, "the lease of a released job is stale")
 	require.ErrorIs(t, f.actErr(j.ID, store.ActRelease), store.ErrInvalidState, "without a lease id: a wrong transition")
 }
+
+// testJobFailRetry: a worker's fail (ActFailRetry) frees the permit at once
+// and keeps the message; the job goes back to its queue while attempts
+// remain, and ends in error (not timeout) once they are spent.
+func testJobFailRetry(t *testing.T, f *fixture) {
+	cfg := jobConfig(1)
+	cfg.MaxAttempts = 2
+	f.putConfig("s", cfg)
+	a, b := f.enqueue("s", ""), f.enqueue("s", "")
+	fail := func(id, msg string) store.Job {
+		t.Helper()
+		j, err := f.st.TransitionJob(f.ctx, store.TransitionParams{Tenant: f.tenant, JobID: id, Action: store.ActFailRetry, Error: msg})
+		require.NoError(t, err)
+		return j
+	}
+	j := fail(a.ID, "disk full")
+	require.Equal(t, store.JobScheduled, j.Status, "one attempt of two spent: scheduled again")
+	require.Equal(t, "disk full", j.Error, "the message stays while it waits")
+	require.Equal(t, 1, j.Attempts)
+	require.Nil(t, j.Lease)
+	require.Equal(t, store.JobInflight, f.getJob(b.ID).Status, "the permit went to the next job at once")
+	f.act(b.ID, store.ActRelease)
+	require.Equal(t, store.JobInflight, f.getJob(a.ID).Status)
+	j = fail(a.ID, "disk still full")
+	require.Equal(t, store.JobError, j.Status, "attempts spent: error, not timeout")
+	require.Equal(t, "disk still full", j.Error)
+	require.Equal(t, 2, j.Attempts)
+	require.False(t, j.FinishedAt.IsZero())
+	f.requireJobs("s", 0, 0, 0)
+	require.ErrorIs(t, f.actErr(a.ID, store.ActFailRetry), store.ErrInvalidState)
+}

@@ -118,6 +118,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Jobs_TenantIsolation", testJobTenantIsolation},
 		{"Jobs_TransitionTable", testJobTransitionTable},
 		{"Jobs_FailRetrySuspend", testJobFailRetrySuspend},
+		{"Jobs_FailRetry", testJobFailRetry},
 		{"Jobs_Requeue", testJobRequeue},
 		{"Jobs_DeliveredAndHandOff", testJobDeliveredAndHandOff},
 		{"Jobs_StaleLease", testJobStaleLease},

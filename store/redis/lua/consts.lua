@@ -20,6 +20,7 @@ local ACT_CANCEL = 'cancel'
 local ACT_REQUEUE = 'requeue'
 local ACT_HANDOFF = 'handoff'
 local ACT_RETURN = 'return'
+local ACT_FAIL_RETRY = 'failretry'
 -- store.RouteWebsocket: the route of a job bound to a worker at dispatch
 local ROUTE_WEBSOCKET = 'websocket'
 -- job status letter (job records) -> store.JobStatus

@@ -71,7 +71,7 @@ local function op_enqueue_batch(conf, now, a, i)
 end
 
 -- transition: one action on a job (args a[i..i+9]: job-id salt, job seq,
--- action (delivered release fail retry suspend return cancel requeue handoff),
+-- action (delivered release fail failretry retry suspend return cancel requeue handoff),
 -- lease id the job must still hold ('' = no check), route, error, hold ttl
 -- ms (0: none), child JobRef JSON {s,i[,h]} (''), and for delivered the
 -- session the job's lease is bound to ('' none: an earlier binding ends)
@@ -152,6 +152,15 @@ local function op_transition(conf, now, a, i)
     elseif act == ACT_FAIL then
       free()
       job_finish(seq, m, pay, 'E', a[i + 5], now)
+    elseif act == ACT_FAIL_RETRY then
+      free()
+      if (m.a or 0) < conf.ma then
+        if a[i + 5] ~= '' then m.e = a[i + 5] else m.e = nil end
+        job_schedule(seq, m, false, now)
+        job_save(seq, m, pay)
+      else
+        job_finish(seq, m, pay, 'E', a[i + 5], now)
+      end
     elseif act == ACT_RETRY then
       free()
       local msg = a[i + 5]
