@@ -22,11 +22,10 @@ import (
 // grants its permit, so its lease runs from the push.
 //
 // Returning nil releases the job: it ends done and its permit frees.
-// Returning an error (or panicking) does not release it: the worker stops
-// extending its lease, the lease expires after the semaphore's
-// leaseTimeout, and the job is scheduled again (attempts permitting; after
-// maxAttempts it ends in timeout). There is no fail frame: a job is retried
-// or it times out.
+// Returning an error (or panicking) fails this attempt (the fail frame): the
+// permit frees at once, the error's text is kept on the job, and the job is
+// scheduled again while attempts remain, else it ends in error. An error
+// wrapped with NoRetry ends the job in error at once.
 type Handler func(ctx context.Context, job Job) error
 
 type subKey struct{ semaphore, channel string }
@@ -206,13 +205,18 @@ func (w *Worker) runJob(h Handler, run *jobRun) {
 		<-kl.done
 	}
 	err := runHandler(run.ctx, h, j)
-	if err == nil && !kl.isLost() && !run.refused.Load() {
-		// keep the lease alive until the release went through
+	if !kl.isLost() && !run.refused.Load() {
+		// keep the lease alive until the release (or fail) went through
 		ttl, _ := kl.state()
-		err = w.releaseJob(j, ttl)
+		frame := map[string]any{"type": "release", "job": j.ID}
+		if err != nil {
+			w.cfg.log.Warn("semaphored worker: handler failed; the job is failed for this attempt", "job", j.ID, "err", err)
+			frame = map[string]any{"type": "fail", "job": j.ID, "error": err.Error(), "retry": !errors.Is(err, errNoRetry)}
+		}
+		err = w.settleJob(j, ttl, frame)
 		stop()
 		if err != nil {
-			w.cfg.log.Warn("semaphored worker: releasing a job failed; its lease expires", "job", j.ID, "err", err)
+			w.cfg.log.Warn("semaphored worker: settling a job failed; its lease expires", "job", j.ID, "type", frame["type"], "err", err)
 		}
 		return
 	}
@@ -220,11 +224,26 @@ func (w *Worker) runJob(h Handler, run *jobRun) {
 	switch {
 	case run.refused.Load():
 		w.cfg.log.Warn("semaphored worker: the server refused the ack of a job; not released", "job", j.ID)
-	case kl.isLost():
-		w.cfg.log.Warn("semaphored worker: job lease lost while its handler ran", "job", j.ID, "err", err)
 	default:
-		w.cfg.log.Warn("semaphored worker: handler failed; the job is retried after its lease expires", "job", j.ID, "err", err)
+		w.cfg.log.Warn("semaphored worker: job lease lost while its handler ran", "job", j.ID, "err", err)
 	}
+}
+
+// errNoRetry marks a handler's error that ends its job for good (NoRetry).
+var errNoRetry = errors.New("no retry")
+
+type noRetryError struct{ err error }
+
+func (e noRetryError) Error() string { return e.err.Error() }
+func (e noRetryError) Unwrap() []error { return []error{e.err, errNoRetry} }
+
+// NoRetry wraps a handler's error so that the job ends in error at once
+// (fail with retry false), however many attempts it has left.
+func NoRetry(err error) error {
+	if err == nil {
+		return nil
+	}
+	return noRetryError{err}
 }
 
 func runHandler(ctx context.Context, h Handler, j Job) (err error) {
@@ -236,11 +255,11 @@ func runHandler(ctx context.Context, h Handler, j Job) (err error) {
 	return h(ctx, j)
 }
 
-// releaseJob releases a job whose handler succeeded. After a lost
-// connection it first checks, by extending the job's lease, that the job
-// still has the lease of this delivery, so that a late release never ends
-// a delivery to another worker.
-func (w *Worker) releaseJob(j Job, ttl time.Duration) error {
+// settleJob sends the release (handler succeeded) or fail (handler
+// failed) frame of a job. After a lost connection it first checks, by
+// extending the job's lease, that the job still has the lease of this
+// delivery, so that a late frame never ends a delivery to another worker.
+func (w *Worker) settleJob(j Job, ttl time.Duration, frame map[string]any) error {
 	check := false
 	for {
 		if check {
@@ -254,7 +273,7 @@ func (w *Worker) releaseJob(j Job, ttl time.Duration) error {
 				return err
 			}
 		}
-		_, err := w.call(w.ctx, map[string]string{"type": "release", "job": j.ID})
+		_, err := w.call(w.ctx, frame)
 		switch {
 		case err == nil, IsJobNotFound(err), IsInvalidState(err):
 			return nil

@@ -166,16 +166,21 @@ func TestWorker_SubscribeRunsAndReleases(t *testing.T) {
 	require.Error(t, w.Subscribe(ctx, "work", "", 5000, log.handler(0)), "prefetch over the limit")
 }
 
-func TestWorker_HandlerErrorIsRetriedAfterLeaseExpiry(t *testing.T) {
+func TestWorker_HandlerErrorFailsTheAttempt(t *testing.T) {
 	t.Parallel()
 	srv, c := setup(t)
 	ctx := t.Context()
-	_, err := c.PutSemaphore(ctx, "flaky", sdk.SemaphoreConfig{MaxValue: 1, LeaseTimeout: time.Second, MaxAttempts: 3})
+	// A lease of a minute: the retry comes from the fail frame, not from
+	// an expiry.
+	_, err := c.PutSemaphore(ctx, "flaky", sdk.SemaphoreConfig{MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 3})
 	require.NoError(t, err)
 	w, _ := newWorker(t, srv.URL)
 	var calls atomic.Int32
 	done := make(chan sdk.Job, 1)
 	require.NoError(t, w.Subscribe(ctx, "flaky", "", 1, func(ctx context.Context, j sdk.Job) error {
+		if string(j.Payload) == `"bad"` {
+			return sdk.NoRetry(errors.New("bad input"))
+		}
 		if calls.Add(1) == 1 {
 			return errors.New("transient failure")
 		}
@@ -187,13 +192,17 @@ func TestWorker_HandlerErrorIsRetriedAfterLeaseExpiry(t *testing.T) {
 	select {
 	case j := <-done:
 		require.Equal(t, enq.ID, j.ID)
-		// 2, or 3 when a dispatch waited for the session's slot until its
-		// lease ran out (the hub frees it within a heartbeat)
-		require.GreaterOrEqual(t, j.Attempts, 2)
+		require.Equal(t, 2, j.Attempts, "the failed attempt counts, once")
 	case <-time.After(10 * time.Second):
 		t.Fatal("the failed job was not delivered again")
 	}
 	waitStatus(t, c, []string{enq.ID}, sdk.JobDone)
+	// NoRetry: error at once, with the handler's message.
+	bad, err := c.Enqueue(ctx, "flaky", "bad", sdk.EnqueueOptions{})
+	require.NoError(t, err)
+	waitStatus(t, c, []string{bad.ID}, sdk.JobError)
+	j := jobIs(t, c, bad.ID, sdk.JobError, 1)
+	require.Equal(t, "bad input", j.Error)
 }
 
 func TestWorker_PanickingHandlerDoesNotKillTheWorker(t *testing.T) {
