@@ -16,11 +16,13 @@ export interface SubscribeOptions {
   /** At most this many unreleased jobs at once (default 1). */
   prefetch?: number;
   /**
-   * What a thrown handler error does: "retry" (default, as the Go SDK: the
-   * job keeps its lease until it expires, then the server retries it,
-   * counting an attempt, up to maxAttempts), "fail" (cancelled at once),
-   * or "requeue" (cancelled and requeued at once, at the back of its
-   * queue with its attempts reset).
+   * What a thrown handler error does. Either way the worker sends the
+   * `fail` frame: the job's permit frees at once and the error's message
+   * stays on the job. "retry" (default, as the Go SDK): the job runs again,
+   * at the back of its queue, while attempts remain (the semaphore's
+   * maxAttempts), then ends in error. "fail": it ends in error at once.
+   * "requeue": the same as "retry" (kept for earlier code; attempts are no
+   * longer reset, so a failing job no longer loops without end).
    */
   onError?: "retry" | "fail" | "requeue";
 }
@@ -134,10 +136,7 @@ export class Jobs {
       }
       if (ctl.signal.aborted && !(ctl.signal.reason instanceof WorkerClosedError)) return; // not ours any more
       this.d.log("warn", `handler of job ${job.id} failed`, failed);
-      if (s.onError === "fail" || s.onError === "requeue") {
-        await this.d.client.cancelJob(job.id);
-        if (s.onError === "requeue") await this.d.client.requeueJob(job.id);
-      }
+      await this.settleJob({ type: "fail", job: job.id, error: errorText(failed), retry: s.onError !== "fail" });
     } catch (err) {
       this.d.log("warn", `settling job ${job.id} failed`, err);
     } finally {
@@ -146,14 +145,25 @@ export class Jobs {
   }
 
   /** releaseJob releases a job over the session, again after a reconnect. */
-  private async releaseJob(id: string): Promise<void> {
+  private releaseJob(id: string): Promise<void> {
+    return this.settleJob({ type: "release", job: id });
+  }
+
+  /** settleJob sends a job's release or fail frame, again after a reconnect. */
+  private async settleJob(frame: { type: "release" | "fail"; job: string; error?: string; retry?: boolean }): Promise<void> {
     for (;;) {
       try {
-        await this.d.call({ type: "release", job: id });
+        await this.d.call(frame);
         return;
       } catch (err) {
         if (!(err instanceof ConnectionLostError) || this.d.stopped()) throw err;
       }
     }
   }
+}
+
+/** errorText is the message a failed handler's error leaves on its job. */
+function errorText(err: unknown): string {
+  if (err instanceof Error) return err.message || err.name;
+  return String(err);
 }

@@ -82,25 +82,41 @@ for (const store of stores()) {
       }
     });
 
-    test("a thrown handler error fails the job, or requeues it", async () => {
-      await admin.putSemaphore("errs", { maxValue: 2 });
+    test("a thrown handler error fails the attempt: retried while attempts remain, or ended", async () => {
+      await admin.putSemaphore("errs", { maxValue: 2, maxAttempts: 2, leaseTimeout: "1m" });
       const w = new Worker(srv.url, ADMIN, { minBackoffMs: 10 });
       try {
         await w.subscribe("errs", () => {
           throw new Error("nope");
         }, { onError: "fail" });
         const [failed] = await enqueueN(admin, "errs", 1);
-        await eventually(async () => (await admin.getJob(failed)).status === "cancelled", "failed: cancelled");
+        await eventually(async () => (await admin.getJob(failed)).status === "error", "failed: error");
+        const f = await admin.getJob(failed);
+        assert.equal(f.error, "nope", "the message is kept");
+        assert.equal(f.attempts, 1);
         await w.unsubscribe("errs");
 
         let runs = 0;
         await w.subscribe("errs", () => {
           runs++;
           if (runs === 1) throw new Error("first try fails");
+        });
+        const [retried] = await enqueueN(admin, "errs", 1);
+        await waitDone(admin, [retried]); // a lease of a minute: retried by the fail frame, not by expiry
+        assert.equal(runs, 2, "run again");
+        assert.equal((await admin.getJob(retried)).attempts, 2);
+        await w.unsubscribe("errs");
+
+        // Always failing: ends in error after maxAttempts, no endless loop.
+        let loops = 0;
+        await w.subscribe("errs", () => {
+          loops++;
+          throw new Error("always");
         }, { onError: "requeue" });
-        const [requeued] = await enqueueN(admin, "errs", 1);
-        await waitDone(admin, [requeued]);
-        assert.equal(runs, 2, "requeued and run again");
+        const [bad] = await enqueueN(admin, "errs", 1);
+        await eventually(async () => (await admin.getJob(bad)).status === "error", "spent: error");
+        assert.equal((await admin.getJob(bad)).attempts, 2);
+        assert.equal(loops, 2);
       } finally {
         await w.close();
       }
