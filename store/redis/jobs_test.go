@@ -77,7 +77,7 @@ func TestRedis_JobQueueChunks(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
 	rec := listen(s)
-	putJobs(t, s, "q", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 3})
+	putJobs(t, s, "q", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 3, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "q", true)
 	require.NoError(t, err)
 
@@ -149,7 +149,7 @@ func TestRedis_JobLeaseSweepIndex(t *testing.T) {
 	ctx := t.Context()
 	rec := listen(s)
 	const lt = 200 * time.Millisecond
-	putJobs(t, s, "x", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: lt, MaxAttempts: 2})
+	putJobs(t, s, "x", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: lt, MaxAttempts: 2, Retention: store.DefaultRetention})
 	j := enqueue(t, s, "x", "", `{}`)
 	require.Equal(t, store.JobInflight, j.Status)
 	score, err := s.client.ZScore(ctx, s.keys.sweep(), semMember(testTenant, "x")).Result()
@@ -183,7 +183,7 @@ func TestRedis_JobIDs(t *testing.T) {
 	t.Parallel()
 	s := newTestStore(t)
 	ctx := t.Context()
-	cfg := store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 1}
+	cfg := store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 1, Retention: store.DefaultRetention}
 	putJobs(t, s, "ids", cfg)
 	j := enqueue(t, s, "ids", "", `1`)
 	name, ok := store.ParseJobID(j.ID)
@@ -215,7 +215,7 @@ func TestRedis_ListJobsWalk(t *testing.T) {
 	t.Parallel()
 	s := newTestStore(t)
 	ctx := t.Context()
-	putJobs(t, s, "w", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute})
+	putJobs(t, s, "w", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "w", true)
 	require.NoError(t, err)
 	const n = 2*listScan + 300
@@ -244,7 +244,7 @@ func TestRedis_ListJobsWalk(t *testing.T) {
 
 	// Purge everything, add one: the first listing walks past the purged
 	// seqs (short pages) and moves the hint, so the next one is one call.
-	m, err := s.PurgeJobs(ctx, testTenant, "w", store.JobScheduled)
+	m, err := s.PurgeJobs(ctx, store.PurgeJobsParams{Tenant: testTenant, Semaphore: "w", Status: store.JobScheduled})
 	require.NoError(t, err)
 	require.Equal(t, n, m)
 	last := enqueue(t, s, "w", "", `{}`)
@@ -276,7 +276,7 @@ func bulkEnqueue(t testing.TB, s *Store, name string, n int, channel func(int) s
 	for start := 0; start < n; start += 250 {
 		var args []any
 		for i := start; i < min(start+250, n); i++ {
-			args = append(args, "e", newSalt(), channel(i), payload, "", 0, "", ms(store.JobRetention), forgetBatch)
+			args = append(args, "e", newSalt(), channel(i), payload, "", 0, "")
 		}
 		require.NoError(t, s.client.FCall(ctx, fnBatch, keys, s.semArgs(name, args)...).Err())
 	}
@@ -300,7 +300,7 @@ func TestRedis_JobMemory(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	s := newStoreOn(t, c, "sd")
 	ctx := t.Context()
-	putJobs(t, s, "mem", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 10, LeaseTimeout: time.Minute})
+	putJobs(t, s, "mem", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 10, LeaseTimeout: time.Minute, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "mem", true)
 	require.NoError(t, err)
 	enqueue(t, s, "mem", "", `{}`) // scripts loaded, salt set
@@ -344,7 +344,7 @@ func TestRedis_JobDispatchBatch(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
 	rec := listen(s)
-	putJobs(t, s, "b", store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeChannel, LeaseTimeout: time.Minute})
+	putJobs(t, s, "b", store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeChannel, LeaseTimeout: time.Minute, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "b", true)
 	require.NoError(t, err)
 	const chans = store.DefaultDispatchBatch + 6
@@ -387,7 +387,7 @@ func TestStore_PurgeManyJobs(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
 	_, _, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: testTenant, Name: "many",
-		Config: store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeTotal, LeaseTimeout: time.Minute, MaxAttempts: 1}})
+		Config: store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeTotal, LeaseTimeout: time.Minute, MaxAttempts: 1, Retention: store.DefaultRetention}})
 	require.NoError(t, err)
 	_, err = s.SetSuspended(ctx, testTenant, "many", true)
 	require.NoError(t, err)
@@ -405,7 +405,7 @@ func TestStore_PurgeManyJobs(t *testing.T) {
 	st, err := s.State(ctx, testTenant, "many")
 	require.NoError(t, err)
 	require.Equal(t, int64(batches*1000), st.Queued)
-	n, err := s.PurgeJobs(ctx, testTenant, "many", store.JobScheduled)
+	n, err := s.PurgeJobs(ctx, store.PurgeJobsParams{Tenant: testTenant, Semaphore: "many", Status: store.JobScheduled})
 	require.NoError(t, err)
 	require.Equal(t, batches*1000, n)
 	st, err = s.State(ctx, testTenant, "many")

@@ -33,7 +33,7 @@
 --                       "c:<c>:<n>" -> up to QCH 6-byte job seqs (see q_push)
 --   KEYS[15] jch        zset, all scores 0: channels with scheduled jobs (round-robin by name)
 --   KEYS[16] jcnt       hash: "q:<c>" scheduled jobs (total: sem "jq"), "i" / "i:<c>" inflight jobs
---   KEYS[17] jfin       zset: job seq -> finish time (ms), terminal jobs (retention)
+--   KEYS[17] jfin       zset: job seq -> finish time (ms), done and cancelled jobs (retention)
 --   KEYS[18] jidem      hash: job idempotency key -> job seq
 --   KEYS[19] sbind      zset, all scores 0: what websocket sessions hold here,
 --                       "<session>\0L<lease id>" (a sync lease) and
@@ -42,6 +42,7 @@
 --                       "<session>\0J<channel>\0" is that subscription's load
 --   KEYS[20] rlog       zset, all scores 0: the rate windows' grants (lib_rate.lua)
 --   KEYS[21] rused      hash: the rate windows' running totals (lib_rate.lua)
+--   KEYS[22] jfail      zset: job seq -> finish time (ms), error and timeout jobs (retention)
 --
 -- A sync lease bound to a session carries s (session) in its JSON, and
 -- drop_lease unbinds it; a job delivered to a session carries ss and sc
@@ -76,6 +77,7 @@ local K_GRANTED, K_IDEM
 local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
 local K_SBIND
 local K_RLOG, K_RUSED
+local K_JFAIL
 local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
@@ -100,6 +102,9 @@ local EV_D, EV_F
 -- left with nothing more fitting by the previous call)
 local TOUCHED
 local JOB_SALT
+-- the records of the jobs this call ended and deleted at once (retention
+-- 0), by seq: batch.lua still shows them in its results
+local GONE
 
 -- The sweep index (sweep.go) must hold the semaphore at or below the due
 -- time (expiry or deadline) of each of its leases and waiters. The
@@ -124,6 +129,10 @@ local U, WN, JQ
 -- rate gets room (hash "rn", 0: none); RATE_AT the earliest such instant
 -- this call found (math.huge: none)
 local RL, RP, RN, RATE_AT
+-- the retention (ms) of this call's semaphore, set by load_conf: RET_D of
+-- done and cancelled jobs, RET_F of error and timeout jobs (store.Retention;
+-- a semaphore stored without one has the defaults)
+local RET_D, RET_F
 
 -- sets the per-call state; every registered function calls it first
 local function begin(keys, args)
@@ -134,9 +143,11 @@ local function begin(keys, args)
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
   K_SBIND = KEYS[19]
   K_RLOG, K_RUSED = KEYS[20], KEYS[21]
+  K_JFAIL = KEYS[22]
   NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
   LOCAL_GRANTS = {}
   EV_D, EV_F, TOUCHED, JOB_SALT = {}, {}, {}, nil
+  GONE = {}
   IX, IX_LOW, IX_EXACT = math.huge, false, false
   U, WN, JQ = 0, 0, 0
   RL, RP, RN, RATE_AT = 0, 0, 0, math.huge
@@ -194,7 +205,7 @@ end
 -- the fields load_conf reads (the last ones only cached, for the calls
 -- that need them)
 local CONF_FIELDS = {'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
-  'rr', 'js', 'jn', 'dmore'}
+  'rd', 'rf', 'rr', 'js', 'jn', 'dmore'}
 
 local function load_conf()
   local v
@@ -211,6 +222,7 @@ local function load_conf()
   IX = tonumber(v[6]) or math.huge
   RL, RP, RN = tonumber(v[11] or 0) or 0, tonumber(v[12] or 0) or 0, tonumber(v[13] or 0) or 0
   U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
+  RET_D, RET_F = tonumber(v[14] or RETENTION_DONE), tonumber(v[15] or RETENTION_FAILED)
   if v[10] ~= LAYOUT then
     recount()
     hset(K_SEM, 'v', LAYOUT)
