@@ -208,6 +208,10 @@ local function job_finish(seq, m, pay, st, err, now)
   end
   hset(K_JOBS, seq, raw)
   redis.call('ZADD', k, now, seq)
+  if FD and (FD == 0 or now + ret < FD) then
+    FD = now + ret
+    hset(K_SEM, 'fd', FD)
+  end
   return raw
 end
 
@@ -250,10 +254,27 @@ local function trim_set(k, ret, now, n)
 end
 
 -- deletes terminal jobs whose retention has passed, at most FORGET_BATCH
--- of each class
-local function trim_finished(now)
+-- of each class. The semaphore's hash keeps "fd" (FD) so that a call with
+-- nothing due pays no command: a lower bound of the instant the next
+-- terminal job is due (0: none is terminal), lowered by job_finish and set
+-- anew from the sets' heads after a trim. Unless force, nothing is done
+-- before it. Whatever fd misses (a job ended by an earlier release, which
+-- knows no fd; a changed retention) is found by a forced trim: the sweep's
+-- (at least every RECHECK) and put_semaphore's. A trim that leaves jobs
+-- due (a backlog beyond FORGET_BATCH) makes the semaphore due in the sweep
+-- index now, so the sweep drains it with nothing else happening.
+local function trim_finished(now, force)
+  if not force and FD and (FD == 0 or now < FD) then return end
   trim_set(K_JFIN, RET_D, now, FORGET_BATCH)
   trim_set(K_JFAIL, RET_F, now, FORGET_BATCH)
+  local d = 0
+  for k, ret in pairs({[K_JFIN] = RET_D, [K_JFAIL] = RET_F}) do
+    local h = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    if h[2] and (d == 0 or tonumber(h[2]) + ret < d) then d = tonumber(h[2]) + ret end
+  end
+  FD = d
+  hset(K_SEM, 'fd', d)
+  if d > 0 and d <= now then due_add(now) end -- done() reports it
 end
 
 -- drops expired leases and grants the permits they held; an expired job

@@ -131,8 +131,10 @@ local U, WN, JQ
 local RL, RP, RN, RATE_AT
 -- the retention (ms) of this call's semaphore, set by load_conf: RET_D of
 -- done and cancelled jobs, RET_F of error and timeout jobs (store.Retention;
--- a semaphore stored without one has the defaults)
-local RET_D, RET_F
+-- a semaphore stored without one has the defaults); FD its hash's "fd", the
+-- earliest instant a terminal job may be due for deletion (0: no terminal
+-- job, nil: unknown), see trim_finished
+local RET_D, RET_F, FD
 
 -- sets the per-call state; every registered function calls it first
 local function begin(keys, args)
@@ -205,7 +207,7 @@ end
 -- the fields load_conf reads (the last ones only cached, for the calls
 -- that need them)
 local CONF_FIELDS = {'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
-  'rd', 'rf', 'rr', 'js', 'jn', 'dmore'}
+  'rd', 'rf', 'fd', 'rr', 'js', 'jn', 'dmore'}
 
 local function load_conf()
   local v
@@ -223,6 +225,7 @@ local function load_conf()
   RL, RP, RN = tonumber(v[11] or 0) or 0, tonumber(v[12] or 0) or 0, tonumber(v[13] or 0) or 0
   U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
   RET_D, RET_F = tonumber(v[14] or RETENTION_DONE), tonumber(v[15] or RETENTION_FAILED)
+  FD = v[16] and tonumber(v[16]) or nil
   if v[10] ~= LAYOUT then
     recount()
     hset(K_SEM, 'v', LAYOUT)

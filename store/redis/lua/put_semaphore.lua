@@ -29,7 +29,7 @@ end
 if created then hset(K_SEM, 'ca', now, 'susp', 0, 'v', LAYOUT) end
 local conf = load_conf()
 expire(conf, now)
-trim_finished(now) -- a lowered retention frees what it no longer keeps
+trim_finished(now, true) -- a changed retention: what it no longer keeps goes
 grant_all(conf, now)
 dispatch(conf, now, nil, true)
 local c = 0

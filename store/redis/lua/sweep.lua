@@ -27,7 +27,7 @@ for _, id in ipairs(redis.call('ZRANGE', K_WDL, '-inf', now, 'BYSCORE')) do
 end
 recount() -- the counters of the semaphore's hash, from the data (see U)
 grant_all(conf, now)
-trim_finished(now)
+trim_finished(now, true)
 dispatch(conf, now, nil, true)
 IX_EXACT = true
 return done(conf, now, {'ok', expired, 0}, true)
