@@ -207,7 +207,7 @@ end
 -- the fields load_conf reads (the last ones only cached, for the calls
 -- that need them)
 local CONF_FIELDS = {'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
-  'rd', 'rf', 'fd', 'rr', 'js', 'jn', 'dmore'}
+  'rr', 'js', 'jn', 'dmore', 'rd', 'rf', 'fd'}
 
 local function load_conf()
   local v
@@ -224,8 +224,11 @@ local function load_conf()
   IX = tonumber(v[6]) or math.huge
   RL, RP, RN = tonumber(v[11] or 0) or 0, tonumber(v[12] or 0) or 0, tonumber(v[13] or 0) or 0
   U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
-  RET_D, RET_F = tonumber(v[14] or RETENTION_DONE), tonumber(v[15] or RETENTION_FAILED)
-  FD = v[16] and tonumber(v[16]) or nil
+  -- by name from the cache HMGET filled (positions shift as fields come)
+  RET_D = tonumber(hget(K_SEM, 'rd') or RETENTION_DONE)
+  RET_F = tonumber(hget(K_SEM, 'rf') or RETENTION_FAILED)
+  local fd = hget(K_SEM, 'fd')
+  FD = fd and tonumber(fd) or nil
   if v[10] ~= LAYOUT then
     recount()
     hset(K_SEM, 'v', LAYOUT)
