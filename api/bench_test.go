@@ -433,7 +433,7 @@ func (e *benchEnv) releaseJob(id string) error {
 // suspended semaphore. key-bytes/job is the same growth measured as the
 // sum of MEMORY USAGE (SAMPLES 0) of every key. Then the semaphore is
 // resumed; with no route and no websocket subscriber every job ends in
-// error and is kept as a terminal job for store.JobRetention (24h):
+// error and is kept as a terminal job for its retention.failed (7d):
 // bytes/terminal-job is used_memory then, per job, against the same
 // baseline (the record carries the error text). One op is one round of
 // 10,000 jobs into a fresh semaphore; run with -benchtime 1x.

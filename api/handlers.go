@@ -46,6 +46,7 @@ func (r SemaphoreConfigJSON) input() semaphore.ConfigInput {
 		Routes:          r.Routes,
 		Mapping:         r.Mapping,
 		Rate:            r.Rate,
+		Retention:       r.Retention,
 	}
 	if r.LeaseTimeout != nil {
 		d := time.Duration(*r.LeaseTimeout)
@@ -282,6 +283,7 @@ func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON 
 		OnDeliveryError: sem.Config.OnDeliveryError,
 		Routes:          routes,
 		Mapping:         mapping,
+		Retention:       RetentionJSON{Done: Duration(sem.Config.Retention.Done), Failed: Duration(sem.Config.Retention.Failed)},
 		Suspended:       sem.Suspended,
 		CreatedAt:       sem.CreatedAt.UTC(),
 		UpdatedAt:       sem.UpdatedAt.UTC(),

@@ -88,7 +88,9 @@ func (s *Server) purgeJobs(c echo.Context) error {
 	if status == "" {
 		return errorf(CodeInvalidRequest, "status is required (scheduled, done, error, timeout or cancelled)")
 	}
-	n, err := s.svc.PurgeJobs(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), status)
+	n, err := s.svc.PurgeJobs(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.PurgeJobsInput{
+		Status: status, Channel: c.QueryParam("channel"),
+	})
 	if err != nil {
 		return err
 	}

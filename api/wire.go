@@ -114,7 +114,8 @@ func jsonKind(b []byte) string {
 // SemaphoreConfigJSON is the body of PUT /v1/semaphores/{name} and the
 // config part of a returned semaphore. Zero/absent fields take the defaults
 // noted in openapi.yaml: maxValueScope "total", leaseTimeout "60s",
-// maxAttempts 3, onSessionLost "redeliver", onDeliveryError "fail".
+// maxAttempts 3, onSessionLost "redeliver", onDeliveryError "fail",
+// retention {"done": "24h", "failed": "7d"}.
 type SemaphoreConfigJSON struct {
 	MaxValue        *int64          `json:"maxValue"`                  // required, 1..1e9
 	MaxValueScope   string          `json:"maxValueScope,omitempty"`   // total | channel
@@ -125,6 +126,16 @@ type SemaphoreConfigJSON struct {
 	Routes          json.RawMessage `json:"routes,omitempty"`          // array of route objects (async issue)
 	Mapping         json.RawMessage `json:"mapping,omitempty"`         // mapping object (async issue)
 	Rate            json.RawMessage `json:"rate,omitempty"`            // RateJSON or null (none); checked by semaphore.ValidateConfig
+	Retention       json.RawMessage `json:"retention,omitempty"`       // RetentionJSON, fields optional; checked by semaphore.ValidateConfig
+}
+
+// RetentionJSON is how long a semaphore keeps terminal jobs after they
+// end: done for done and cancelled jobs, failed for error and timeout
+// jobs; "0s" deletes at once, at most 30 days. A PUT may write days
+// ("7d"); a returned semaphore shows Go durations ("168h0m0s").
+type RetentionJSON struct {
+	Done   Duration `json:"done"`
+	Failed Duration `json:"failed"`
 }
 
 // RateJSON is a semaphore's rate: at most limit (1..1,000,000) weight
@@ -147,6 +158,7 @@ type SemaphoreJSON struct {
 	Routes          json.RawMessage `json:"routes"`  // [] when none
 	Mapping         json.RawMessage `json:"mapping"` // null when none
 	Rate            *RateJSON       `json:"rate"`    // null when none
+	Retention       RetentionJSON   `json:"retention"`
 	Suspended       bool            `json:"suspended"`
 	CreatedAt       time.Time       `json:"createdAt"`
 	UpdatedAt       time.Time       `json:"updatedAt"`

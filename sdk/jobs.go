@@ -192,11 +192,19 @@ func (c *Client) RequeueJob(ctx context.Context, id string) (Job, error) {
 	return c.jobCall(ctx, http.MethodPost, c.endpoint(nil, "v1", "jobs", id, "requeue"), struct{}{})
 }
 
+// PurgeJobsOptions narrow PurgeJobs. Zero values: every channel.
+type PurgeJobsOptions struct {
+	Channel string // only this channel's jobs; a name that is not valid → IsInvalidRequest
+}
+
 // PurgeJobs deletes a semaphore's jobs in status (JobScheduled or a
-// terminal status) and returns how many. Inflight jobs hold permits and
-// cannot be purged (IsInvalidState).
-func (c *Client) PurgeJobs(ctx context.Context, semaphore string, status JobStatus) (int, error) {
+// terminal status), of opts.Channel or of every channel, and returns how
+// many. Inflight jobs hold permits and cannot be purged (IsInvalidState).
+func (c *Client) PurgeJobs(ctx context.Context, semaphore string, status JobStatus, opts PurgeJobsOptions) (int, error) {
 	q := url.Values{"status": {string(status)}}
+	if opts.Channel != "" {
+		q.Set("channel", opts.Channel)
+	}
 	var out struct {
 		Purged int `json:"purged"`
 	}

@@ -97,12 +97,19 @@ func TestClient_Jobs(t *testing.T) {
 	_, err = c.RequeueJob(ctx, a.ID)
 	require.True(t, sdk.IsInvalidState(err))
 
-	// Purge.
-	_, err = c.PurgeJobs(ctx, "jobs", sdk.JobInflight)
+	// Purge: of one channel, then of all.
+	_, err = c.PurgeJobs(ctx, "jobs", sdk.JobInflight, sdk.PurgeJobsOptions{})
 	require.True(t, sdk.IsInvalidState(err), "inflight jobs cannot be purged: %v", err)
-	purged, err := c.PurgeJobs(ctx, "jobs", sdk.JobScheduled)
+	_, err = c.PurgeJobs(ctx, "jobs", sdk.JobScheduled, sdk.PurgeJobsOptions{Channel: "-eu"})
+	require.ErrorIs(t, err, sdk.ErrInvalidRequest, "a bad channel")
+	purged, err := c.PurgeJobs(ctx, "jobs", sdk.JobScheduled, sdk.PurgeJobsOptions{Channel: "eu"})
 	require.NoError(t, err)
-	require.Equal(t, 3, purged)
+	require.Equal(t, 1, purged)
+	_, err = c.GetJob(ctx, b.ID)
+	require.True(t, sdk.IsJobNotFound(err))
+	purged, err = c.PurgeJobs(ctx, "jobs", sdk.JobScheduled, sdk.PurgeJobsOptions{})
+	require.NoError(t, err)
+	require.Equal(t, 2, purged)
 	_, err = c.GetJob(ctx, a.ID)
 	require.True(t, sdk.IsJobNotFound(err))
 	require.True(t, sdk.IsNotFound(err))

@@ -23,6 +23,7 @@ func (c *Client) PutSemaphore(ctx context.Context, name string, cfg SemaphoreCon
 		Routes:          cfg.Routes,
 		Mapping:         cfg.Mapping,
 		Rate:            rateToWire(cfg.Rate),
+		Retention:       retentionToWire(cfg.Retention),
 	}
 	var out struct {
 		Semaphore semaphoreWire `json:"semaphore"`

@@ -332,3 +332,27 @@ func TestClient_RateRefusal(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, grants[1].Sub(grants[0]), time.Second, "at most 1 per second")
 }
+
+// TestClient_RetentionConfig: a semaphore's Retention round-trips (0
+// included); nil takes the server's defaults, which a returned semaphore
+// shows.
+func TestClient_RetentionConfig(t *testing.T) {
+	_, c := setup(t)
+	ctx := t.Context()
+	s, err := c.PutSemaphore(ctx, "r", sdk.SemaphoreConfig{MaxValue: 1})
+	require.NoError(t, err)
+	require.Equal(t, &sdk.Retention{Done: 24 * time.Hour, Failed: 7 * 24 * time.Hour}, s.Retention)
+	ret := &sdk.Retention{Done: 0, Failed: 90 * time.Second}
+	s, err = c.PutSemaphore(ctx, "r", sdk.SemaphoreConfig{MaxValue: 1, Retention: ret})
+	require.NoError(t, err)
+	require.Equal(t, ret, s.Retention)
+	s, err = c.GetSemaphore(ctx, "r")
+	require.NoError(t, err)
+	require.Equal(t, ret, s.Retention)
+
+	_, err = c.PutSemaphore(ctx, "r", sdk.SemaphoreConfig{MaxValue: 1, Retention: &sdk.Retention{Done: 31 * 24 * time.Hour}})
+	require.ErrorIs(t, err, sdk.ErrInvalidConfig)
+	var apiErr *sdk.APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, "retention.done must be whole milliseconds between 0s and 720h0m0s (30 days), got 744h0m0s", apiErr.Message)
+}

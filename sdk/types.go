@@ -25,7 +25,7 @@ const (
 // SemaphoreConfig is the configuration of a semaphore (PUT
 // /v1/semaphores/{name}). Zero fields take the server's defaults: scope
 // "total", LeaseTimeout 60s, MaxAttempts 3, OnSessionLost "redeliver",
-// OnDeliveryError "fail", no Rate.
+// OnDeliveryError "fail", no Rate, Retention done 24h and failed 7d.
 type SemaphoreConfig struct {
 	MaxValue        int64         // required, ≥ 1
 	MaxValueScope   string        // ScopeTotal or ScopeChannel
@@ -38,6 +38,20 @@ type SemaphoreConfig struct {
 	// Rate limits grants per sliding window besides MaxValue at once; nil:
 	// none (PutSemaphore replaces the whole config, so nil removes a rate).
 	Rate *RateLimit
+	// Retention says how long terminal jobs stay readable after they end;
+	// nil: the server's defaults. A Semaphore the server returns always
+	// has it.
+	Retention *Retention
+}
+
+// Retention is how long a semaphore keeps its terminal jobs after they
+// end: Done for done and cancelled jobs, Failed for error and timeout
+// jobs. Each is 0 (deleted as it ends) to 30 days, whole milliseconds.
+// Once it has passed, GetJob reports IsJobNotFound, ListJobs skips the
+// job and its idempotency key is free again.
+type Retention struct {
+	Done   time.Duration
+	Failed time.Duration
 }
 
 // RateLimit is a semaphore's rate: at most Limit weight units granted in
@@ -181,7 +195,27 @@ type semaphoreConfigWire struct {
 	OnDeliveryError string          `json:"onDeliveryError,omitempty"`
 	Routes          json.RawMessage `json:"routes,omitempty"`
 	Mapping         json.RawMessage `json:"mapping,omitempty"`
-	Rate            *rateWire       `json:"rate,omitempty"` // absent: no rate
+	Rate            *rateWire       `json:"rate,omitempty"`      // absent: no rate
+	Retention       *retentionWire  `json:"retention,omitempty"` // absent: the defaults
+}
+
+type retentionWire struct {
+	Done   duration `json:"done"`
+	Failed duration `json:"failed"`
+}
+
+func (r *retentionWire) toSDK() *Retention {
+	if r == nil {
+		return nil
+	}
+	return &Retention{Done: time.Duration(r.Done), Failed: time.Duration(r.Failed)}
+}
+
+func retentionToWire(r *Retention) *retentionWire {
+	if r == nil {
+		return nil
+	}
+	return &retentionWire{Done: duration(r.Done), Failed: duration(r.Failed)}
 }
 
 type rateWire struct {
@@ -237,6 +271,7 @@ type semaphoreWire struct {
 	Routes          json.RawMessage `json:"routes"`
 	Mapping         json.RawMessage `json:"mapping"`
 	Rate            *rateWire       `json:"rate"`
+	Retention       *retentionWire  `json:"retention"`
 	Suspended       bool            `json:"suspended"`
 	CreatedAt       time.Time       `json:"createdAt"`
 	UpdatedAt       time.Time       `json:"updatedAt"`
@@ -256,6 +291,7 @@ func (w semaphoreWire) toSDK() Semaphore {
 			Routes:          w.Routes,
 			Mapping:         w.Mapping,
 			Rate:            w.Rate.toSDK(),
+			Retention:       w.Retention.toSDK(),
 		},
 		Suspended: w.Suspended,
 		CreatedAt: w.CreatedAt,

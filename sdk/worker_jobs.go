@@ -234,7 +234,7 @@ var errNoRetry = errors.New("no retry")
 
 type noRetryError struct{ err error }
 
-func (e noRetryError) Error() string { return e.err.Error() }
+func (e noRetryError) Error() string   { return e.err.Error() }
 func (e noRetryError) Unwrap() []error { return []error{e.err, errNoRetry} }
 
 // NoRetry wraps a handler's error so that the job ends in error at once

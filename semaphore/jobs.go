@@ -236,22 +236,33 @@ func (s *Service) transitionJob(ctx context.Context, tenant, id string, act stor
 	return s.store.TransitionJob(ctx, store.TransitionParams{Tenant: tenant, JobID: id, Action: act})
 }
 
+// PurgeJobsInput selects the jobs PurgeJobs deletes.
+type PurgeJobsInput struct {
+	Status  string // scheduled, or a terminal status
+	Channel string // "": every channel
+}
+
 // PurgeJobs deletes a semaphore's jobs in one status (scheduled, or a
-// terminal one) and returns how many. Inflight jobs hold permits and are
-// refused (CodeInvalidState).
-func (s *Service) PurgeJobs(ctx context.Context, tenant, name, status string) (int, error) {
+// terminal one), of one channel or of all, and returns how many. Inflight
+// jobs hold permits and are refused (CodeInvalidState).
+func (s *Service) PurgeJobs(ctx context.Context, tenant, name string, in PurgeJobsInput) (int, error) {
 	if !ValidName(name) {
 		return 0, store.ErrSemaphoreNotFound
 	}
-	st := store.JobStatus(status)
+	st := store.JobStatus(in.Status)
 	if st == store.JobInflight {
 		return 0, invalid(CodeInvalidState, "status", "inflight jobs hold permits and cannot be purged: release or cancel them")
 	}
-	if st != store.JobScheduled && !st.Terminal() {
-		return 0, invalid(CodeInvalidRequest, "status", "status must be scheduled or a terminal status (done, error, timeout, cancelled), got %q", truncate(status, 64))
+	if !st.Purgeable() {
+		return 0, invalid(CodeInvalidRequest, "status", "status must be scheduled or a terminal status (done, error, timeout, cancelled), got %q", truncate(in.Status, 64))
+	}
+	if in.Channel != "" {
+		if err := checkChannel(in.Channel); err != nil {
+			return 0, err
+		}
 	}
 	if _, err := s.store.GetSemaphore(ctx, tenant, name); err != nil {
 		return 0, err
 	}
-	return s.store.PurgeJobs(ctx, tenant, name, st)
+	return s.store.PurgeJobs(ctx, store.PurgeJobsParams{Tenant: tenant, Semaphore: name, Status: st, Channel: in.Channel})
 }

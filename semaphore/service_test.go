@@ -94,7 +94,7 @@ func TestValidateConfig(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, store.SemaphoreConfig{
 		MaxValue: 10, MaxValueScope: "total", LeaseTimeout: 60 * time.Second, MaxAttempts: 3,
-		OnSessionLost: "redeliver", OnDeliveryError: "fail",
+		OnSessionLost: "redeliver", OnDeliveryError: "fail", Retention: store.DefaultRetention,
 		Workers: &store.WorkerRoute{}, // no routes: the websocket route, by room
 	}, cfg)
 

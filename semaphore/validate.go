@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -104,6 +106,9 @@ type ConfigInput struct {
 	// Rate is {"limit": n, "period": "1m"}; absent, empty or null: no rate
 	// (a PUT replaces the config, so that removes a rate set before).
 	Rate json.RawMessage
+	// Retention is {"done": "24h", "failed": "7d"}; absent, empty or null
+	// fields take the defaults (store.DefaultRetention).
+	Retention json.RawMessage
 }
 
 // ValidateConfig checks the config of semaphore name, fills the defaults and
@@ -170,6 +175,10 @@ func ValidateConfig(name string, in ConfigInput, opts routing.Options) (store.Se
 		return cfg, rc, err
 	}
 	cfg.Rate = rate
+
+	if cfg.Retention, err = parseRetention(in.Retention); err != nil {
+		return cfg, rc, err
+	}
 
 	rc, err = routing.Parse(name, in.Routes, in.Mapping, opts)
 	if err != nil {
@@ -251,6 +260,82 @@ func parseRate(raw json.RawMessage) (*store.RateLimit, error) {
 	}
 	r.Period = d
 	return r, nil
+}
+
+// parseRetention parses a config's retention: {"done": duration,
+// "failed": duration}, each 0s (deleted at once) to store.MaxRetention in
+// whole milliseconds, in Go syntax that may start with whole days ("7d",
+// "1d12h", as SPEC §4 writes them); the object, or a field, absent or null takes the
+// default (store.DefaultRetention). Errors are invalid_config naming
+// "retention", "retention.done" or "retention.failed".
+func parseRetention(raw json.RawMessage) (store.Retention, error) {
+	r := store.DefaultRetention
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		return r, nil
+	}
+	if !json.Valid(t) {
+		return r, invalid(CodeInvalidConfig, "retention", "retention is not valid JSON")
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(t, &m); err != nil || m == nil {
+		return r, invalid(CodeInvalidConfig, "retention", `retention must be an object {"done": "24h", "failed": "7d"} or null, got %s`, routing.JSONKind(t))
+	}
+	var unknown []string
+	for k := range m {
+		if k != "done" && k != "failed" {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return r, invalid(CodeInvalidConfig, "retention", "retention has an unknown field %q: its fields are done and failed", truncate(unknown[0], 64))
+	}
+	for _, f := range []struct {
+		name string
+		dst  *time.Duration
+	}{{"done", &r.Done}, {"failed", &r.Failed}} {
+		v, ok := m[f.name]
+		if !ok || bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+			continue
+		}
+		field := "retention." + f.name
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return r, invalid(CodeInvalidConfig, field, `%s must be a duration string such as "24h", got %s`, field, routing.JSONKind(v))
+		}
+		d, err := parseDays(s)
+		if err != nil {
+			return r, invalid(CodeInvalidConfig, field, `%s must be a duration such as "24h" or "7d", got %q`, field, truncate(s, 64))
+		}
+		if d < 0 || d > store.MaxRetention || d%time.Millisecond != 0 {
+			return r, invalid(CodeInvalidConfig, field, "%s must be whole milliseconds between 0s and %s (30 days), got %s", field, store.MaxRetention, d)
+		}
+		*f.dst = d
+	}
+	return r, nil
+}
+
+// parseDays parses a Go duration that may start with a whole number of
+// days (24h each): "7d", "1d12h", "90m".
+func parseDays(s string) (time.Duration, error) {
+	i := strings.IndexByte(s, 'd')
+	if i < 0 {
+		return time.ParseDuration(s)
+	}
+	days, err := strconv.ParseUint(s[:i], 10, 16) // digits only, below 65,536
+	if err != nil || i == 0 {
+		return 0, fmt.Errorf("bad day count in %q", s)
+	}
+	d := time.Duration(days) * 24 * time.Hour
+	if rest := s[i+1:]; rest != "" {
+		r, err := time.ParseDuration(rest)
+		if err != nil || r < 0 || r > math.MaxInt64-d {
+			return 0, fmt.Errorf("bad duration %q", s)
+		}
+		d += r
+	}
+	return d, nil
 }
 
 // jsonValue shows a JSON value in an error message: a number as it was

@@ -251,8 +251,9 @@ type JobEvents struct {
 //
 // A job's lease expiring counts as an attempt: the job goes back to the end
 // of its queue while Attempts < maxAttempts, else ends in timeout. A job in a
-// terminal state holds no permit. Terminal jobs are kept for JobRetention,
-// then forgotten. DeleteSemaphore deletes its jobs.
+// terminal state holds no permit. Terminal jobs are kept for the
+// semaphore's Retention of their status, then forgotten (see Retention).
+// DeleteSemaphore deletes its jobs.
 //
 // State counts Queued (scheduled jobs) and Inflight (inflight jobs) per
 // channel and in total; an inflight job's permit counts in InUse like any
@@ -280,12 +281,22 @@ type JobStore interface {
 	// ErrInvalidState, ErrStaleLease) and returns the job after it.
 	// ErrStaleLease is checked before the status, whatever the action.
 	TransitionJob(ctx context.Context, p TransitionParams) (Job, error)
-	// PurgeJobs deletes the semaphore's jobs in status (scheduled or a
-	// terminal one) and returns how many.
-	PurgeJobs(ctx context.Context, tenant, semaphore string, status JobStatus) (int, error)
+	// PurgeJobs deletes the semaphore's jobs in p.Status (scheduled or a
+	// terminal one; else ErrInvalidState), of one channel or of all, and
+	// returns how many (ErrSemaphoreNotFound).
+	PurgeJobs(ctx context.Context, p PurgeJobsParams) (int, error)
 	// SetJobListener sets the listener of JobEvents (nil: none).
 	SetJobListener(func(JobEvents))
 }
 
-// JobRetention is how long terminal jobs stay readable.
-const JobRetention = 24 * time.Hour
+// PurgeJobsParams are the inputs of PurgeJobs.
+type PurgeJobsParams struct {
+	Tenant    string
+	Semaphore string
+	Status    JobStatus // JobScheduled or a terminal status
+	Channel   string    // "" = every channel
+}
+
+// Purgeable reports whether jobs in status s can be purged: scheduled
+// and terminal ones (inflight jobs hold permits).
+func (s JobStatus) Purgeable() bool { return s == JobScheduled || s.Terminal() }

@@ -87,7 +87,10 @@ type SemaphoreConfig struct {
 	// (see WorkerRoute). nil: jobs are dispatched when a permit is free and
 	// the caller delivers them.
 	Workers *WorkerRoute
-	Extra   []byte // opaque JSON (routes, mapping), stored verbatim
+	// Retention: how long terminal jobs stay (SPEC §4, §2.10), whole
+	// milliseconds up to MaxRetention. Zero durations delete at once.
+	Retention Retention
+	Extra     []byte // opaque JSON (routes, mapping), stored verbatim
 }
 
 // WorkerRoute is what the store knows of a semaphore's websocket route
@@ -108,6 +111,41 @@ type WorkerRoute struct {
 	Channel  string // the subscription channel the route delivers to ("" = each job's own)
 	Fallback bool   // a more stable route follows the websocket route
 }
+
+// Retention is how long a semaphore keeps its terminal jobs after they
+// end, judged by the store's clock from FinishedAt: Done for done and
+// cancelled jobs, Failed for error and timeout jobs (the dead letters).
+// A job whose retention has passed is gone: GetJob, ListJobs, TransitionJob
+// and PurgeJobs no longer find it, and its idempotency key is free again,
+// whether or not the store has reclaimed its memory yet. A retention of 0
+// deletes the job in the operation that ends it; the operation's result
+// and JobEvents.Finished still carry it. A changed retention applies to
+// the jobs already terminal too.
+type Retention struct {
+	Done   time.Duration
+	Failed time.Duration
+}
+
+// Of returns the retention of terminal status s (Done for done and
+// cancelled, Failed for error and timeout).
+func (r Retention) Of(s JobStatus) time.Duration {
+	if s == JobError || s == JobTimeout {
+		return r.Failed
+	}
+	return r.Done
+}
+
+// Retention defaults (SPEC §4) and bound: the service layer fills the
+// defaults; a store reads them for a semaphore stored without a retention
+// (by an earlier release).
+const (
+	DefaultRetentionDone   = 24 * time.Hour
+	DefaultRetentionFailed = 7 * 24 * time.Hour
+	MaxRetention           = 30 * 24 * time.Hour
+)
+
+// DefaultRetention is the retention of SPEC §4's defaults.
+var DefaultRetention = Retention{Done: DefaultRetentionDone, Failed: DefaultRetentionFailed}
 
 // RateLimit: at most Limit weight units granted in any sliding window of
 // Period, per capacity domain (the whole semaphore with scope total, each
@@ -162,8 +200,14 @@ func (c SemaphoreConfig) Check() error {
 		return fmt.Errorf("%w: maxAttempts %d < 0", ErrInvalidParams, c.MaxAttempts)
 	case c.Rate != nil && (c.Rate.Limit < 1 || c.Rate.Period < time.Millisecond):
 		return fmt.Errorf("%w: rate %d per %v", ErrInvalidParams, c.Rate.Limit, c.Rate.Period)
+	case !retentionOK(c.Retention.Done) || !retentionOK(c.Retention.Failed):
+		return fmt.Errorf("%w: retention %v/%v not whole milliseconds within 0..%v", ErrInvalidParams, c.Retention.Done, c.Retention.Failed, MaxRetention)
 	}
 	return nil
+}
+
+func retentionOK(d time.Duration) bool {
+	return d >= 0 && d <= MaxRetention && d%time.Millisecond == 0
 }
 
 // Semaphore is a stored semaphore: its name, config and bookkeeping.

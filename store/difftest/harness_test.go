@@ -324,6 +324,7 @@ func (r *rec) semaphore(p string, s store.Semaphore) {
 	r.add(p+"onSessionLost", strconv.Quote(c.OnSessionLost))
 	r.add(p+"onDeliveryError", strconv.Quote(c.OnDeliveryError))
 	r.bytes(p+"extra", c.Extra)
+	r.add(p+"retention", fmt.Sprintf("%v/%v", c.Retention.Done, c.Retention.Failed))
 	r.add(p+"suspended", s.Suspended)
 	r.time(p+"createdAt", s.CreatedAt)
 	r.time(p+"updatedAt", s.UpdatedAt)

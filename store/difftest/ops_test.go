@@ -41,6 +41,7 @@ const (
 	catPurgeBadStatus      = "purge-bad-status"        // PurgeJobs of status inflight, "" or unknown
 	catAcquireReplayHeavy  = "acquire-replay-heavy"    // Acquire replaying a key with a weight > maxValue
 	catHandOffNoChild      = "handoff-no-child"        // ActHandOff with Child nil
+	catRetentionBad        = "retention-bad"           // PutSemaphore with a retention < 0, > 30 days or not whole ms
 )
 
 // catNever marks an option left out.
@@ -50,7 +51,8 @@ var (
 	knownCats = []string{catDeliveredEmptyRoute, catExtendTTL0, catKeyDupID, catScopeUnknown}
 	otherCats = []string{catScopeEmpty, catLeaseTimeoutNeg, catMaxValueZero, catMaxAttemptsNeg,
 		catKeyDupIDOtherTenant, catKeyDupHash, catKeyEmpty, catTenantEmptyName, catTenantIDNotName,
-		catActionUnknown, catJobsCursorBad, catPurgeBadStatus, catAcquireReplayHeavy, catHandOffNoChild}
+		catActionUnknown, catJobsCursorBad, catPurgeBadStatus, catAcquireReplayHeavy, catHandOffNoChild,
+		catRetentionBad}
 )
 
 var excludeFlag = flag.String("difftest.exclude", "",
@@ -231,6 +233,14 @@ func (w *world) drawConfig(edges bool) store.SemaphoreConfig {
 		OnSessionLost:   pick(w, "onSessionLost", o(""), o("release")),
 		OnDeliveryError: pick(w, "onDeliveryError", o(""), o("suspend")),
 		Extra:           pick(w, "extra", o([]byte(nil)), o([]byte(`{"routes":[{"type":"https"}]}`))),
+		// 0 (deleted at once) or longer than a run, so the stores' clocks
+		// need not agree on an instant
+		Retention: store.Retention{
+			Done: pick(w, "retentionDone", o(time.Duration(0)), o(time.Hour), o(store.MaxRetention),
+				edge(e(catRetentionBad), -time.Millisecond), edge(e(catRetentionBad), store.MaxRetention+time.Millisecond)),
+			Failed: pick(w, "retentionFailed", o(time.Duration(0)), o(time.Hour), o(time.Hour),
+				edge(e(catRetentionBad), time.Microsecond)),
+		},
 	}
 }
 
@@ -258,8 +268,9 @@ func (w *world) putSemaphore() {
 func (w *world) putSemaphoreOf(tenant, name string, edges bool) {
 	cfg := w.drawConfig(edges)
 	w.touch(tenant, name)
-	desc := fmt.Sprintf("PutSemaphore(%s/%s maxValue=%d scope=%q leaseTimeout=%v maxAttempts=%d onSessionLost=%q onDeliveryError=%q extra=%q)",
-		tenant, name, cfg.MaxValue, cfg.MaxValueScope, cfg.LeaseTimeout, cfg.MaxAttempts, cfg.OnSessionLost, cfg.OnDeliveryError, cfg.Extra)
+	desc := fmt.Sprintf("PutSemaphore(%s/%s maxValue=%d scope=%q leaseTimeout=%v maxAttempts=%d onSessionLost=%q onDeliveryError=%q extra=%q retention=%v/%v)",
+		tenant, name, cfg.MaxValue, cfg.MaxValueScope, cfg.LeaseTimeout, cfg.MaxAttempts, cfg.OnSessionLost, cfg.OnDeliveryError, cfg.Extra,
+		cfg.Retention.Done, cfg.Retention.Failed)
 	w.op(desc, func(s *side, r *rec) {
 		var before *rec
 		if !scopeKnown(cfg.MaxValueScope) {
@@ -642,8 +653,9 @@ func (w *world) purgeJobs() {
 		o(store.JobCancelled), edge(catPurgeBadStatus, store.JobInflight), edge(catPurgeBadStatus, store.JobStatus("")),
 		edge(catPurgeBadStatus, store.JobStatus("bogus")))
 	w.touch(tenant, name)
-	w.op(fmt.Sprintf("PurgeJobs(%s/%s status=%q)", tenant, name, status), func(s *side, r *rec) {
-		if n, err := s.st.PurgeJobs(w.ctx, tenant, name, status); r.err("", err) {
+	ch := pick(w, "purgeChannel", o(""), o(""), o("a"), o("b"), o(store.DefaultChannel))
+	w.op(fmt.Sprintf("PurgeJobs(%s/%s status=%q channel=%q)", tenant, name, status, ch), func(s *side, r *rec) {
+		if n, err := s.st.PurgeJobs(w.ctx, store.PurgeJobsParams{Tenant: tenant, Semaphore: name, Status: status, Channel: ch}); r.err("", err) {
 			r.add("purged", n)
 		}
 	})

@@ -19,7 +19,7 @@ type jobEntry struct {
 	job   store.Job     // job.Lease is always nil here: see lease
 	seq   int64         // creation order within the semaphore (ListJobs cursor)
 	lease *leaseEntry   // the permit it holds, while inflight
-	elem  *list.Element // in its channel's queue while scheduled, in finished while terminal
+	elem  *list.Element // in its channel's queue while scheduled, in finished[class] while terminal
 	gone  bool          // deleted (purged or forgotten); a hole in jobQueues.order
 }
 
@@ -64,7 +64,24 @@ type jobQueues struct {
 	channels []string              // sorted channels with scheduled jobs
 	cursor   string                // channel served last
 	inflight map[string]int64      // channel -> inflight jobs
-	finished *list.List            // terminal *jobEntry, in order of finishing
+	// finished holds the terminal *jobEntry of each retention class
+	// (finishedClass), in order of finishing: one retention applies to a
+	// whole list, so its front is the next one due.
+	finished [2]*list.List
+}
+
+// Retention classes of terminal jobs (store.Retention): done and
+// cancelled, error and timeout.
+const (
+	classDone = iota
+	classFailed
+)
+
+func finishedClass(s store.JobStatus) int {
+	if s == store.JobError || s == store.JobTimeout {
+		return classFailed
+	}
+	return classDone
 }
 
 func newJobQueues() jobQueues {
@@ -73,7 +90,7 @@ func newJobQueues() jobQueues {
 		idem:     make(map[string]string),
 		queues:   make(map[string]*list.List),
 		inflight: make(map[string]int64),
-		finished: list.New(),
+		finished: [2]*list.List{list.New(), list.New()},
 	}
 }
 
@@ -145,8 +162,7 @@ func (q *jobQueues) remove(j *jobEntry) {
 	case j.job.Status == store.JobScheduled:
 		q.unqueue(j)
 	case j.job.Status.Terminal():
-		q.finished.Remove(j.elem)
-		j.elem = nil
+		q.unfinish(j)
 	}
 	delete(q.byID, j.job.ID)
 	if k := j.job.IdempotencyKey; k != "" && q.idem[k] == j.job.ID {
@@ -158,6 +174,12 @@ func (q *jobQueues) remove(j *jobEntry) {
 		q.order = slices.DeleteFunc(q.order, func(j *jobEntry) bool { return j.gone })
 		q.holes = 0
 	}
+}
+
+// unfinish takes a terminal job out of its finished list.
+func (q *jobQueues) unfinish(j *jobEntry) {
+	q.finished[finishedClass(j.job.Status)].Remove(j.elem)
+	j.elem = nil
 }
 
 // nextChannel returns the channel to dispatch from next at now, if any: its
@@ -251,14 +273,18 @@ func (s *Store) schedule(sem *semaphore, j *jobEntry, front bool, now time.Time)
 }
 
 // finishJob ends a job (no longer inflight or queued) in a terminal status
-// and records a Finished event.
+// and records a Finished event. With a retention of 0 for the status the
+// job is deleted at once (the event and the caller's entry still have it).
 func (s *Store) finishJob(sem *semaphore, j *jobEntry, status store.JobStatus, msg string, now time.Time) {
 	j.job.Status = status
 	j.job.Error = msg
 	j.job.UpdatedAt = now
 	j.job.FinishedAt = now
-	j.elem = sem.jobs.finished.PushBack(j)
+	j.elem = sem.jobs.finished[finishedClass(status)].PushBack(j)
 	s.pending.Finished = append(s.pending.Finished, j.snapshot())
+	if sem.info.Config.Retention.Of(status) <= 0 {
+		sem.jobs.remove(j)
+	}
 }
 
 // retryOrTimeout sends a job that lost its permit back to the end of its
@@ -285,14 +311,21 @@ func (s *Store) dropJobLease(sem *semaphore, j *jobEntry) {
 	}
 }
 
-// forgetJobs deletes terminal jobs older than store.JobRetention.
+// forgetJobs deletes the terminal jobs whose retention has passed at now.
 func (s *Store) forgetJobs(sem *semaphore, now time.Time) {
-	for e := sem.jobs.finished.Front(); e != nil; e = sem.jobs.finished.Front() {
-		j := e.Value.(*jobEntry)
-		if now.Before(j.job.FinishedAt.Add(store.JobRetention)) {
-			return
+	ret := sem.info.Config.Retention
+	for class, l := range sem.jobs.finished {
+		keep := ret.Done
+		if class == classFailed {
+			keep = ret.Failed
 		}
-		sem.jobs.remove(j)
+		for e := l.Front(); e != nil; e = l.Front() {
+			j := e.Value.(*jobEntry)
+			if now.Before(j.job.FinishedAt.Add(keep)) {
+				break
+			}
+			sem.jobs.remove(j)
+		}
 	}
 }
 
@@ -601,8 +634,7 @@ func (s *Store) apply(sem *semaphore, j *jobEntry, p store.TransitionParams, now
 		if !status.Terminal() {
 			return invalidState(p.Action, status)
 		}
-		sem.jobs.finished.Remove(j.elem)
-		j.elem = nil
+		sem.jobs.unfinish(j)
 		j.job.Attempts = 0
 		j.job.Error = ""
 		j.job.Route = ""
@@ -628,22 +660,22 @@ func invalidState(a store.JobAction, s store.JobStatus) error {
 
 // PurgeJobs implements store.JobStore. Inflight jobs hold permits and
 // cannot be purged (ErrInvalidState, as is a status that is not one).
-func (s *Store) PurgeJobs(ctx context.Context, tenant, semaphore string, status store.JobStatus) (int, error) {
+func (s *Store) PurgeJobs(ctx context.Context, p store.PurgeJobsParams) (int, error) {
 	if err := s.lock(ctx); err != nil {
 		return 0, err
 	}
 	defer s.unlock()
-	if status != store.JobScheduled && !status.Terminal() {
-		return 0, fmt.Errorf("%w: cannot purge %q jobs", store.ErrInvalidState, status)
+	if !p.Status.Purgeable() {
+		return 0, fmt.Errorf("%w: cannot purge %q jobs", store.ErrInvalidState, p.Status)
 	}
-	sem, err := s.semaphore(tenant, semaphore)
+	sem, err := s.semaphore(p.Tenant, p.Semaphore)
 	if err != nil {
 		return 0, err
 	}
 	s.refresh(sem, s.now())
 	n := 0
 	for _, j := range slices.Clone(sem.jobs.order) {
-		if !j.gone && j.job.Status == status {
+		if !j.gone && j.job.Status == p.Status && (p.Channel == "" || j.job.Channel == p.Channel) {
 			sem.jobs.remove(j)
 			n++
 		}

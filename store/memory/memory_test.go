@@ -397,7 +397,7 @@ func TestStore_FencingCounterSurvivesDelete(t *testing.T) {
 }
 
 // setupJobs returns a store on a fake clock with semaphore "s" of tenant
-// "t" (scope total, leaseTimeout 10s, maxAttempts 2) and its job events.
+// "t" (jobsConfig) and its job events.
 func setupJobs(t *testing.T, maxValue int64) (*Store, *fakeClock, *events) {
 	t.Helper()
 	clock := newFakeClock()
@@ -405,12 +405,16 @@ func setupJobs(t *testing.T, maxValue int64) (*Store, *fakeClock, *events) {
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	ev := &events{}
 	s.SetJobListener(ev.add)
-	_, _, err := s.PutSemaphore(t.Context(), store.PutSemaphoreParams{
-		Tenant: "t", Name: "s",
-		Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: maxValue, LeaseTimeout: 10 * time.Second, MaxAttempts: 2},
-	})
+	_, _, err := s.PutSemaphore(t.Context(), store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: jobsConfig(maxValue)})
 	require.NoError(t, err)
 	return s, clock, ev
+}
+
+// jobsConfig is setupJobs' config: scope total, leaseTimeout 10s,
+// maxAttempts 2, the default retention.
+func jobsConfig(maxValue int64) store.SemaphoreConfig {
+	return store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: maxValue, LeaseTimeout: 10 * time.Second,
+		MaxAttempts: 2, Retention: store.DefaultRetention}
 }
 
 // events records job events.
@@ -485,6 +489,11 @@ func TestStore_JobLeaseExpiryAtBoundary(t *testing.T) {
 	require.Equal(t, 1, f)
 }
 
+// TestStore_JobRetention: by the injected clock, a done or cancelled job
+// is kept for Retention.Done and an error or timeout job for
+// Retention.Failed after it ends, to the nanosecond, also without a
+// sweep; a requeued job is not terminal any more; the key of a forgotten
+// job is free again.
 func TestStore_JobRetention(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -501,13 +510,13 @@ func TestStore_JobRetention(t *testing.T) {
 	_, err = s.TransitionJob(ctx, store.TransitionParams{Tenant: "t", JobID: keyed.ID, Action: store.ActFail})
 	require.NoError(t, err)
 
-	clock.Add(store.JobRetention - time.Hour - time.Nanosecond)
+	clock.Add(store.DefaultRetentionDone - time.Hour - time.Nanosecond)
 	_, err = s.Sweep(ctx)
 	require.NoError(t, err)
-	getJob(t, s, done.ID) // kept until FinishedAt+JobRetention
+	getJob(t, s, done.ID) // kept until FinishedAt+Retention.Done
 	clock.Add(time.Nanosecond)
 	_, err = s.GetJob(ctx, "t", done.ID)
-	require.ErrorIs(t, err, store.ErrJobNotFound, "forgotten after JobRetention, also without a sweep")
+	require.ErrorIs(t, err, store.ErrJobNotFound, "forgotten after Retention.Done, also without a sweep")
 
 	// A requeued job is not terminal any more: it is not forgotten.
 	_, err = s.TransitionJob(ctx, store.TransitionParams{Tenant: "t", JobID: requeued.ID, Action: store.ActRequeue})
@@ -516,8 +525,13 @@ func TestStore_JobRetention(t *testing.T) {
 	_, err = s.Sweep(ctx)
 	require.NoError(t, err)
 	require.Equal(t, store.JobInflight, getJob(t, s, requeued.ID).Status)
+	require.Equal(t, store.JobError, getJob(t, s, keyed.ID).Status, "an error job is kept for Retention.Failed")
+
+	clock.Add(store.DefaultRetentionFailed - store.DefaultRetentionDone - time.Nanosecond)
+	getJob(t, s, keyed.ID)
+	clock.Add(time.Nanosecond)
 	_, err = s.GetJob(ctx, "t", keyed.ID)
-	require.ErrorIs(t, err, store.ErrJobNotFound)
+	require.ErrorIs(t, err, store.ErrJobNotFound, "forgotten after Retention.Failed")
 	again, created, err := s.EnqueueJob(ctx, store.EnqueueParams{Tenant: "t", Semaphore: "s", Payload: []byte(`3`), IdempotencyKey: "k"})
 	require.NoError(t, err)
 	require.True(t, created, "the key of a forgotten job is free again")
@@ -525,6 +539,28 @@ func TestStore_JobRetention(t *testing.T) {
 	jobs, _, err := s.ListJobs(ctx, store.ListJobsParams{Tenant: "t", Semaphore: "s"})
 	require.NoError(t, err)
 	require.Len(t, jobs, 2)
+}
+
+// TestStore_JobRetentionChanged: a changed retention applies to the jobs
+// already terminal, at once.
+func TestStore_JobRetentionChanged(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s, clock, _ := setupJobs(t, 1)
+	j := enqueue(t, s, `1`)
+	_, err := s.TransitionJob(ctx, store.TransitionParams{Tenant: "t", JobID: j.ID, Action: store.ActFail})
+	require.NoError(t, err)
+	clock.Add(2 * time.Hour)
+	cfg := jobsConfig(1)
+	cfg.Retention.Failed = 3 * time.Hour
+	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: cfg})
+	require.NoError(t, err)
+	getJob(t, s, j.ID)
+	cfg.Retention.Failed = time.Hour
+	_, _, err = s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: "t", Name: "s", Config: cfg})
+	require.NoError(t, err)
+	_, err = s.GetJob(ctx, "t", j.ID)
+	require.ErrorIs(t, err, store.ErrJobNotFound, "a lowered retention forgets at once")
 }
 
 func TestStore_JobPayloadCopied(t *testing.T) {

@@ -25,16 +25,19 @@ import (
 //     chunk strings in the jq hash (lib_*.lua q_push / q_pop);
 //   - while inflight, a lease like any other (holders, leases, used, fence),
 //     whose record names the job (j), so expiry and the sweep index cover it;
-//   - while terminal, a member of the jfin zset by finish time, forgotten
-//     after store.JobRetention by the sweep.
+//   - while terminal, a member of the jfin (done, cancelled) or jfail
+//     (error, timeout) zset by finish time, deleted once the semaphore's
+//     retention for its status has passed (lib_jobs.lua trim_finished),
+//     by the next call on the semaphore or the sweep; readers no longer
+//     find it from that instant on.
 //
 // A job id is hex16(salt) + hex16(seq) + "." + base64url(semaphore): the
 // salt is random per creation of the semaphore, so ids are never reused
 // when a semaphore is deleted and created again.
 
 const (
-	// forgetBatch bounds how many terminal jobs one sweep (or enqueue) of a
-	// semaphore forgets.
+	// forgetBatch bounds how many terminal jobs of each retention class
+	// one call on a semaphore deletes.
 	forgetBatch = 256
 	// listScan bounds how many job seqs one ListJobs call walks.
 	listScan = 5000
@@ -241,7 +244,7 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 	}
 	r, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{args: []any{"e",
 		newSalt(), p.Channel, string(p.Payload), p.IdempotencyKey, max(p.MaxQueued, 0),
-		refToJSON(p.Parent), ms(store.JobRetention), forgetBatch}})
+		refToJSON(p.Parent)}})
 	if err != nil {
 		return store.Job{}, false, err
 	}
@@ -259,8 +262,8 @@ func (s *Store) EnqueueJobs(ctx context.Context, p store.EnqueueBatchParams) ([]
 	if len(p.Jobs) == 0 {
 		return nil, nil
 	}
-	args := make([]any, 0, 6+3*len(p.Jobs))
-	args = append(args, "E", newSalt(), max(p.MaxQueued, 0), ms(store.JobRetention), forgetBatch, len(p.Jobs))
+	args := make([]any, 0, 4+3*len(p.Jobs))
+	args = append(args, "E", newSalt(), max(p.MaxQueued, 0), len(p.Jobs))
 	for _, it := range p.Jobs {
 		ch := it.Channel
 		if ch == "" {
@@ -375,12 +378,12 @@ func quiet(q bool) string {
 }
 
 // PurgeJobs deletes the semaphore's jobs in status (scheduled or terminal;
-// inflight jobs hold permits: ErrInvalidState).
-func (s *Store) PurgeJobs(ctx context.Context, tenant, semaphore string, status store.JobStatus) (int, error) {
-	if status != store.JobScheduled && !status.Terminal() {
-		return 0, fmt.Errorf("%w: cannot purge %q jobs", store.ErrInvalidState, status)
+// inflight jobs hold permits: ErrInvalidState), of one channel or all.
+func (s *Store) PurgeJobs(ctx context.Context, p store.PurgeJobsParams) (int, error) {
+	if !p.Status.Purgeable() {
+		return 0, fmt.Errorf("%w: cannot purge %q jobs", store.ErrInvalidState, p.Status)
 	}
-	res, err := s.run(ctx, fnPurgeJobs, tenant, semaphore, statusLetter[status])
+	res, err := s.run(ctx, fnPurgeJobs, p.Tenant, p.Semaphore, statusLetter[p.Status], p.Channel)
 	if err != nil {
 		return 0, err
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/semaphored/semaphored/internal/testredis"
@@ -77,7 +78,7 @@ func TestRedis_JobQueueChunks(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
 	rec := listen(s)
-	putJobs(t, s, "q", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 3})
+	putJobs(t, s, "q", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 3, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "q", true)
 	require.NoError(t, err)
 
@@ -149,7 +150,7 @@ func TestRedis_JobLeaseSweepIndex(t *testing.T) {
 	ctx := t.Context()
 	rec := listen(s)
 	const lt = 200 * time.Millisecond
-	putJobs(t, s, "x", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: lt, MaxAttempts: 2})
+	putJobs(t, s, "x", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: lt, MaxAttempts: 2, Retention: store.DefaultRetention})
 	j := enqueue(t, s, "x", "", `{}`)
 	require.Equal(t, store.JobInflight, j.Status)
 	score, err := s.client.ZScore(ctx, s.keys.sweep(), semMember(testTenant, "x")).Result()
@@ -183,7 +184,7 @@ func TestRedis_JobIDs(t *testing.T) {
 	t.Parallel()
 	s := newTestStore(t)
 	ctx := t.Context()
-	cfg := store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 1}
+	cfg := store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, MaxAttempts: 1, Retention: store.DefaultRetention}
 	putJobs(t, s, "ids", cfg)
 	j := enqueue(t, s, "ids", "", `1`)
 	name, ok := store.ParseJobID(j.ID)
@@ -215,7 +216,7 @@ func TestRedis_ListJobsWalk(t *testing.T) {
 	t.Parallel()
 	s := newTestStore(t)
 	ctx := t.Context()
-	putJobs(t, s, "w", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute})
+	putJobs(t, s, "w", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1, LeaseTimeout: time.Minute, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "w", true)
 	require.NoError(t, err)
 	const n = 2*listScan + 300
@@ -244,7 +245,7 @@ func TestRedis_ListJobsWalk(t *testing.T) {
 
 	// Purge everything, add one: the first listing walks past the purged
 	// seqs (short pages) and moves the hint, so the next one is one call.
-	m, err := s.PurgeJobs(ctx, testTenant, "w", store.JobScheduled)
+	m, err := s.PurgeJobs(ctx, store.PurgeJobsParams{Tenant: testTenant, Semaphore: "w", Status: store.JobScheduled})
 	require.NoError(t, err)
 	require.Equal(t, n, m)
 	last := enqueue(t, s, "w", "", `{}`)
@@ -276,7 +277,7 @@ func bulkEnqueue(t testing.TB, s *Store, name string, n int, channel func(int) s
 	for start := 0; start < n; start += 250 {
 		var args []any
 		for i := start; i < min(start+250, n); i++ {
-			args = append(args, "e", newSalt(), channel(i), payload, "", 0, "", ms(store.JobRetention), forgetBatch)
+			args = append(args, "e", newSalt(), channel(i), payload, "", 0, "")
 		}
 		require.NoError(t, s.client.FCall(ctx, fnBatch, keys, s.semArgs(name, args)...).Err())
 	}
@@ -300,7 +301,7 @@ func TestRedis_JobMemory(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	s := newStoreOn(t, c, "sd")
 	ctx := t.Context()
-	putJobs(t, s, "mem", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 10, LeaseTimeout: time.Minute})
+	putJobs(t, s, "mem", store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 10, LeaseTimeout: time.Minute, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "mem", true)
 	require.NoError(t, err)
 	enqueue(t, s, "mem", "", `{}`) // scripts loaded, salt set
@@ -344,7 +345,7 @@ func TestRedis_JobDispatchBatch(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
 	rec := listen(s)
-	putJobs(t, s, "b", store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeChannel, LeaseTimeout: time.Minute})
+	putJobs(t, s, "b", store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeChannel, LeaseTimeout: time.Minute, Retention: store.DefaultRetention})
 	_, err := s.SetSuspended(ctx, testTenant, "b", true)
 	require.NoError(t, err)
 	const chans = store.DefaultDispatchBatch + 6
@@ -387,7 +388,7 @@ func TestStore_PurgeManyJobs(t *testing.T) {
 	s := newTestStore(t)
 	ctx := t.Context()
 	_, _, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: testTenant, Name: "many",
-		Config: store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeTotal, LeaseTimeout: time.Minute, MaxAttempts: 1}})
+		Config: store.SemaphoreConfig{MaxValue: 1, MaxValueScope: store.ScopeTotal, LeaseTimeout: time.Minute, MaxAttempts: 1, Retention: store.DefaultRetention}})
 	require.NoError(t, err)
 	_, err = s.SetSuspended(ctx, testTenant, "many", true)
 	require.NoError(t, err)
@@ -405,7 +406,7 @@ func TestStore_PurgeManyJobs(t *testing.T) {
 	st, err := s.State(ctx, testTenant, "many")
 	require.NoError(t, err)
 	require.Equal(t, int64(batches*1000), st.Queued)
-	n, err := s.PurgeJobs(ctx, testTenant, "many", store.JobScheduled)
+	n, err := s.PurgeJobs(ctx, store.PurgeJobsParams{Tenant: testTenant, Semaphore: "many", Status: store.JobScheduled})
 	require.NoError(t, err)
 	require.Equal(t, batches*1000, n)
 	st, err = s.State(ctx, testTenant, "many")
@@ -420,4 +421,117 @@ func TestStore_PurgeManyJobs(t *testing.T) {
 		Jobs: []store.EnqueueItem{{Payload: []byte(`1`), IdempotencyKey: "k9-999"}}})
 	require.NoError(t, err)
 	require.True(t, res[0].Created, "the purged job's key is free again")
+}
+
+// TestRedis_FinishedJobMemory reports the Redis memory of a terminal job
+// beyond its 100-byte payload (MEMORY USAGE SAMPLES 0 of the semaphore's
+// keys, on a dedicated server, before and after 10,000 jobs ended: half
+// done, half error), and checks that what a retention deletes leaves
+// nothing behind: lowering it to 0 empties the job records, the finished
+// sets and the idempotency keys within the calls that follow (at most
+// FORGET_BATCH per class and call), and jobs that end under a retention of
+// 0 never occupy anything.
+func TestRedis_FinishedJobMemory(t *testing.T) {
+	t.Parallel()
+	srv := testredis.StartServer(t, "--appendonly", "no")
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	s := newStoreOn(t, c, "sd")
+	ctx := t.Context()
+	cfg := store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 1_000_000, LeaseTimeout: time.Minute,
+		MaxAttempts: 1, Retention: store.Retention{Done: time.Hour, Failed: time.Hour}}
+	putJobs(t, s, "fin", cfg)
+	rec := listen(s)
+	payload := `{"p":"` + strings.Repeat("x", 100-8) + `"}`
+	keys := s.keys.sem(testTenant, "fin")
+	keyMemory := func() int64 {
+		var sum int64
+		for _, k := range keys {
+			if k == keys[kFence] {
+				continue
+			}
+			v, err := c.MemoryUsage(ctx, k, 0).Result()
+			if err == nil {
+				sum += v
+			}
+		}
+		return sum
+	}
+	// run enqueues n jobs (with idempotency keys "<tag>-<i>"), dispatches
+	// them and ends them: even ones done, odd ones error.
+	run := func(tag string, n int) {
+		t.Helper()
+		var ids []string
+		for start := 0; start < n; start += 1000 {
+			items := make([]store.EnqueueItem, min(1000, n-start))
+			for i := range items {
+				items[i] = store.EnqueueItem{Payload: []byte(payload), IdempotencyKey: fmt.Sprintf("%s-%d", tag, start+i)}
+			}
+			_, err := s.EnqueueJobs(ctx, store.EnqueueBatchParams{Tenant: testTenant, Semaphore: "fin", Jobs: items})
+			require.NoError(t, err)
+		}
+		for {
+			d, err := s.DispatchJobs(ctx, store.DispatchParams{Tenant: testTenant, Semaphore: "fin", Max: 1000})
+			require.NoError(t, err)
+			if len(d) == 0 {
+				break
+			}
+		}
+		d, _ := rec.take() // by the enqueues and the dispatches
+		ids = jobIDsOf(d)
+		require.Len(t, ids, n)
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for i := w; i < len(ids); i += 8 {
+					a := store.ActRelease
+					if i%2 == 1 {
+						a = store.ActFail
+					}
+					_, err := s.TransitionJob(ctx, store.TransitionParams{Tenant: testTenant, JobID: ids[i], Action: a, Quiet: true})
+					assert.NoError(t, err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	run("warm", 300) // the hashes and sets past their compact encodings
+	const n = 10_000
+	before := keyMemory()
+	run("m", n)
+	after := keyMemory()
+	perJob := float64(after-before)/n - 100
+	t.Logf("Redis memory per terminal job beyond a 100-byte payload (with a 7-byte idempotency key): %.0f bytes (MEMORY USAGE SAMPLES 0)", perJob)
+	require.LessOrEqual(t, perJob, 300.0)
+	fin, err := c.ZCard(ctx, keys[kJFin]).Result()
+	require.NoError(t, err)
+	fail, err := c.ZCard(ctx, keys[kJFail]).Result()
+	require.NoError(t, err)
+	require.Equal(t, []int64{(n + 300) / 2, (n + 300) / 2}, []int64{fin, fail}, "done jobs in jfin, error jobs in jfail")
+
+	// Retention lowered to 0: every job is gone at once for readers, and
+	// the calls that follow delete them.
+	cfg.Retention = store.Retention{}
+	putJobs(t, s, "fin", cfg)
+	j, err := s.GetJob(ctx, testTenant, store.NewJobID("fin"))
+	require.ErrorIs(t, err, store.ErrJobNotFound, "%+v", j)
+	empty := func() bool {
+		n, err := c.Exists(ctx, keys[kJobs], keys[kJFin], keys[kJFail], keys[kJIdem]).Result()
+		require.NoError(t, err)
+		return n == 0
+	}
+	// With nothing else happening, the sweep comes back at once while
+	// due jobs are left (the sweep index), FORGET_BATCH per class each time.
+	for sweeps := 0; !empty(); sweeps++ {
+		require.Less(t, sweeps, (n+300)/forgetBatch, "the sweep drains the backlog")
+		_, err := s.Sweep(ctx)
+		require.NoError(t, err)
+	}
+
+	// Jobs ending under a retention of 0 leave nothing.
+	run("z", 2000)
+	require.True(t, empty(), "jobs deleted as they ended")
+	st, err := s.State(ctx, testTenant, "fin")
+	require.NoError(t, err)
+	require.Zero(t, st.InUse)
 }

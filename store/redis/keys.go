@@ -22,10 +22,13 @@ import "strings"
 //	P:{<tenant>/<name>}:jq         hash: per-channel job queues in chunks of 6-byte seqs
 //	P:{<tenant>/<name>}:jch        zset (scores 0): channels with scheduled jobs (round-robin)
 //	P:{<tenant>/<name>}:jcnt       hash: "q:<channel>" scheduled, "i"/"i:<channel>" inflight jobs
-//	P:{<tenant>/<name>}:jfin       zset: job seq -> finish ms (terminal jobs, retention)
+//	P:{<tenant>/<name>}:jfin       zset: job seq -> finish ms (done and cancelled jobs, retention)
 //	P:{<tenant>/<name>}:jidem      hash: job idempotency key -> job seq
 //	P:{<tenant>/<name>}:sbind      zset (scores 0): session bindings, "<session>\0L<lease id>",
 //	                               "<session>\0J<channel>\0<job id>"
+//	P:{<tenant>/<name>}:rlog       zset (scores 0): the rate windows' grants
+//	P:{<tenant>/<name>}:rused      hash: the rate windows' running totals
+//	P:{<tenant>/<name>}:jfail      zset: job seq -> finish ms (error and timeout jobs, retention)
 //
 //	P:sweep                        zset: "<tenant>/<name>" -> next due ms
 //	P:sems:<tenant>                zset (scores 0): semaphore names, for ListSemaphores
@@ -93,6 +96,7 @@ const (
 	kRLog
 	kRUsed
 	kSubs
+	kJFail
 	numSemKeys
 )
 
@@ -100,7 +104,7 @@ var semKeySuffixes = [numSemKeys]string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
 	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind", ":rlog", ":rused",
-	":subs",
+	":subs", ":jfail",
 }
 
 // sem returns the KEYS of every per-semaphore script.

@@ -31,7 +31,8 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	}
 	res, err := s.run(ctx, fnPutSemaphore, p.Tenant, p.Name,
 		p.Name, c.MaxValue, c.MaxValueScope, ms(c.LeaseTimeout), c.MaxAttempts,
-		c.OnSessionLost, c.OnDeliveryError, string(c.Extra), rl, rp, wr)
+		c.OnSessionLost, c.OnDeliveryError, string(c.Extra), rl, rp, wr,
+		ms(c.Retention.Done), ms(c.Retention.Failed))
 	if err != nil {
 		return store.Semaphore{}, false, err
 	}
@@ -245,6 +246,15 @@ func decodeSemaphore(name string, m map[string]string) store.Semaphore {
 	}
 	if rl := atoi(m["rl"]); rl > 0 {
 		sem.Config.Rate = &store.RateLimit{Limit: rl, Period: time.Duration(atoi(m["rp"])) * time.Millisecond}
+	}
+	// A semaphore stored by an earlier release has no retention: the
+	// defaults (as lib_state.lua's load_conf reads it).
+	sem.Config.Retention = store.DefaultRetention
+	if v, ok := m["rd"]; ok {
+		sem.Config.Retention.Done = time.Duration(atoi(v)) * time.Millisecond
+	}
+	if v, ok := m["rf"]; ok {
+		sem.Config.Retention.Failed = time.Duration(atoi(v)) * time.Millisecond
 	}
 	return sem
 }

@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/semaphored/semaphored/store"
 )
 
 // The sweep index (keys.sweep) is a sorted set of semaphores ("tenant/name")
@@ -55,9 +53,10 @@ import (
 // Besides, every script drops expired leases of its semaphore before
 // counting (and dispatches queued jobs at its end), and a waiting call's
 // ~1 s poll grants freed permits itself, so a late sweep delays nothing a
-// client is blocked on by more than that. Terminal jobs are forgotten after
-// store.JobRetention by sweep.lua (and by batch.lua enqueues), reached at least every
-// sweepRecheck since a semaphore stays in the index.
+// client is blocked on by more than that. Terminal jobs are deleted once
+// their retention has passed by every batch.lua call and by sweep.lua,
+// which reaches a semaphore at least every sweepRecheck since it stays in
+// the index.
 
 // indexDue lowers the semaphore's score in the sweep index to due (ms,
 // Redis time) when due > 0. A failure is logged: the item is still found
@@ -147,7 +146,7 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 					continue
 				}
 				items[i].cmd = p.FCall(ctx, fnSweep, s.keys.sem(items[i].tenant, items[i].name),
-					s.semArgs(items[i].name, []any{ms(store.JobRetention), forgetBatch})...)
+					s.semArgs(items[i].name, nil)...)
 			}
 			return nil
 		})

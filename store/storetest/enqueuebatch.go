@@ -139,7 +139,7 @@ func testEnqueueBatchLarge(t *testing.T, f *fixture) {
 	require.JSONEq(t, `{"n":999}`, string(res[999].Job.Payload))
 	require.JSONEq(t, `{"n":999}`, string(f.getJob(res[999].Job.ID).Payload))
 	f.requireJobs("s", 1000, 0, 0)
-	n, err := f.st.PurgeJobs(f.ctx, f.tenant, "s", store.JobScheduled)
+	n, err := f.st.PurgeJobs(f.ctx, store.PurgeJobsParams{Tenant: f.tenant, Semaphore: "s", Status: store.JobScheduled})
 	require.NoError(t, err)
 	require.Equal(t, 1000, n)
 	f.requireJobs("s", 0, 0, 0)

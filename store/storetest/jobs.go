@@ -142,9 +142,9 @@ func jobIDs(jobs []store.Job) []string {
 }
 
 // jobConfig is a semaphore config for the async tests: scope total, a long
-// leaseTimeout and 3 attempts.
+// leaseTimeout, 3 attempts, terminal jobs kept (keep).
 func jobConfig(maxValue int64) store.SemaphoreConfig {
-	return store.SemaphoreConfig{MaxValue: maxValue, MaxValueScope: store.ScopeTotal, LeaseTimeout: longTTL, MaxAttempts: 3}
+	return store.SemaphoreConfig{MaxValue: maxValue, MaxValueScope: store.ScopeTotal, LeaseTimeout: longTTL, MaxAttempts: 3, Retention: keep}
 }
 
 // putConfig creates or replaces a semaphore with cfg.
@@ -689,10 +689,10 @@ func testJobPurge(t *testing.T, f *fixture) {
 		sched = append(sched, f.enqueue("s", ""))
 	}
 	f.act(sched[0].ID, store.ActCancel)
-	n, err := f.st.PurgeJobs(f.ctx, f.tenant, "s", store.JobInflight)
+	n, err := f.st.PurgeJobs(f.ctx, store.PurgeJobsParams{Tenant: f.tenant, Semaphore: "s", Status: store.JobInflight})
 	require.ErrorIs(t, err, store.ErrInvalidState, "inflight jobs hold permits")
 	require.Zero(t, n)
-	n, err = f.st.PurgeJobs(f.ctx, f.tenant, "s", store.JobScheduled)
+	n, err = f.st.PurgeJobs(f.ctx, store.PurgeJobsParams{Tenant: f.tenant, Semaphore: "s", Status: store.JobScheduled})
 	require.NoError(t, err)
 	require.Equal(t, 3, n)
 	f.requireJobs("s", 0, 1, 1)
@@ -701,24 +701,24 @@ func testJobPurge(t *testing.T, f *fixture) {
 	require.ErrorIs(t, f.actErr(sched[1].ID, store.ActCancel), store.ErrJobNotFound)
 	require.Equal(t, store.JobCancelled, f.getJob(sched[0].ID).Status, "other statuses stay")
 
-	n, err = f.st.PurgeJobs(f.ctx, f.tenant, "s", store.JobCancelled)
+	n, err = f.st.PurgeJobs(f.ctx, store.PurgeJobsParams{Tenant: f.tenant, Semaphore: "s", Status: store.JobCancelled})
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	_, err = f.st.GetJob(f.ctx, f.tenant, sched[0].ID)
 	require.ErrorIs(t, err, store.ErrJobNotFound)
-	n, err = f.st.PurgeJobs(f.ctx, f.tenant, "s", store.JobDone)
+	n, err = f.st.PurgeJobs(f.ctx, store.PurgeJobsParams{Tenant: f.tenant, Semaphore: "s", Status: store.JobDone})
 	require.NoError(t, err)
 	require.Zero(t, n)
 
 	f.act(inflight.ID, store.ActRelease)
 	rec.requireDispatched(t, inflight.ID) // the purged jobs are never dispatched
-	n, err = f.st.PurgeJobs(f.ctx, f.tenant, "s", store.JobDone)
+	n, err = f.st.PurgeJobs(f.ctx, store.PurgeJobsParams{Tenant: f.tenant, Semaphore: "s", Status: store.JobDone})
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	jobs, _, err := f.st.ListJobs(f.ctx, store.ListJobsParams{Tenant: f.tenant, Semaphore: "s"})
 	require.NoError(t, err)
 	require.Empty(t, jobs)
-	_, err = f.st.PurgeJobs(f.ctx, f.tenant, "nope", store.JobScheduled)
+	_, err = f.st.PurgeJobs(f.ctx, store.PurgeJobsParams{Tenant: f.tenant, Semaphore: "nope", Status: store.JobScheduled})
 	require.ErrorIs(t, err, store.ErrSemaphoreNotFound)
 }
 
@@ -779,7 +779,7 @@ func testJobTenantIsolation(t *testing.T, f *fixture) {
 	jobs, _, err := b.st.ListJobs(b.ctx, store.ListJobsParams{Tenant: b.tenant, Semaphore: "s"})
 	require.NoError(t, err)
 	require.Equal(t, []string{jb.ID}, jobIDs(jobs))
-	n, err := b.st.PurgeJobs(b.ctx, b.tenant, "s", store.JobScheduled)
+	n, err := b.st.PurgeJobs(b.ctx, store.PurgeJobsParams{Tenant: b.tenant, Semaphore: "s", Status: store.JobScheduled})
 	require.NoError(t, err)
 	require.Zero(t, n)
 	require.NoError(t, b.st.DeleteSemaphore(b.ctx, b.tenant, "s"))

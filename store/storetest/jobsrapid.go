@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
@@ -16,11 +17,15 @@ import (
 // RunJobsRapid drives one store (a fresh tenant per check) with random
 // enqueues (channels, idempotency keys, a queue limit), every job action on
 // jobs in every status, releases of job leases, sync acquires and releases,
-// maxValue changes, suspend/resume, purges and DispatchJobs, and checks each
-// answer and each operation's JobEvents against a model. Leases never
-// expire here (the example tests cover expiry), so the model is exact:
+// maxValue and retention changes, suspend/resume, purges (of one channel or
+// all) and DispatchJobs, and checks each answer and each operation's
+// JobEvents against a model. Leases never expire here (the example tests
+// cover expiry), and a retention is 0 or longer than any check, so the
+// model is exact:
 //
 //   - every accepted job is in exactly one status, the model's;
+//   - a job that ends with a retention of 0 is reported (result and
+//     Finished event) and gone: not found, not listed, its key free;
 //   - a dispatched job is the head of its channel's queue and fits
 //     (inflight + sync permits ≤ maxValue in its capacity domain), and after
 //     every operation nothing more fits unless the semaphore is suspended;
@@ -40,6 +45,7 @@ func RunJobsRapid(t *testing.T, newStore func(t *testing.T) store.Store) {
 			maxValue:    rapid.Int64Range(1, 3).Draw(rt, "maxValue"),
 			scope:       rapid.SampledFrom([]string{store.ScopeTotal, store.ScopeChannel}).Draw(rt, "scope"),
 			maxAttempts: rapid.IntRange(1, 3).Draw(rt, "maxAttempts"),
+			retention:   drawRetention(rt),
 			rec:         newBareRecorder(),
 			jobs:        map[string]*modelJob{},
 			queues:      map[string][]string{},
@@ -55,6 +61,7 @@ func RunJobsRapid(t *testing.T, newStore func(t *testing.T) store.Store) {
 			"acquire":      m.acquire,
 			"releaseSync":  m.releaseSync,
 			"setMaxValue":  m.setMaxValue,
+			"setRetention": m.setRetention,
 			"suspend":      m.suspend,
 			"purge":        m.purge,
 			"dispatch":     m.dispatch,
@@ -83,6 +90,7 @@ type jobModel struct {
 	maxValue    int64
 	scope       string
 	maxAttempts int
+	retention   store.Retention
 	suspended   bool
 	rec         *recorder
 
@@ -91,6 +99,33 @@ type jobModel struct {
 	queues map[string][]string // channel -> scheduled job ids, FIFO
 	keys   map[string]string   // idempotency key -> job id
 	sync   []store.Lease       // held sync leases (weight 1, long TTL)
+	gone   []string            // ids of jobs deleted by a retention of 0
+}
+
+// drawRetention draws each class's retention: 0 (deleted at once) or
+// longer than any check.
+func drawRetention(rt *rapid.T) store.Retention {
+	d := []time.Duration{0, time.Hour}
+	return store.Retention{
+		Done:   rapid.SampledFrom(d).Draw(rt, "retentionDone"),
+		Failed: rapid.SampledFrom(d).Draw(rt, "retentionFailed"),
+	}
+}
+
+// forgetEnded deletes the model's terminal jobs whose retention is 0.
+func (m *jobModel) forgetEnded() {
+	m.order = slices.DeleteFunc(m.order, func(id string) bool {
+		j := m.jobs[id]
+		if !j.status.Terminal() || m.retention.Of(j.status) > 0 {
+			return false
+		}
+		if j.key != "" {
+			delete(m.keys, j.key)
+		}
+		delete(m.jobs, id)
+		m.gone = append(m.gone, id)
+		return true
+	})
 }
 
 var rapidJobChannels = []string{"a", "b"}
@@ -123,6 +158,7 @@ func (m *jobModel) putConfig(rt *rapid.T) {
 		Tenant: m.tenant, Name: m.name,
 		Config: store.SemaphoreConfig{
 			MaxValue: m.maxValue, MaxValueScope: m.scope, LeaseTimeout: rapidLongTTL, MaxAttempts: m.maxAttempts,
+			Retention: m.retention,
 		},
 	})
 	require.NoError(rt, err)
@@ -238,6 +274,15 @@ func (m *jobModel) pickJob(rt *rapid.T) *modelJob {
 }
 
 func (m *jobModel) transition(rt *rapid.T) {
+	if len(m.gone) > 0 && rapid.IntRange(0, 7).Draw(rt, "pickGone") == 0 {
+		id := rapid.SampledFrom(m.gone).Draw(rt, "goneJob")
+		_, err := m.st.TransitionJob(m.ctx, store.TransitionParams{Tenant: m.tenant, JobID: id, Action: store.ActRequeue})
+		require.ErrorIs(rt, err, store.ErrJobNotFound, "requeue of a job deleted by its retention")
+		_, err = m.st.GetJob(m.ctx, m.tenant, id)
+		require.ErrorIs(rt, err, store.ErrJobNotFound, "a job deleted by its retention")
+		m.settle(rt)
+		return
+	}
 	j := m.pickJob(rt)
 	if j == nil {
 		return
@@ -318,7 +363,8 @@ func (m *jobModel) transition(rt *rapid.T) {
 		}
 	}
 	m.settle(rt, finished...)
-	m.requireJob(rt, got)
+	m.requireJob(rt, got) // also a job its retention deletes at once
+	m.forgetEnded()
 }
 
 func (m *jobModel) releaseLease(rt *rapid.T) {
@@ -330,6 +376,7 @@ func (m *jobModel) releaseLease(rt *rapid.T) {
 	require.NoError(rt, err)
 	j.status, j.lease = store.JobDone, ""
 	m.settle(rt, j.id)
+	m.forgetEnded()
 }
 
 func (m *jobModel) acquire(rt *rapid.T) {
@@ -363,6 +410,15 @@ func (m *jobModel) setMaxValue(rt *rapid.T) {
 	m.settle(rt)
 }
 
+// setRetention changes the retention: a class set to 0 loses its
+// terminal jobs at once.
+func (m *jobModel) setRetention(rt *rapid.T) {
+	m.retention = drawRetention(rt)
+	m.putConfig(rt)
+	m.settle(rt)
+	m.forgetEnded()
+}
+
 func (m *jobModel) suspend(rt *rapid.T) {
 	m.suspended = rapid.Bool().Draw(rt, "suspended")
 	sem, err := m.st.SetSuspended(m.ctx, m.tenant, m.name, m.suspended)
@@ -375,7 +431,8 @@ func (m *jobModel) purge(rt *rapid.T) {
 	status := rapid.SampledFrom([]store.JobStatus{
 		store.JobScheduled, store.JobInflight, store.JobDone, store.JobError, store.JobTimeout, store.JobCancelled,
 	}).Draw(rt, "status")
-	n, err := m.st.PurgeJobs(m.ctx, m.tenant, m.name, status)
+	ch := rapid.SampledFrom(append([]string{""}, rapidJobChannels...)).Draw(rt, "purgeChannel")
+	n, err := m.st.PurgeJobs(m.ctx, store.PurgeJobsParams{Tenant: m.tenant, Semaphore: m.name, Status: status, Channel: ch})
 	if status == store.JobInflight {
 		require.ErrorIs(rt, err, store.ErrInvalidState)
 		m.settle(rt)
@@ -385,7 +442,7 @@ func (m *jobModel) purge(rt *rapid.T) {
 	want := 0
 	m.order = slices.DeleteFunc(m.order, func(id string) bool {
 		j := m.jobs[id]
-		if j.status != status {
+		if j.status != status || (ch != "" && j.channel != ch) {
 			return false
 		}
 		want++
@@ -398,7 +455,7 @@ func (m *jobModel) purge(rt *rapid.T) {
 		delete(m.jobs, id)
 		return true
 	})
-	require.Equal(rt, want, n, "purged %s jobs", status)
+	require.Equal(rt, want, n, "purged %s jobs of channel %q", status, ch)
 	m.settle(rt)
 }
 

@@ -14,13 +14,17 @@ import (
 // normalizes what users send, and stores then agree on the rest.
 
 // testPutInvalidConfig: a config the service would never pass (unknown
-// scope, no scope, maxValue 0) is refused with ErrInvalidParams and
-// creates or changes nothing.
+// scope, no scope, maxValue 0, a retention below 0, above MaxRetention or
+// not whole milliseconds) is refused with ErrInvalidParams and creates or
+// changes nothing.
 func testPutInvalidConfig(t *testing.T, f *fixture) {
 	for _, cfg := range []store.SemaphoreConfig{
 		{MaxValue: 1, MaxValueScope: "bogus"},
 		{MaxValue: 1},
 		{MaxValue: 0, MaxValueScope: store.ScopeTotal},
+		{MaxValue: 1, MaxValueScope: store.ScopeTotal, Retention: store.Retention{Done: -time.Millisecond}},
+		{MaxValue: 1, MaxValueScope: store.ScopeTotal, Retention: store.Retention{Failed: store.MaxRetention + time.Millisecond}},
+		{MaxValue: 1, MaxValueScope: store.ScopeTotal, Retention: store.Retention{Done: 1500 * time.Microsecond}},
 	} {
 		_, _, err := f.st.PutSemaphore(f.ctx, store.PutSemaphoreParams{Tenant: f.tenant, Name: "bad", Config: cfg})
 		require.ErrorIs(t, err, store.ErrInvalidParams, "%+v", cfg)

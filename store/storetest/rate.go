@@ -50,7 +50,7 @@ func seenAll(ls ...store.Lease) []grantSeen {
 func rateConfig(maxValue int64, scope string, limit int64, period time.Duration) store.SemaphoreConfig {
 	return store.SemaphoreConfig{
 		MaxValue: maxValue, MaxValueScope: scope, LeaseTimeout: longTTL, MaxAttempts: 3,
-		Rate: &store.RateLimit{Limit: limit, Period: period},
+		Rate: &store.RateLimit{Limit: limit, Period: period}, Retention: keep,
 	}
 }
 

@@ -15,7 +15,8 @@ func testPutGet(t *testing.T, f *fixture) {
 	cfg := store.SemaphoreConfig{
 		MaxValue: 3, MaxValueScope: store.ScopeChannel, LeaseTimeout: 30 * time.Second,
 		MaxAttempts: 4, OnSessionLost: "redeliver", OnDeliveryError: "suspend",
-		Extra: []byte(`{"routes":[{"type":"websocket"}]}`),
+		Retention: store.Retention{Done: 90 * time.Second, Failed: 0},
+		Extra:     []byte(`{"routes":[{"type":"websocket"}]}`),
 	}
 	sem, created, err := f.st.PutSemaphore(f.ctx, store.PutSemaphoreParams{Tenant: f.tenant, Name: "orders", Config: cfg})
 	require.NoError(t, err)
@@ -30,7 +31,7 @@ func testPutGet(t *testing.T, f *fixture) {
 	require.Equal(t, cfg, got.Config)
 	require.True(t, got.CreatedAt.Equal(sem.CreatedAt))
 
-	cfg.MaxValue, cfg.Extra = 5, []byte(`{}`)
+	cfg.MaxValue, cfg.Extra, cfg.Retention = 5, []byte(`{}`), store.Retention{Done: 0, Failed: store.MaxRetention}
 	again, created, err := f.st.PutSemaphore(f.ctx, store.PutSemaphoreParams{Tenant: f.tenant, Name: "orders", Config: cfg})
 	require.NoError(t, err)
 	require.False(t, created, "a replace is not a creation")

@@ -145,7 +145,7 @@ func runSessionsRapid(t *testing.T, stores []store.Store) {
 				Tenant: m.tenant, Name: name,
 				Config: store.SemaphoreConfig{
 					MaxValue: s.maxValue, MaxValueScope: store.ScopeTotal, LeaseTimeout: rapidLongTTL,
-					MaxAttempts: s.maxAttempts, OnSessionLost: s.policy,
+					MaxAttempts: s.maxAttempts, OnSessionLost: s.policy, Retention: keep,
 				},
 			})
 			require.NoError(rt, err)

@@ -43,6 +43,9 @@ const (
 	shortTTL = 150 * time.Millisecond
 )
 
+// keep is a retention no test outlives: terminal jobs stay readable.
+var keep = store.Retention{Done: time.Hour, Failed: time.Hour}
+
 // Run runs the conformance suite against the stores newStore returns. Every
 // subtest calls newStore once and runs in parallel with the others.
 func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
@@ -113,6 +116,11 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"EnqueueBatch_Large", testEnqueueBatchLarge},
 		{"Jobs_ListPaging", testJobList},
 		{"Jobs_Purge", testJobPurge},
+		{"Jobs_PurgeChannel", testJobPurgeChannel},
+		{"Retention_Done", testRetentionDone},
+		{"Retention_Failed", testRetentionFailed},
+		{"Retention_Zero", testRetentionZero},
+		{"Retention_Changed", testRetentionChanged},
 		{"Jobs_DeleteSemaphore", testJobDeleteSemaphore},
 		{"Jobs_NotFound", testJobNotFound},
 		{"Jobs_TenantIsolation", testJobTenantIsolation},
@@ -182,7 +190,7 @@ func (f *fixture) put(name string, maxValue int64, scope string) store.Semaphore
 	f.t.Helper()
 	sem, _, err := f.st.PutSemaphore(f.ctx, store.PutSemaphoreParams{
 		Tenant: f.tenant, Name: name,
-		Config: store.SemaphoreConfig{MaxValue: maxValue, MaxValueScope: scope, LeaseTimeout: longTTL},
+		Config: store.SemaphoreConfig{MaxValue: maxValue, MaxValueScope: scope, LeaseTimeout: longTTL, Retention: keep},
 	})
 	require.NoError(f.t, err)
 	return sem

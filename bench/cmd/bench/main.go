@@ -52,6 +52,9 @@ type config struct {
 	handoffN int
 	cmdstats bool
 	memJobs  int
+	// the steady-load memory scenario (retention.go)
+	steadyFor  time.Duration
+	steadyRate int
 }
 
 // bench collects the rows of one run.
@@ -186,12 +189,14 @@ func main() {
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
 	flag.IntVar(&cfg.clients, "clients", 64, "concurrent clients")
-	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|batch funnel|sync websocket|websocket|transports|rate|memory per queued job>"`)
+	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|batch funnel|sync websocket|websocket|transports|rate|memory per queued job|memory under steady load>"`)
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (logs, binary, redis data)")
 	flag.IntVar(&cfg.handoffN, "handoff-samples", 100, "hand-off samples per round")
 	flag.BoolVar(&cfg.cmdstats, "cmdstats", false, "log Redis INFO commandstats (reset per section) to stderr after each section")
 	flag.StringVar(&serverLogLevel, "server-log-level", "warn", "--log-level of the semaphored under test (its log is in the temp dir; see -keep)")
 	flag.IntVar(&cfg.memJobs, "mem-jobs", 5000, "queued jobs per round of the memory-per-job scenario")
+	flag.DurationVar(&cfg.steadyFor, "steady-for", time.Minute, "length of the steady-load memory scenario (used_memory compared at half of it and at its end)")
+	flag.IntVar(&cfg.steadyRate, "steady-rate", 500, "jobs/s enqueued in the steady-load memory scenario")
 	bareServe := flag.String("bare-serve", "", "internal: serve the bare net/http handler on this address (the bench starts itself so)")
 	flag.Parse()
 	if *bareServe != "" {
@@ -535,6 +540,11 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 	if onRedis && b.want(g+" memory per queued job") {
 		if err := b.memPerJob(g, e); err != nil {
 			b.add(row{group: g, name: "Redis memory per queued job", unit: "B/job", note: label(err)})
+		}
+	}
+	if onRedis && b.want(g+" memory under steady load") {
+		if err := b.steadyMemory(g, e); err != nil {
+			b.add(row{group: g, name: nSteadyMem, unit: "%", note: label(err)})
 		}
 	}
 	b.add(row{group: g, name: "server RSS after the scenarios", unit: "MiB", vals: []float64{float64(rss(sp.cmd.Process.Pid)) / (1 << 20)}, note: "one reading"})

@@ -206,6 +206,12 @@ type funnel struct {
 const batchEnqueuers = 8
 
 func newFunnel(ctx context.Context, e *sdEnv, sem string, maxValue int64, releasers int) (*funnel, error) {
+	return newFunnelConfig(ctx, e, sem, sdk.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: time.Minute}, releasers)
+}
+
+// newFunnelConfig is newFunnel on a semaphore with cfg, its routes set to
+// the funnel's webhook.
+func newFunnelConfig(ctx context.Context, e *sdEnv, sem string, cfg sdk.SemaphoreConfig, releasers int) (*funnel, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -213,8 +219,8 @@ func newFunnel(ctx context.Context, e *sdEnv, sem string, maxValue int64, releas
 	f := &funnel{e: e, sem: sem, ids: make(chan string, 1<<20), url: "http://" + ln.Addr().String() + "/hook"}
 	f.srv = &http.Server{Handler: http.HandlerFunc(f.hook), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = f.srv.Serve(ln) }()
-	routes, _ := json.Marshal([]map[string]any{{"type": "https", "url": f.url, "timeout": "10s", "attempts": 3}})
-	if err := e.put(ctx, sem, sdk.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: time.Minute, Routes: routes}); err != nil {
+	cfg.Routes, _ = json.Marshal([]map[string]any{{"type": "https", "url": f.url, "timeout": "10s", "attempts": 3}})
+	if err := e.put(ctx, sem, cfg); err != nil {
 		_ = f.srv.Close()
 		return nil, fmt.Errorf("put funnel semaphore: %w", err)
 	}

@@ -78,6 +78,8 @@ func (b *bench) printTargets(w io.Writer) {
 			func(v float64) bool { return v <= 2 }, "≤ 2 ms"},
 		{"Redis memory of a full window of 10,000 units", b.find(gRedis, nRateMem), "KiB",
 			func(v float64) bool { return true }, "reported"},
+		{"Redis used_memory under steady load (retention.done 2s): growth from half-time to the end", b.find(gRedis, nSteadyMem), "%",
+			func(v float64) bool { return math.Abs(v) <= 5 }, "within ±5%"},
 	}
 	ts = append(ts,
 		target{"memory store sync pairs/s over HTTP / bare net/http", b.find(gMemory, nUnc) / b.find(gBare, nBare), "×",

@@ -17,6 +17,7 @@ import {
   type ListLeasesOptions,
   type ListSemaphoresOptions,
   type Page,
+  type PurgeJobsOptions,
   type Role,
   type Semaphore,
   type SemaphoreConfig,
@@ -75,6 +76,13 @@ export class Client {
     const body: Record<string, unknown> = { ...cfg };
     if (cfg.leaseTimeout !== undefined) body.leaseTimeout = durationString(cfg.leaseTimeout);
     if (cfg.rate) body.rate = { limit: cfg.rate.limit, period: durationString(cfg.rate.period) };
+    if (cfg.retention) {
+      const { done, failed } = cfg.retention;
+      body.retention = {
+        ...(done !== undefined && done !== null ? { done: durationString(done) } : {}),
+        ...(failed !== undefined && failed !== null ? { failed: durationString(failed) } : {}),
+      };
+    }
     const r = await this.request<{ semaphore: Semaphore }>("PUT", `/v1/semaphores/${seg(name)}`, body);
     return r.semaphore;
   }
@@ -197,9 +205,12 @@ export class Client {
     return (await this.request<{ job: Job }>("POST", `/v1/jobs/${seg(id)}/requeue`)).job;
   }
 
-  /** purgeJobs deletes the semaphore's jobs in status (scheduled, or a terminal one). */
-  async purgeJobs(semaphore: string, status: string): Promise<number> {
-    const r = await this.request<{ purged: number }>("DELETE", `/v1/semaphores/${seg(semaphore)}/jobs?status=${encodeURIComponent(status)}`);
+  /**
+   * purgeJobs deletes the semaphore's jobs in status (scheduled, or a
+   * terminal one), of opts.channel or of every channel, and returns how many.
+   */
+  async purgeJobs(semaphore: string, status: string, opts: PurgeJobsOptions = {}): Promise<number> {
+    const r = await this.request<{ purged: number }>("DELETE", `/v1/semaphores/${seg(semaphore)}/jobs${query({ status, channel: opts.channel })}`);
     return r.purged;
   }
 

@@ -20,6 +20,16 @@ export interface RateLimit {
   period: string;
 }
 
+/**
+ * How long a semaphore keeps terminal jobs after they end: `done` for done
+ * and cancelled jobs, `failed` for error and timeout jobs. "0s" deletes a
+ * job as it ends; at most 30 days. A semaphore shows Go durations.
+ */
+export interface Retention {
+  done: string;
+  failed: string;
+}
+
 export interface SemaphoreConfig {
   maxValue: number;
   maxValueScope?: "total" | "channel";
@@ -30,6 +40,8 @@ export interface SemaphoreConfig {
   routes?: unknown[];
   mapping?: unknown;
   rate?: { limit: number; period: Duration } | null;
+  /** Absent or null (also each field): the defaults, done "24h" and failed "7d" (days allowed: "7d"). */
+  retention?: { done?: Duration; failed?: Duration } | null;
 }
 
 export interface ChannelState {
@@ -57,6 +69,7 @@ export interface Semaphore {
   routes: unknown[];
   mapping: unknown;
   rate: RateLimit | null;
+  retention: Retention;
   suspended: boolean;
   createdAt: string;
   updatedAt: string;
@@ -145,6 +158,11 @@ export interface ListSemaphoresOptions extends ListOptions {
 
 export interface ListJobsOptions extends ListOptions {
   status?: JobStatus | string;
+  channel?: string;
+}
+
+export interface PurgeJobsOptions {
+  /** Only this channel's jobs; absent: every channel's. */
   channel?: string;
 }
 

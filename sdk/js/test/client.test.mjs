@@ -93,7 +93,29 @@ for (const store of stores()) {
       const r = await admin.requeueJob(j.id);
       assert.equal(r.status, "scheduled");
       assert.equal((await admin.getJob(j.id)).payload.n, 1);
+      const eu = await admin.enqueue("jobs", { n: 6 }, { channel: "eu" });
+      const badChannel = await admin.purgeJobs("jobs", "scheduled", { channel: "no spaces!" }).catch((e) => e);
+      assert.equal(badChannel.status, 400);
+      assert.equal(badChannel.code, "invalid_request");
+      assert.equal(await admin.purgeJobs("jobs", "scheduled", { channel: "eu" }), 1);
+      assert.equal((await admin.getJob(eu.id).catch((e) => e)).status, 404);
       assert.equal(await admin.purgeJobs("jobs", "scheduled"), 3);
+    });
+
+    test("retention: defaults, set, 0s deletes as a job ends", async () => {
+      let s = await admin.putSemaphore("ret", { maxValue: 1 });
+      assert.deepEqual(s.retention, { done: "24h0m0s", failed: "168h0m0s" });
+      s = await admin.putSemaphore("ret", { maxValue: 1, retention: { done: 0, failed: "30d" } });
+      assert.deepEqual(s.retention, { done: "0s", failed: "720h0m0s" });
+      assert.deepEqual((await admin.getSemaphore("ret")).retention, s.retention);
+      const bad = await admin.putSemaphore("ret", { maxValue: 1, retention: { done: "31d" } }).catch((e) => e);
+      assert.equal(bad.status, 400);
+      assert.equal(bad.code, "invalid_config");
+      assert.match(bad.message, /^retention\.done /);
+      await admin.suspend("ret");
+      const j = await admin.enqueue("ret", { n: 1 });
+      assert.equal((await admin.cancelJob(j.id)).status, "cancelled");
+      assert.equal((await admin.getJob(j.id).catch((e) => e)).status, 404);
     });
 
     test("keys and tenants, and a 403 for a worker key", async () => {

@@ -5,7 +5,7 @@
 -- queued jobs (after every caller is served) for all of them. A lone call
 -- is a batch of one.
 --
--- KEYS: the 22 semaphore keys listed in lib_state.lua.
+-- KEYS: the 23 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5..] the operations, in order, each a letter and its arguments:
 --   'a' acquire: lease id (also the waiter id when it waits), channel,
@@ -17,12 +17,10 @@
 --   'r' release: lease id
 --   'p' poll of a waiting acquire: waiter id
 --   'e' enqueue: job-id salt, channel, payload, idempotency key, max
---       scheduled jobs, parent JobRef JSON (see op_enqueue), job retention
---       ms, max terminal jobs forgotten
+--       scheduled jobs, parent JobRef JSON (see op_enqueue)
 --   'E' enqueue of a batch, all or nothing: job-id salt, max scheduled
---       jobs, job retention ms, max terminal jobs forgotten, the number of
---       jobs n, then n times channel, payload, idempotency key (see
---       op_enqueue_batch)
+--       jobs, the number of jobs n, then n times channel, payload,
+--       idempotency key (see op_enqueue_batch)
 --   't' transition: job-id salt, job seq, action, lease id, route, error,
 --       hold ttl ms, child JobRef JSON, bound session, its subscription's
 --       channel (see op_transition), quiet ('1': no job view in the result)
@@ -34,14 +32,17 @@
 -- {job id hex32, record, lease JSON or ''} as at the end of the call; an
 -- error status has a message (or '') instead. When the semaphore does not
 -- exist, every operation gets SD_SEMAPHORE_NOT_FOUND but a release
--- (SD_LEASE_NOT_FOUND) and a transition (SD_JOB_NOT_FOUND).
+-- (SD_LEASE_NOT_FOUND) and a transition (SD_JOB_NOT_FOUND). Terminal jobs
+-- past their retention are deleted first (at most FORGET_BATCH per class
+-- and call: as many as the calls end, so the store stays flat).
 local conf = load_conf()
 local now
 if conf then
   now = now_ms()
   expire(conf, now)
+  trim_finished(now)
 end
-local out, i, trimmed = {}, 5, false
+local out, i, freed = {}, 5, false
 while i <= #ARGV do
   local op, r = ARGV[i], nil
   if op == 'a' then
@@ -54,22 +55,18 @@ while i <= #ARGV do
     r = conf and op_claim(conf, now, ARGV[i + 1], false) or {E_SEMAPHORE_NOT_FOUND, ''}
     i = i + 2
   elseif op == 'e' or op == 'E' then
-    -- the job retention and the max forgotten
-    local ret, fmax = ARGV[i + 7], ARGV[i + 8]
-    if op == 'E' then ret, fmax = ARGV[i + 3], ARGV[i + 4] end
-    if conf and not trimmed then
-      -- once per call: forget old terminal jobs, and dispatch what an
-      -- expiry freed (so the queue-full check counts what really waits)
-      trimmed = true
-      trim_finished(now, tonumber(ret), tonumber(fmax))
+    if conf and not freed then
+      -- once per call: dispatch what an expiry freed (so the queue-full
+      -- check counts what really waits)
+      freed = true
       dispatch(conf, now)
     end
     if op == 'e' then
       r = conf and op_enqueue(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
-      i = i + 9
+      i = i + 7
     else
       r = conf and op_enqueue_batch(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
-      i = i + 6 + 3 * tonumber(ARGV[i + 5])
+      i = i + 4 + 3 * tonumber(ARGV[i + 3])
     end
   elseif op == 't' then
     r = conf and op_transition(conf, now, ARGV, i + 1) or {E_JOB_NOT_FOUND, ''}
@@ -82,10 +79,10 @@ while i <= #ARGV do
 end
 if conf then dispatch(conf, now) end
 for _, r in ipairs(out) do
-  if r.v then r[#r + 1] = job_view(r.v) or '' end
+  if r.v then r[#r + 1] = job_view(r.v, now, true) or '' end
   if r.vs then
     local views = {}
-    for x, seq in ipairs(r.vs) do views[x] = job_view(seq) or '' end
+    for x, seq in ipairs(r.vs) do views[x] = job_view(seq, now, true) or '' end
     r[#r + 1] = views
   end
 end

@@ -10,6 +10,12 @@ local DISPATCH_BATCH = 64
 local RECHECK = 5000
 -- store.ScopeChannel
 local SCOPE_CHANNEL = 'channel'
+-- ms, store.DefaultRetentionDone: of a semaphore stored without a retention
+local RETENTION_DONE = 86400000
+-- ms, store.DefaultRetentionFailed: likewise
+local RETENTION_FAILED = 604800000
+-- forgetBatch (jobs.go)
+local FORGET_BATCH = 256
 -- store.JobAction values
 local ACT_DELIVERED = 'delivered'
 local ACT_RELEASE = 'release'

@@ -185,6 +185,11 @@ local function done(conf, now, t, nodispatch)
   local due = 0
   if conf and (IX_EXACT or IX <= now) then
     local e = next_due()
+    -- the sweep also comes back when the next terminal job is due for
+    -- deletion (FD, after a sweep's trim), and at once when a trim left
+    -- some due (a backlog drains at the sweep's pace, with nothing else
+    -- happening on the semaphore; see trim_finished)
+    if FD and FD > 0 and (IX_EXACT or FD <= now) and (e == 0 or FD < e) then e = math.max(FD, now) end
     if e > 0 then
       due = math.min(e, now + RECHECK)
       hset(K_SEM, 'ix', due)

@@ -7,6 +7,15 @@
 -- they return {status, ...} with the job's seq in field v: batch.lua
 -- appends the job's view as at the end of the call.
 
+-- the seq of the job of idempotency key k, unless that job is gone
+local function idem_job(k, now)
+  local seq = hget(K_JIDEM, k)
+  if not seq then return nil end
+  local m = job_load(seq)
+  if not m or job_expired(m, now) then return nil end
+  return seq
+end
+
 -- enqueue (args a[i..i+5]: job-id salt used if the semaphore has none
 -- yet, channel, payload (raw JSON), idempotency key (''), max scheduled
 -- jobs of the semaphore (0: no limit), parent JobRef JSON {s,i[,h]} ('')):
@@ -15,8 +24,8 @@
 local function op_enqueue(conf, now, a, i)
   local c, k, maxq = a[i + 1], a[i + 3], tonumber(a[i + 4])
   if k ~= '' then
-    local old = hget(K_JIDEM, k)
-    if old and hexists(K_JOBS, old) == 1 then return {'ok', 0, v = tonumber(old)} end
+    local old = idem_job(k, now)
+    if old then return {'ok', 0, v = tonumber(old)} end
   end
   if maxq > 0 and JQ >= maxq then return {E_QUEUE_FULL, ''} end
   if hsetnx(K_SEM, 'js', a[i]) == 1 then JOB_SALT = a[i] end
@@ -37,14 +46,13 @@ end
 
 -- enqueue of a batch, all or nothing (args a[i..]: job-id salt used if
 -- the semaphore has none yet, max scheduled jobs of the semaphore (0: no
--- limit), job retention ms and max terminal jobs forgotten (read by
--- batch.lua), the number of jobs n, then n times channel, payload,
+-- limit), the number of jobs n, then n times channel, payload,
 -- idempotency key ('')): {'ok', {created 0/1, ...}} + vs the seqs in
 -- order, or SD_QUEUE_FULL when the jobs it would create do not all fit
 -- (nothing is enqueued then). An item whose key matches an existing job or
 -- an earlier item returns that job, created 0.
 local function op_enqueue_batch(conf, now, a, i)
-  local maxq, n, first = tonumber(a[i + 1]), tonumber(a[i + 4]), i + 5
+  local maxq, n, first = tonumber(a[i + 1]), tonumber(a[i + 2]), i + 3
   local seen, fresh = {}, 0
   for x = 0, n - 1 do
     local k = a[first + 3 * x + 2]
@@ -52,8 +60,7 @@ local function op_enqueue_batch(conf, now, a, i)
       fresh = fresh + 1
     elseif not seen[k] then
       seen[k] = true
-      local old = hget(K_JIDEM, k)
-      if not (old and hexists(K_JOBS, old) == 1) then fresh = fresh + 1 end
+      if not idem_job(k, now) then fresh = fresh + 1 end
     end
   end
   if maxq > 0 and fresh > 0 and JQ + fresh > maxq then return {E_QUEUE_FULL, ''} end
@@ -81,7 +88,7 @@ local function op_transition(conf, now, a, i)
   local seq = tonumber(a[i + 1])
   local m, pay
   if salt_ok(a[i]) then m, pay = job_load(seq) end
-  if not m then return {E_JOB_NOT_FOUND, ''} end
+  if not m or job_expired(m, now) then return {E_JOB_NOT_FOUND, ''} end
   local act, lid = a[i + 2], a[i + 3]
   if lid ~= '' and m.l ~= lid then return {E_STALE_LEASE, ''} end
   local function invalid()
@@ -107,10 +114,9 @@ local function op_transition(conf, now, a, i)
     redis.call('ZADD', K_HOLDERS, l.e, m.l)
     due_add(l.e)
   end
-  local terminal = m.s == 'D' or m.s == 'E' or m.s == 'T' or m.s == 'C'
   if act == ACT_REQUEUE then
-    if not terminal then return invalid() end
-    redis.call('ZREM', K_JFIN, seq)
+    if not job_terminal(m.s) then return invalid() end
+    redis.call('ZREM', select(2, retention_of(m.s)), seq)
     m.a, m.e, m.r, m.h, m.fa = nil, nil, nil, nil, nil
     job_schedule(seq, m, false, now)
     job_save(seq, m, pay)

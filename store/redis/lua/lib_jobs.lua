@@ -35,6 +35,28 @@ end
 
 local function job_chan(m) return m.c or DEFAULT_CHANNEL end
 
+-- Retention (store.Retention). A terminal job is a member of its status
+-- class's finished set (jfin: done and cancelled, jfail: error and
+-- timeout) scored by its finish time, so that one retention applies to a
+-- whole set and its lowest scores are the next ones due. A job whose
+-- retention has passed is gone for every reader (job_expired) before
+-- trim_finished deletes it; with a retention of 0, job_finish deletes it
+-- at once.
+
+local function job_terminal(s) return s == 'D' or s == 'E' or s == 'T' or s == 'C' end
+local function job_failed(s) return s == 'E' or s == 'T' end
+
+-- the retention (ms) and the finished set of terminal status s
+local function retention_of(s)
+  if job_failed(s) then return RET_F, K_JFAIL end
+  return RET_D, K_JFIN
+end
+
+-- has the job (meta m) ended and its retention passed at now?
+local function job_expired(m, now)
+  return m.fa ~= nil and job_terminal(m.s) and m.fa + retention_of(m.s) <= now
+end
+
 local function count(f, d)
   if f == 'q' then -- the total of scheduled jobs is kept in the semaphore hash
     JQ = set_counter('jq', d)
@@ -161,13 +183,35 @@ local function job_schedule(seq, m, front, now)
   count('q:' .. c, 1)
 end
 
--- ends a job (no longer inflight or queued) in terminal status st
+-- deletes a job record (not inflight or queued) with its idempotency
+-- key and its finished-set entry
+local function job_forget(seq, m)
+  if m.k and hget(K_JIDEM, m.k) == tostring(seq) then hdel(K_JIDEM, m.k) end
+  hdel(K_JOBS, seq)
+  local _, k = retention_of(m.s)
+  redis.call('ZREM', k, seq)
+end
+
+-- ends a job (no longer inflight or queued) in terminal status st; with a
+-- retention of 0 it is deleted at once (its record stays in GONE for the
+-- call's results)
 local function job_finish(seq, m, pay, st, err, now)
   m.s, m.ua, m.fa, m.l, m.q = st, now, now, nil, nil
   if err and err ~= '' then m.e = err else m.e = nil end
-  redis.call('ZADD', K_JFIN, now, seq)
-  local raw = job_save(seq, m, pay)
+  local raw = cjson.encode(m) .. '\n' .. pay
   ev(EV_F, seq, raw)
+  local ret, k = retention_of(st)
+  if ret <= 0 then
+    GONE[tonumber(seq)] = raw
+    job_forget(seq, m)
+    return raw
+  end
+  hset(K_JOBS, seq, raw)
+  redis.call('ZADD', k, now, seq)
+  if FD and (FD == 0 or now + ret < FD) then
+    FD = now + ret
+    hset(K_SEM, 'fd', FD)
+  end
   return raw
 end
 
@@ -190,18 +234,47 @@ local function job_lease_expired(conf, l, now)
   job_retry(conf, l.j, m, pay, string.format('lease expired after %d attempts', m.a or 0), now)
 end
 
--- terminal jobs finished before now - retention are forgotten (at most n)
-local function job_forget(seq)
-  local m = job_load(seq)
-  if m and m.k and hget(K_JIDEM, m.k) == tostring(seq) then hdel(K_JIDEM, m.k) end
-  hdel(K_JOBS, seq)
-  redis.call('ZREM', K_JFIN, seq)
+-- deletes the jobs of finished set k (retention ret) whose retention has
+-- passed, at most n. An entry is checked against the job's record: one
+-- left behind (the job was requeued or purged by an earlier release) is
+-- dropped, and a job in the wrong set (ended by an earlier release, which
+-- put every terminal job in jfin) or not due yet by its record moves to
+-- the right set by its finish time.
+local function trim_set(k, ret, now, n)
+  for _, seq in ipairs(redis.call('ZRANGE', k, '-inf', now - ret, 'BYSCORE', 'LIMIT', 0, n)) do
+    local m = job_load(seq)
+    if m and job_expired(m, now) then
+      job_forget(seq, m)
+      if k ~= select(2, retention_of(m.s)) then redis.call('ZREM', k, seq) end
+    else
+      redis.call('ZREM', k, seq)
+      if m and m.fa and job_terminal(m.s) then redis.call('ZADD', select(2, retention_of(m.s)), m.fa, seq) end
+    end
+  end
 end
 
-local function trim_finished(now, retention, n)
-  for _, seq in ipairs(redis.call('ZRANGE', K_JFIN, '-inf', now - retention, 'BYSCORE', 'LIMIT', 0, n)) do
-    job_forget(seq)
+-- deletes terminal jobs whose retention has passed, at most FORGET_BATCH
+-- of each class. The semaphore's hash keeps "fd" (FD) so that a call with
+-- nothing due pays no command: a lower bound of the instant the next
+-- terminal job is due (0: none is terminal), lowered by job_finish and set
+-- anew from the sets' heads after a trim. Unless force, nothing is done
+-- before it. Whatever fd misses (a job ended by an earlier release, which
+-- knows no fd; a changed retention) is found by a forced trim: the sweep's
+-- (at least every RECHECK) and put_semaphore's. A trim that leaves jobs
+-- due (a backlog beyond FORGET_BATCH) makes the semaphore due in the sweep
+-- index now, so the sweep drains it with nothing else happening.
+local function trim_finished(now, force)
+  if not force and FD and (FD == 0 or now < FD) then return end
+  trim_set(K_JFIN, RET_D, now, FORGET_BATCH)
+  trim_set(K_JFAIL, RET_F, now, FORGET_BATCH)
+  local d = 0
+  for k, ret in pairs({[K_JFIN] = RET_D, [K_JFAIL] = RET_F}) do
+    local h = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    if h[2] and (d == 0 or tonumber(h[2]) + ret < d) then d = tonumber(h[2]) + ret end
   end
+  FD = d
+  hset(K_SEM, 'fd', d)
+  if d > 0 and d <= now then due_add(now) end -- done() reports it
 end
 
 -- drops expired leases and grants the permits they held; an expired job

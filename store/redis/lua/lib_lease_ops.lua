@@ -103,11 +103,15 @@ local function op_claim(conf, now, id, cancel)
   return {'cancelled', ''}
 end
 
--- {job id hex32, record, lease JSON or ''} of a job, nil when unknown
-local function job_view(seq)
+-- {job id hex32, record, lease JSON or ''} of a job, nil when unknown or
+-- gone at now (its retention passed); with ended, also of a job this call
+-- ended and deleted at once (GONE)
+local function job_view(seq, now, ended)
+  if ended and GONE[tonumber(seq)] then return {job_id(seq), GONE[tonumber(seq)], ''} end
   local raw = hget(K_JOBS, seq)
   if not raw then return nil end
   local m = cjson.decode(string.sub(raw, 1, string.find(raw, '\n', 1, true) - 1))
+  if job_expired(m, now) then return nil end
   local lease = ''
   if m.l then lease = hget(K_LEASES, m.l) or '' end
   return {job_id(seq), raw, lease}

@@ -33,7 +33,7 @@
 --                       "c:<c>:<n>" -> up to QCH 6-byte job seqs (see q_push)
 --   KEYS[15] jch        zset, all scores 0: channels with scheduled jobs (round-robin by name)
 --   KEYS[16] jcnt       hash: "q:<c>" scheduled jobs (total: sem "jq"), "i" / "i:<c>" inflight jobs
---   KEYS[17] jfin       zset: job seq -> finish time (ms), terminal jobs (retention)
+--   KEYS[17] jfin       zset: job seq -> finish time (ms), done and cancelled jobs (retention)
 --   KEYS[18] jidem      hash: job idempotency key -> job seq
 --   KEYS[19] sbind      zset, all scores 0: what websocket sessions hold here,
 --                       "<session>\0L<lease id>" (a sync lease) and
@@ -45,6 +45,7 @@
 --   KEYS[22] subs       hash: the subscriber registry, "<session>\0<channel>" ->
 --                       "<prefetch> <node>" (node '' while the session is lost):
 --                       the room jobs are dispatched by (lib_dispatch.lua room_for)
+--   KEYS[23] jfail      zset: job seq -> finish time (ms), error and timeout jobs (retention)
 --
 -- A sync lease bound to a session carries s (session) in its JSON, and
 -- drop_lease unbinds it; a job delivered to a session carries ss and sc
@@ -80,6 +81,7 @@ local K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM
 local K_SBIND
 local K_RLOG, K_RUSED
 local K_SUBS
+local K_JFAIL
 local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
@@ -107,6 +109,9 @@ local JOB_SALT
 -- the subscriber registry of this call's semaphore with each entry's load,
 -- read once by the first dispatch that needs it (lib_dispatch.lua room)
 local ROOM
+-- the records of the jobs this call ended and deleted at once (retention
+-- 0), by seq: batch.lua still shows them in its results
+local GONE
 
 -- The sweep index (sweep.go) must hold the semaphore at or below the due
 -- time (expiry or deadline) of each of its leases and waiters. The
@@ -131,6 +136,12 @@ local U, WN, JQ
 -- rate gets room (hash "rn", 0: none); RATE_AT the earliest such instant
 -- this call found (math.huge: none)
 local RL, RP, RN, RATE_AT
+-- the retention (ms) of this call's semaphore, set by load_conf: RET_D of
+-- done and cancelled jobs, RET_F of error and timeout jobs (store.Retention;
+-- a semaphore stored without one has the defaults); FD its hash's "fd", the
+-- earliest instant a terminal job may be due for deletion (0: no terminal
+-- job, nil: unknown), see trim_finished
+local RET_D, RET_F, FD
 
 -- sets the per-call state; every registered function calls it first
 local function begin(keys, args)
@@ -141,10 +152,11 @@ local function begin(keys, args)
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
   K_SBIND = KEYS[19]
   K_RLOG, K_RUSED = KEYS[20], KEYS[21]
-  K_SUBS = KEYS[22]
+  K_SUBS, K_JFAIL = KEYS[22], KEYS[23]
   NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
   LOCAL_GRANTS = {}
   EV_D, EV_F, TOUCHED, JOB_SALT, ROOM = {}, {}, {}, nil, nil
+  GONE = {}
   IX, IX_LOW, IX_EXACT = math.huge, false, false
   U, WN, JQ = 0, 0, 0
   RL, RP, RN, RATE_AT = 0, 0, 0, math.huge
@@ -202,7 +214,7 @@ end
 -- the fields load_conf reads (the last ones only cached, for the calls
 -- that need them)
 local CONF_FIELDS = {'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
-  'wr', 'rr', 'js', 'jn', 'dmore'}
+  'wr', 'rr', 'js', 'jn', 'dmore', 'rd', 'rf', 'fd'}
 
 local function load_conf()
   local v
@@ -219,6 +231,11 @@ local function load_conf()
   IX = tonumber(v[6]) or math.huge
   RL, RP, RN = tonumber(v[11] or 0) or 0, tonumber(v[12] or 0) or 0, tonumber(v[13] or 0) or 0
   U, WN, JQ = tonumber(v[7] or 0), tonumber(v[8] or 0), tonumber(v[9] or 0)
+  -- by name from the cache HMGET filled (positions shift as fields come)
+  RET_D = tonumber(hget(K_SEM, 'rd') or RETENTION_DONE)
+  RET_F = tonumber(hget(K_SEM, 'rf') or RETENTION_FAILED)
+  local fd = hget(K_SEM, 'fd')
+  FD = fd and tonumber(fd) or nil
   if v[10] ~= LAYOUT then
     recount()
     hset(K_SEM, 'v', LAYOUT)

@@ -1,12 +1,14 @@
 -- list_jobs.lua: a page of a semaphore's jobs, oldest first (by seq), after
--- dropping expired leases and dispatching (a function of the function library (lib_*.lua)).
+-- dropping expired leases, deleting terminal jobs past their retention and
+-- dispatching (a function of the function library (lib_*.lua)). Jobs past
+-- their retention are not listed.
 --
 -- Jobs are found by walking seqs upward from the cursor (or from the
 -- semaphore's jlo hint: no job below it exists any more) with HMGET, and
 -- filtered by status and channel; at most ARGV[9] seqs are walked per call,
 -- so a page may come back short (even empty) with a cursor to go on from.
 --
--- KEYS: the 22 semaphore keys listed in lib_state.lua.
+-- KEYS: the 23 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] status letter (S I D E T C) or '' for any
 -- ARGV[6] channel or '' for any
@@ -19,6 +21,7 @@ local conf = load_conf()
 if not conf then return fail(E_SEMAPHORE_NOT_FOUND) end
 local now = now_ms()
 expire(conf, now)
+trim_finished(now)
 dispatch(conf, now)
 local st, ch, limit, budget = ARGV[5], ARGV[6], tonumber(ARGV[8]), tonumber(ARGV[9])
 local after = 0
@@ -43,7 +46,7 @@ while seq <= jn and seq - from < budget do
       local s = fields[i]
       firstlive = firstlive or s
       local m = cjson.decode(string.sub(raw, 1, string.find(raw, '\n', 1, true) - 1))
-      if (st == '' or m.s == st) and (ch == '' or job_chan(m) == ch) then
+      if (st == '' or m.s == st) and (ch == '' or job_chan(m) == ch) and not job_expired(m, now) then
         if #items == limit then
           if fromlo and firstlive > lo then hset(K_SEM, 'jlo', firstlive) end
           return done(conf, now, {'ok', items, tostring(last)}, true)

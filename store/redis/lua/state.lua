@@ -2,7 +2,7 @@
 -- dropping expired leases (granting the permits they held, dispatching
 -- queued jobs); it is a function of the function library (lib_*.lua).
 --
--- KEYS: the 22 semaphore keys listed in lib_state.lua.
+-- KEYS: the 23 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 --
 -- Returns {'ok', max, scope, used (flat HGETALL: "t"/"c:<channel>" ->

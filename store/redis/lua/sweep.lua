@@ -5,9 +5,8 @@
 -- waiters of every domain, dispatch queued jobs, and forget terminal jobs
 -- past their retention.
 --
--- KEYS: the 22 semaphore keys listed in lib_state.lua.
+-- KEYS: the 23 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
--- ARGV[5] job retention ms, ARGV[6] max terminal jobs forgotten
 --
 -- Returns {'ok', expired leases, gone, rate delay, due, events, grants}: gone is 1 when the
 -- semaphore does not exist; due is the next due time (0: nothing pending).
@@ -28,7 +27,7 @@ for _, id in ipairs(redis.call('ZRANGE', K_WDL, '-inf', now, 'BYSCORE')) do
 end
 recount() -- the counters of the semaphore's hash, from the data (see U)
 grant_all(conf, now)
-trim_finished(now, tonumber(ARGV[5]), tonumber(ARGV[6]))
+trim_finished(now, true)
 dispatch(conf, now, nil, true)
 IX_EXACT = true
 return done(conf, now, {'ok', expired, 0}, true)
