@@ -77,6 +77,9 @@ type Job struct {
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 	FinishedAt time.Time // zero until terminal
+	// RunAt: a scheduled job that waits for its time (a delay, or its
+	// retry backoff) queues at RunAt (store clock); zero otherwise.
+	RunAt time.Time
 }
 
 // NewJobID returns a fresh job id carrying the semaphore's name.
@@ -94,13 +97,18 @@ type EnqueueParams struct {
 	IdempotencyKey string // same key while the job exists → the same job, created=false
 	MaxQueued      int64  // ErrQueueFull when the semaphore already has this many scheduled jobs (0 = no limit)
 	Parent         *JobRef
+	// Delay: the job waits scheduled (RunAt = now + Delay, store clock)
+	// before it queues; it then queues in the order of its RunAt, ahead of
+	// the jobs enqueued after that instant. ≤ 0: it queues now.
+	Delay time.Duration
 }
 
 // EnqueueItem is one job of EnqueueJobs.
 type EnqueueItem struct {
-	Channel        string // "" = DefaultChannel
-	Payload        []byte // raw JSON
-	IdempotencyKey string // as in EnqueueParams; also matches an earlier item of the same batch
+	Channel        string        // "" = DefaultChannel
+	Payload        []byte        // raw JSON
+	IdempotencyKey string        // as in EnqueueParams; also matches an earlier item of the same batch
+	Delay          time.Duration // as in EnqueueParams
 }
 
 // EnqueueBatchParams are the inputs of EnqueueJobs.
@@ -152,11 +160,12 @@ const (
 	ActRelease JobAction = "release"
 	// ActFail: inflight → error with Error; the permit is freed.
 	ActFail JobAction = "fail"
-	// ActFailRetry: a worker failed this attempt (the fail frame): the
-	// permit is freed and Error kept on the job; inflight → scheduled at the
-	// back of its queue if Attempts < maxAttempts, else → error.
+	// ActFailRetry: a worker failed this attempt (the fail frame), or the
+	// route chain failed: the permit is freed and Error kept on the job;
+	// inflight → scheduled (after its retry backoff, at least MinDelay) if
+	// Attempts < maxAttempts, else → error.
 	ActFailRetry JobAction = "failretry"
-	// ActRetry: inflight → scheduled at the back of its queue if Attempts <
+	// ActRetry: inflight → scheduled (after its retry backoff) if Attempts <
 	// maxAttempts, else → timeout (Error set); the permit is freed. Used when
 	// a websocket session holding the job is lost (onSessionLost release).
 	ActRetry JobAction = "retry"
@@ -190,7 +199,10 @@ type TransitionParams struct {
 	Route   string        // ActDelivered, ActHandOff; ActRelease (a route that accepted and released at once)
 	Error   string        // ActFail, ActFailRetry
 	HoldTTL time.Duration // ActDelivered, ActHandOff with Child.Hold
-	Child   *JobRef       // ActHandOff
+	// MinDelay, with ActFailRetry: the retry waits at least this long
+	// (a webhook's Retry-After), however short its backoff.
+	MinDelay time.Duration
+	Child    *JobRef // ActHandOff
 	// Bind, with ActDelivered: the websocket session that took the job.
 	// The job's lease is bound to it in the same atomic operation (it
 	// counts on the session's subscription Bind.Channel of the job's

@@ -87,6 +87,11 @@ type SemaphoreConfig struct {
 	// (see WorkerRoute). nil: jobs are dispatched when a permit is free and
 	// the caller delivers them.
 	Workers *WorkerRoute
+	// Retry, when set, spaces the attempts of a job whose attempt failed
+	// (a fail, an expired lease, a lost session, a failed chain): it waits
+	// scheduled, for RetryPolicy.Delay, before it queues again. nil: it
+	// queues again at once.
+	Retry *RetryPolicy
 	// Retention: how long terminal jobs stay (SPEC §4, §2.10), whole
 	// milliseconds up to MaxRetention. Zero durations delete at once.
 	Retention Retention
@@ -110,6 +115,29 @@ type SemaphoreConfig struct {
 type WorkerRoute struct {
 	Channel  string // the subscription channel the route delivers to ("" = each job's own)
 	Fallback bool   // a more stable route follows the websocket route
+}
+
+// RetryPolicy is the backoff between a job's failed attempts: after n
+// failed attempts the job waits a random time in [0, min(MaxBackoff,
+// Backoff·2^(n−1))) (full jitter) before it queues again. Backoff and
+// MaxBackoff are whole milliseconds, 0 ≤ Backoff ≤ MaxBackoff.
+type RetryPolicy struct {
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+}
+
+// Delay is the wait after attempts failed attempts, u in [0, 1) the
+// jitter (both stores compute it so, each drawing u its own way).
+func (r *RetryPolicy) Delay(attempts int, u float64) time.Duration {
+	if r == nil || r.Backoff <= 0 || attempts < 1 {
+		return 0
+	}
+	d := r.Backoff
+	for i := 1; i < attempts && d < r.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, r.MaxBackoff)
+	return time.Duration(float64(d) * u).Truncate(time.Millisecond)
 }
 
 // Retention is how long a semaphore keeps its terminal jobs after they
@@ -198,6 +226,9 @@ func (c SemaphoreConfig) Check() error {
 		return fmt.Errorf("%w: leaseTimeout %v < 0", ErrInvalidParams, c.LeaseTimeout)
 	case c.MaxAttempts < 0:
 		return fmt.Errorf("%w: maxAttempts %d < 0", ErrInvalidParams, c.MaxAttempts)
+	case c.Retry != nil && (c.Retry.Backoff < 0 || c.Retry.MaxBackoff < c.Retry.Backoff ||
+		c.Retry.Backoff%time.Millisecond != 0 || c.Retry.MaxBackoff%time.Millisecond != 0):
+		return fmt.Errorf("%w: retry backoff %v, maxBackoff %v", ErrInvalidParams, c.Retry.Backoff, c.Retry.MaxBackoff)
 	case c.Rate != nil && (c.Rate.Limit < 1 || c.Rate.Period < time.Millisecond):
 		return fmt.Errorf("%w: rate %d per %v", ErrInvalidParams, c.Rate.Limit, c.Rate.Period)
 	case !retentionOK(c.Retention.Done) || !retentionOK(c.Retention.Failed):

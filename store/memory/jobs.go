@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"strconv"
@@ -21,6 +22,10 @@ type jobEntry struct {
 	lease *leaseEntry   // the permit it holds, while inflight
 	elem  *list.Element // in its channel's queue while scheduled, in finished[class] while terminal
 	gone  bool          // deleted (purged or forgotten); a hole in jobQueues.order
+	// delayed: scheduled, waiting for job.RunAt in jobQueues.delayed (at
+	// dindex) instead of its channel's queue (delay.go)
+	delayed bool
+	dindex  int
 }
 
 // snapshot returns a copy of the job that shares no memory with the store.
@@ -68,6 +73,7 @@ type jobQueues struct {
 	// (finishedClass), in order of finishing: one retention applies to a
 	// whole list, so its front is the next one due.
 	finished [2]*list.List
+	delayed  delayHeap // scheduled jobs waiting for their RunAt (delay.go)
 }
 
 // Retention classes of terminal jobs (store.Retention): done and
@@ -122,8 +128,13 @@ func (q *jobQueues) push(j *jobEntry, front bool) {
 	}
 }
 
-// unqueue takes a scheduled job out of its channel's queue.
+// unqueue takes a scheduled job out of its channel's queue (or out of
+// the delayed jobs).
 func (q *jobQueues) unqueue(j *jobEntry) {
+	if j.delayed {
+		q.undelay(j)
+		return
+	}
 	ch := j.job.Channel
 	l := q.queues[ch]
 	l.Remove(j.elem)
@@ -142,7 +153,7 @@ func (q *jobQueues) queued() int64 {
 	for _, l := range q.queues {
 		n += int64(l.Len())
 	}
-	return n
+	return n + int64(len(q.delayed))
 }
 
 // leaveInflight forgets that j holds a permit (its lease is already gone).
@@ -219,6 +230,7 @@ func (s *semaphore) maxAttempts() int { return s.info.Config.MaxAttempts }
 // (rate.go).
 func (s *Store) dispatch(sem *semaphore, limit int, now time.Time) []store.Job {
 	defer s.armRateTimer(sem, now)
+	defer s.armDelayTimer(sem, now)
 	if limit <= 0 {
 		limit = store.DefaultDispatchBatch
 	}
@@ -287,14 +299,20 @@ func (s *Store) finishJob(sem *semaphore, j *jobEntry, status store.JobStatus, m
 	}
 }
 
-// retryOrTimeout sends a job that lost its permit back to the end of its
-// queue while it has attempts left, else ends it in timeout with msg.
+// retryOrTimeout schedules a job that lost its permit again, after its
+// retry backoff, while it has attempts left, else ends it in timeout with
+// msg.
 func (s *Store) retryOrTimeout(sem *semaphore, j *jobEntry, msg string, now time.Time) {
 	if j.job.Attempts < sem.maxAttempts() {
-		s.schedule(sem, j, false, now)
+		s.scheduleIn(sem, j, s.backoff(sem, j), now)
 		return
 	}
 	s.finishJob(sem, j, store.JobTimeout, msg, now)
+}
+
+// backoff is the wait of a job after its failed attempts (full jitter).
+func (s *Store) backoff(sem *semaphore, j *jobEntry) time.Duration {
+	return sem.info.Config.Retry.Delay(j.job.Attempts, rand.Float64())
 }
 
 // jobLeaseExpired handles a job whose lease expired (already removed).
@@ -347,7 +365,7 @@ func (s *Store) jobSemaphore(tenant, id string) (*semaphore, error) {
 // the end of the operation: inflight, with its lease, when a permit was
 // free. A replay of an idempotency key returns the existing job.
 func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Job, bool, error) {
-	item := store.EnqueueItem{Channel: p.Channel, Payload: p.Payload, IdempotencyKey: p.IdempotencyKey}
+	item := store.EnqueueItem{Channel: p.Channel, Payload: p.Payload, IdempotencyKey: p.IdempotencyKey, Delay: p.Delay}
 	res, err := s.enqueue(ctx, p.Tenant, p.Semaphore, []store.EnqueueItem{item}, p.MaxQueued, p.Parent)
 	if err != nil {
 		return store.Job{}, false, err
@@ -413,7 +431,7 @@ func (s *Store) enqueue(ctx context.Context, tenant, name string, items []store.
 			CreatedAt:      now,
 		}}
 		sem.jobs.add(j) // registers its key for the items after it
-		s.schedule(sem, j, false, now)
+		s.scheduleIn(sem, j, it.Delay.Truncate(time.Millisecond), now)
 		added[i], out[i].Created = j, true
 	}
 	s.dispatch(sem, 0, now)
@@ -592,7 +610,7 @@ func (s *Store) apply(sem *semaphore, j *jobEntry, p store.TransitionParams, now
 		s.dropJobLease(sem, j)
 		if j.job.Attempts < sem.maxAttempts() {
 			j.job.Error = p.Error
-			s.schedule(sem, j, false, now)
+			s.scheduleIn(sem, j, max(s.backoff(sem, j), p.MinDelay), now)
 			break
 		}
 		s.finishJob(sem, j, store.JobError, p.Error, now)

@@ -121,6 +121,7 @@ func (s *Store) refresh(sem *semaphore, now time.Time) int {
 // their retention and grants freed permits to waiters. It returns how many
 // leases expired.
 func (s *Store) settle(sem *semaphore, now time.Time) int {
+	s.promote(sem, now)
 	n := sem.dropExpired(now, func(e *leaseEntry) {
 		if e.job != nil {
 			s.jobLeaseExpired(sem, e.job, now)
@@ -301,6 +302,7 @@ func (s *Store) Close() error {
 		if sem.rate != nil {
 			sem.rate.stopTimer()
 		}
+		sem.dtimer.stop()
 	}
 	return nil
 }

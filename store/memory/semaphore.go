@@ -33,6 +33,8 @@ type semaphore struct {
 
 	rate *rateState // the rate limit and its windows (rate.go); nil: none
 
+	dtimer delayTimer // at the earliest RunAt of its delayed jobs (delay.go)
+
 	// unbind is called with every removed lease bound to a session
 	// (sessions.go): what ends a lease ends its binding.
 	unbind func(*leaseEntry)
@@ -215,6 +217,12 @@ func (s *semaphore) state(now time.Time) store.SemaphoreState {
 		cs.Queued = int64(l.Len())
 		st.Channels[ch] = cs
 		st.Queued += cs.Queued
+	}
+	for _, j := range s.jobs.delayed {
+		cs := st.Channels[j.job.Channel]
+		cs.Queued++
+		st.Channels[j.job.Channel] = cs
+		st.Queued++
 	}
 	for ch, n := range s.jobs.inflight {
 		cs := st.Channels[ch]

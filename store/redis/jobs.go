@@ -60,6 +60,7 @@ type jobMeta struct {
 	SS string   `json:"ss"` // the session the job is bound to
 	SC string   `json:"sc"` // ... through its subscription to this channel
 	SN string   `json:"sn"` // ... on this node (bound at dispatch)
+	RA float64  `json:"ra"` // runAt ms, while delayed
 	CA float64  `json:"ca"`
 	UA float64  `json:"ua"`
 	FA float64  `json:"fa"`
@@ -130,6 +131,7 @@ func decodeJob(tenant, semaphore string, v any) (store.Job, error) {
 	if m.C != nil {
 		j.Channel = *m.C
 	}
+	j.RunAt = msTime(m.RA)
 	if m.SS != "" {
 		j.Worker = &store.Worker{Session: m.SS, Channel: m.SC, Node: m.SN}
 	}
@@ -244,7 +246,7 @@ func (s *Store) EnqueueJob(ctx context.Context, p store.EnqueueParams) (store.Jo
 	}
 	r, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{args: []any{"e",
 		newSalt(), p.Channel, string(p.Payload), p.IdempotencyKey, max(p.MaxQueued, 0),
-		refToJSON(p.Parent)}})
+		refToJSON(p.Parent), max(ms(p.Delay), 0)}})
 	if err != nil {
 		return store.Job{}, false, err
 	}
@@ -262,14 +264,14 @@ func (s *Store) EnqueueJobs(ctx context.Context, p store.EnqueueBatchParams) ([]
 	if len(p.Jobs) == 0 {
 		return nil, nil
 	}
-	args := make([]any, 0, 4+3*len(p.Jobs))
+	args := make([]any, 0, 4+4*len(p.Jobs))
 	args = append(args, "E", newSalt(), max(p.MaxQueued, 0), len(p.Jobs))
 	for _, it := range p.Jobs {
 		ch := it.Channel
 		if ch == "" {
 			ch = store.DefaultChannel
 		}
-		args = append(args, ch, string(it.Payload), it.IdempotencyKey)
+		args = append(args, ch, string(it.Payload), it.IdempotencyKey, max(ms(it.Delay), 0))
 	}
 	r, err := s.batched(ctx, p.Tenant, p.Semaphore, &batchOp{args: args})
 	if err != nil {
@@ -356,7 +358,7 @@ func (s *Store) TransitionJob(ctx context.Context, p store.TransitionParams) (st
 		bindSession, bindChannel = p.Bind.Session, p.Bind.Channel
 	}
 	r, err := s.batched(ctx, p.Tenant, name, &batchOp{args: []any{"t", salt, seq, string(p.Action), p.LeaseID,
-		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child), bindSession, bindChannel, quiet(p.Quiet)}})
+		p.Route, p.Error, ms(p.HoldTTL), refToJSON(p.Child), bindSession, bindChannel, max(ms(p.MinDelay), 0), quiet(p.Quiet)}})
 	if err != nil {
 		return store.Job{}, err
 	}

@@ -277,7 +277,7 @@ func bulkEnqueue(t testing.TB, s *Store, name string, n int, channel func(int) s
 	for start := 0; start < n; start += 250 {
 		var args []any
 		for i := start; i < min(start+250, n); i++ {
-			args = append(args, "e", newSalt(), channel(i), payload, "", 0, "")
+			args = append(args, "e", newSalt(), channel(i), payload, "", 0, "", 0)
 		}
 		require.NoError(t, s.client.FCall(ctx, fnBatch, keys, s.semArgs(name, args)...).Err())
 	}

@@ -97,6 +97,7 @@ const (
 	kRUsed
 	kSubs
 	kJFail
+	kJDly
 	numSemKeys
 )
 
@@ -104,7 +105,7 @@ var semKeySuffixes = [numSemKeys]string{
 	":sem", ":holders", ":leases", ":used", ":fence", ":waiters", ":cq",
 	":wdata", ":wdeadline", ":wcount", ":granted", ":idem",
 	":jobs", ":jq", ":jch", ":jcnt", ":jfin", ":jidem", ":sbind", ":rlog", ":rused",
-	":subs", ":jfail",
+	":subs", ":jfail", ":jdly",
 }
 
 // sem returns the KEYS of every per-semaphore script.

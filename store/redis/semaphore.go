@@ -22,6 +22,10 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	if c.Rate != nil {
 		rl, rp = c.Rate.Limit, ms(c.Rate.Period)
 	}
+	var rb, rm int64
+	if r := c.Retry; r != nil {
+		rb, rm = ms(r.Backoff), ms(r.MaxBackoff)
+	}
 	wr := ""
 	if w := c.Workers; w != nil {
 		wr = "0" + w.Channel
@@ -32,7 +36,7 @@ func (s *Store) PutSemaphore(ctx context.Context, p store.PutSemaphoreParams) (s
 	res, err := s.run(ctx, fnPutSemaphore, p.Tenant, p.Name,
 		p.Name, c.MaxValue, c.MaxValueScope, ms(c.LeaseTimeout), c.MaxAttempts,
 		c.OnSessionLost, c.OnDeliveryError, string(c.Extra), rl, rp, wr,
-		ms(c.Retention.Done), ms(c.Retention.Failed))
+		ms(c.Retention.Done), ms(c.Retention.Failed), rb, rm)
 	if err != nil {
 		return store.Semaphore{}, false, err
 	}
@@ -133,7 +137,8 @@ func (s *Store) State(ctx context.Context, tenant, name string) (store.Semaphore
 	st := store.SemaphoreState{Channels: map[string]store.ChannelState{}}
 	st.InUse = atoi(used["t"])
 	st.Waiting = res[5].(int64)
-	st.Queued, st.Inflight = atoi(jobs["q"]), atoi(jobs["i"])
+	// Queued counts the delayed jobs ("d", "d:<c>") too: they are scheduled.
+	st.Queued, st.Inflight = atoi(jobs["q"])+atoi(jobs["d"]), atoi(jobs["i"])
 	// Top-level Available: what a request naming no channel could take
 	// (the shared remainder for scope total, the default channel's own
 	// remainder for scope channel), as in the memory store.
@@ -192,7 +197,7 @@ func (s *Store) State(ctx context.Context, tenant, name string) (store.Semaphore
 	st.RateUsed, st.RateNextAt = top.used, top.next
 	for c := range chans {
 		cs := store.ChannelState{InUse: atoi(used["c:"+c]), Waiting: atoi(waiting["c:"+c]),
-			Queued: atoi(jobs["q:"+c]), Inflight: atoi(jobs["i:"+c])}
+			Queued: atoi(jobs["q:"+c]) + atoi(jobs["d:"+c]), Inflight: atoi(jobs["i:"+c])}
 		if scope == store.ScopeChannel {
 			cs.Available = max(0, maxValue-cs.InUse)
 		} else {
@@ -240,6 +245,9 @@ func decodeSemaphore(name string, m map[string]string) store.Semaphore {
 	}
 	if e := m["extra"]; e != "" {
 		sem.Config.Extra = []byte(e)
+	}
+	if rb := atoi(m["rb"]); rb > 0 {
+		sem.Config.Retry = &store.RetryPolicy{Backoff: time.Duration(rb) * time.Millisecond, MaxBackoff: time.Duration(atoi(m["rm"])) * time.Millisecond}
 	}
 	if wr, ok := m["wr"]; ok && wr != "" {
 		sem.Config.Workers = &store.WorkerRoute{Fallback: wr[0] == '1', Channel: wr[1:]}

@@ -158,6 +158,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	}
 	tests = append(tests, sessionTests...)
 	tests = append(tests, workerTests...)
+	tests = append(tests, delayedTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

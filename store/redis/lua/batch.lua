@@ -5,7 +5,7 @@
 -- queued jobs (after every caller is served) for all of them. A lone call
 -- is a batch of one.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5..] the operations, in order, each a letter and its arguments:
 --   'a' acquire: lease id (also the waiter id when it waits), channel,
@@ -17,13 +17,14 @@
 --   'r' release: lease id
 --   'p' poll of a waiting acquire: waiter id
 --   'e' enqueue: job-id salt, channel, payload, idempotency key, max
---       scheduled jobs, parent JobRef JSON (see op_enqueue)
+--       scheduled jobs, parent JobRef JSON, delay ms (see op_enqueue)
 --   'E' enqueue of a batch, all or nothing: job-id salt, max scheduled
 --       jobs, the number of jobs n, then n times channel, payload,
---       idempotency key (see op_enqueue_batch)
+--       idempotency key, delay ms (see op_enqueue_batch)
 --   't' transition: job-id salt, job seq, action, lease id, route, error,
 --       hold ttl ms, child JobRef JSON, bound session, its subscription's
---       channel (see op_transition), quiet ('1': no job view in the result)
+--       channel, min delay ms of a retry (see op_transition), quiet ('1':
+--       no job view in the result)
 --
 -- Returns {'ok', results, due, events, grants} (lib_*.lua done), results
 -- holding one {status, ...} per operation: {status, lease JSON or ''} for
@@ -63,15 +64,15 @@ while i <= #ARGV do
     end
     if op == 'e' then
       r = conf and op_enqueue(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
-      i = i + 7
+      i = i + 8
     else
       r = conf and op_enqueue_batch(conf, now, ARGV, i + 1) or {E_SEMAPHORE_NOT_FOUND, ''}
-      i = i + 4 + 3 * tonumber(ARGV[i + 3])
+      i = i + 4 + 4 * tonumber(ARGV[i + 3])
     end
   elseif op == 't' then
     r = conf and op_transition(conf, now, ARGV, i + 1) or {E_JOB_NOT_FOUND, ''}
-    if ARGV[i + 11] == '1' and r.v then r.v, r[2] = nil, '' end
-    i = i + 12
+    if ARGV[i + 12] == '1' and r.v then r.v, r[2] = nil, '' end
+    i = i + 13
   else
     return redis.error_reply('batch: unknown operation ' .. tostring(op))
   end

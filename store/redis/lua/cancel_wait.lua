@@ -4,7 +4,7 @@
 -- jobs dispatched); a waiter granted in the meantime gets its lease, which
 -- the caller returns or releases, so no permit leaks.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] waiter id
 --

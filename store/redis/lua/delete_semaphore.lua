@@ -4,7 +4,7 @@
 -- monotonic when the name is created again (job ids differ by the salt of
 -- the new semaphore).
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
@@ -18,5 +18,5 @@ all = hall('HGETALL', K_GRANTED)
 for i = 1, #all, 2 do redis.call('PUBLISH', NODE_PREFIX .. all[i + 1], all[i]) end
 hdrop('DEL', K_SEM, K_HOLDERS, K_LEASES, K_USED, K_WAITERS, K_CQ, K_WDATA, K_WDL, K_WCOUNT,
   K_GRANTED, K_IDEM, K_JQ, K_JCH, K_JCNT, K_JIDEM, K_SBIND, K_RLOG, K_RUSED)
-hdrop('UNLINK', K_JOBS, K_JFIN, K_JFAIL)
+hdrop('UNLINK', K_JOBS, K_JFIN, K_JFAIL, K_JDLY)
 return 1

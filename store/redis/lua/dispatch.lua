@@ -1,7 +1,7 @@
 -- dispatch.lua: dispatch up to max queued jobs that fit now (it is a function of
 -- the function library (lib_*.lua)), after dropping expired leases.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] max jobs (<= 0: lib_*.lua DISPATCH_BATCH)
 --

@@ -1,7 +1,7 @@
 -- extend.lua: move a live lease's expiry to now + ttl (it is a function of
 -- the function library (lib_*.lua)). A job's lease keeps its job inflight longer.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] lease id
 -- ARGV[6] ttl ms (<= 0: the semaphore's leaseTimeout, see lease_ttl)

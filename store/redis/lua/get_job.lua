@@ -2,7 +2,7 @@
 -- terminal jobs past their retention and dispatching (a function of the
 -- function library (lib_*.lua)). A job past its retention is not found.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] job-id salt, ARGV[6] job seq (both from the job id)
 --

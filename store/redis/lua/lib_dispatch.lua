@@ -15,6 +15,7 @@ local function next_due()
     if d == 0 or x < d then d = x end
   end
   if RN > 0 and (d == 0 or RN < d) then d = RN end -- a domain waiting for rate room
+  if DN > 0 and (d == 0 or DN < d) then d = DN end -- a delayed job
   return d
 end
 
@@ -181,6 +182,11 @@ local function done(conf, now, t, nodispatch)
       due_add(RN)
     end
     rate_in = math.max(1, RATE_AT - now)
+  end
+  -- the earliest delayed job: the caller's timer runs dispatch.lua then
+  if conf and DN > 0 then
+    local d = math.max(1, DN - now)
+    if rate_in == 0 or d < rate_in then rate_in = d end
   end
   local due = 0
   if conf and (IX_EXACT or IX <= now) then

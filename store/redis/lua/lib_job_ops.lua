@@ -27,7 +27,7 @@ local function op_enqueue(conf, now, a, i)
     local old = idem_job(k, now)
     if old then return {'ok', 0, v = tonumber(old)} end
   end
-  if maxq > 0 and JQ >= maxq then return {E_QUEUE_FULL, ''} end
+  if maxq > 0 and JQ + JD >= maxq then return {E_QUEUE_FULL, ''} end
   if hsetnx(K_SEM, 'js', a[i]) == 1 then JOB_SALT = a[i] end
   local seq = hincrby(K_SEM, 'jn', 1)
   local m = {ca = now}
@@ -37,7 +37,7 @@ local function op_enqueue(conf, now, a, i)
     hset(K_JIDEM, k, seq)
   end
   if a[i + 5] ~= '' then m.p = cjson.decode(a[i + 5]) end
-  job_schedule(seq, m, false, now)
+  job_schedule_in(seq, m, tonumber(a[i + 6]) or 0, now)
   m.ua = nil -- = ca until the first change
   job_save(seq, m, a[i + 2])
   return {'ok', 1, v = seq}
@@ -55,7 +55,7 @@ local function op_enqueue_batch(conf, now, a, i)
   local maxq, n, first = tonumber(a[i + 1]), tonumber(a[i + 2]), i + 3
   local seen, fresh = {}, 0
   for x = 0, n - 1 do
-    local k = a[first + 3 * x + 2]
+    local k = a[first + 4 * x + 2]
     if k == '' then
       fresh = fresh + 1
     elseif not seen[k] then
@@ -63,21 +63,21 @@ local function op_enqueue_batch(conf, now, a, i)
       if not idem_job(k, now) then fresh = fresh + 1 end
     end
   end
-  if maxq > 0 and fresh > 0 and JQ + fresh > maxq then return {E_QUEUE_FULL, ''} end
+  if maxq > 0 and fresh > 0 and JQ + JD + fresh > maxq then return {E_QUEUE_FULL, ''} end
   local created, seqs = {}, {}
   -- op_enqueue's arguments: salt, channel, payload, key, no limit (checked
-  -- above), no parent
-  local one = {a[i], '', '', '', 0, ''}
+  -- above), no parent, delay ms
+  local one = {a[i], '', '', '', 0, '', 0}
   for x = 0, n - 1 do
-    local b = first + 3 * x
-    one[2], one[3], one[4] = a[b], a[b + 1], a[b + 2]
+    local b = first + 4 * x
+    one[2], one[3], one[4], one[7] = a[b], a[b + 1], a[b + 2], a[b + 3]
     local r = op_enqueue(conf, now, one, 1)
     created[#created + 1], seqs[#seqs + 1] = r[2], r.v
   end
   return {'ok', created, vs = seqs}
 end
 
--- transition: one action on a job (args a[i..i+9]: job-id salt, job seq,
+-- transition: one action on a job (args a[i..i+10]: job-id salt, job seq,
 -- action (delivered release fail failretry retry suspend return cancel requeue handoff),
 -- lease id the job must still hold ('' = no check), route, error, hold ttl
 -- ms (0: none), child JobRef JSON {s,i[,h]} (''), and for delivered the
@@ -121,7 +121,9 @@ local function op_transition(conf, now, a, i)
     job_schedule(seq, m, false, now)
     job_save(seq, m, pay)
   elseif act == ACT_CANCEL then
-    if m.s == 'S' then
+    if m.s == 'S' and m.ra then
+      undelay(seq, m)
+    elseif m.s == 'S' then
       unqueued(c) -- its queue entry is stale from now on
     elseif m.s == 'I' then
       free()
@@ -162,7 +164,7 @@ local function op_transition(conf, now, a, i)
       free()
       if (m.a or 0) < conf.ma then
         if a[i + 5] ~= '' then m.e = a[i + 5] else m.e = nil end
-        job_schedule(seq, m, false, now)
+        job_schedule_in(seq, m, math.max(backoff(conf, m.a, seq), tonumber(a[i + 10]) or 0), now)
         job_save(seq, m, pay)
       else
         job_finish(seq, m, pay, 'E', a[i + 5], now)

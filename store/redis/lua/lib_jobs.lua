@@ -183,6 +183,93 @@ local function job_schedule(seq, m, front, now)
   count('q:' .. c, 1)
 end
 
+-- ---------------------------------------------------------------- delayed jobs
+--
+-- A scheduled job that waits for its time (a delay at enqueue, a retry
+-- backoff) is out of its channel's queue: a member hex16(seq) of jdly
+-- scored by its runAt (meta ra), counted in sem "jd" and jcnt "d:<c>".
+-- Sem "dn" is the earliest runAt (a lower bound: a job that left jdly may
+-- have set it), due in the sweep index and given to the caller as its
+-- timer (done); every call first queues the due ones (promote, from
+-- expire), in runAt order, so they go ahead of the jobs enqueued after.
+
+local function dly_member(seq) return string.format('%016x', seq) end
+
+local function set_dn(v)
+  DN = v
+  if v > 0 then hset(K_SEM, 'dn', v) else hdel(K_SEM, 'dn') end
+end
+
+local function count_delayed(c, d)
+  JD = set_counter('jd', d)
+  local f = 'd:' .. c
+  if hincrby(K_JCNT, f, d) <= 0 then hdel(K_JCNT, f) end
+end
+
+-- schedules a job (not inflight, not terminal) to queue at runat
+local function job_delay(seq, m, runat, now)
+  m.s, m.ua, m.l, m.q, m.ra = 'S', now, nil, nil, runat
+  redis.call('ZADD', K_JDLY, runat, dly_member(seq))
+  count_delayed(job_chan(m), 1)
+  if DN == 0 or runat < DN then
+    set_dn(runat)
+    due_add(runat)
+  end
+end
+
+-- takes a delayed job out of jdly (cancelled, purged)
+local function undelay(seq, m)
+  redis.call('ZREM', K_JDLY, dly_member(seq))
+  count_delayed(job_chan(m), -1)
+  m.ra = nil
+end
+
+-- schedules a job (not inflight, not terminal) to queue after d ms: at
+-- once when d <= 0
+local function job_schedule_in(seq, m, d, now)
+  if d > 0 then
+    job_delay(seq, m, now + d, now)
+  else
+    m.ra = nil
+    job_schedule(seq, m, false, now)
+  end
+end
+
+-- queues the delayed jobs whose runAt has come, in runAt order
+local function promote(now)
+  if DN == 0 or now < DN then return end
+  local due = redis.call('ZRANGE', K_JDLY, '-inf', now, 'BYSCORE')
+  for _, mem in ipairs(due) do
+    local seq = tonumber(mem, 16)
+    local m, pay = job_load(seq)
+    if m and m.s == 'S' and m.ra then
+      count_delayed(job_chan(m), -1)
+      m.ra = nil
+      job_schedule(seq, m, false, now)
+      job_save(seq, m, pay)
+    end
+  end
+  if #due > 0 then redis.call('ZREMRANGEBYSCORE', K_JDLY, '-inf', now) end
+  local nx = redis.call('ZRANGE', K_JDLY, 0, 0, 'WITHSCORES')
+  set_dn(nx[2] and tonumber(nx[2]) or 0)
+end
+
+-- the wait (ms) of a job after a failed attempts (store.RetryPolicy.Delay):
+-- min(rm, rb * 2^(a-1)) times a jitter in [0, 1) drawn from Redis TIME's
+-- microseconds and the job
+local function backoff(conf, a, seq)
+  if conf.rb <= 0 or not a or a < 1 then return 0 end
+  local d = conf.rb
+  for _ = 2, a do
+    if d >= conf.rm then break end
+    d = d * 2
+  end
+  if d > conf.rm then d = conf.rm end
+  local t = redis.call('TIME')
+  local u = ((tonumber(t[2]) * 7919 + seq * 104729) % 1000003) / 1000003
+  return math.floor(d * u)
+end
+
 -- deletes a job record (not inflight or queued) with its idempotency
 -- key and its finished-set entry
 local function job_forget(seq, m)
@@ -219,7 +306,7 @@ end
 -- attempts left, else ends in timeout with msg; returns its record
 local function job_retry(conf, seq, m, pay, msg, now)
   if (m.a or 0) < conf.ma then
-    job_schedule(seq, m, false, now)
+    job_schedule_in(seq, m, backoff(conf, m.a, seq), now)
     return job_save(seq, m, pay)
   end
   return job_finish(seq, m, pay, 'T', msg, now)
@@ -290,6 +377,7 @@ local function rate_due(conf, now)
 end
 
 local function expire(conf, now)
+  promote(now)
   if now < IX then return 0, 0 end -- every lease is live (see IX)
   local granted = 0
   if RN > 0 and now >= RN then granted = rate_due(conf, now) end

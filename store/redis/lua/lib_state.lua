@@ -46,6 +46,7 @@
 --                       "<prefetch> <node>" (node '' while the session is lost):
 --                       the room jobs are dispatched by (lib_dispatch.lua room_for)
 --   KEYS[23] jfail      zset: job seq -> finish time (ms), error and timeout jobs (retention)
+--   KEYS[24] jdly       zset: hex16(job seq) -> runAt (ms), the delayed jobs (lib_jobs.lua job_delay)
 --
 -- A sync lease bound to a session carries s (session) in its JSON, and
 -- drop_lease unbinds it; a job delivered to a session carries ss and sc
@@ -82,6 +83,7 @@ local K_SBIND
 local K_RLOG, K_RUSED
 local K_SUBS
 local K_JFAIL
+local K_JDLY
 local NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER
 -- grants to waiters of the calling Store, {waiter id, lease JSON} each:
 -- done() returns them (see grant_domain)
@@ -131,6 +133,9 @@ local IX, IX_LOW, IX_EXACT
 -- waiting waiters, JQ "jq" scheduled jobs (the sum of jcnt "q:<c>"). Every change
 -- writes through (set_counter); sweep.lua recomputes them.
 local U, WN, JQ
+-- the delayed jobs (lib_jobs.lua job_delay): JD how many (sem "jd"), DN
+-- the earliest runAt (sem "dn", 0: none)
+local JD, DN
 -- the rate of this call's semaphore, set by load_conf (lib_rate.lua): RL
 -- units per RP ms (RL 0: none), RN the instant (ms) a domain blocked by the
 -- rate gets room (hash "rn", 0: none); RATE_AT the earliest such instant
@@ -152,13 +157,14 @@ local function begin(keys, args)
   K_JOBS, K_JQ, K_JCH, K_JCNT, K_JFIN, K_JIDEM = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
   K_SBIND = KEYS[19]
   K_RLOG, K_RUSED = KEYS[20], KEYS[21]
-  K_SUBS, K_JFAIL = KEYS[22], KEYS[23]
+  K_SUBS, K_JFAIL, K_JDLY = KEYS[22], KEYS[23], KEYS[24]
   NODE_PREFIX, LID_RAND, ID_SUFFIX, CALLER = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
   LOCAL_GRANTS = {}
   EV_D, EV_F, TOUCHED, JOB_SALT, ROOM = {}, {}, {}, nil, nil
   GONE = {}
   IX, IX_LOW, IX_EXACT = math.huge, false, false
   U, WN, JQ = 0, 0, 0
+  JD, DN = 0, 0
   RL, RP, RN, RATE_AT = 0, 0, 0, math.huge
   cache_reset()
 end
@@ -214,7 +220,7 @@ end
 -- the fields load_conf reads (the last ones only cached, for the calls
 -- that need them)
 local CONF_FIELDS = {'max', 'scope', 'lt', 'ma', 'susp', 'ix', 'u', 'wn', 'jq', 'v', 'rl', 'rp', 'rn',
-  'wr', 'rr', 'js', 'jn', 'dmore', 'rd', 'rf', 'fd'}
+  'wr', 'rr', 'js', 'jn', 'dmore', 'rd', 'rf', 'fd', 'jd', 'dn', 'rb', 'rm'}
 
 local function load_conf()
   local v
@@ -236,6 +242,7 @@ local function load_conf()
   RET_F = tonumber(hget(K_SEM, 'rf') or RETENTION_FAILED)
   local fd = hget(K_SEM, 'fd')
   FD = fd and tonumber(fd) or nil
+  JD, DN = tonumber(hget(K_SEM, 'jd') or 0), tonumber(hget(K_SEM, 'dn') or 0)
   if v[10] ~= LAYOUT then
     recount()
     hset(K_SEM, 'v', LAYOUT)
@@ -243,8 +250,9 @@ local function load_conf()
   -- wr: the worker route (store.WorkerRoute), "<fallback 0/1><channel>"
   local wr
   if v[14] then wr = {fb = string.sub(v[14], 1, 1) == '1', c = string.sub(v[14], 2)} end
+  -- rb, rm: the retry backoff and its cap, ms (store.RetryPolicy; absent: none)
   return {max = tonumber(v[1]), scope = v[2], lt = tonumber(v[3]), ma = tonumber(v[4] or 0) or 0,
-    susp = v[5] == '1', wr = wr}
+    susp = v[5] == '1', wr = wr, rb = tonumber(hget(K_SEM, 'rb') or 0), rm = tonumber(hget(K_SEM, 'rm') or 0)}
 end
 
 local function used(field)

@@ -8,7 +8,7 @@
 -- filtered by status and channel; at most ARGV[9] seqs are walked per call,
 -- so a page may come back short (even empty) with a cursor to go on from.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] status letter (S I D E T C) or '' for any
 -- ARGV[6] channel or '' for any

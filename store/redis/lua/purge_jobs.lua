@@ -6,7 +6,7 @@
 -- an earlier release put every terminal job in jfin). A job past its
 -- retention is deleted but not counted (it was gone already).
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] status letter: S, D, E, T or C
 -- ARGV[6] channel, '' for every channel
@@ -48,6 +48,16 @@ if st == 'S' then
     hdel(K_JCNT, 'q')
     hdel(K_SEM, 'jq')
     JQ = 0
+  end
+  -- the delayed ones
+  for _, mem in ipairs(redis.call('ZRANGE', K_JDLY, 0, -1)) do
+    local seq = tonumber(mem, 16)
+    local m = job_load(seq)
+    if m and m.s == 'S' and m.ra and (ch == '' or job_chan(m) == ch) then
+      undelay(seq, m)
+      job_forget(seq, m)
+      n = n + 1
+    end
   end
 else
   for _, k in ipairs({K_JFIN, K_JFAIL}) do

@@ -2,14 +2,15 @@
 -- the function library (lib_*.lua)). Live leases are never revoked; a raised maxValue (or a scope
 -- change) grants head waiters at once, then dispatches queued jobs.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] name, ARGV[6] maxValue, ARGV[7] scope, ARGV[8] leaseTimeout ms,
 -- ARGV[9] maxAttempts, ARGV[10] onSessionLost, ARGV[11] onDeliveryError,
 -- ARGV[12] extra (opaque JSON), ARGV[13] rate limit (0: none), ARGV[14]
 -- rate period ms, ARGV[15] worker route "<fallback 0/1><channel>" ('': none),
 -- ARGV[16] retention of done and cancelled jobs ms, ARGV[17] retention of
--- error and timeout jobs ms
+-- error and timeout jobs ms, ARGV[18] retry backoff ms (0: none), ARGV[19]
+-- its cap ms
 --
 -- Returns {'ok', created (0/1), flat HGETALL of the semaphore hash, due, events, grants}.
 local created = redis.call('EXISTS', K_SEM) == 0
@@ -28,6 +29,7 @@ else
   rate_clear()
 end
 if ARGV[15] ~= '' then hset(K_SEM, 'wr', ARGV[15]) else hdel(K_SEM, 'wr') end
+if tonumber(ARGV[18]) > 0 then hset(K_SEM, 'rb', ARGV[18], 'rm', ARGV[19]) else hdel(K_SEM, 'rb', 'rm') end
 if created then hset(K_SEM, 'ca', now, 'susp', 0, 'v', LAYOUT) end
 local conf = load_conf()
 expire(conf, now)

@@ -4,7 +4,7 @@
 -- library (lib_*.lua)). The registry lives beside a semaphore that does
 -- not exist (yet): a subscription may come first.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] field "<session>\0<channel>", ARGV[6] value "<prefetch> <node>"
 -- (node '' while the session is lost), '' to remove the entry

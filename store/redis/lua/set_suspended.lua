@@ -1,7 +1,7 @@
 -- set_suspended.lua: suspend or resume dispatching of queued jobs (a
 -- function of the function library (lib_*.lua)); a resume dispatches what fits at once.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 -- ARGV[5] 1 to suspend, 0 to resume
 --

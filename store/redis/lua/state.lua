@@ -2,12 +2,13 @@
 -- dropping expired leases (granting the permits they held, dispatching
 -- queued jobs); it is a function of the function library (lib_*.lua).
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 --
 -- Returns {'ok', max, scope, used (flat HGETALL: "t"/"c:<channel>" ->
 -- weight), wcount (flat HGETALL: "c:<channel>" -> waiters), waiters total,
--- jcnt (flat HGETALL: "q"/"q:<c>"/"i"/"i:<c>" -> jobs), rate windows (flat:
+-- jcnt (flat HGETALL: "q"/"q:<c>" queued, "d"/"d:<c>" delayed, "i"/"i:<c>"
+-- inflight -> jobs), rate windows (flat:
 -- channel or '' for the whole semaphore, units, next ms), rate delay, due,
 -- events, grants}, or
 -- SD_SEMAPHORE_NOT_FOUND.
@@ -19,6 +20,7 @@ dispatch(conf, now)
 local used = hall('HGETALL', K_USED)
 local jobs = hall('HGETALL', K_JCNT)
 if JQ > 0 then jobs[#jobs + 1] = 'q'; jobs[#jobs + 1] = tostring(JQ) end
+if JD > 0 then jobs[#jobs + 1] = 'd'; jobs[#jobs + 1] = tostring(JD) end
 if U > 0 then used[#used + 1] = 't'; used[#used + 1] = tostring(U) end
 -- the rate windows: {channel ('' the whole semaphore), units, next ms (0:
 -- empty)} flat, one per domain with grants in its window

@@ -5,7 +5,7 @@
 -- waiters of every domain, dispatch queued jobs, and forget terminal jobs
 -- past their retention.
 --
--- KEYS: the 23 semaphore keys listed in lib_state.lua.
+-- KEYS: the 24 semaphore keys listed in lib_state.lua.
 -- ARGV[1..4] as in lib_state.lua
 --
 -- Returns {'ok', expired leases, gone, rate delay, due, events, grants}: gone is 1 when the
