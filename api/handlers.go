@@ -47,6 +47,7 @@ func (r SemaphoreConfigJSON) input() semaphore.ConfigInput {
 		Mapping:         r.Mapping,
 		Rate:            r.Rate,
 		Retention:       r.Retention,
+		Retry:           r.Retry,
 	}
 	if r.LeaseTimeout != nil {
 		d := time.Duration(*r.LeaseTimeout)
@@ -284,6 +285,7 @@ func semaphoreJSON(sem store.Semaphore, st *store.SemaphoreState) SemaphoreJSON 
 		Routes:          routes,
 		Mapping:         mapping,
 		Retention:       RetentionJSON{Done: Duration(sem.Config.Retention.Done), Failed: Duration(sem.Config.Retention.Failed)},
+		Retry:           retryJSON(sem.Config.Retry),
 		Suspended:       sem.Suspended,
 		CreatedAt:       sem.CreatedAt.UTC(),
 		UpdatedAt:       sem.UpdatedAt.UTC(),
@@ -370,4 +372,12 @@ func queryLimit(c echo.Context) (int, error) {
 			Message: fmt.Sprintf("limit must be an integer between 1 and %d, got %q", semaphore.MaxListLimit, shorten(v, 64))}
 	}
 	return n, nil
+}
+
+// retryJSON shows a semaphore's retry backoff ("0s" both when none).
+func retryJSON(r *store.RetryPolicy) RetryJSON {
+	if r == nil {
+		return RetryJSON{}
+	}
+	return RetryJSON{Backoff: Duration(r.Backoff), MaxBackoff: Duration(r.MaxBackoff)}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -22,7 +23,7 @@ func (s *Server) enqueue(c echo.Context) error {
 		return err
 	}
 	if req.Jobs != nil {
-		if req.Payload != nil || req.Channel != "" || req.IdempotencyKey != "" {
+		if req.Payload != nil || req.Channel != "" || req.IdempotencyKey != "" || req.Delay != nil || req.RunAt != nil {
 			return errorf(CodeInvalidRequest, "send either payload, channel and idempotencyKey (one job) or jobs (a batch), not both")
 		}
 		in := make([]semaphore.EnqueueInput, len(req.Jobs))
@@ -35,7 +36,7 @@ func (s *Server) enqueue(c echo.Context) error {
 				}
 				return err
 			}
-			in[i] = semaphore.EnqueueInput{Channel: j.Channel, Payload: j.Payload, IdempotencyKey: j.IdempotencyKey}
+			in[i] = enqueueInput(j.Channel, j.Payload, j.IdempotencyKey, j.Delay, j.RunAt)
 		}
 		res, err := s.svc.EnqueueBatch(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), in)
 		if err != nil {
@@ -48,9 +49,8 @@ func (s *Server) enqueue(c echo.Context) error {
 		return c.JSON(http.StatusAccepted, out)
 	}
 	// a missing payload is refused by the service, as for every caller
-	j, _, err := s.svc.Enqueue(c.Request().Context(), callerKey(c).Tenant, c.Param("name"), semaphore.EnqueueInput{
-		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,
-	})
+	j, _, err := s.svc.Enqueue(c.Request().Context(), callerKey(c).Tenant, c.Param("name"),
+		enqueueInput(req.Channel, req.Payload, req.IdempotencyKey, req.Delay, req.RunAt))
 	if err != nil {
 		return err
 	}
@@ -152,5 +152,19 @@ func jobJSON(j store.Job) JobJSON {
 		f := j.FinishedAt.UTC()
 		out.FinishedAt = &f
 	}
+	if !j.RunAt.IsZero() && j.Status == store.JobScheduled {
+		r := j.RunAt.UTC()
+		out.RunAt = &r
+	}
 	return out
+}
+
+// enqueueInput is the service's input for one job of any enqueue call.
+func enqueueInput(channel string, payload json.RawMessage, key string, delay *Duration, runAt *time.Time) semaphore.EnqueueInput {
+	in := semaphore.EnqueueInput{Channel: channel, Payload: payload, IdempotencyKey: key, RunAt: runAt}
+	if delay != nil {
+		d := time.Duration(*delay)
+		in.Delay = &d
+	}
+	return in
 }

@@ -255,7 +255,7 @@ func TestJobs_EnqueueDispatched(t *testing.T) {
 	require.EqualValues(t, 1, e.get("noworker").State.Queued)
 
 	// With no route that can take it, a job ends in error.
-	e.put("nowhere", map[string]any{"maxValue": 1, "routes": []any{failingRoute}})
+	e.put("nowhere", map[string]any{"maxValue": 1, "maxAttempts": 1, "routes": []any{failingRoute}})
 	j = e.enqueue("nowhere", map[string]any{"payload": 1})
 	j = e.waitJob(j.ID, func(j JobJSON) bool { return j.Status == "error" })
 	require.Equal(t, "every route failed: https: webhook delivery is not configured", *j.Error)
@@ -411,7 +411,7 @@ func TestJobs_Transitions(t *testing.T) {
 
 	t.Run("error", func(t *testing.T) {
 		e := e.with(t)
-		e.put("fails", map[string]any{"maxValue": 1, "routes": []any{failingRoute}})
+		e.put("fails", map[string]any{"maxValue": 1, "maxAttempts": 1, "routes": []any{failingRoute}})
 		j := e.enqueue("fails", map[string]any{"payload": 1})
 		j = e.waitJob(j.ID, func(j JobJSON) bool { return j.Status == "error" })
 		conflict("fails", j.ID, "release", "cancel")

@@ -127,6 +127,14 @@ type SemaphoreConfigJSON struct {
 	Mapping         json.RawMessage `json:"mapping,omitempty"`         // mapping object (async issue)
 	Rate            json.RawMessage `json:"rate,omitempty"`            // RateJSON or null (none); checked by semaphore.ValidateConfig
 	Retention       json.RawMessage `json:"retention,omitempty"`       // RetentionJSON, fields optional; checked by semaphore.ValidateConfig
+	Retry           json.RawMessage `json:"retry,omitempty"`           // RetryJSON, fields optional; checked by semaphore.ValidateConfig
+}
+
+// RetryJSON spaces a job's failed attempts: the n-th retry waits a random
+// time up to min(maxBackoff, backoff × 2^(n−1)).
+type RetryJSON struct {
+	Backoff    Duration `json:"backoff"`
+	MaxBackoff Duration `json:"maxBackoff"`
 }
 
 // RetentionJSON is how long a semaphore keeps terminal jobs after they
@@ -159,6 +167,7 @@ type SemaphoreJSON struct {
 	Mapping         json.RawMessage `json:"mapping"` // null when none
 	Rate            *RateJSON       `json:"rate"`    // null when none
 	Retention       RetentionJSON   `json:"retention"`
+	Retry           RetryJSON       `json:"retry"`
 	Suspended       bool            `json:"suspended"`
 	CreatedAt       time.Time       `json:"createdAt"`
 	UpdatedAt       time.Time       `json:"updatedAt"`
@@ -325,6 +334,8 @@ type EnqueueRequest struct {
 	Channel        string          `json:"channel,omitempty"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+	Delay          *Duration       `json:"delay,omitempty"` // 0s..30d, or runAt
+	RunAt          *time.Time      `json:"runAt,omitempty"` // at most 30 days ahead
 	// Jobs holds the batch's jobs as sent; each is decoded as an
 	// EnqueueJob, as strictly as a whole body (its keys included).
 	Jobs []json.RawMessage `json:"jobs,omitempty"`
@@ -335,6 +346,8 @@ type EnqueueJob struct {
 	Channel        string          `json:"channel,omitempty"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+	Delay          *Duration       `json:"delay,omitempty"`
+	RunAt          *time.Time      `json:"runAt,omitempty"`
 }
 
 // EnqueueBatchResponse answers a batch enqueue: the jobs in the batch's
@@ -367,6 +380,7 @@ type JobJSON struct {
 	CreatedAt  time.Time       `json:"createdAt"`
 	UpdatedAt  time.Time       `json:"updatedAt"`
 	FinishedAt *time.Time      `json:"finishedAt"` // null until terminal
+	RunAt      *time.Time      `json:"runAt"`      // a scheduled job waiting for its time (delay, retry backoff); null otherwise
 }
 
 // JobResponse is {"job": ...}.

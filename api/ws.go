@@ -15,7 +15,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/semaphored/semaphored/hub"
-	"github.com/semaphored/semaphored/semaphore"
 	"github.com/semaphored/semaphored/store"
 )
 
@@ -455,9 +454,8 @@ func (w *wsConn) enqueue(ctx context.Context, sess *hub.Session, out hub.Replier
 	if !w.decode(out, id, data, &req) {
 		return
 	}
-	j, _, err := w.srv.svc.Enqueue(ctx, w.tenant, req.Semaphore, semaphore.EnqueueInput{
-		Channel: req.Channel, Payload: req.Payload, IdempotencyKey: req.IdempotencyKey,
-	})
+	j, _, err := w.srv.svc.Enqueue(ctx, w.tenant, req.Semaphore,
+		enqueueInput(req.Channel, req.Payload, req.IdempotencyKey, req.Delay, req.RunAt))
 	if err != nil {
 		w.fail(out, id, err)
 		return

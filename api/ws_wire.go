@@ -101,6 +101,8 @@ type WsEnqueueFrame struct {
 	Channel        string          `json:"channel,omitempty"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+	Delay          *Duration       `json:"delay,omitempty"`
+	RunAt          *time.Time      `json:"runAt,omitempty"`
 }
 
 // WsSubscriptionJSON is a subscription in a resumed frame; channel absent:

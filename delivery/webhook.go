@@ -199,7 +199,14 @@ type DeliveryError struct {
 	Attempts   int   // attempts made
 	LastStatus int   // HTTP status of the last attempt; 0 when it got none
 	Err        error // what went wrong on the last attempt
+	// RetryAfter is the last answer's Retry-After (0: none): the job's
+	// next attempt waits at least that long.
+	RetryAfter time.Duration
 }
+
+// RetryAfterHint is RetryAfter (the dispatcher reads it through an
+// interface, without importing this package).
+func (e *DeliveryError) RetryAfterHint() time.Duration { return e.RetryAfter }
 
 func (e *DeliveryError) Error() string {
 	return fmt.Sprintf("webhook failed after %d attempt(s): %v", e.Attempts, e.Err)
@@ -256,7 +263,7 @@ func (s *WebhookSender) Send(ctx context.Context, route routing.Route, msg Webho
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		last = DeliveryError{Attempts: n, LastStatus: status, Err: err}
+		last = DeliveryError{Attempts: n, LastStatus: status, Err: err, RetryAfter: max(retryAfter, 0)}
 		refused := errors.Is(err, ErrRefusedAddress)
 		s.log.LogAttrs(ctx, slog.LevelWarn, "webhook attempt failed",
 			slog.String("job", msg.ID), slog.String("host", u.Host), slog.Int("attempt", n),

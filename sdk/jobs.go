@@ -55,6 +55,9 @@ type Job struct {
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 	FinishedAt time.Time // zero until terminal
+	// RunAt: when a scheduled job waiting for its time (a Delay or RunAt at
+	// enqueue, or its retry backoff) queues; zero otherwise.
+	RunAt time.Time
 }
 
 // EnqueueOptions are the optional inputs of Enqueue.
@@ -63,6 +66,26 @@ type EnqueueOptions struct {
 	// IdempotencyKey: while the job exists, an Enqueue with the same key
 	// returns that job instead of a new one (never ErrQueueFull).
 	IdempotencyKey string
+	// Delay (up to 30 days) or RunAt (at most 30 days ahead), not both:
+	// the job waits scheduled until then, then queues in the order of its
+	// time.
+	Delay time.Duration
+	RunAt time.Time
+}
+
+// delayWire is the delay and runAt of opts as sent.
+func (o EnqueueOptions) delayWire() (*duration, *time.Time) {
+	var d *duration
+	var at *time.Time
+	if o.Delay != 0 {
+		x := duration(o.Delay)
+		d = &x
+	}
+	if !o.RunAt.IsZero() {
+		x := o.RunAt
+		at = &x
+	}
+	return d, at
 }
 
 // ListJobsOptions filter and page ListJobs. Zero values: every status and
@@ -94,6 +117,7 @@ func (c *Client) Enqueue(ctx context.Context, semaphore string, payload any, opt
 		return Job{}, err
 	}
 	in := enqueueWire{Channel: opts.Channel, Payload: raw, IdempotencyKey: opts.IdempotencyKey}
+	in.Delay, in.RunAt = opts.delayWire()
 	return c.jobCall(ctx, http.MethodPost, c.endpoint(nil, "v1", "semaphores", semaphore, "jobs"), in)
 }
 
@@ -124,6 +148,7 @@ func (c *Client) EnqueueBatch(ctx context.Context, semaphore string, jobs []Batc
 			return nil, fmt.Errorf("jobs[%d]: %w", i, err)
 		}
 		in.Jobs[i] = enqueueWire{Channel: j.Channel, Payload: raw, IdempotencyKey: j.IdempotencyKey}
+		in.Jobs[i].Delay, in.Jobs[i].RunAt = j.delayWire()
 	}
 	var out struct {
 		Jobs []jobWire `json:"jobs"`
@@ -240,6 +265,8 @@ type enqueueWire struct {
 	Channel        string          `json:"channel,omitempty"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+	Delay          *duration       `json:"delay,omitempty"`
+	RunAt          *time.Time      `json:"runAt,omitempty"`
 }
 
 type jobRefWire struct {
@@ -263,6 +290,7 @@ type jobWire struct {
 	CreatedAt  time.Time       `json:"createdAt"`
 	UpdatedAt  time.Time       `json:"updatedAt"`
 	FinishedAt *time.Time      `json:"finishedAt"`
+	RunAt      *time.Time      `json:"runAt"`
 }
 
 func (w jobWire) toSDK() Job {
@@ -290,6 +318,9 @@ func (w jobWire) toSDK() Job {
 	}
 	if w.FinishedAt != nil {
 		j.FinishedAt = *w.FinishedAt
+	}
+	if w.RunAt != nil {
+		j.RunAt = *w.RunAt
 	}
 	return j
 }

@@ -24,6 +24,7 @@ func (c *Client) PutSemaphore(ctx context.Context, name string, cfg SemaphoreCon
 		Mapping:         cfg.Mapping,
 		Rate:            rateToWire(cfg.Rate),
 		Retention:       retentionToWire(cfg.Retention),
+		Retry:           retryToWire(cfg.Retry),
 	}
 	var out struct {
 		Semaphore semaphoreWire `json:"semaphore"`

@@ -42,6 +42,19 @@ type SemaphoreConfig struct {
 	// nil: the server's defaults. A Semaphore the server returns always
 	// has it.
 	Retention *Retention
+	// Retry spaces a job's failed attempts; nil: the server's defaults
+	// (backoff 1s, maxBackoff 5m). A Semaphore the server returns always
+	// has it.
+	Retry *Retry
+}
+
+// Retry is the backoff between a job's failed attempts: after n failed
+// attempts the job waits a random time up to min(MaxBackoff,
+// Backoff·2^(n−1)) (full jitter) before it runs again. Backoff 0 retries
+// at once.
+type Retry struct {
+	Backoff    time.Duration
+	MaxBackoff time.Duration
 }
 
 // Retention is how long a semaphore keeps its terminal jobs after they
@@ -197,6 +210,26 @@ type semaphoreConfigWire struct {
 	Mapping         json.RawMessage `json:"mapping,omitempty"`
 	Rate            *rateWire       `json:"rate,omitempty"`      // absent: no rate
 	Retention       *retentionWire  `json:"retention,omitempty"` // absent: the defaults
+	Retry           *retryWire      `json:"retry,omitempty"`     // absent: the defaults
+}
+
+type retryWire struct {
+	Backoff    duration `json:"backoff"`
+	MaxBackoff duration `json:"maxBackoff"`
+}
+
+func (r *retryWire) toSDK() *Retry {
+	if r == nil {
+		return nil
+	}
+	return &Retry{Backoff: time.Duration(r.Backoff), MaxBackoff: time.Duration(r.MaxBackoff)}
+}
+
+func retryToWire(r *Retry) *retryWire {
+	if r == nil {
+		return nil
+	}
+	return &retryWire{Backoff: duration(r.Backoff), MaxBackoff: duration(r.MaxBackoff)}
 }
 
 type retentionWire struct {
@@ -272,6 +305,7 @@ type semaphoreWire struct {
 	Mapping         json.RawMessage `json:"mapping"`
 	Rate            *rateWire       `json:"rate"`
 	Retention       *retentionWire  `json:"retention"`
+	Retry           *retryWire      `json:"retry"`
 	Suspended       bool            `json:"suspended"`
 	CreatedAt       time.Time       `json:"createdAt"`
 	UpdatedAt       time.Time       `json:"updatedAt"`
@@ -292,6 +326,7 @@ func (w semaphoreWire) toSDK() Semaphore {
 			Mapping:         w.Mapping,
 			Rate:            w.Rate.toSDK(),
 			Retention:       w.Retention.toSDK(),
+			Retry:           w.Retry.toSDK(),
 		},
 		Suspended: w.Suspended,
 		CreatedAt: w.CreatedAt,

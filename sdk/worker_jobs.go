@@ -45,7 +45,9 @@ func (w *Worker) Enqueue(ctx context.Context, semaphore string, payload any, opt
 	if err != nil {
 		return Job{}, err
 	}
-	f, err := w.call(ctx, enqueueFrame{Type: "enqueue", Semaphore: semaphore, Channel: opts.Channel, Payload: raw, IdempotencyKey: opts.IdempotencyKey})
+	fr := enqueueFrame{Type: "enqueue", Semaphore: semaphore, Channel: opts.Channel, Payload: raw, IdempotencyKey: opts.IdempotencyKey}
+	fr.Delay, fr.RunAt = opts.delayWire()
+	f, err := w.call(ctx, fr)
 	if err != nil {
 		return Job{}, err
 	}

@@ -146,3 +146,37 @@ func TestWorker_SlowWorkersUnderLoad(t *testing.T) {
 	}
 	require.LessOrEqual(t, log.peak, 4, "never more jobs at once than the workers' room")
 }
+
+func TestWorker_DelayedJob(t *testing.T) {
+	t.Parallel()
+	srv, c := setup(t)
+	ctx := t.Context()
+	_, err := c.PutSemaphore(ctx, "later", sdk.SemaphoreConfig{MaxValue: 2, Retry: &sdk.Retry{Backoff: 0}})
+	require.NoError(t, err)
+	got, err := c.GetSemaphore(ctx, "later")
+	require.NoError(t, err)
+	require.Equal(t, &sdk.Retry{}, got.Retry, "the config's retry, backoff 0: retried at once")
+	w, _ := newWorker(t, srv.URL)
+	ran := make(chan time.Time, 1)
+	require.NoError(t, w.Subscribe(ctx, "later", "", 1, func(context.Context, sdk.Job) error {
+		ran <- time.Now()
+		return nil
+	}))
+	start := time.Now()
+	j, err := c.Enqueue(ctx, "later", "x", sdk.EnqueueOptions{Delay: 300 * time.Millisecond})
+	require.NoError(t, err)
+	require.Equal(t, sdk.JobScheduled, j.Status)
+	require.False(t, j.RunAt.IsZero())
+	select {
+	case at := <-ran:
+		require.GreaterOrEqual(t, at.Sub(start), 250*time.Millisecond, "not before its time")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the delayed job did not run")
+	}
+	waitStatus(t, c, []string{j.ID}, sdk.JobDone)
+	// Through the worker's connection, with RunAt.
+	j, err = w.Enqueue(ctx, "later", "y", sdk.EnqueueOptions{RunAt: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	require.Equal(t, sdk.JobScheduled, j.Status)
+	require.WithinDuration(t, time.Now().Add(time.Hour), j.RunAt, 5*time.Second)
+}

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"encoding/json"
+	"time"
 )
 
 // Wire format of the websocket (mirrors api/ws_wire.go).
@@ -34,6 +35,8 @@ type enqueueFrame struct {
 	Channel        string          `json:"channel,omitempty"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
+	Delay          *duration       `json:"delay,omitempty"`
+	RunAt          *time.Time      `json:"runAt,omitempty"`
 }
 
 type subscriptionWire struct {

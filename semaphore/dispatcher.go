@@ -275,6 +275,7 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 	}
 
 	var failures []string
+	var retryAfter time.Duration // the longest Retry-After a route answered
 	for i, r := range chain {
 		start := time.Now()
 		done, err := d.offer(ctx, j, r, payload)
@@ -313,13 +314,26 @@ func (d *dispatcher) deliverAbove(j store.Job, above int) {
 		}
 		log.Info("route failed", "route", r.Type, "err", err)
 		failures = append(failures, r.Type+": "+err.Error())
+		var h retryAfterHint
+		if errors.As(err, &h) {
+			retryAfter = max(retryAfter, h.RetryAfterHint())
+		}
 	}
 	msg := "every route failed: " + strings.Join(failures, "; ")
 	if sem.Config.OnDeliveryError == "suspend" {
 		d.transition(ctx, log, j, store.TransitionParams{Action: store.ActSuspend, Error: msg})
 		return
 	}
-	d.transition(ctx, log, j, store.TransitionParams{Action: store.ActFail, Error: msg})
+	// A failed attempt: retried after its backoff while attempts remain
+	// (at least a webhook's Retry-After), else the job ends in error.
+	d.transition(ctx, log, j, store.TransitionParams{Action: store.ActFailRetry, Error: msg, MinDelay: retryAfter})
+}
+
+// retryAfterHint is an error that says how long to wait before trying
+// again (delivery.DeliveryError).
+type retryAfterHint interface {
+	error
+	RetryAfterHint() time.Duration
 }
 
 // adoptWorkerRoute saves the semaphore's config with its worker route

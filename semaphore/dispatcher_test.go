@@ -105,6 +105,7 @@ type semCfg struct {
 	OnDeliveryError string
 	Routes          string
 	Mapping         string
+	Retry           string // JSON
 }
 
 func (c semCfg) input() semaphore.ConfigInput {
@@ -120,6 +121,9 @@ func (c semCfg) input() semaphore.ConfigInput {
 	}
 	if c.Mapping != "" {
 		in.Mapping = json.RawMessage(c.Mapping)
+	}
+	if c.Retry != "" {
+		in.Retry = json.RawMessage(c.Retry)
 	}
 	return in
 }
@@ -793,7 +797,8 @@ func TestDispatcher_Faults(t *testing.T) {
 		runs := make([]run, len(cases))
 		for i, c := range cases {
 			rcv := newReceiver(t, c.answer)
-			e.put(c.name, semCfg{MaxValue: 1, Routes: "[" + httpsRoute(rcv.url, c.route) + "]"})
+			// one attempt: a failed chain ends the job (retries are tested below)
+			e.put(c.name, semCfg{MaxValue: 1, MaxAttempts: 1, Routes: "[" + httpsRoute(rcv.url, c.route) + "]"})
 			runs[i] = run{rcv: rcv, job: e.enqueue(c.name, fmt.Sprintf("%q", c.name))}
 		}
 		for i, c := range cases {
@@ -876,5 +881,35 @@ func TestDispatcher_AdoptsWorkerRoute(t *testing.T) {
 			return sem.Config.Workers
 		}())
 		require.Zero(t, e.state("old").InUse)
+	})
+}
+
+// TestDispatcher_ChainRetry: a failed chain is a failed attempt: the job
+// is scheduled again after its backoff (here none), but not before the
+// Retry-After its webhook answered, keeps the failure's message while it
+// waits, and is done at its next attempt.
+func TestDispatcher_ChainRetry(t *testing.T) {
+	t.Parallel()
+	forEachStore(t, func(t *testing.T, e *denv) {
+		rcv := newReceiver(t, func(w http.ResponseWriter, _ *http.Request, h hit) {
+			if h.n == 1 {
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			w.WriteHeader(http.StatusOK)
+		})
+		e.put("flaky", semCfg{MaxValue: 1, MaxAttempts: 3, Retry: `{"backoff": "0s", "maxBackoff": "0s"}`,
+			Routes: "[" + httpsRoute(rcv.url, `,"attempts":1,"releaseOnSuccess":true`) + "]"})
+		j := e.enqueue("flaky", `1`)
+		eventually(t, 5*time.Second, func() (bool, string) {
+			got := e.job(j.ID)
+			return got.Status == store.JobScheduled && got.Error != "" && !got.RunAt.IsZero(), fmt.Sprintf("job %s, error %q, runAt %v", got.Status, got.Error, got.RunAt)
+		})
+		done := e.waitJob(j.ID, store.JobDone, 10*time.Second)
+		require.Equal(t, 2, done.Attempts)
+		hits := rcv.hits()
+		require.Len(t, hits, 2)
+		require.GreaterOrEqual(t, hits[1].at.Sub(hits[0].at), 900*time.Millisecond, "the Retry-After was honoured")
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 	"unicode/utf8"
 
 	"github.com/semaphored/semaphored/store"
@@ -30,7 +31,14 @@ type EnqueueInput struct {
 	Channel        string          // "": store.DefaultChannel
 	Payload        json.RawMessage // required: any JSON value (null included)
 	IdempotencyKey string
+	// Delay (0 to MaxDelay) or RunAt (at most MaxDelay ahead; a past one
+	// is now), not both: the job waits scheduled until then.
+	Delay *time.Duration
+	RunAt *time.Time
 }
+
+// MaxDelay is how far ahead a job may be scheduled (delay, runAt).
+const MaxDelay = 30 * 24 * time.Hour
 
 // Enqueue accepts a job (SPEC §3): it waits in its channel's queue until a
 // permit frees, then goes down the semaphore's route chain. created is false
@@ -45,7 +53,7 @@ func (s *Service) Enqueue(ctx context.Context, tenant, name string, in EnqueueIn
 	}
 	job, created, err = s.store.EnqueueJob(ctx, store.EnqueueParams{
 		Tenant: tenant, Semaphore: name, Channel: it.Channel, Payload: it.Payload,
-		IdempotencyKey: it.IdempotencyKey, MaxQueued: s.maxQueued,
+		IdempotencyKey: it.IdempotencyKey, MaxQueued: s.maxQueued, Delay: it.Delay,
 	})
 	if err == nil && created {
 		s.metrics.jobsEnqueued.Inc()
@@ -130,7 +138,33 @@ func (s *Service) checkEnqueue(in EnqueueInput) (store.EnqueueItem, error) {
 	if err := checkIdempotencyKey(in.IdempotencyKey); err != nil {
 		return store.EnqueueItem{}, err
 	}
-	return store.EnqueueItem{Channel: channel, Payload: payload, IdempotencyKey: in.IdempotencyKey}, nil
+	delay, err := checkDelay(in.Delay, in.RunAt)
+	if err != nil {
+		return store.EnqueueItem{}, err
+	}
+	return store.EnqueueItem{Channel: channel, Payload: payload, IdempotencyKey: in.IdempotencyKey, Delay: delay}, nil
+}
+
+// checkDelay returns how long a job waits before it queues: delay, or the
+// time until runAt by this instance's clock (the store then counts from
+// its own).
+func checkDelay(delay *time.Duration, runAt *time.Time) (time.Duration, error) {
+	switch {
+	case delay != nil && runAt != nil:
+		return 0, invalid(CodeInvalidRequest, "delay", "give delay or runAt, not both")
+	case delay != nil:
+		if *delay < 0 || *delay > MaxDelay {
+			return 0, invalid(CodeInvalidRequest, "delay", "delay must be between 0s and %s (30 days), got %s", MaxDelay, *delay)
+		}
+		return *delay, nil
+	case runAt != nil:
+		d := time.Until(*runAt)
+		if d > MaxDelay {
+			return 0, invalid(CodeInvalidRequest, "runAt", "runAt must be at most 30 days ahead, got %s", runAt.UTC().Format(time.RFC3339))
+		}
+		return max(d, 0), nil
+	}
+	return 0, nil
 }
 
 // GetJob returns a job of the tenant.

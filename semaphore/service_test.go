@@ -95,6 +95,7 @@ func TestValidateConfig(t *testing.T) {
 	require.Equal(t, store.SemaphoreConfig{
 		MaxValue: 10, MaxValueScope: "total", LeaseTimeout: 60 * time.Second, MaxAttempts: 3,
 		OnSessionLost: "redeliver", OnDeliveryError: "fail", Retention: store.DefaultRetention,
+		Retry:   &store.RetryPolicy{Backoff: time.Second, MaxBackoff: 5 * time.Minute},
 		Workers: &store.WorkerRoute{}, // no routes: the websocket route, by room
 	}, cfg)
 

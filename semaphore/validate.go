@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -106,6 +107,9 @@ type ConfigInput struct {
 	// Rate is {"limit": n, "period": "1m"}; absent, empty or null: no rate
 	// (a PUT replaces the config, so that removes a rate set before).
 	Rate json.RawMessage
+	// Retry is {"backoff": "1s", "maxBackoff": "5m"}; absent, empty or null
+	// fields take the defaults.
+	Retry json.RawMessage
 	// Retention is {"done": "24h", "failed": "7d"}; absent, empty or null
 	// fields take the defaults (store.DefaultRetention).
 	Retention json.RawMessage
@@ -176,6 +180,9 @@ func ValidateConfig(name string, in ConfigInput, opts routing.Options) (store.Se
 	}
 	cfg.Rate = rate
 
+	if cfg.Retry, err = parseRetry(in.Retry); err != nil {
+		return cfg, rc, err
+	}
 	if cfg.Retention, err = parseRetention(in.Retention); err != nil {
 		return cfg, rc, err
 	}
@@ -262,56 +269,107 @@ func parseRate(raw json.RawMessage) (*store.RateLimit, error) {
 	return r, nil
 }
 
-// parseRetention parses a config's retention: {"done": duration,
-// "failed": duration}, each 0s (deleted at once) to store.MaxRetention in
-// whole milliseconds, in Go syntax that may start with whole days ("7d",
-// "1d12h", as SPEC §4 writes them); the object, or a field, absent or null takes the
-// default (store.DefaultRetention). Errors are invalid_config naming
-// "retention", "retention.done" or "retention.failed".
-func parseRetention(raw json.RawMessage) (store.Retention, error) {
-	r := store.DefaultRetention
+// durationField is one named duration of a config object (retention,
+// retry).
+type durationField struct {
+	name string
+	dst  *time.Duration
+}
+
+// parseDurations parses a config object of durations, {"name": "24h",
+// ...}, into fields (whose current values are the defaults); the object,
+// or a field, absent or null keeps the default. A duration may start with
+// whole days ("7d"). Errors are invalid_config naming field or
+// field.name; example shows the object's shape.
+func parseDurations(raw json.RawMessage, field, example string, fields ...durationField) error {
 	t := bytes.TrimSpace(raw)
 	if len(t) == 0 || bytes.Equal(t, []byte("null")) {
-		return r, nil
+		return nil
 	}
 	if !json.Valid(t) {
-		return r, invalid(CodeInvalidConfig, "retention", "retention is not valid JSON")
+		return invalid(CodeInvalidConfig, field, "%s is not valid JSON", field)
 	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(t, &m); err != nil || m == nil {
-		return r, invalid(CodeInvalidConfig, "retention", `retention must be an object {"done": "24h", "failed": "7d"} or null, got %s`, routing.JSONKind(t))
+		return invalid(CodeInvalidConfig, field, `%s must be an object %s or null, got %s`, field, example, routing.JSONKind(t))
+	}
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		names[i] = f.name
 	}
 	var unknown []string
 	for k := range m {
-		if k != "done" && k != "failed" {
+		if !slices.Contains(names, k) {
 			unknown = append(unknown, k)
 		}
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return r, invalid(CodeInvalidConfig, "retention", "retention has an unknown field %q: its fields are done and failed", truncate(unknown[0], 64))
+		return invalid(CodeInvalidConfig, field, "%s has an unknown field %q: its fields are %s", field, truncate(unknown[0], 64), strings.Join(names, " and "))
 	}
-	for _, f := range []struct {
-		name string
-		dst  *time.Duration
-	}{{"done", &r.Done}, {"failed", &r.Failed}} {
+	for _, f := range fields {
 		v, ok := m[f.name]
 		if !ok || bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
 			continue
 		}
-		field := "retention." + f.name
+		name := field + "." + f.name
 		var s string
 		if err := json.Unmarshal(v, &s); err != nil {
-			return r, invalid(CodeInvalidConfig, field, `%s must be a duration string such as "24h", got %s`, field, routing.JSONKind(v))
+			return invalid(CodeInvalidConfig, name, `%s must be a duration string such as "24h", got %s`, name, routing.JSONKind(v))
 		}
 		d, err := parseDays(s)
 		if err != nil {
-			return r, invalid(CodeInvalidConfig, field, `%s must be a duration such as "24h" or "7d", got %q`, field, truncate(s, 64))
-		}
-		if d < 0 || d > store.MaxRetention || d%time.Millisecond != 0 {
-			return r, invalid(CodeInvalidConfig, field, "%s must be whole milliseconds between 0s and %s (30 days), got %s", field, store.MaxRetention, d)
+			return invalid(CodeInvalidConfig, name, `%s must be a duration such as "24h" or "7d", got %q`, name, truncate(s, 64))
 		}
 		*f.dst = d
+	}
+	return nil
+}
+
+// parseRetention parses a config's retention: {"done": duration,
+// "failed": duration}, each 0s (deleted at once) to store.MaxRetention in
+// whole milliseconds, "7d" and "1d12h" allowed; absent or null fields take
+// the defaults (store.DefaultRetention). Errors are invalid_config naming
+// "retention", "retention.done" or "retention.failed".
+func parseRetention(raw json.RawMessage) (store.Retention, error) {
+	r := store.DefaultRetention
+	if err := parseDurations(raw, "retention", `{"done": "24h", "failed": "7d"}`,
+		durationField{"done", &r.Done}, durationField{"failed", &r.Failed}); err != nil {
+		return r, err
+	}
+	for _, f := range []durationField{{"done", &r.Done}, {"failed", &r.Failed}} {
+		if d := *f.dst; d < 0 || d > store.MaxRetention || d%time.Millisecond != 0 {
+			field := "retention." + f.name
+			return r, invalid(CodeInvalidConfig, field, "%s must be whole milliseconds between 0s and %s (30 days), got %s", field, store.MaxRetention, d)
+		}
+	}
+	return r, nil
+}
+
+// Retry backoff bounds and defaults (SPEC §4 retry).
+const (
+	DefaultRetryBackoff    = time.Second
+	DefaultRetryMaxBackoff = 5 * time.Minute
+	MaxRetryBackoff        = time.Hour
+	MaxRetryMaxBackoff     = 24 * time.Hour
+)
+
+// parseRetry parses a config's retry: {"backoff": duration, "maxBackoff":
+// duration}, backoff 0s (retry at once) to 1h, maxBackoff from backoff to
+// 24h, whole milliseconds; absent or null fields take the defaults (1s,
+// 5m). Errors are invalid_config naming "retry", "retry.backoff" or
+// "retry.maxBackoff".
+func parseRetry(raw json.RawMessage) (*store.RetryPolicy, error) {
+	r := &store.RetryPolicy{Backoff: DefaultRetryBackoff, MaxBackoff: DefaultRetryMaxBackoff}
+	if err := parseDurations(raw, "retry", `{"backoff": "1s", "maxBackoff": "5m"}`,
+		durationField{"backoff", &r.Backoff}, durationField{"maxBackoff", &r.MaxBackoff}); err != nil {
+		return nil, err
+	}
+	switch {
+	case r.Backoff < 0 || r.Backoff > MaxRetryBackoff || r.Backoff%time.Millisecond != 0:
+		return nil, invalid(CodeInvalidConfig, "retry.backoff", "retry.backoff must be whole milliseconds between 0s and 1h, got %s", r.Backoff)
+	case r.MaxBackoff < r.Backoff || r.MaxBackoff > MaxRetryMaxBackoff || r.MaxBackoff%time.Millisecond != 0:
+		return nil, invalid(CodeInvalidConfig, "retry.maxBackoff", "retry.maxBackoff must be whole milliseconds between retry.backoff (%s) and 24h, got %s", r.Backoff, r.MaxBackoff)
 	}
 	return r, nil
 }

@@ -328,6 +328,7 @@ func testConsole(t *testing.T, inst *instance, screenshots bool) {
 		require.NoError(t, err)
 		cfg := sem.SemaphoreConfig
 		cfg.Routes = json.RawMessage(`[{"type":"https","url":"http://127.0.0.1:1/hook","attempts":1}]`)
+		cfg.MaxAttempts = 1 // its first failure is its last
 		_, err = op.PutSemaphore(ctx, "orders", cfg)
 		require.NoError(t, err)
 		job, err := op.Enqueue(ctx, "orders", map[string]any{"n": 1}, sdk.EnqueueOptions{Channel: "gpu"})
@@ -361,10 +362,15 @@ func testConsole(t *testing.T, inst *instance, screenshots bool) {
 		}, 10*time.Second, 20*time.Millisecond)
 
 		for i := range 3 {
-			_, err := op.Enqueue(ctx, "orders", map[string]any{"n": i}, sdk.EnqueueOptions{})
+			opts := sdk.EnqueueOptions{}
+			if i == 0 {
+				opts.Delay = 2 * time.Hour // shown with when it runs
+			}
+			_, err := op.Enqueue(ctx, "orders", map[string]any{"n": i}, opts)
 			require.NoError(t, err)
 		}
 		p.waitFor("3 scheduled jobs", `document.querySelectorAll("#jobs tr").length === 3`)
+		p.waitFor("the delayed job's time", `[...document.querySelectorAll("#jobs tr .run-at")].some((e) => e.textContent.startsWith("in 1h 59m") || e.textContent.startsWith("in 2h"))`)
 		p.confirm("#purge")
 		p.waitFor("no scheduled job", `document.querySelectorAll("#jobs tr").length === 0`)
 		page, err := op.ListJobs(ctx, "orders", sdk.ListJobsOptions{Status: sdk.JobScheduled})

@@ -48,6 +48,7 @@ type JobFrame struct {
 	CreatedAt  time.Time       `json:"createdAt"`
 	UpdatedAt  time.Time       `json:"updatedAt"`
 	FinishedAt *time.Time      `json:"finishedAt"` // null
+	RunAt      *time.Time      `json:"runAt"`      // null: a pushed job is inflight
 }
 
 // JobRef points at a related job.

@@ -17,7 +17,7 @@ export function jobsPanel(ctx: Ctx, semaphore: string): { el: HTMLElement; refre
     ctx.notify.ok(`${n} scheduled job${n === 1 ? "" : "s"} purged.`);
   }, { confirm: "Purge every scheduled job?", class: "warn" });
   purge.id = "purge";
-  const t = table(["Job", "Channel", "Status", "Attempts", "Route", "Error", "Updated", ""], "No job with this status.");
+  const t = table(["Job", "Channel", "Status", "Attempts", "Route", "Error", "Updated", "Runs", ""], "No job with this status.");
   t.body.id = "jobs";
   const more = h("p", { class: "hint" }, `Showing the first ${limit}.`);
   const list = new KeyedList<Job>(t.body, (j) => j.id, (first) => jobRow(ctx, first));
@@ -41,6 +41,7 @@ function jobRow(ctx: Ctx, first: Job): { el: HTMLElement; update(j: Job): void }
   const route = h("span");
   const error = h("span", { class: "error-text" });
   const updated = h("span");
+  const runAt = h("span", { class: "run-at" });
   const requeue = action(ctx, "Requeue", async () => {
     await ctx.client.requeueJob(first.id);
     ctx.notify.ok(`Job ${short(first.id)} requeued.`);
@@ -59,6 +60,7 @@ function jobRow(ctx: Ctx, first: Job): { el: HTMLElement; update(j: Job): void }
     td("Route", route),
     td("Error", error),
     td("Updated", updated),
+    td("Runs", runAt),
     td("", h("span", { class: "actions" }, requeue, cancel)),
   );
   return {
@@ -72,6 +74,9 @@ function jobRow(ctx: Ctx, first: Job): { el: HTMLElement; update(j: Job): void }
       text(error, j.error ?? "");
       error.title = j.error ?? "";
       text(updated, relTime(j.updatedAt));
+      // a scheduled job waiting for its time (a delay, or its retry backoff)
+      text(runAt, j.runAt ? relTime(j.runAt) : "");
+      runAt.title = j.runAt ?? "";
       show(requeue, finished.has(j.status));
       show(cancel, j.status === "scheduled" || j.status === "inflight");
     },

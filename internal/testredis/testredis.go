@@ -115,21 +115,29 @@ func start(dir string, extra ...string) (*Server, error) {
 			return nil, err
 		}
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	// A free port can be taken between FreePort and the server's bind (by
+	// another process, or for a cluster node its bus port, port+10000):
+	// such a start is tried again on another port.
+	for try := 1; ; try++ {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		s := &Server{dir: dir, port: port}
+		s.args = append([]string{
+			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--dir", dir, "--appendonly", "yes", "--appendfsync", "everysec",
+			"--save", "", "--protected-mode", "no", "--daemonize", "no",
+			"--logfile", filepath.Join(dir, "redis.log"),
+		}, extra...)
+		err = s.launch()
+		if err == nil {
+			return s, nil
+		}
+		if try >= 5 || !strings.Contains(err.Error(), "Address already in use") {
+			return nil, err
+		}
 	}
-	s := &Server{dir: dir, port: port}
-	s.args = append([]string{
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--dir", dir, "--appendonly", "yes", "--appendfsync", "everysec",
-		"--save", "", "--protected-mode", "no", "--daemonize", "no",
-		"--logfile", filepath.Join(dir, "redis.log"),
-	}, extra...)
-	if err := s.launch(); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 func (s *Server) launch() error {

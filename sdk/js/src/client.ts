@@ -6,6 +6,7 @@ import { ApiError, LeaseLostError } from "./errors.js";
 import {
   durationMs,
   durationString,
+  enqueueBody,
   type AcquireOptions,
   type BatchJob,
   type Duration,
@@ -76,6 +77,13 @@ export class Client {
     const body: Record<string, unknown> = { ...cfg };
     if (cfg.leaseTimeout !== undefined) body.leaseTimeout = durationString(cfg.leaseTimeout);
     if (cfg.rate) body.rate = { limit: cfg.rate.limit, period: durationString(cfg.rate.period) };
+    if (cfg.retry) {
+      const { backoff, maxBackoff } = cfg.retry;
+      body.retry = {
+        ...(backoff !== undefined && backoff !== null ? { backoff: durationString(backoff) } : {}),
+        ...(maxBackoff !== undefined && maxBackoff !== null ? { maxBackoff: durationString(maxBackoff) } : {}),
+      };
+    }
     if (cfg.retention) {
       const { done, failed } = cfg.retention;
       body.retention = {
@@ -174,13 +182,15 @@ export class Client {
   // ---- jobs (worker) ----
 
   async enqueue<P>(semaphore: string, payload: P, opts: EnqueueOptions = {}): Promise<Job<P>> {
-    const r = await this.request<{ job: Job<P> }>("POST", `/v1/semaphores/${seg(semaphore)}/jobs`, { ...opts, payload });
+    const r = await this.request<{ job: Job<P> }>("POST", `/v1/semaphores/${seg(semaphore)}/jobs`, { ...enqueueBody(opts), payload });
     return r.job;
   }
 
   /** enqueueBatch enqueues 1 to 1,000 jobs in one atomic call: all or none. */
   async enqueueBatch<P>(semaphore: string, jobs: BatchJob<P>[]): Promise<Job<P>[]> {
-    const r = await this.request<{ jobs: Job<P>[] }>("POST", `/v1/semaphores/${seg(semaphore)}/jobs`, { jobs });
+    const r = await this.request<{ jobs: Job<P>[] }>("POST", `/v1/semaphores/${seg(semaphore)}/jobs`, {
+      jobs: jobs.map(({ payload, ...opts }) => ({ ...enqueueBody(opts), payload })),
+    });
     return r.jobs;
   }
 

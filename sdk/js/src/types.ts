@@ -30,6 +30,12 @@ export interface Retention {
   failed: string;
 }
 
+/** The backoff between a job's failed attempts: the n-th retry waits a random time up to min(maxBackoff, backoff × 2^(n−1)). */
+export interface Retry {
+  backoff: string;
+  maxBackoff: string;
+}
+
 export interface SemaphoreConfig {
   maxValue: number;
   maxValueScope?: "total" | "channel";
@@ -42,6 +48,8 @@ export interface SemaphoreConfig {
   rate?: { limit: number; period: Duration } | null;
   /** Absent or null (also each field): the defaults, done "24h" and failed "7d" (days allowed: "7d"). */
   retention?: { done?: Duration; failed?: Duration } | null;
+  /** Absent or null (also each field): the defaults, backoff "1s" and maxBackoff "5m"; backoff "0s" retries at once. */
+  retry?: { backoff?: Duration; maxBackoff?: Duration } | null;
 }
 
 export interface ChannelState {
@@ -70,6 +78,7 @@ export interface Semaphore {
   mapping: unknown;
   rate: RateLimit | null;
   retention: Retention;
+  retry: Retry;
   suspended: boolean;
   createdAt: string;
   updatedAt: string;
@@ -100,6 +109,8 @@ export interface Job<P = unknown> {
   createdAt: string;
   updatedAt: string;
   finishedAt: string | null;
+  /** A scheduled job waiting for its time (a delay or runAt, or its retry backoff) queues then; null otherwise. */
+  runAt: string | null;
 }
 
 export interface Page<T> {
@@ -140,6 +151,18 @@ export interface AcquireOptions {
 export interface EnqueueOptions {
   channel?: string;
   idempotencyKey?: string;
+  /** Wait this long (up to 30 days) before the job queues. Not with runAt. */
+  delay?: Duration;
+  /** Queue the job at this time (at most 30 days ahead; a past one is now). Not with delay. */
+  runAt?: Date | string;
+}
+
+/** enqueueBody is the wire form of a job's options. */
+export function enqueueBody(opts: EnqueueOptions): Record<string, unknown> {
+  const b: Record<string, unknown> = { ...opts };
+  if (opts.delay !== undefined) b.delay = durationString(opts.delay);
+  if (opts.runAt !== undefined) b.runAt = opts.runAt instanceof Date ? opts.runAt.toISOString() : opts.runAt;
+  return b;
 }
 
 export interface BatchJob<P = unknown> extends EnqueueOptions {

@@ -13,7 +13,7 @@ import { ApiError, ConnectionLostError, LeaseLostError, SessionDisplacedError, W
 import { Jobs, subKey, type Handler, type SubscribeOptions, type Subscription } from "./jobs.js";
 import { Leases } from "./leases.js";
 import { dialLongPoll, dialSSE, dialWebSocket, type DialContext, type Frame, type Link, type LinkKind, type Transport, type WebSocketCtor } from "./links.js";
-import { durationMs, durationString, type AcquireOptions, type Duration, type EnqueueOptions, type Job, type Lease } from "./types.js";
+import { durationMs, durationString, enqueueBody, type AcquireOptions, type Duration, type EnqueueOptions, type Job, type Lease } from "./types.js";
 
 export type { Transport, LinkKind, WebSocketCtor } from "./links.js";
 export type { Handler, SubscribeOptions } from "./jobs.js";
@@ -205,7 +205,7 @@ export class Worker {
   }
 
   async enqueue<P>(semaphore: string, payload: P, opts: EnqueueOptions = {}): Promise<Job<P>> {
-    return (await this.call({ type: "enqueue", semaphore, payload, ...opts })).job as Job<P>;
+    return (await this.call({ type: "enqueue", semaphore, payload, ...enqueueBody(opts) })).job as Job<P>;
   }
 
   /**

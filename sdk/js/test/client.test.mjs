@@ -76,6 +76,21 @@ for (const store of stores()) {
       assert.equal((await admin.getSemaphore("wl")).state.inUse, 0);
     });
 
+    test("delayed jobs (delay, runAt) and the retry backoff", async () => {
+      const s = await admin.putSemaphore("later", { maxValue: 2, retry: { backoff: 250, maxBackoff: "10s" } });
+      assert.deepEqual(s.retry, { backoff: "250ms", maxBackoff: "10s" });
+      assert.deepEqual((await admin.putSemaphore("later", { maxValue: 2 })).retry, { backoff: "1s", maxBackoff: "5m0s" });
+      const a = await admin.enqueue("later", 1, { delay: "1h" });
+      assert.equal(a.status, "scheduled");
+      assert.ok(a.runAt, "runAt shown");
+      const b = await admin.enqueue("later", 2, { runAt: new Date(Date.now() + 3_600_000) });
+      assert.equal(b.status, "scheduled");
+      const [c, d] = await admin.enqueueBatch("later", [{ payload: 3, delay: 60_000 }, { payload: 4 }]);
+      assert.ok(c.runAt);
+      assert.equal(d.runAt, null);
+      await assert.rejects(admin.enqueue("later", 5, { delay: "1s", runAt: new Date() }), (e) => e instanceof ApiError && e.code === "invalid_request");
+    });
+
     test("jobs: enqueue, batch, list, cancel, requeue, purge", async () => {
       await admin.putSemaphore("jobs", { maxValue: 1, routes: [{ type: "websocket" }] });
       await admin.suspend("jobs"); // they stay scheduled
