@@ -355,7 +355,7 @@ func (w *wsConn) release(ctx context.Context, sess *hub.Session, out hub.Replier
 			if err := sess.AwaitDelivered(ctx, req.Job); err != nil {
 				return // the connection ended
 			}
-			j, err := w.srv.svc.ReleaseJob(ctx, w.tenant, req.Job)
+			j, err := w.srv.svc.ReleaseHeldJob(ctx, w.tenant, req.Job, sess.HeldLease(req.Job))
 			if err != nil {
 				w.fail(out, id, err)
 				return
@@ -385,7 +385,7 @@ func (w *wsConn) failJob(ctx context.Context, sess *hub.Session, out hub.Replier
 		if err := sess.AwaitDelivered(ctx, req.Job); err != nil {
 			return // the connection ended
 		}
-		j, err := w.srv.svc.FailJob(ctx, w.tenant, req.Job, req.Error, retry)
+		j, err := w.srv.svc.FailJob(ctx, w.tenant, req.Job, sess.HeldLease(req.Job), req.Error, retry)
 		if err != nil {
 			w.fail(out, id, err)
 			return

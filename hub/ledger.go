@@ -49,6 +49,13 @@ var closedChan = func() chan struct{} {
 	return c
 }()
 
+// isHeld reports whether the session acked the job (or got it back by a
+// resume) and has not released it.
+func (l *ledger) isHeld(jobID string) bool {
+	_, ok := l.held[jobID]
+	return ok
+}
+
 // load counts the jobs pending or held on a subscription.
 func (l *ledger) load(k subKey) int {
 	n := 0
@@ -163,6 +170,14 @@ func (l *ledger) heldLeases() map[string]string {
 		out[id] = h.lease
 	}
 	return out
+}
+
+// heldLease is the lease of a held job ("" when not held or unknown).
+func (l *ledger) heldLease(jobID string) string {
+	if h, ok := l.held[jobID]; ok {
+		return h.lease
+	}
+	return ""
 }
 
 // setLease records the lease a held job holds now.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -264,6 +265,12 @@ func (h *Hub) endSession(s *Session, normal bool) {
 			}
 			return
 		}
+		// Only the jobs the worker acked are its to give up (onSessionLost):
+		// a push it never acked fails, and its job goes back to its queue
+		// without counting the attempt (Push).
+		s.mu.Lock()
+		sess.Jobs = slices.DeleteFunc(sess.Jobs, func(id string) bool { return !s.jobs.isHeld(id) })
+		s.mu.Unlock()
 		if s.proto.End != nil {
 			s.proto.End(ctx, sess)
 		}
@@ -449,6 +456,17 @@ func (s *Session) AwaitDelivered(ctx context.Context, jobID string) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
+}
+
+// HeldLease returns the lease under which the session holds a job it
+// acked ("" when it does not hold it, or got it back by a resume and does
+// not know it): a release or fail of the job over the session must be
+// under that lease, so that a worker whose delivery ended never ends
+// another worker's later one.
+func (s *Session) HeldLease(jobID string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.jobs.heldLease(jobID)
 }
 
 // JobReleased forgets a job released over the session, freeing room for

@@ -219,15 +219,26 @@ func (s *Service) ReleaseJob(ctx context.Context, tenant, id string) (store.Job,
 	return s.transitionJob(ctx, tenant, id, store.ActRelease)
 }
 
+// ReleaseHeldJob is ReleaseJob of a worker that holds the job under lease
+// ("": not known): a job that moved on to another lease is
+// store.ErrStaleLease, and nothing changes.
+func (s *Service) ReleaseHeldJob(ctx context.Context, tenant, id, lease string) (store.Job, error) {
+	if _, ok := store.ParseJobID(id); !ok {
+		return store.Job{}, store.ErrJobNotFound
+	}
+	return s.store.TransitionJob(ctx, store.TransitionParams{Tenant: tenant, JobID: id, Action: store.ActRelease, LeaseID: lease})
+}
+
 // MaxFailError bounds the message a worker's fail keeps on its job (bytes;
 // a longer one is cut at a character boundary).
 const MaxFailError = 1024
 
-// FailJob ends a worker's attempt at an inflight job now (the fail frame):
+// FailJob ends a worker's attempt at an inflight job now (the fail frame),
+// under the lease it holds the job by ("": not known):
 // its permit frees, msg (cut to MaxFailError) is kept on the job, and the
 // job is scheduled again while attempts remain, else it ends in error;
 // with retry false it ends in error at once.
-func (s *Service) FailJob(ctx context.Context, tenant, id, msg string, retry bool) (store.Job, error) {
+func (s *Service) FailJob(ctx context.Context, tenant, id, lease, msg string, retry bool) (store.Job, error) {
 	if _, ok := store.ParseJobID(id); !ok {
 		return store.Job{}, store.ErrJobNotFound
 	}
@@ -238,7 +249,7 @@ func (s *Service) FailJob(ctx context.Context, tenant, id, msg string, retry boo
 	if msg == "" {
 		msg = "failed by the worker"
 	}
-	return s.store.TransitionJob(ctx, store.TransitionParams{Tenant: tenant, JobID: id, Action: act, Error: cutUTF8(msg, MaxFailError)})
+	return s.store.TransitionJob(ctx, store.TransitionParams{Tenant: tenant, JobID: id, Action: act, LeaseID: lease, Error: cutUTF8(msg, MaxFailError)})
 }
 
 // cutUTF8 returns at most n bytes of s, not splitting a character.

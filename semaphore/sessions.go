@@ -100,6 +100,11 @@ func (s *Service) jobSessionLost(ctx context.Context, sess store.Session, id str
 	if j.Status != store.JobInflight || j.Lease == nil || (j.Route != "" && j.Route != routing.TypeWebsocket) {
 		return nil
 	}
+	// Only while its lease is still bound to this session: a job pushed
+	// to another worker since holds that worker's permit.
+	if j.Worker == nil || j.Worker.Session != sess.ID {
+		return nil
+	}
 	if !sess.LostAt.IsZero() && j.Lease.AcquiredAt.After(sess.LostAt) {
 		return nil
 	}
