@@ -163,3 +163,61 @@ func BenchmarkEnqueueDispatchRelease(b *testing.B) {
 		b.ReportMetric(pct(0.99), "dispatch-p99-ms")
 	}
 }
+
+// BenchmarkDelayedLateness: how late due delayed jobs are dispatched after
+// their runAt, pushed by the store's timer with nothing else calling it.
+// Each op enqueues 200 jobs with delays spread over 50–500 ms into one
+// semaphore with room for all, and waits for them; it reports the median
+// and p99 lateness (dispatch event received minus runAt, both this
+// machine's clock, which Redis shares here).
+//
+//	go test -run '^$' -bench BenchmarkDelayedLateness -benchtime 3x ./store/redis/
+func BenchmarkDelayedLateness(b *testing.B) {
+	const jobs = 200
+	s := newStoreOn(b, testredis.Client(b), testredis.Prefix(b))
+	ctx := context.Background()
+	_, _, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: testTenant, Name: "late",
+		Config: store.SemaphoreConfig{MaxValue: 1_000_000, MaxValueScope: store.ScopeTotal, LeaseTimeout: time.Minute, MaxAttempts: 1, Retention: store.Retention{}}})
+	require.NoError(b, err)
+	var mu sync.Mutex
+	var late []time.Duration
+	got := make(chan struct{}, jobs)
+	s.SetJobListener(func(ev store.JobEvents) {
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, j := range ev.Dispatched {
+			if at, ok := runAts.Load(j.ID); ok {
+				late = append(late, now.Sub(at.(time.Time)))
+				got <- struct{}{}
+			}
+		}
+	})
+	b.Cleanup(func() { s.SetJobListener(nil) })
+	for b.Loop() {
+		items := make([]store.EnqueueItem, jobs)
+		for i := range items {
+			items[i] = store.EnqueueItem{Payload: []byte(`1`), Delay: time.Duration(50+i*450/jobs) * time.Millisecond}
+		}
+		res, err := s.EnqueueJobs(ctx, store.EnqueueBatchParams{Tenant: testTenant, Semaphore: "late", Jobs: items})
+		require.NoError(b, err)
+		for _, r := range res {
+			runAts.Store(r.Job.ID, r.Job.RunAt)
+		}
+		for range jobs {
+			select {
+			case <-got:
+			case <-time.After(10 * time.Second):
+				b.Fatal("the delayed jobs were not dispatched")
+			}
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(late)
+	b.ReportMetric(float64(late[len(late)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(late[len(late)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// runAts maps the job ids of BenchmarkDelayedLateness to their runAt.
+var runAts sync.Map
