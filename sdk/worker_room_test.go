@@ -180,3 +180,24 @@ func TestWorker_DelayedJob(t *testing.T) {
 	require.Equal(t, sdk.JobScheduled, j.Status)
 	require.WithinDuration(t, time.Now().Add(time.Hour), j.RunAt, 5*time.Second)
 }
+
+func TestWorker_OneSessionSlowJobsNeverStall(t *testing.T) {
+	t.Parallel()
+	srv, c := setup(t)
+	ctx := t.Context()
+	// The third scenario: one session of prefetch 1, leaseTimeout
+	// 1s, 300 ms of work per job. Each lease runs from its push, so no
+	// release is refused and the session never stalls.
+	_, err := c.PutSemaphore(ctx, "one", sdk.SemaphoreConfig{MaxValue: 5, LeaseTimeout: time.Second, MaxAttempts: 3})
+	require.NoError(t, err)
+	w, _ := newWorker(t, srv.URL)
+	log := newJobLog()
+	require.NoError(t, w.Subscribe(ctx, "one", "", 1, log.handler(300*time.Millisecond)))
+	ids := enqueueN(t, c, "one", 0, 8)
+	log.wait(t, len(ids))
+	waitStatus(t, c, ids, sdk.JobDone)
+	for _, id := range ids {
+		jobIs(t, c, id, sdk.JobDone, 1)
+	}
+	require.Equal(t, 1, log.peak)
+}
