@@ -43,6 +43,10 @@ func TestConformanceJobsRapid(t *testing.T) {
 	storetest.RunJobsRapid(t, newStore)
 }
 
+func TestConformanceWorkersRapid(t *testing.T) {
+	storetest.RunWorkersRapid(t, newStore)
+}
+
 func TestConformanceRateRapid(t *testing.T) {
 	storetest.RunRateRapid(t, newStore)
 }

@@ -72,6 +72,10 @@ func TestConformanceJobsRapid(t *testing.T) {
 	storetest.RunJobsRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
 }
 
+func TestConformanceWorkersRapid(t *testing.T) {
+	storetest.RunWorkersRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
+}
+
 func TestConformanceRateRapid(t *testing.T) {
 	storetest.RunRateRapid(t, func(t *testing.T) store.Store { return newTestStore(t) })
 }

@@ -73,6 +73,7 @@ func RunJobsRapid(t *testing.T, newStore func(t *testing.T) store.Store) {
 // modelJob is a job as the model knows it.
 type modelJob struct {
 	id       string
+	delayed  bool // scheduled with a delay (an hour: it never comes due in a check)
 	channel  string
 	status   store.JobStatus
 	attempts int
@@ -174,8 +175,12 @@ func (m *jobModel) push(j *modelJob, front bool) {
 	}
 }
 
-// unqueue removes a scheduled job from its queue.
+// unqueue removes a scheduled job from its queue (or from the delayed).
 func (m *jobModel) unqueue(j *modelJob) {
+	if j.delayed {
+		j.delayed = false
+		return
+	}
 	q := m.queues[j.channel]
 	i := slices.Index(q, j.id)
 	m.queues[j.channel] = slices.Delete(q, i, i+1)
@@ -232,8 +237,12 @@ func (m *jobModel) enqueue(rt *rapid.T) {
 	ch := rapid.SampledFrom(rapidJobChannels).Draw(rt, "channel")
 	key := rapid.SampledFrom([]string{"", "", "k1", "k2"}).Draw(rt, "key")
 	limit := rapid.SampledFrom([]int64{0, 3}).Draw(rt, "maxQueued")
+	var delay time.Duration
+	if rapid.IntRange(0, 4).Draw(rt, "delayed") == 0 {
+		delay = time.Hour
+	}
 	got, created, err := m.st.EnqueueJob(m.ctx, store.EnqueueParams{
-		Tenant: m.tenant, Semaphore: m.name, Channel: ch, Payload: []byte(`{}`), IdempotencyKey: key, MaxQueued: limit,
+		Tenant: m.tenant, Semaphore: m.name, Channel: ch, Payload: []byte(`{}`), IdempotencyKey: key, MaxQueued: limit, Delay: delay,
 	})
 	if id, ok := m.keys[key]; ok && key != "" {
 		require.NoError(rt, err)
@@ -243,7 +252,7 @@ func (m *jobModel) enqueue(rt *rapid.T) {
 		m.requireJob(rt, got)
 		return
 	}
-	var queued int64
+	queued := m.delayedCount("")
 	for _, q := range m.queues {
 		queued += int64(len(q))
 	}
@@ -260,9 +269,25 @@ func (m *jobModel) enqueue(rt *rapid.T) {
 	if key != "" {
 		m.keys[key] = j.id
 	}
-	m.push(j, false)
+	if delay > 0 {
+		j.status, j.delayed = store.JobScheduled, true
+		require.False(rt, got.RunAt.IsZero(), "a delayed job shows its runAt")
+	} else {
+		m.push(j, false)
+	}
 	m.settle(rt)
 	m.requireJob(rt, got)
+}
+
+// delayedCount is the number of delayed jobs of channel ch ("" = all).
+func (m *jobModel) delayedCount(ch string) int64 {
+	var n int64
+	for _, j := range m.jobs {
+		if j.delayed && (ch == "" || j.channel == ch) {
+			n++
+		}
+	}
+	return n
 }
 
 // pickJob draws a known job, or nil.
@@ -288,8 +313,8 @@ func (m *jobModel) transition(rt *rapid.T) {
 		return
 	}
 	action := rapid.SampledFrom([]store.JobAction{
-		store.ActRelease, store.ActFail, store.ActRetry, store.ActCancel, store.ActRequeue,
-		store.ActDelivered, store.ActSuspend, store.ActHandOff,
+		store.ActRelease, store.ActFail, store.ActFailRetry, store.ActRetry, store.ActCancel, store.ActRequeue,
+		store.ActDelivered, store.ActSuspend, store.ActReturn, store.ActHandOff,
 	}).Draw(rt, "action")
 	p := store.TransitionParams{Tenant: m.tenant, JobID: j.id, Action: action, Error: "e", Route: "https"}
 	if action == store.ActHandOff {
@@ -338,12 +363,18 @@ func (m *jobModel) transition(rt *rapid.T) {
 		finish(store.JobDone)
 	case store.ActFail:
 		finish(store.JobError)
-	case store.ActRetry:
-		if j.attempts < m.maxAttempts {
+	case store.ActRetry, store.ActFailRetry: // no retry backoff here: at once
+		switch {
+		case j.attempts < m.maxAttempts:
 			m.push(j, false)
-		} else {
+		case action == store.ActRetry:
 			finish(store.JobTimeout)
+		default:
+			finish(store.JobError)
 		}
+	case store.ActReturn:
+		j.attempts = max(j.attempts-1, 0)
+		m.push(j, true)
 	case store.ActCancel:
 		if j.status == store.JobScheduled {
 			m.unqueue(j)
@@ -485,6 +516,7 @@ func (m *jobModel) check(rt *rapid.T) {
 				use++
 			}
 		}
+		q += m.delayedCount(ch)
 		cs := st.Channels[ch]
 		require.Equal(rt, q, cs.Queued, "queued on %s", ch)
 		require.Equal(rt, in, cs.Inflight, "inflight on %s", ch)
