@@ -217,6 +217,9 @@ func BenchmarkDelayedLateness(b *testing.B) {
 	slices.Sort(late)
 	b.ReportMetric(float64(late[len(late)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(late[len(late)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(late[len(late)*9/10].Microseconds())/1000, "p90-ms")
+	b.ReportMetric(float64(late[len(late)-1].Microseconds())/1000, "max-ms")
+	b.ReportMetric(float64(late[0].Microseconds())/1000, "min-ms")
 }
 
 // runAts maps the job ids of BenchmarkDelayedLateness to their runAt.
