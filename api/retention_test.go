@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Retention (SPEC §4 retention, §2.10) and purges by channel (§3): the
+// Retention (README, "Semaphore configuration") and purges by channel: the
 // config, its validation and JSON shape; terminal jobs gone once their
 // retention passed (the memory store's fake clock); the channel filter of
 // DELETE /v1/semaphores/{name}/jobs.

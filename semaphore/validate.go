@@ -346,7 +346,7 @@ func parseRetention(raw json.RawMessage) (store.Retention, error) {
 	return r, nil
 }
 
-// Retry backoff bounds and defaults (SPEC §4 retry).
+// Retry backoff bounds and defaults (api/openapi.yaml, Retry).
 const (
 	DefaultRetryBackoff    = time.Second
 	DefaultRetryMaxBackoff = 5 * time.Minute

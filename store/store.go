@@ -92,7 +92,7 @@ type SemaphoreConfig struct {
 	// scheduled, for RetryPolicy.Delay, before it queues again. nil: it
 	// queues again at once.
 	Retry *RetryPolicy
-	// Retention: how long terminal jobs stay (SPEC §4, §2.10), whole
+	// Retention: how long terminal jobs stay (README guarantee 8), whole
 	// milliseconds up to MaxRetention. Zero durations delete at once.
 	Retention Retention
 	Extra     []byte // opaque JSON (routes, mapping), stored verbatim
@@ -163,7 +163,7 @@ func (r Retention) Of(s JobStatus) time.Duration {
 	return r.Done
 }
 
-// Retention defaults (SPEC §4) and bound: the service layer fills the
+// Retention defaults (README, "Semaphore configuration") and bound: the service layer fills the
 // defaults; a store reads them for a semaphore stored without a retention
 // (by an earlier release).
 const (
@@ -172,7 +172,7 @@ const (
 	MaxRetention           = 30 * 24 * time.Hour
 )
 
-// DefaultRetention is the retention of SPEC §4's defaults.
+// DefaultRetention is the default retention (api/openapi.yaml, Retention).
 var DefaultRetention = Retention{Done: DefaultRetentionDone, Failed: DefaultRetentionFailed}
 
 // RateLimit: at most Limit weight units granted in any sliding window of

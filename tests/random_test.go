@@ -1,7 +1,7 @@
 package tests
 
-// A randomized test of dispatch by room (issue 20; SPEC §2 guarantees 1,
-// 3, 4 and 9, §5 websocket route, §6 fail frame): websocket workers with
+// A randomized test of dispatch by room (README "Guarantees" 1, 3, 6 and
+// 9, "Websocket workers", the fail frame in api/openapi.yaml): websocket workers with
 // random prefetch, random handler durations, random failures (the fail
 // frame, sdk.NoRetry) and random disconnects (Close and reopen, connections
 // cut by a proxy, a proxy that goes deaf so pushes never reach the worker,

@@ -16,7 +16,7 @@ const nSteadyMem = "Redis used_memory under steady load, retention.done 2s: grow
 // steadyRetention is the retention of the steady-load scenario.
 const steadyRetention = 2 * time.Second
 
-// steadyMemory checks bounded storage (SPEC §2.10): jobs go through the
+// steadyMemory checks bounded storage (README guarantee 8): jobs go through the
 // webhook funnel at a fixed rate (cfg.steadyRate jobs/s, enqueued one per
 // request) for cfg.steadyFor on a semaphore with retention.done 2s, so
 // about rate × 2 s done jobs are kept at any time and every later one is
