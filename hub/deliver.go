@@ -58,7 +58,8 @@ type deliverBody struct {
 }
 
 // replyBody answers a deliver. Reason of a nack: "full" (the session holds
-// its prefetch), "gone" (not connected there), "timeout" (no ack).
+// its prefetch), "gone" (not connected there), "unsubscribed" (a bound
+// job's subscription ended meanwhile), "timeout" (no ack).
 type replyBody struct {
 	Request string `json:"request"`
 	Reason  string `json:"reason,omitempty"`
@@ -133,14 +134,19 @@ func (h *Hub) Push(ctx context.Context, job store.Job, payload json.RawMessage) 
 		tenant: job.Tenant, semaphore: job.Semaphore, channel: w.Channel,
 		job: job.ID, lease: job.Lease.ID, frame: frame, placed: turn.leave, stalled: turn.pause, bound: true,
 	}
-	node := w.Node
+	// lose: the session is not where the store says (ended or moved
+	// before its store record caught up, or its node is silent): mark it
+	// lost, so that it offers no room until it resumes. A session that
+	// closes itself (no ack) is marked lost by its own end.
+	node, lose := w.Node, false
 	if s := h.session(w.Session); s != nil && s.tenant == job.Tenant {
 		node = h.node
 		err = h.offerLocal(ctx, w.Session, o)
 	} else if node == "" || node == h.node {
-		err = errGone
+		err, lose = errGone, node != ""
 	} else {
 		err = h.offerRemote(ctx, node, w.Session, o)
+		lose = errors.Is(err, errGone) || errors.Is(err, errNodeSilent)
 	}
 	if err == nil {
 		return nil
@@ -148,9 +154,8 @@ func (h *Hub) Push(ctx context.Context, job store.Job, payload json.RawMessage) 
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
-	// Not pushed: no room is offered by the session from now on (a
-	// session connected elsewhere meanwhile is left as it is).
-	if node != "" {
+	// (a session connected elsewhere meanwhile is left as it is)
+	if lose {
 		lctx, cancel := cleanupCtx()
 		defer cancel()
 		if lerr := h.store.LoseSession(lctx, store.SessionParams{Tenant: job.Tenant, Session: w.Session, Node: node}, h.cfg.Grace); lerr != nil && !errors.Is(lerr, store.ErrSessionNotFound) {
@@ -296,7 +301,7 @@ func (h *Hub) offerRemote(ctx context.Context, node, sessionID string, o offer) 
 			}
 			return r.err
 		case <-t.C:
-			return fmt.Errorf("node %s did not answer: %w", node, errNoAck)
+			return fmt.Errorf("node %s: %w", node, errNodeSilent)
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
@@ -329,6 +334,8 @@ func (h *Hub) onMessage(m store.NodeMessage) {
 				r.err = errFull
 			case "gone":
 				r.err = errGone
+			case "unsubscribed":
+				r.err = errNotSubscribed
 			default:
 				r.err = errNoAck
 			}
@@ -394,6 +401,8 @@ func (h *Hub) answerDeliver(from string, b deliverBody) {
 		typ, reply.Reason = msgNack, "full"
 	case errors.Is(err, errGone):
 		typ, reply.Reason = msgNack, "gone"
+	case errors.Is(err, errNotSubscribed):
+		typ, reply.Reason = msgNack, "unsubscribed"
 	default:
 		typ, reply.Reason = msgNack, "timeout"
 	}

@@ -543,6 +543,11 @@ func (s *Session) params() store.SessionParams {
 var (
 	errGone  = errors.New("session not connected here")
 	errNoAck = errors.New("no ack in time")
+	// errNotSubscribed: the session unsubscribed while a job bound to
+	// that subscription was on its way (it is returned to its queue).
+	errNotSubscribed = errors.New("session no longer subscribed")
+	// errNodeSilent: the node holding the session did not answer.
+	errNodeSilent = errors.New("node did not answer")
 )
 
 // reserve counts a job about to be pushed against the session's prefetch
@@ -559,6 +564,9 @@ func (s *Session) reserve(semaphore, channel, jobID, lease string, bound bool) (
 	if !ok {
 		k = subKey{semaphore, ""}
 		if sub, ok = s.subs[k]; !ok {
+			if bound {
+				return nil, store.Subscription{}, errNotSubscribed
+			}
 			return nil, store.Subscription{}, errGone
 		}
 	}
