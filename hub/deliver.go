@@ -139,7 +139,7 @@ func (h *Hub) Push(ctx context.Context, job store.Job, payload json.RawMessage) 
 	// lost, so that it offers no room until it resumes. A session that
 	// closes itself (no ack) is marked lost by its own end.
 	node, lose := w.Node, false
-	if s := h.session(w.Session); s != nil && s.tenant == job.Tenant {
+	if s := h.pushSession(w.Session); s != nil && s.tenant == job.Tenant {
 		node = h.node
 		err = h.offerLocal(ctx, w.Session, o)
 	} else if node == "" || node == h.node {
@@ -165,6 +165,18 @@ func (h *Hub) Push(ctx context.Context, job store.Job, payload json.RawMessage) 
 	return fmt.Errorf("%w: session %s: %w", ErrNotPushed, w.Session, err)
 }
 
+// pushSession is the local session a job is pushed to. One not found may
+// be moving here (a resume: the store dispatches to it before this node
+// has mapped it): the lookup is made again once moves are done.
+func (h *Hub) pushSession(id string) *Session {
+	if s := h.session(id); s != nil {
+		return s
+	}
+	h.moving.Lock()
+	h.moving.Unlock() // a barrier: waits for a move in progress
+	return h.session(id)
+}
+
 // offer is one job offered to a session.
 type offer struct {
 	tenant, semaphore, channel string
@@ -186,7 +198,7 @@ type offer struct {
 // offerLocal pushes the job to a session of this node and waits for its
 // ack (AckTimeout). On ack the job is bound to the session in the store.
 func (h *Hub) offerLocal(ctx context.Context, sessionID string, o offer) error {
-	s := h.session(sessionID)
+	s := h.pushSession(sessionID)
 	if s == nil || s.tenant != o.tenant {
 		return errGone
 	}

@@ -401,13 +401,26 @@ func (s *Session) LeaseReleased(leaseID string) {
 
 // Subscribe adds or replaces a subscription (Prefetch ≥ 1).
 func (s *Session) Subscribe(ctx context.Context, sub store.Subscription) error {
+	// Recorded here first: the store dispatches to the subscription in the
+	// same operation that records it, and those pushes must find it.
+	k := subKey{sub.Semaphore, sub.Channel}
+	s.mu.Lock()
+	prev, had := s.subs[k]
+	s.subs[k] = sub
+	s.mu.Unlock()
 	if err := s.hub.store.Subscribe(ctx, store.SubscribeParams{
 		Tenant: s.tenant, Session: s.ID(), Node: s.hub.node, Subscription: sub,
 	}); err != nil {
+		s.mu.Lock()
+		if had {
+			s.subs[k] = prev
+		} else {
+			delete(s.subs, k)
+		}
+		s.mu.Unlock()
 		return err
 	}
 	s.mu.Lock()
-	s.subs[subKey{sub.Semaphore, sub.Channel}] = sub
 	s.sems[sub.Semaphore] = true
 	s.mu.Unlock()
 	s.hub.freed()
