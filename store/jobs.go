@@ -250,19 +250,23 @@ type JobEvents struct {
 	Finished []Job
 }
 
-// JobStore is the async half of the storage contract (SPEC §1 jobs, §2
-// guarantees 3 and 4). Every operation that frees or adds a permit or a job
-// (Release, Sweep, PutSemaphore, SetSuspended(false), EnqueueJob,
-// TransitionJob) also dispatches, in the same atomic operation, up to
-// DefaultDispatchBatch scheduled jobs that now fit, and reports them in
-// JobEvents.Dispatched. Dispatch order: channels with scheduled jobs served
-// round-robin (a cursor per semaphore), FIFO within a channel; a job takes a
-// permit of weight 1 and a lease of the semaphore's leaseTimeout; nothing is
-// dispatched while the semaphore is suspended or while sync waiters queue in
-// the job's capacity domain (live callers first).
+// JobStore is the async half of the storage contract (README "Async jobs"
+// and "Guarantees"). Every operation that frees or adds a permit, room or a
+// job (Release, Sweep, PutSemaphore, SetSuspended(false), EnqueueJob,
+// TransitionJob, Subscribe, ResumeSession) also dispatches, in the same
+// atomic operation, up to DefaultDispatchBatch scheduled jobs that now fit,
+// and reports them in JobEvents.Dispatched. Dispatch order: channels with
+// scheduled jobs served round-robin (a cursor per semaphore), FIFO within a
+// channel; a job takes a permit of weight 1 and a lease of the semaphore's
+// leaseTimeout; nothing is dispatched while the semaphore is suspended or
+// while sync waiters queue in the job's capacity domain (live callers
+// first); with a worker route, only to a session with room (WorkerRoute).
+// A delayed job (EnqueueParams.Delay, a retry backoff) joins its queue at
+// its RunAt, by a timer of the store.
 //
-// A job's lease expiring counts as an attempt: the job goes back to the end
-// of its queue while Attempts < maxAttempts, else ends in timeout. A job in a
+// A job's lease expiring counts as an attempt: the job is scheduled again
+// (after its RetryPolicy backoff) while Attempts < maxAttempts, else ends in
+// timeout. A job in a
 // terminal state holds no permit. Terminal jobs are kept for the
 // semaphore's Retention of their status, then forgotten (see Retention).
 // DeleteSemaphore deletes its jobs.
