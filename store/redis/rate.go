@@ -33,12 +33,15 @@ type rateTimer struct {
 // gets the next delay (at least 1 ms) in its reply.
 const rateSlack = 0
 
-// rateTimer arranges a dispatch call for the semaphore after d, keeping
-// the earliest pending one.
-func (s *Store) rateTimer(tenant, name string, d time.Duration) {
+// rateTimer arranges a dispatch call for the semaphore d after from (when
+// the call whose reply gave d was sent: the script ran after it, so the
+// timer is never later than Redis' instant, however long the reply took to
+// arrive and be read), keeping the earliest pending one.
+func (s *Store) rateTimer(tenant, name string, from time.Time, d time.Duration) {
 	rt := &s.rate
 	key := semMember(tenant, name)
-	at := time.Now().Add(d + rateSlack)
+	at := from.Add(d + rateSlack)
+	d = time.Until(at)
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	if rt.closed {
@@ -51,7 +54,7 @@ func (s *Store) rateTimer(tenant, name string, d time.Duration) {
 		old.timer.Stop()
 	}
 	t := &rateTimer{at: at}
-	t.timer = time.AfterFunc(d+rateSlack, func() { s.rateFire(tenant, name, key, t) })
+	t.timer = time.AfterFunc(d, func() { s.rateFire(tenant, name, key, t) })
 	if rt.timers == nil {
 		rt.timers = map[string]*rateTimer{}
 	}

@@ -216,6 +216,7 @@ func (s *Store) run(ctx context.Context, fn string, tenant, name string, args ..
 
 // runEv is run, also returning the events.
 func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args ...any) ([]any, store.JobEvents, error) {
+	sent := time.Now()
 	res, err := s.runSem(ctx, fn, tenant, name, args...).Slice()
 	if err != nil {
 		return nil, store.JobEvents{}, translate(err, nil)
@@ -224,7 +225,7 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 		return nil, store.JobEvents{}, fmt.Errorf("redisstore: short script reply (%d elements)", len(res))
 	}
 	if in, _ := res[len(res)-4].(int64); in > 0 {
-		s.rateTimer(tenant, name, time.Duration(in)*time.Millisecond)
+		s.rateTimer(tenant, name, sent, time.Duration(in)*time.Millisecond)
 	}
 	due, _ := res[len(res)-3].(int64)
 	s.indexDue(ctx, tenant, name, due)

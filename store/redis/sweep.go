@@ -152,6 +152,7 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 		})
 		return err
 	}
+	sent := time.Now() // before the pipeline: see rateTimer
 	err := run(nil)
 	if err != nil {
 		retry := false
@@ -181,7 +182,7 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 		s.emit(it.tenant, it.name, res[5])
 		expired += int(res[1].(int64))
 		if in, _ := res[3].(int64); in > 0 {
-			s.rateTimer(it.tenant, it.name, time.Duration(in)*time.Millisecond)
+			s.rateTimer(it.tenant, it.name, sent, time.Duration(in)*time.Millisecond)
 		}
 		if res[2].(int64) == 1 {
 			if err := s.unindex(ctx, it.tenant, it.name, false); err != nil && firstErr == nil {
