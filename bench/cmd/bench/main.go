@@ -189,7 +189,7 @@ func main() {
 	flag.DurationVar(&cfg.round, "round", 2*time.Second, "length of one throughput round")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "warm-up before the rounds")
 	flag.IntVar(&cfg.clients, "clients", 64, "concurrent clients")
-	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|batch funnel|sync websocket|websocket|transports|rate|memory per queued job|memory under steady load>"`)
+	flag.StringVar(&only, "only", "", `run only the sections matching this regexp: "raw limit", "peer", "peer asynq", "bare net/http", "semaphored (<redis|memory> store) <uncontended|contended|hand-off|funnel|release-on-success funnel|batch funnel|sync websocket|websocket|transports|rate|memory per queued job|memory under steady load>"`)
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (logs, binary, redis data)")
 	flag.IntVar(&cfg.handoffN, "handoff-samples", 100, "hand-off samples per round")
 	flag.BoolVar(&cfg.cmdstats, "cmdstats", false, "log Redis INFO commandstats (reset per section) to stderr after each section")
@@ -502,6 +502,11 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 			b.add(row{group: g, name: nFunnel, unit: "jobs/s", note: label(err)})
 		}
 	}
+	if b.want(g + " release-on-success funnel") {
+		if err := b.autoFunnel(g, e, onRedis); err != nil {
+			b.add(row{group: g, name: nFunnelAuto, unit: "jobs/s", note: label(err)})
+		}
+	}
 	if b.want(g + " batch funnel") {
 		if err := b.funnel(g, e, onRedis, 100); err != nil {
 			b.add(row{group: g, name: nFunnelBatch, unit: "jobs/s", note: label(err)})
@@ -603,6 +608,45 @@ func (b *bench) funnel(g string, e *sdEnv, cmds bool, batch int) error {
 	b.add(r)
 	if cmds {
 		b.add(cr)
+		b.add(ur)
+	}
+	return nil
+}
+
+// autoFunnel measures the webhook funnel whose route has releaseOnSuccess:
+// the 2xx ends the job, with no release call.
+func (b *bench) autoFunnel(g string, e *sdEnv, cmds bool) error {
+	logf("%s: async funnel over webhook, releaseOnSuccess", g)
+	f, err := newAutoFunnel(b.ctx, e, "funnelauto", 100)
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	rate, err := f.round(b.ctx, 1000, b.cfg.clients) // warm-up
+	if err != nil {
+		return err
+	}
+	n := b.sizeRound(rate)
+	r := row{group: g, name: nFunnelAuto, unit: "jobs/s",
+		note: fmt.Sprintf("maxValue 100, 100-byte payload, %d jobs/round, %d enqueuers", n, b.cfg.clients)}
+	ur := row{group: g, name: "async funnel, releaseOnSuccess: Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs"}
+	for range b.cfg.rounds {
+		var cpu0 float64
+		if cmds {
+			cpu0, _ = redisCPU(b.ctx, b.rc)
+		}
+		v, err := f.round(b.ctx, n, b.cfg.clients)
+		if err != nil {
+			return err
+		}
+		r.vals = append(r.vals, v)
+		if cmds {
+			cpu1, _ := redisCPU(b.ctx, b.rc)
+			ur.vals = append(ur.vals, (cpu1-cpu0)*1e6/float64(n))
+		}
+	}
+	b.add(r)
+	if cmds {
 		b.add(ur)
 	}
 	return nil

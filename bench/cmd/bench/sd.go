@@ -199,6 +199,9 @@ type funnel struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	batch    int // jobs per enqueue request (0, 1: one job, no batch)
+	// autoRelease: the route has releaseOnSuccess, so the 2xx ends the job
+	// and the hook counts it (no releasers)
+	autoRelease bool
 }
 
 // batchEnqueuers send the batches of a batch funnel: a few producers with
@@ -209,17 +212,27 @@ func newFunnel(ctx context.Context, e *sdEnv, sem string, maxValue int64, releas
 	return newFunnelConfig(ctx, e, sem, sdk.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: time.Minute}, releasers)
 }
 
+// newAutoFunnel is newFunnel with a releaseOnSuccess route: a job is done
+// when the webhook answers 2xx.
+func newAutoFunnel(ctx context.Context, e *sdEnv, sem string, maxValue int64) (*funnel, error) {
+	return newFunnelRoute(ctx, e, sem, sdk.SemaphoreConfig{MaxValue: maxValue, LeaseTimeout: time.Minute}, 0, true)
+}
+
 // newFunnelConfig is newFunnel on a semaphore with cfg, its routes set to
 // the funnel's webhook.
 func newFunnelConfig(ctx context.Context, e *sdEnv, sem string, cfg sdk.SemaphoreConfig, releasers int) (*funnel, error) {
+	return newFunnelRoute(ctx, e, sem, cfg, releasers, false)
+}
+
+func newFunnelRoute(ctx context.Context, e *sdEnv, sem string, cfg sdk.SemaphoreConfig, releasers int, autoRelease bool) (*funnel, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	f := &funnel{e: e, sem: sem, ids: make(chan string, 1<<20), url: "http://" + ln.Addr().String() + "/hook"}
+	f := &funnel{e: e, sem: sem, ids: make(chan string, 1<<20), url: "http://" + ln.Addr().String() + "/hook", autoRelease: autoRelease}
 	f.srv = &http.Server{Handler: http.HandlerFunc(f.hook), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = f.srv.Serve(ln) }()
-	cfg.Routes, _ = json.Marshal([]map[string]any{{"type": "https", "url": f.url, "timeout": "10s", "attempts": 3}})
+	cfg.Routes, _ = json.Marshal([]map[string]any{{"type": "https", "url": f.url, "timeout": "10s", "attempts": 3, "releaseOnSuccess": autoRelease}})
 	if err := e.put(ctx, sem, cfg); err != nil {
 		_ = f.srv.Close()
 		return nil, fmt.Errorf("put funnel semaphore: %w", err)
@@ -241,7 +254,22 @@ func (f *funnel) hook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+	if f.autoRelease {
+		f.done() // the 2xx ended the job (a redelivery would count twice: none here, leases are a minute)
+		return
+	}
 	f.ids <- msg.ID
+}
+
+// done counts one finished job and wakes the round that waits for it.
+func (f *funnel) done() {
+	n := f.released.Add(1)
+	f.mu.Lock()
+	if f.reached != nil && n >= f.target {
+		close(f.reached)
+		f.reached = nil
+	}
+	f.mu.Unlock()
 }
 
 func (f *funnel) fail(err error) {
@@ -272,13 +300,7 @@ func (f *funnel) releaser(ctx context.Context) {
 				f.fail(fmt.Errorf("release job: %d %s", st, strings.TrimSpace(string(body))))
 				continue
 			}
-			n := f.released.Add(1)
-			f.mu.Lock()
-			if f.reached != nil && n >= f.target {
-				close(f.reached)
-				f.reached = nil
-			}
-			f.mu.Unlock()
+			f.done()
 		}
 	}
 }
