@@ -49,17 +49,13 @@ func TestWorkers_CloseWithUnackedPushCostsNoAttempt(t *testing.T) {
 			f := read()
 			require.Equal(t, "job", f["type"]) // pushed; not acked
 			require.NoError(t, c.Close(websocket.StatusNormalClosure, "bye"))
-			deadline := time.Now().Add(5 * time.Second)
-			for {
-				got, err := inst.admin.GetJob(ctx, j.ID)
-				require.NoError(t, err)
-				if got.Status != sdk.JobInflight || time.Now().After(deadline) {
-					require.Equal(t, sdk.JobScheduled, got.Status, "the unacked push must return the job")
-					require.Zero(t, got.Attempts)
-					return
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			var got sdk.Job
+			require.Eventually(t, func() bool {
+				got, err = inst.admin.GetJob(ctx, j.ID)
+				return err == nil && got.Status != sdk.JobInflight
+			}, 5*time.Second, 10*time.Millisecond, "the job stays inflight after its worker left")
+			require.Equal(t, sdk.JobScheduled, got.Status, "the unacked push must return the job")
+			require.Zero(t, got.Attempts)
 		})
 	}
 }
@@ -98,9 +94,17 @@ func TestWorkers_StaleReleaseCannotEndAnotherDelivery(t *testing.T) {
 	require.NoError(t, c.Write(ctx, websocket.MessageText, []byte(`{"type":"unsubscribe","id":"3","semaphore":"r"}`)))
 	// X keeps its connection (pings) but never extends: its lease expires.
 	go func() {
-		for ctx.Err() == nil {
-			_ = c.Write(ctx, websocket.MessageText, []byte(`{"type":"ping","id":"p"}`))
-			time.Sleep(200 * time.Millisecond)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if c.Write(ctx, websocket.MessageText, []byte(`{"type":"ping","id":"p"}`)) != nil {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
 		}
 	}()
 	y, err := sdk.NewWorker(inst.base, adminKey)

@@ -498,17 +498,17 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 		b.add(p99)
 	}
 	if b.want(g + " funnel") {
-		if err := b.funnel(g, e, onRedis, 1); err != nil {
+		if err := b.funnel(g, e, onRedis, 1, false); err != nil {
 			b.add(row{group: g, name: nFunnel, unit: "jobs/s", note: label(err)})
 		}
 	}
 	if b.want(g + " release-on-success funnel") {
-		if err := b.autoFunnel(g, e, onRedis); err != nil {
+		if err := b.funnel(g, e, onRedis, 1, true); err != nil {
 			b.add(row{group: g, name: nFunnelAuto, unit: "jobs/s", note: label(err)})
 		}
 	}
 	if b.want(g + " batch funnel") {
-		if err := b.funnel(g, e, onRedis, 100); err != nil {
+		if err := b.funnel(g, e, onRedis, 100, false); err != nil {
 			b.add(row{group: g, name: nFunnelBatch, unit: "jobs/s", note: label(err)})
 		}
 	}
@@ -561,14 +561,26 @@ func (b *bench) semaphored(st, base string, sp *proc) error {
 // handoffQueued acquires wait during the hand-off scenario.
 const handoffQueued = 64
 
-func (b *bench) funnel(g string, e *sdEnv, cmds bool, batch int) error {
-	name, sem, prefix, how := nFunnel, "funnel", "async funnel", fmt.Sprintf("%d enqueuers", b.cfg.clients)
-	if batch > 1 {
+// With autoRelease the route has releaseOnSuccess: the webhook's 2xx ends
+// the job, with no release call.
+func (b *bench) funnel(g string, e *sdEnv, cmds bool, batch int, autoRelease bool) error {
+	name, sem, prefix, how := nFunnel, "funnel", "async funnel", fmt.Sprintf("%d enqueuers, %d releasers", b.cfg.clients, b.cfg.clients)
+	switch {
+	case batch > 1:
 		name, sem, prefix = nFunnelBatch, "funnelbatch", "async funnel, batch enqueue"
-		how = fmt.Sprintf("%d enqueuers sending %d jobs per request", batchEnqueuers, batch)
+		how = fmt.Sprintf("%d enqueuers sending %d jobs per request, %d releasers", batchEnqueuers, batch, b.cfg.clients)
+	case autoRelease:
+		name, sem, prefix = nFunnelAuto, "funnelauto", "async funnel, releaseOnSuccess"
+		how = fmt.Sprintf("%d enqueuers", b.cfg.clients)
 	}
 	logf("%s: %s over webhook", g, prefix)
-	f, err := newFunnel(b.ctx, e, sem, 100, b.cfg.clients)
+	var f *funnel
+	var err error
+	if autoRelease {
+		f, err = newAutoFunnel(b.ctx, e, sem, 100)
+	} else {
+		f, err = newFunnel(b.ctx, e, sem, 100, b.cfg.clients)
+	}
 	if err != nil {
 		return err
 	}
@@ -580,7 +592,7 @@ func (b *bench) funnel(g string, e *sdEnv, cmds bool, batch int) error {
 	}
 	n := b.sizeRound(rate)
 	r := row{group: g, name: name, unit: "jobs/s",
-		note: fmt.Sprintf("maxValue 100, 100-byte payload, %d jobs/round, %s, 64 releasers", n, how)}
+		note: fmt.Sprintf("maxValue 100, 100-byte payload, %d jobs/round, %s", n, how)}
 	cr := row{group: g, name: prefix + ": Redis commands per job, in-script included", unit: "cmds/job", note: "INFO commandstats delta / jobs"}
 	ur := row{group: g, name: prefix + ": Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs"}
 	for range b.cfg.rounds {
@@ -608,45 +620,6 @@ func (b *bench) funnel(g string, e *sdEnv, cmds bool, batch int) error {
 	b.add(r)
 	if cmds {
 		b.add(cr)
-		b.add(ur)
-	}
-	return nil
-}
-
-// autoFunnel measures the webhook funnel whose route has releaseOnSuccess:
-// the 2xx ends the job, with no release call.
-func (b *bench) autoFunnel(g string, e *sdEnv, cmds bool) error {
-	logf("%s: async funnel over webhook, releaseOnSuccess", g)
-	f, err := newAutoFunnel(b.ctx, e, "funnelauto", 100)
-	if err != nil {
-		return err
-	}
-	defer f.close()
-	rate, err := f.round(b.ctx, 1000, b.cfg.clients) // warm-up
-	if err != nil {
-		return err
-	}
-	n := b.sizeRound(rate)
-	r := row{group: g, name: nFunnelAuto, unit: "jobs/s",
-		note: fmt.Sprintf("maxValue 100, 100-byte payload, %d jobs/round, %d enqueuers", n, b.cfg.clients)}
-	ur := row{group: g, name: "async funnel, releaseOnSuccess: Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs"}
-	for range b.cfg.rounds {
-		var cpu0 float64
-		if cmds {
-			cpu0, _ = redisCPU(b.ctx, b.rc)
-		}
-		v, err := f.round(b.ctx, n, b.cfg.clients)
-		if err != nil {
-			return err
-		}
-		r.vals = append(r.vals, v)
-		if cmds {
-			cpu1, _ := redisCPU(b.ctx, b.rc)
-			ur.vals = append(ur.vals, (cpu1-cpu0)*1e6/float64(n))
-		}
-	}
-	b.add(r)
-	if cmds {
 		b.add(ur)
 	}
 	return nil
