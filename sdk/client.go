@@ -153,6 +153,12 @@ func (c *Client) do(ctx context.Context, method, target string, in, out any) err
 		return fmt.Errorf("sdk: %w", err)
 	}
 	c.setHeaders(req.Header, in != nil)
+	if r, ok := in.(replayable); ok && r.replayKey() != "" {
+		// net/http sends a request with this header again when its
+		// kept-alive connection proves closed before any reply; the key in
+		// the body makes the second one return what the first did.
+		req.Header["Idempotency-Key"] = []string{r.replayKey()}
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("sdk: %s %s: %w", method, req.URL.Path, err)
@@ -178,6 +184,9 @@ func (c *Client) do(ctx context.Context, method, target string, in, out any) err
 	}
 	return nil
 }
+
+// replayable is a request body that names an idempotency key.
+type replayable interface{ replayKey() string }
 
 // setHeaders sets the headers of every request on h, a new request's. The
 // values share one allocation.

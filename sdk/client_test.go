@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -532,4 +533,57 @@ func TestClient_ReusesConnections(t *testing.T) {
 		require.Equal(t, "l1", l.ID)
 	}
 	require.Equal(t, int64(1), conns.Load())
+}
+
+// TestClient_ReplaysKeyedRequestOnClosedConnection: a server that reads a
+// request on a kept-alive connection and closes it unanswered (as a
+// restarting process can) costs a request with an idempotency key nothing,
+// since it is sent again on a new connection; one without a key reports
+// the failure rather than risk a second job.
+func TestClient_ReplaysKeyedRequestOnClosedConnection(t *testing.T) {
+	t.Parallel()
+	var requests atomic.Int32
+	var keys []string
+	var mu sync.Mutex
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := requests.Add(1)
+		if r.URL.Path == "/v1/semaphores/s/jobs" {
+			var in struct {
+				IdempotencyKey string `json:"idempotencyKey"`
+			}
+			_ = json.NewDecoder(r.Body).Decode(&in)
+			mu.Lock()
+			keys = append(keys, in.IdempotencyKey)
+			mu.Unlock()
+		}
+		if n%2 == 0 { // every second request: read, then close unanswered
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				_ = conn.Close()
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"semaphore":{"name":"s","maxValue":1},"job":{"id":"j1","semaphore":"s","status":"queued"}}`))
+	}))
+	t.Cleanup(ts.Close)
+	c, err := sdk.New(ts.URL, "k")
+	require.NoError(t, err)
+
+	// 1st request opens the connection; the 2nd reuses it and is cut, so
+	// the transport sends it again (3rd) on a new one
+	_, err = c.GetSemaphore(t.Context(), "s")
+	require.NoError(t, err)
+	j, err := c.Enqueue(t.Context(), "s", 1, sdk.EnqueueOptions{IdempotencyKey: "k1"})
+	require.NoError(t, err)
+	require.Equal(t, "j1", j.ID)
+	require.EqualValues(t, 3, requests.Load())
+	mu.Lock()
+	require.Equal(t, []string{"k1", "k1"}, keys, "the same key both times")
+	mu.Unlock()
+
+	// 4th is cut on the kept-alive connection and, with no key, not resent
+	_, err = c.Enqueue(t.Context(), "s", 1, sdk.EnqueueOptions{})
+	require.Error(t, err)
+	require.EqualValues(t, 4, requests.Load())
 }

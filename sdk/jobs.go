@@ -64,7 +64,10 @@ type Job struct {
 type EnqueueOptions struct {
 	Channel string // "" = "default"
 	// IdempotencyKey: while the job exists, an Enqueue with the same key
-	// returns that job instead of a new one (never ErrQueueFull).
+	// returns that job instead of a new one (never ErrQueueFull). It also
+	// lets the HTTP transport send the request again when a kept-alive
+	// connection turns out to be closed (a server restart): without a key
+	// that case is an error, since the job may or may not exist.
 	IdempotencyKey string
 	// Delay (up to 30 days) or RunAt (at most 30 days ahead), not both:
 	// the job waits scheduled until then, then queues in the order of its
@@ -139,9 +142,7 @@ type BatchJob struct {
 // the queue → IsQueueFull, and nothing is enqueued. The request body is
 // bounded by the server's --max-body (1 MiB by default).
 func (c *Client) EnqueueBatch(ctx context.Context, semaphore string, jobs []BatchJob) ([]Job, error) {
-	in := struct {
-		Jobs []enqueueWire `json:"jobs"`
-	}{Jobs: make([]enqueueWire, len(jobs))}
+	in := batchWire{Jobs: make([]enqueueWire, len(jobs))}
 	for i, j := range jobs {
 		raw, err := encodePayload(j.Payload)
 		if err != nil {
@@ -267,6 +268,26 @@ type enqueueWire struct {
 	IdempotencyKey string          `json:"idempotencyKey,omitempty"`
 	Delay          *duration       `json:"delay,omitempty"`
 	RunAt          *time.Time      `json:"runAt,omitempty"`
+}
+
+// replayKey: a request with a key is safe to send twice (see replayable).
+func (w enqueueWire) replayKey() string { return w.IdempotencyKey }
+
+type batchWire struct {
+	Jobs []enqueueWire `json:"jobs"`
+}
+
+// replayKey: a batch is safe to send twice when every job has a key.
+func (w batchWire) replayKey() string {
+	for _, j := range w.Jobs {
+		if j.IdempotencyKey == "" {
+			return ""
+		}
+	}
+	if len(w.Jobs) == 0 {
+		return ""
+	}
+	return w.Jobs[0].IdempotencyKey
 }
 
 type jobRefWire struct {

@@ -353,6 +353,9 @@ type acquireWire struct {
 	IdempotencyKey string    `json:"idempotencyKey,omitempty"`
 }
 
+// replayKey: a request with a key is safe to send twice (see replayable).
+func (w acquireWire) replayKey() string { return w.IdempotencyKey }
+
 type extendWire struct {
 	TTL duration `json:"ttl"`
 }

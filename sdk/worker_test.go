@@ -119,7 +119,10 @@ func enqueueN(t *testing.T, c *sdk.Client, sem string, from, to int) []string {
 	t.Helper()
 	var ids []string
 	for i := from; i < to; i++ {
-		j, err := c.Enqueue(t.Context(), sem, map[string]int{"n": i}, sdk.EnqueueOptions{})
+		// the key lets a request cut by a restarted server's closed
+		// keep-alive connection be sent again
+		key := fmt.Sprintf("%s-%d", sem, i)
+		j, err := c.Enqueue(t.Context(), sem, map[string]int{"n": i}, sdk.EnqueueOptions{IdempotencyKey: key})
 		require.NoError(t, err)
 		ids = append(ids, j.ID)
 	}
