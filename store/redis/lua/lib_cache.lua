@@ -11,7 +11,11 @@
 -- error writes nothing. Commands that read a whole hash (hall) flush it
 -- first; a key deleted (hdrop) forgets its cached fields.
 
-local HC -- HC[key] = {v = {field -> value string or false (absent)}, d = {field -> true (dirty)}}
+local HC -- HC[key] = {v = {field -> value or false (absent)}, d = {field -> true (dirty)}}
+-- A cached value is a string, or a number when a write gave one (hset,
+-- hincrby): a counter moved many times in a call is formatted once, at
+-- its flush, and never parsed again; readers (hget, hmget) get the string
+-- Redis would store.
 
 local function cache_reset() HC = {} end
 
@@ -58,6 +62,8 @@ local function hget(k, f)
   if v == nil then
     v = redis.call('HGET', k, f)
     c.v[f] = v
+  elseif type(v) == 'number' then
+    return hstr(v)
   end
   return v
 end
@@ -76,14 +82,18 @@ local function hmget(k, ...)
     for x = i, j do c.v[miss[x]] = got[x - i + 1] end
   end
   local out = {}
-  for i, f in ipairs(fs) do out[i] = c.v[f] end
+  for i, f in ipairs(fs) do out[i] = hstr(c.v[f]) end
   return out
 end
 
--- HSET k f1 v1 f2 v2 ...
-local function hset(k, ...)
-  local c, a = hc(k), {...}
-  for i = 1, #a, 2 do hwrite(k, c, hstr(a[i]), hstr(a[i + 1])) end
+-- HSET k f v [f2 v2 ...] (a number v is kept as is, see HC)
+local function hset(k, f, v, ...)
+  local c = hc(k)
+  hwrite(k, c, hstr(f), v)
+  if select('#', ...) > 0 then
+    local a = {...}
+    for i = 1, #a, 2 do hwrite(k, c, hstr(a[i]), a[i + 1]) end
+  end
 end
 
 local function hexists(k, f) return hget(k, f) and 1 or 0 end
@@ -102,8 +112,13 @@ local function hdel1(k, f)
 end
 
 local function hincrby(k, f, d)
-  local v = tonumber(hget(k, f) or 0) + d
-  hset(k, f, v)
+  f = hstr(f)
+  local c = hc(k)
+  local v = c.v[f]
+  if v == nil then v = redis.call('HGET', k, f) end
+  if type(v) ~= 'number' then v = tonumber(v or 0) end
+  v = v + d
+  hwrite(k, c, f, v)
   return v
 end
 
@@ -131,7 +146,7 @@ function hflush_key(k, c)
     local v = c.v[f]
     if v then
       set[#set + 1] = f
-      set[#set + 1] = v
+      set[#set + 1] = hstr(v)
     else
       del[#del + 1] = f
     end
