@@ -83,6 +83,8 @@ func (b *bench) bare() error {
 		return err
 	}
 	ctx := context.Background()
+	b.srv = servers{what: "bare server", pids: []int{cmd.Process.Pid}}
+	defer func() { b.srv = servers{} }()
 	b.throughput(gBare, nBare, "pairs/s", "64 clients, the same SDK calls as semaphored's sync pairs", false, func(int) (int, error) {
 		l, err := c.Acquire(ctx, "bare", sdk.AcquireOptions{TTL: time.Minute})
 		if err != nil {

@@ -67,6 +67,8 @@ type bench struct {
 	// fresh starts another server like the one being measured (same
 	// binary and store), for scenarios that need a process of their own.
 	fresh func(tag string) (*proc, string, error)
+	// srv are the server processes of the scenarios now running.
+	srv servers
 }
 
 func (b *bench) add(r row) *row {
@@ -112,24 +114,23 @@ func (b *bench) throughput(group, name, unit, note string, cmds bool, op func(w 
 	}
 }
 
-// measure is throughput returning its rows (the scenario's, then with
-// cmds its commands and CPU per pair) instead of adding them.
+// measure is throughput returning its rows (the scenario's, then its
+// costs per op: with cmds Redis commands and CPU, with servers running
+// their CPU) instead of adding them.
 func (b *bench) measure(group, name, unit, note string, cmds bool, op func(w int) (int, error)) []row {
 	logf("%s: %s (warm-up %v, %d×%v)", group, name, b.cfg.warmup, b.cfg.rounds, b.cfg.round)
 	r := row{group: group, name: name, unit: unit, note: note}
-	cr := row{group: group, name: name + ": Redis commands per pair, in-script included", unit: "cmds/pair", note: "INFO commandstats delta / pairs"}
-	ur := row{group: group, name: name + ": Redis main-thread CPU per pair", unit: "µs/pair", note: "INFO cpu *_main_thread delta / pairs"}
+	per := "pair"
+	if unit == "jobs/s" {
+		per = "job"
+	}
+	c := b.costs(group, name, per, cmds)
 	if _, _, err := runFor(b.cfg.warmup, b.cfg.clients, op); err != nil {
 		r.note = label(err)
 		return []row{r}
 	}
 	for range b.cfg.rounds {
-		var before int64
-		var cpu0 float64
-		if cmds {
-			before, _ = commandCalls(b.ctx, b.rc)
-			cpu0, _ = redisCPU(b.ctx, b.rc)
-		}
+		c.begin()
 		v, n, err := runFor(b.cfg.round, b.cfg.clients, op)
 		if err != nil {
 			r.note = label(err)
@@ -137,17 +138,9 @@ func (b *bench) measure(group, name, unit, note string, cmds bool, op func(w int
 		}
 		r.vals = append(r.vals, v)
 		logf("  round %d: %.1f %s", len(r.vals), v, unit)
-		if cmds && n > 0 {
-			after, _ := commandCalls(b.ctx, b.rc)
-			cpu1, _ := redisCPU(b.ctx, b.rc)
-			cr.vals = append(cr.vals, float64(after-before)/float64(n))
-			ur.vals = append(ur.vals, (cpu1-cpu0)*1e6/float64(n))
-		}
+		c.end(n)
 	}
-	if cmds {
-		return []row{r, cr, ur}
-	}
-	return []row{r}
+	return append([]row{r}, c.rows()...)
 }
 
 // monitored runs op for cfg.rounds rounds of 1 s under MONITOR and records
@@ -305,7 +298,9 @@ func run(cfg config) error {
 		}
 		b.resetStats()
 		b.fresh = func(tag string) (*proc, string, error) { return startSemaphored(bin, dir, url, st+"-"+tag) }
+		b.srv = servers{what: "semaphored", pids: []int{sp.cmd.Process.Pid}}
 		err = b.semaphored(st, base, sp)
+		b.srv = servers{}
 		b.logStats("semaphored " + st)
 		sp.stop()
 		if err != nil {
@@ -420,24 +415,21 @@ func (b *bench) asynq() error {
 	n := b.sizeRound(rate)
 	r := row{group: "peer", name: "asynq enqueue → process (handler returns at once)", unit: "jobs/s",
 		note: fmt.Sprintf("Concurrency 100, TaskCheckInterval 10ms, 100-byte payload, %d jobs/round", n)}
-	cr := row{group: "peer", name: "asynq: Redis commands per job, in-script included", unit: "cmds/job", note: "INFO commandstats delta / jobs"}
-	ur := row{group: "peer", name: "asynq: Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs (includes asynq's idle polling)"}
+	c := b.costs("peer", "asynq", "job", true)
+	c.rcpu.note += " (includes asynq's idle polling)"
 	for range b.cfg.rounds {
-		before, _ := commandCalls(b.ctx, b.rc)
-		cpu0, _ := redisCPU(b.ctx, b.rc)
+		c.begin()
 		v, err := a.round(b.ctx, n, b.cfg.clients)
 		if err != nil {
 			return err
 		}
-		after, _ := commandCalls(b.ctx, b.rc)
-		cpu1, _ := redisCPU(b.ctx, b.rc)
+		c.end(int64(n))
 		r.vals = append(r.vals, v)
-		cr.vals = append(cr.vals, float64(after-before)/float64(n))
-		ur.vals = append(ur.vals, (cpu1-cpu0)*1e6/float64(n))
 	}
 	b.add(r)
-	b.add(cr)
-	b.add(ur)
+	for _, cr := range c.rows() {
+		b.add(cr)
+	}
 	return nil
 }
 
@@ -593,34 +585,22 @@ func (b *bench) funnel(g string, e *sdEnv, cmds bool, batch int, autoRelease boo
 	n := b.sizeRound(rate)
 	r := row{group: g, name: name, unit: "jobs/s",
 		note: fmt.Sprintf("maxValue 100, 100-byte payload, %d jobs/round, %s", n, how)}
-	cr := row{group: g, name: prefix + ": Redis commands per job, in-script included", unit: "cmds/job", note: "INFO commandstats delta / jobs"}
-	ur := row{group: g, name: prefix + ": Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs"}
+	c := b.costs(g, prefix, "job", cmds)
 	for range b.cfg.rounds {
-		var before int64
-		var cpu0 float64
-		if cmds {
-			before, _ = commandCalls(b.ctx, b.rc)
-			cpu0, _ = redisCPU(b.ctx, b.rc)
-		}
+		c.begin()
 		v, err := f.round(b.ctx, n, b.cfg.clients)
 		if err != nil {
 			return err
 		}
+		c.end(int64(n))
 		r.vals = append(r.vals, v)
-		if cmds {
-			after, _ := commandCalls(b.ctx, b.rc)
-			cpu1, _ := redisCPU(b.ctx, b.rc)
-			cr.vals = append(cr.vals, float64(after-before)/float64(n))
-			ur.vals = append(ur.vals, (cpu1-cpu0)*1e6/float64(n))
-		}
 	}
 	if d := f.dups.Load(); d > 0 {
 		r.note += fmt.Sprintf("; %d redeliveries seen", d)
 	}
 	b.add(r)
-	if cmds {
+	for _, cr := range c.rows() {
 		b.add(cr)
-		b.add(ur)
 	}
 	return nil
 }

@@ -212,3 +212,35 @@ func rss(pid int) int64 {
 	}
 	return 0
 }
+
+// cpuTime is the CPU time (user + system) the processes pids have used so
+// far: the sum over their threads of the first field of
+// /proc/PID/task/TID/schedstat (time on a CPU, ns). /proc/PID/schedstat
+// alone is the main thread's; /proc/PID/stat's utime + stime cover every
+// thread but in clock ticks (10 ms). A thread that exits takes its time
+// out of the sum (the Go runtime keeps its threads).
+func cpuTime(pids ...int) (time.Duration, error) {
+	var total int64
+	for _, pid := range pids {
+		tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+		if err != nil {
+			return 0, err
+		}
+		for _, t := range tasks {
+			b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + t.Name() + "/schedstat")
+			if errors.Is(err, os.ErrNotExist) {
+				continue // the thread exited since the listing
+			}
+			if err != nil {
+				return 0, err
+			}
+			v, _, _ := strings.Cut(string(b), " ")
+			ns, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: schedstat %q: %w", t.Name(), b, err)
+			}
+			total += ns
+		}
+	}
+	return time.Duration(total), nil
+}

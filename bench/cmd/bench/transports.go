@@ -100,14 +100,20 @@ func (b *bench) transportFunnel(g string, e *sdEnv, tr sdk.Transport) error {
 	n := b.sizeRound(rate)
 	r := row{group: g, name: nTransportFunnel(tr), unit: "jobs/s",
 		note: fmt.Sprintf("maxValue 100, 4 SDK workers × prefetch 25, 100-byte payload, %d jobs/round", n)}
+	c := b.costs(g, "async funnel to SDK workers over "+string(tr), "job", false)
 	for range b.cfg.rounds {
+		c.begin()
 		v, err := round(n)
 		if err != nil {
 			return err
 		}
+		c.end(int64(n))
 		r.vals = append(r.vals, v)
 	}
 	b.add(r)
+	for _, cr := range c.rows() {
+		b.add(cr)
+	}
 	return nil
 }
 

@@ -198,31 +198,19 @@ func (b *bench) wsFunnel(g string, e *sdEnv, cmds bool) error {
 	n := b.sizeRound(rate)
 	r := row{group: g, name: "async funnel over websocket: enqueue (HTTP) → pushed to a session → ack + release (ws)", unit: "jobs/s",
 		note: fmt.Sprintf("maxValue 100, 4 sessions × prefetch 25, 100-byte payload, %d jobs/round", n)}
-	cr := row{group: g, name: "async funnel over websocket: Redis commands per job, in-script included", unit: "cmds/job", note: "INFO commandstats delta / jobs"}
-	ur := row{group: g, name: "async funnel over websocket: Redis main-thread CPU per job", unit: "µs/job", note: "INFO cpu *_main_thread delta / jobs"}
+	c := b.costs(g, "async funnel over websocket", "job", cmds)
 	for range b.cfg.rounds {
-		var before int64
-		var cpu0 float64
-		if cmds {
-			before, _ = commandCalls(b.ctx, b.rc)
-			cpu0, _ = redisCPU(b.ctx, b.rc)
-		}
+		c.begin()
 		v, err := f.round(b.ctx, n, b.cfg.clients)
 		if err != nil {
 			return err
 		}
+		c.end(int64(n))
 		r.vals = append(r.vals, v)
-		if cmds {
-			after, _ := commandCalls(b.ctx, b.rc)
-			cpu1, _ := redisCPU(b.ctx, b.rc)
-			cr.vals = append(cr.vals, float64(after-before)/float64(n))
-			ur.vals = append(ur.vals, (cpu1-cpu0)*1e6/float64(n))
-		}
 	}
 	b.add(r)
-	if cmds {
+	for _, cr := range c.rows() {
 		b.add(cr)
-		b.add(ur)
 	}
 	return nil
 }
