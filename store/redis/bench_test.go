@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -224,3 +226,65 @@ func BenchmarkDelayedLateness(b *testing.B) {
 
 // runAts maps the job ids of BenchmarkDelayedLateness to their runAt.
 var runAts sync.Map
+
+// redisCPU is the Redis main thread's CPU time so far (INFO cpu), seconds.
+func redisCPU(b *testing.B, s *Store) float64 {
+	b.Helper()
+	info, err := s.client.Info(context.Background(), "cpu").Result()
+	require.NoError(b, err)
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		for _, k := range []string{"used_cpu_user_main_thread:", "used_cpu_sys_main_thread:"} {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), k); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				total += f
+			}
+		}
+	}
+	return total
+}
+
+// BenchmarkJobRedisCPU: the Redis CPU of one job's life in calls of a
+// fixed shape, so that two builds of the function library compare without
+// the batching a loaded server adds: each op enqueues a batch of 16 jobs
+// (one call, which also dispatches them) and releases them in one call,
+// with nothing else on the semaphore. Reports Redis main-thread CPU per
+// job (INFO cpu delta, which includes every other client of that Redis).
+//
+//	go test -run '^$' -bench BenchmarkJobRedisCPU -count 5 ./store/redis/
+func BenchmarkJobRedisCPU(b *testing.B) {
+	s := newStoreOn(b, testredis.Client(b), testredis.Prefix(b))
+	ctx := context.Background()
+	_, _, err := s.PutSemaphore(ctx, store.PutSemaphoreParams{Tenant: testTenant, Name: "jobs",
+		Config: store.SemaphoreConfig{MaxValueScope: store.ScopeTotal, MaxValue: 100, LeaseTimeout: time.Minute, MaxAttempts: 3}})
+	require.NoError(b, err)
+	const n = 16
+	items := make([]store.EnqueueItem, n)
+	for i := range items {
+		items[i] = store.EnqueueItem{Payload: []byte(`{"n":1,"pad":"0123456789012345678901234567890123456789012345678901234567890123456789012345678"}`)}
+	}
+	var released atomic.Int64
+	b.ResetTimer()
+	cpu0 := redisCPU(b, s)
+	for range b.N {
+		jobs, err := s.EnqueueJobs(ctx, store.EnqueueBatchParams{Tenant: testTenant, Semaphore: "jobs", Jobs: items})
+		require.NoError(b, err)
+		var wg sync.WaitGroup
+		for _, r := range jobs {
+			// released together: the store batches the calls of one
+			// semaphore sent at about the same time
+			wg.Go(func() {
+				_, err := s.TransitionJob(ctx, store.TransitionParams{Tenant: testTenant, JobID: r.Job.ID,
+					Action: store.ActRelease, LeaseID: r.Job.Lease.ID, Quiet: true})
+				if err == nil {
+					released.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	cpu := redisCPU(b, s) - cpu0
+	b.StopTimer()
+	require.EqualValues(b, b.N*n, released.Load(), "every job dispatched in its enqueue call and released")
+	b.ReportMetric(cpu*1e6/float64(b.N*n), "redis-µs/job")
+}
