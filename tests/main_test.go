@@ -106,6 +106,13 @@ func cleanEnv() []string {
 // answers. The process is killed at cleanup if still running.
 func start(t testing.TB, name string, args []string, env ...string) *instance {
 	t.Helper()
+	return startBinary(t, binary, name, args, env...)
+}
+
+// startBinary is start with another semaphored binary than the one TestMain
+// built (the previous release, in the upgrade test).
+func startBinary(t testing.TB, bin, name string, args []string, env ...string) *instance {
+	t.Helper()
 	port, err := testredis.FreePort()
 	require.NoError(t, err)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -120,7 +127,7 @@ func start(t testing.TB, name string, args []string, env ...string) *instance {
 	out, err := os.Create(inst.stdout)
 	require.NoError(t, err)
 	defer out.Close()
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(append(cleanEnv(), "SEMAPHORED_ADDR="+addr, "SEMAPHORED_LOG_LEVEL=debug"), env...)
 	cmd.Stdout = out // a file: written synchronously, complete once /healthz answers
 	cmd.Stderr = inst.logs
