@@ -157,6 +157,14 @@ func buildPreviousRelease(t *testing.T) (bin, commit string) {
 	require.NoError(t, err, "the upgrade test builds the previous release from git: it must run inside a git clone of semaphored")
 	root = strings.TrimSpace(root)
 	if _, err := gitOutput(root, "cat-file", "-e", commit+"^{commit}"); err != nil {
+		// A clone made with --depth or --single-branch may lack it: ask its
+		// origin once (by hash, then the whole history) before failing.
+		_, _ = gitOutput(root, "fetch", "--quiet", "origin", commit)
+		if shallow, _ := gitOutput(root, "rev-parse", "--is-shallow-repository"); strings.TrimSpace(shallow) == "true" {
+			_, _ = gitOutput(root, "fetch", "--quiet", "--unshallow", "origin")
+		}
+	}
+	if _, err := gitOutput(root, "cat-file", "-e", commit+"^{commit}"); err != nil {
 		how := "Fetch it (git fetch origin " + commit + ")"
 		if shallow, _ := gitOutput(root, "rev-parse", "--is-shallow-repository"); strings.TrimSpace(shallow) == "true" {
 			how = "This clone is shallow: fetch the history with git fetch --unshallow (in CI, check out the full history, e.g. actions/checkout with fetch-depth: 0)"
@@ -182,7 +190,11 @@ func buildPreviousRelease(t *testing.T) (bin, commit string) {
 }
 
 func gitOutput(dir string, args ...string) (string, error) {
-	cmd := exec.Command("git", args...)
+	// bounded: a fetch from an origin out of reach gives up rather than hang
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
 	cmd.Dir = dir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
