@@ -76,7 +76,7 @@ func (l *jobLog) wait(t *testing.T, n int) []string {
 // its connection events.
 func newWorker(t *testing.T, url string, opts ...sdk.WorkerOption) (*sdk.Worker, chan sdk.ConnectEvent) {
 	t.Helper()
-	connects := make(chan sdk.ConnectEvent, 16)
+	connects, done := make(chan sdk.ConnectEvent, 16), make(chan struct{})
 	if os.Getenv("SDK_TEST_LOG") != "" {
 		opts = append(opts, sdk.WithWorkerLogger(slog.New(slog.NewTextHandler(os.Stderr, nil)).With("worker", t.Name())))
 	}
@@ -85,11 +85,21 @@ func newWorker(t *testing.T, url string, opts ...sdk.WorkerOption) (*sdk.Worker,
 	}
 	opts = append([]sdk.WorkerOption{
 		sdk.WithReconnectBackoff(10*time.Millisecond, 200*time.Millisecond),
-		sdk.WithConnectHook(func(ev sdk.ConnectEvent) { connects <- ev }),
+		// a hook that blocks holds up the worker, and Close with it: once
+		// the test ends, events nobody reads are dropped
+		sdk.WithConnectHook(func(ev sdk.ConnectEvent) {
+			select {
+			case connects <- ev:
+			case <-done:
+			}
+		}),
 	}, opts...)
 	w, err := sdk.NewWorker(url, adminKey, opts...)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = w.Close() })
+	t.Cleanup(func() {
+		close(done)
+		_ = w.Close()
+	})
 	return w, connects
 }
 
@@ -115,13 +125,15 @@ func waitStatus(t *testing.T, c *sdk.Client, ids []string, st sdk.JobStatus) {
 	}
 }
 
+var enqueueSeq atomic.Int64
+
 func enqueueN(t *testing.T, c *sdk.Client, sem string, from, to int) []string {
 	t.Helper()
 	var ids []string
 	for i := from; i < to; i++ {
-		// the key lets a request cut by a restarted server's closed
-		// keep-alive connection be sent again
-		key := fmt.Sprintf("%s-%d", sem, i)
+		// the key (one per call) lets a request cut by a restarted
+		// server's closed keep-alive connection be sent again
+		key := fmt.Sprintf("%s-%d-%d", sem, i, enqueueSeq.Add(1))
 		j, err := c.Enqueue(t.Context(), sem, map[string]int{"n": i}, sdk.EnqueueOptions{IdempotencyKey: key})
 		require.NoError(t, err)
 		ids = append(ids, j.ID)
