@@ -243,7 +243,10 @@ func TestSessions_Backpressure(t *testing.T) {
 		// (its jobs waited for it while it could be resumed)
 		e.schemaless = true // the frames are 200 KiB each
 		w := e.open(hub.TransportLongPoll, 0, "")
-		require.Equal(t, "subscribed", w.call(map[string]any{"type": "subscribe", "semaphore": "work", "prefetch": 200}).Type)
+		// a prefetch below the send queue's size: however slowly this
+		// reader polls (a loaded machine), its queue never stays full for
+		// the 300 ms that closes a stuck reader
+		require.Equal(t, "subscribed", w.call(map[string]any{"type": "subscribe", "semaphore": "work", "prefetch": 2}).Type)
 		seen := map[string]bool{}
 		for len(seen) < len(ids) {
 			f, err := w.nextWithin(20 * time.Second)
