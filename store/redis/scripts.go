@@ -224,13 +224,16 @@ func (s *Store) runEv(ctx context.Context, fn string, tenant, name string, args 
 	if len(res) < 5 {
 		return nil, store.JobEvents{}, fmt.Errorf("redisstore: short script reply (%d elements)", len(res))
 	}
-	if in, _ := res[len(res)-4].(int64); in > 0 {
-		s.rateTimer(tenant, name, sent, time.Duration(in)*time.Millisecond)
-	}
 	due, _ := res[len(res)-3].(int64)
 	s.indexDue(ctx, tenant, name, due)
 	s.handOverAll(tenant, res[len(res)-1])
 	ev := s.emit(tenant, name, res[len(res)-2])
+	// The timer is armed after the events are out: anchored at the send,
+	// it may fire at once, and its dispatch's events must not reach the
+	// listener before these (jobs of one channel are seen in FIFO order).
+	if in, _ := res[len(res)-4].(int64); in > 0 {
+		s.rateTimer(tenant, name, sent, time.Duration(in)*time.Millisecond)
+	}
 	res = res[:len(res)-4]
 	if st, _ := res[0].(string); codeError(st) != nil {
 		return res, ev, codeError(st)

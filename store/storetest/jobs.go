@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sync"
@@ -129,6 +130,22 @@ func (r *recorder) requireDispatched(t *testing.T, ids ...string) []store.Job {
 	bad := r.badTenant
 	r.mu.Unlock()
 	require.Empty(t, bad, "every reported job carries its tenant")
+	return d
+}
+
+// requireDispatchedInGrantOrder checks the IDs of the dispatched events of
+// one semaphore in the order their leases were granted (fencing tokens):
+// dispatches made by calls that ran concurrently (a rate timer's, the
+// sweep's) may reach the listener in another order than the store made
+// them, and FIFO is about the latter.
+func (r *recorder) requireDispatchedInGrantOrder(t *testing.T, ids ...string) []store.Job {
+	t.Helper()
+	d, _ := r.events()
+	for _, j := range d {
+		require.NotNil(t, j.Lease, "dispatched job %s has its lease", j.ID)
+	}
+	slices.SortStableFunc(d, func(a, b store.Job) int { return cmp.Compare(a.Lease.FencingToken, b.Lease.FencingToken) })
+	require.Equal(t, append([]string{}, ids...), jobIDs(d), "dispatched jobs, in grant order")
 	return d
 }
 

@@ -445,7 +445,7 @@ func testRateJobs(t *testing.T, f *fixture) {
 	}
 	f.requireJobs("s", n-limit, limit, limit)
 	rec.await(t, "every job dispatched", func(d, _ []store.Job) bool { return len(d) >= n })
-	d := rec.requireDispatched(t, ids...) // FIFO
+	d := rec.requireDispatchedInGrantOrder(t, ids...) // FIFO
 	var grants []grantSeen
 	for i, j := range d {
 		require.NotNil(t, j.Lease)
