@@ -30,6 +30,7 @@ var storeErrors = []struct {
 	{store.ErrInvalidState, CodeInvalidState, "the job's status does not allow this transition"},
 	{store.ErrStaleLease, CodeInvalidState, "the job no longer holds that lease"},
 	{store.ErrQueueFull, CodeQueueFull, "the semaphore's queue is full"},
+	{store.ErrLayoutNewer, CodeStoreUnavailable, "this semaphore's data was written by a newer release of semaphored, which this instance cannot read: upgrade it"},
 	{store.ErrUnavailable, CodeStoreUnavailable, "the store is unavailable"},
 	{semaphore.ErrForbidden, CodeForbidden, "this key's role may not do this"},
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -8,6 +9,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/stretchr/testify/require"
+
+	"github.com/semaphored/semaphored/store"
 )
 
 func TestOps(t *testing.T) {
@@ -204,3 +207,15 @@ func (r *recorder) SkipNow()              {}
 func (r *recorder) Skipped() bool         { return false }
 func (r *recorder) Error(...any)          { r.failed = true }
 func (r *recorder) Fatal(...any)          { r.failed = true; panic(errFailNow) }
+
+// TestClassify_LayoutNewer: a semaphore whose data a newer release wrote
+// is a 503 that says to upgrade this instance, not a bare outage.
+func TestClassify_LayoutNewer(t *testing.T) {
+	status, code, message := classify(fmt.Errorf("acquire: %w", store.ErrLayoutNewer))
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	require.Equal(t, CodeStoreUnavailable, code)
+	require.Contains(t, message, "newer release")
+	status, _, message = classify(store.ErrUnavailable)
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	require.NotContains(t, message, "newer release")
+}

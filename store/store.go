@@ -50,6 +50,11 @@ var (
 	ErrTenantNotFound    = errors.New("store: tenant not found")
 	ErrWeightTooLarge    = errors.New("store: weight exceeds maxValue") // can never be granted
 	ErrUnavailable       = errors.New("store: unavailable")             // store unreachable
+	// ErrLayoutNewer: the data of the semaphore was written by a newer
+	// release, in a layout this build cannot read; the store refuses it
+	// and changes nothing (an upgrade of this instance fixes it). It is an
+	// ErrUnavailable for callers that only tell outages apart.
+	ErrLayoutNewer = fmt.Errorf("%w: the semaphore's data was written by a newer release", ErrUnavailable)
 	// ErrInvalidParams: parameters the service layer should have
 	// normalized (see SemaphoreConfig.Check). Stores refuse them alike and
 	// change nothing; users never see it, semaphore/ validates first.

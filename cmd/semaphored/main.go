@@ -262,6 +262,14 @@ func openStore(ctx context.Context, cfg config, node string, log *slog.Logger, r
 		_ = client.Close()
 		return nil, nil, fmt.Errorf("redis store: %w", err)
 	}
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "semaphored_redis_layout_refused_total",
+		Help: "Calls refused because their semaphore's data was written by a newer release of semaphored (upgrade this instance).",
+	}, func() float64 { return float64(st.LayoutRefusals()) })); err != nil {
+		_ = st.Close()
+		_ = client.Close()
+		return nil, nil, fmt.Errorf("metrics: %w", err)
+	}
 	log.Info("using Redis", "redis", target.describe(), "prefix", cfg.RedisPrefix)
 	return st, func() {
 		_ = st.Close()

@@ -367,6 +367,7 @@ func TestRun_Redis(t *testing.T) {
 		`semaphored_redis_pool_connections{state="total"}`,
 		`semaphored_redis_pool_connections{state="idle"}`,
 		`semaphored_redis_pool_connections{state="stale"}`,
+		"semaphored_redis_layout_refused_total 0",
 	} {
 		require.Contains(t, body, m)
 	}

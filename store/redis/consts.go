@@ -28,6 +28,7 @@ const (
 	codeQueueFull         = "SD_QUEUE_FULL"
 	codeStaleLease        = "SD_STALE_LEASE"
 	codeSessionNotFound   = "SD_SESSION_NOT_FOUND"
+	codeLayoutNewer       = "SD_LAYOUT_NEWER"
 )
 
 // scriptErrors maps the error codes to the store's errors.
@@ -40,6 +41,7 @@ var scriptErrors = map[string]error{
 	codeQueueFull:         store.ErrQueueFull,
 	codeStaleLease:        store.ErrStaleLease,
 	codeSessionNotFound:   store.ErrSessionNotFound,
+	codeLayoutNewer:       store.ErrLayoutNewer,
 }
 
 // statusLetter is a job status as job records store it (lib_*.lua m.s).
@@ -101,6 +103,7 @@ func luaConsts() []luaConst {
 		{"E_QUEUE_FULL", codeQueueFull, ""},
 		{"E_STALE_LEASE", codeStaleLease, ""},
 		{"E_SESSION_NOT_FOUND", codeSessionNotFound, ""},
+		{"E_LAYOUT_NEWER", codeLayoutNewer, ""},
 	}
 }
 

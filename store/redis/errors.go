@@ -71,6 +71,12 @@ func codeError(status string) error {
 	return nil
 }
 
+// isLayoutNewer reports a call refused because its semaphore's data was
+// written by a newer release (layout.go).
+func isLayoutNewer(err error) bool {
+	return redis.HasErrorPrefix(err, codeLayoutNewer)
+}
+
 // isNoFunction reports that a function of the library is missing (FUNCTION
 // FLUSH, a Redis restarted without persistence, a new cluster master).
 func isNoFunction(err error) bool {

@@ -102,6 +102,8 @@ type Store struct {
 
 	rate rateTimers // rate.go
 
+	refusals layoutRefusals // layout.go
+
 	abandonWG sync.WaitGroup // undoing results whose callers left (batch.go)
 }
 

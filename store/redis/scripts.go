@@ -145,6 +145,7 @@ func (s *Store) runSem(ctx context.Context, fn string, tenant, name string, args
 		}
 		cmd = s.once(ctx, scriptArgs("fcall", fn, keys, argv)...)
 	}
+	s.noteRefusal(tenant, name, cmd.Err())
 	return cmd
 }
 

@@ -172,6 +172,7 @@ func (s *Store) sweepMembers(ctx context.Context, members []string) (int, error)
 	for _, it := range items {
 		res, err := it.cmd.Slice()
 		if err != nil {
+			s.noteRefusal(it.tenant, it.name, err)
 			if firstErr == nil {
 				firstErr = translate(err, nil)
 			}

@@ -8,6 +8,7 @@
 -- ARGV[1..4] as in lib_state.lua
 --
 -- Returns 1. Error SD_SEMAPHORE_NOT_FOUND.
+layout_guard()
 if redis.call('EXISTS', K_SEM) == 0 then return redis.error_reply(E_SEMAPHORE_NOT_FOUND) end
 local all = hall('HGETALL', K_WDATA)
 for i = 2, #all, 2 do

@@ -193,6 +193,29 @@ end
 -- the version of the data layout of a semaphore's keys ("v" in its hash)
 local LAYOUT = '2'
 
+-- Refuses a semaphore whose layout v ("v" of its hash) this build cannot
+-- read: one written by a newer release (a number above LAYOUT, or
+-- anything else this build does not know). It raises SD_LAYOUT_NEWER
+-- before the call writes anything (the hash cache is never flushed), so
+-- an older instance beside newer ones during a rolling upgrade or a
+-- rollback refuses such a semaphore instead of misreading and rewriting
+-- it. An older layout (absent, or a number below LAYOUT) is upgraded by
+-- load_conf.
+local function layout_check(v)
+  if v == false or v == nil or v == LAYOUT then return end
+  local n = tonumber(v)
+  if n and n < tonumber(LAYOUT) and n == math.floor(n) then return end
+  error({err = E_LAYOUT_NEWER .. ' ' .. string.format(
+    'the data of this semaphore has layout %s; this build reads layouts up to %s', tostring(v), LAYOUT)})
+end
+
+-- layout_check of the semaphore's hash, read straight from Redis: for the
+-- calls that write before load_conf (put_semaphore, delete_semaphore,
+-- set_sub)
+local function layout_guard()
+  layout_check(redis.call('HGET', K_SEM, 'v'))
+end
+
 -- the counters of the semaphore's hash (see U) and ix, computed from the
 -- data; sets them in the hash
 local function recount()
@@ -244,6 +267,7 @@ local function load_conf()
   FD = fd and tonumber(fd) or nil
   JD, DN = tonumber(hget(K_SEM, 'jd') or 0), tonumber(hget(K_SEM, 'dn') or 0)
   if v[10] ~= LAYOUT then
+    layout_check(v[10])
     recount()
     hset(K_SEM, 'v', LAYOUT)
   end

@@ -13,6 +13,7 @@
 -- its cap ms
 --
 -- Returns {'ok', created (0/1), flat HGETALL of the semaphore hash, due, events, grants}.
+layout_guard()
 local created = redis.call('EXISTS', K_SEM) == 0
 local now = now_ms()
 local old_scope = hget(K_SEM, 'scope')

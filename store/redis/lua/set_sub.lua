@@ -10,6 +10,7 @@
 -- (node '' while the session is lost), '' to remove the entry
 --
 -- Returns {'ok', due, events, grants}.
+layout_guard()
 if ARGV[6] == '' then
   redis.call('HDEL', K_SUBS, ARGV[5])
 else
