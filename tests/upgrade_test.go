@@ -1,6 +1,6 @@
 package tests
 
-// The rolling-upgrade test (SPEC §7 "Rolling upgrades"): instances of the
+// The rolling-upgrade test (README "Upgrading"): instances of the
 // previous release and of this build run on one Redis at once, as during a
 // rolling deploy, and a rollback to the previous release works. The
 // previous release is built from git (the commit named in
