@@ -168,6 +168,9 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdou
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
 	}
+	fresh := newFreshConns()
+	hs.ConnState = fresh.track
+	hs.RegisterOnShutdown(fresh.closeAll)
 	// Printed only now that the address is bound, so a failed start prints
 	// no key that would then be lost; and before the first request is
 	// served, so a client that sees the server healthy has the key too.

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -442,4 +444,69 @@ func TestRun_MetricsAddr(t *testing.T) {
 	_, _, logs, stop = startRunLogs(t, []string{"--admin-key", testKey}, env(nil))
 	require.NotContains(t, logs.String(), "webhook-allow-private")
 	require.NoError(t, stop())
+}
+
+// TestRun_ShutdownClosesConnectionsWithoutRequest: a connection a client
+// opened and never used (a pool's spare, a load balancer's pre-connect)
+// does not hold the exit: net/http alone would wait until it is 5 s old,
+// past this test's --shutdown-timeout of 3s, and then report the
+// requests as unfinished. Also over TLS, where the handshake is done and
+// no request sent.
+func TestRun_ShutdownClosesConnectionsWithoutRequest(t *testing.T) {
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http", true: "https"}[tlsOn], func(t *testing.T) {
+			args := []string{"--admin-key", testKey, "--shutdown-timeout", "3s"}
+			if tlsOn {
+				dir := t.TempDir()
+				cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+				writeCert(t, cert, key, 1)
+				args = append(args, "--tls-cert", cert, "--tls-key", key)
+			}
+			base, _, logs, stop := startRunLogs(t, args, env(nil))
+			addr := strings.TrimPrefix(strings.TrimPrefix(base, "https://"), "http://")
+			conn, err := net.Dial("tcp", addr)
+			require.NoError(t, err)
+			defer conn.Close()
+			waitAccepted(t, addr)
+			if tlsOn {
+				tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}})
+				require.NoError(t, tc.Handshake())
+				conn = tc
+			}
+			require.NoError(t, stop())
+			require.NotContains(t, logs.String(), "did not finish in time")
+			// the server closed it (over HTTP/2 after its frames): reads
+			// end before the deadline
+			require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+			_, err = io.Copy(io.Discard, conn)
+			var ne net.Error
+			require.False(t, errors.As(err, &ne) && ne.Timeout(), "closed by the server, not timed out: %v", err)
+		})
+	}
+}
+
+// waitAccepted waits (bounded) until the listener on addr has no
+// connection waiting to be accepted: the rx_queue of a LISTEN socket in
+// /proc/net/tcp is its accept backlog.
+func waitAccepted(t *testing.T, addr string) {
+	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	p, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	local := fmt.Sprintf(":%04X", p)
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			return true // not Linux: nothing to look at
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			// sl local_address rem_address st tx_queue:rx_queue ...
+			if len(f) > 4 && strings.HasSuffix(f[1], local) && f[3] == "0A" {
+				return strings.HasSuffix(f[4], ":00000000")
+			}
+		}
+		return false
+	}, 5*time.Second, 5*time.Millisecond, "the server accepted the connection")
 }
