@@ -239,7 +239,7 @@ func (s *Server) deleteKey(c echo.Context) error {
 		return err
 	}
 	if s.hub != nil {
-		// Sessions opened with it close now on every instance (SPEC §2.7).
+		// Sessions opened with it close now on every instance (README "Guarantees").
 		if err := s.hub.RevokeKey(c.Request().Context(), k.Tenant, k.ID); err != nil {
 			s.log.Warn("announcing a key revocation failed; instances close its sessions within a heartbeat", "err", err)
 		}

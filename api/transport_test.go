@@ -22,7 +22,7 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// The transport conformance suite (SPEC §6): every session scenario runs
+// The transport conformance suite (README "Websocket workers" and "Behind a proxy"): every session scenario runs
 // on each transport — websocket, SSE and long-poll — through one client
 // type, tclient, that speaks all three. A scenario sees requests and their
 // replies, pushed frames, a dropped connection and a resume; which

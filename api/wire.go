@@ -10,7 +10,7 @@ import (
 	"github.com/semaphored/semaphored/wire"
 )
 
-// This file fixes the JSON wire format of the HTTP API (SPEC §3). It is the
+// This file fixes the JSON wire format of the HTTP API (api/openapi.yaml). It is the
 // one place the handlers, api/openapi.yaml and the SDK agree on. Every object
 // sits under its own key in a response ({"semaphore": ...}, {"lease": ...}),
 // so fields can be added later. Durations are Go duration strings, times RFC
@@ -44,7 +44,7 @@ const (
 	CodeInvalidState = "invalid_state" // 409: wrong job transition
 	CodeQueueFull    = "queue_full"    // 429: the semaphore's queue is full
 
-	// Codes of the sessions (SPEC §6). Only session_not_found has an HTTP
+	// Codes of the sessions (README "Websocket workers"). Only session_not_found has an HTTP
 	// status (404, on the session routes); the others come in frames.
 	CodeUnknownFrame    = "unknown_frame"     // a frame type the server does not know
 	CodeSessionNotFound = "session_not_found" // unknown session or resume token, another tenant's, grace period over

@@ -18,7 +18,7 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// This file serves the websocket protocol of SPEC §6: GET /v1/ws (the
+// This file serves the websocket protocol of README "Websocket workers": GET /v1/ws (the
 // upgrade, its auth and origin check, and every client frame) and POST
 // /v1/ws/tickets. The connection, its session, job pushes and acks are
 // hub.Hub's; here is the request/reply protocol on top.

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Wire format of the websocket protocol (SPEC §6), described in
+// Wire format of the websocket protocol (README "Websocket workers"), described in
 // api/openapi.yaml as WsClientFrame and WsServerFrame. Client frames are
 // decoded strictly, one struct per type: an unknown field or a wrong type
 // is an error frame invalid_json. Each has the type and the optional id

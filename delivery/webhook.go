@@ -1,6 +1,7 @@
 // Package delivery sends jobs to their routes' targets. WebhookSender is the
-// https route of SPEC §5: a signed POST per Standard Webhooks, retried with
-// backoff, to targets checked against private addresses at connect time.
+// https route (README "The webhook"): a signed POST per Standard Webhooks,
+// retried with backoff, to targets checked against private addresses at
+// connect time.
 package delivery
 
 import (
@@ -178,12 +179,12 @@ type WebhookMessage struct {
 	ID        string // the job id: webhook-id, the same on every retry and redelivery
 	Semaphore string
 	Channel   string
-	Attempt   int // the job's attempt (SPEC §1), not the HTTP retry
+	Attempt   int // the job's attempt (README "Life cycle"), not the HTTP retry
 	Lease     wire.Lease
 	Payload   json.RawMessage // nil: null
 }
 
-// webhookBody is the JSON body of a webhook (SPEC §5).
+// webhookBody is the JSON body of a webhook (README "The webhook").
 type webhookBody struct {
 	ID        string          `json:"id"`
 	Semaphore string          `json:"semaphore"`

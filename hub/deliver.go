@@ -12,7 +12,7 @@ import (
 	"github.com/semaphored/semaphored/wire"
 )
 
-// Node bus (STYLE 12): one versioned envelope, store.NodeMessage, whose
+// Node bus: one versioned envelope, store.NodeMessage, whose
 // Body is the JSON of the message type.
 const (
 	busVersion = 1

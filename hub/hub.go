@@ -26,7 +26,7 @@ import (
 	"github.com/semaphored/semaphored/store"
 )
 
-// Defaults of Config (SPEC §6).
+// Defaults of Config (README "Websocket workers").
 const (
 	DefaultHeartbeat       = 10 * time.Second
 	DefaultGrace           = 30 * time.Second

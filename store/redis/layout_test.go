@@ -47,7 +47,9 @@ func TestLayoutNewerIsRefused(t *testing.T) {
 		require.NoError(t, c.HSet(ctx, keys[0], "v", newer).Err())
 		before := snapshot()
 		n0 := s.LayoutRefusals()
-		time.Sleep(250 * time.Millisecond) // the lease's expiry passes: nothing may act on it
+		// the held lease's expiry passes (Redis shares this clock): nothing
+		// may act on it while the layout is refused
+		time.Sleep(time.Until(held.ExpiresAt.Add(20 * time.Millisecond)))
 
 		_, err = s.Acquire(ctx, store.AcquireParams{Tenant: testTenant, Semaphore: "s", Weight: 1})
 		require.ErrorIs(t, err, store.ErrLayoutNewer, "acquire, layout %s", newer)

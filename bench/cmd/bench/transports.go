@@ -15,7 +15,7 @@ import (
 	"github.com/semaphored/semaphored/sdk"
 )
 
-// The fallback transports (SPEC §6, issue 13): the async funnel to SDK
+// The fallback transports (README "Behind a proxy"): the async funnel to SDK
 // workers on each transport, side by side on one server, and the server's
 // memory per idle SSE session beside an idle websocket session, each on a
 // server of its own.

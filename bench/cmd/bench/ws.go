@@ -15,7 +15,7 @@ import (
 	"github.com/semaphored/semaphored/sdk"
 )
 
-// Websocket scenarios (SPEC §6): worker sessions subscribed to a semaphore
+// Websocket scenarios (README "Websocket workers"): worker sessions subscribed to a semaphore
 // take jobs pushed to them (ack at once, release when done), and idle
 // sessions' server memory.
 
